@@ -1,0 +1,1 @@
+//! Dubbo 2 (hessian2) codec for metaproxy.

@@ -1,0 +1,1 @@
+//! Apache Thrift codec (framed, unframed, header; binary, compact) for metaproxy.

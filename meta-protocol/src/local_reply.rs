@@ -1,0 +1,55 @@
+//! Replies the proxy sends on its own (SPEC §5).
+
+/// Why the proxy answers a request itself. Each maps to a protocol-native status
+/// (Dubbo) or exception type (Thrift) chosen by the codec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LocalReplyKind {
+    /// No route matched the request's metadata.
+    NoRoute,
+    /// No healthy endpoint, connect failure, or upstream closed/reset before replying.
+    UpstreamFailure,
+    /// The route's timeout elapsed.
+    Timeout,
+    /// The cluster's `max_pending_requests` was reached.
+    Overloaded,
+    /// The request could not be decoded.
+    BadRequest,
+}
+
+impl LocalReplyKind {
+    /// Every kind, in metric order.
+    pub const ALL: [LocalReplyKind; 5] = [
+        LocalReplyKind::NoRoute,
+        LocalReplyKind::UpstreamFailure,
+        LocalReplyKind::Timeout,
+        LocalReplyKind::Overloaded,
+        LocalReplyKind::BadRequest,
+    ];
+
+    /// The `reason` label of `local_replies_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LocalReplyKind::NoRoute => "no_route",
+            LocalReplyKind::UpstreamFailure => "upstream_failure",
+            LocalReplyKind::Timeout => "timeout",
+            LocalReplyKind::Overloaded => "overloaded",
+            LocalReplyKind::BadRequest => "bad_request",
+        }
+    }
+}
+
+/// A local reply to encode: the reason and a human-readable message for the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalReply<'a> {
+    /// Why the proxy answers.
+    pub kind: LocalReplyKind,
+    /// Text for the client (for example `metaproxy: no route for com.example.Demo.hello`).
+    pub message: &'a str,
+}
+
+impl<'a> LocalReply<'a> {
+    /// A reply of `kind` with `message`.
+    pub fn new(kind: LocalReplyKind, message: &'a str) -> Self {
+        LocalReply { kind, message }
+    }
+}

@@ -1,0 +1,250 @@
+//! The decoded message: what a codec hands to the runtime and takes back to encode.
+
+use bytes::Bytes;
+
+use crate::metadata::{MetaStr, Metadata, Mutations};
+
+/// What a frame means to the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    /// A call that expects exactly one response with the same request id.
+    Request,
+    /// A call that expects no response; the proxy forwards it and never answers it.
+    OneWay,
+    /// A response (a result, a declared exception or an error) to a [`MessageKind::Request`].
+    Response,
+    /// A keep-alive probe the proxy answers itself with [`crate::Codec::encode_heartbeat_reply`].
+    Heartbeat,
+    /// A control frame the proxy consumes without forwarding (a heartbeat's answer, an
+    /// unknown event).
+    Event,
+    /// The peer asks not to be sent new requests on this connection (Dubbo's read-only
+    /// event). Requests already sent are still answered.
+    GoAway,
+}
+
+impl MessageKind {
+    /// Whether this is a call (two-way or one-way) to be routed.
+    pub fn is_call(self) -> bool {
+        matches!(self, MessageKind::Request | MessageKind::OneWay)
+    }
+}
+
+/// How a response ended, for metrics (`responses_total{status}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum ResponseStatus {
+    /// A normal result.
+    #[default]
+    Ok,
+    /// The callee threw an application (declared or undeclared) exception.
+    Exception,
+    /// A protocol-level error status (Dubbo non-20 status, Thrift TApplicationException).
+    Error,
+}
+
+impl ResponseStatus {
+    /// The metric label: `ok`, `exception` or `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseStatus::Ok => "ok",
+            ResponseStatus::Exception => "exception",
+            ResponseStatus::Error => "error",
+        }
+    }
+}
+
+/// A codec-defined tag for the exact wire format of a frame (for example Thrift's
+/// transport × protocol). Upstream connections are pooled per tag so that a request is
+/// forwarded in the format its client spoke. Codecs with a single format use
+/// `WireFormat::default()`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct WireFormat(pub u16);
+
+/// Codec-private positions inside a frame (where the request id lives, where the
+/// attachments start...), recorded on decode and read back on encode by a codec of the
+/// same protocol. Opaque to the runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FrameLayout(pub [u32; 6]);
+
+/// Everything needed to answer a request after the request itself has been sent on:
+/// protocol-native local replies (timeouts, upstream failures) are built from this.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ReplyContext {
+    /// The id the client used.
+    pub request_id: u64,
+    /// The wire format to answer in.
+    pub wire: WireFormat,
+    /// The call's name as it was on the wire (Thrift answers with it); may be empty.
+    pub name: MetaStr,
+    /// One-way calls are never answered.
+    pub one_way: bool,
+}
+
+/// One decoded frame: its kind, id, routable metadata, and the bytes to forward.
+///
+/// The frame is kept whole and forwarded byte for byte; only the request id and any
+/// [`Mutations`] are written differently on encode. Metadata values slice the frame.
+#[derive(Clone, Debug)]
+pub struct Message {
+    kind: MessageKind,
+    request_id: u64,
+    frame: Bytes,
+    metadata: Metadata,
+    mutations: Mutations,
+    status: ResponseStatus,
+    wire: WireFormat,
+    layout: FrameLayout,
+    name: MetaStr,
+}
+
+impl Message {
+    /// A message of `kind` around the complete wire `frame`.
+    pub fn new(kind: MessageKind, request_id: u64, frame: Bytes) -> Self {
+        Message {
+            kind,
+            request_id,
+            frame,
+            metadata: Metadata::new(),
+            mutations: Mutations::new(),
+            status: ResponseStatus::Ok,
+            wire: WireFormat::default(),
+            layout: FrameLayout::default(),
+            name: MetaStr::new(),
+        }
+    }
+
+    /// What the frame means.
+    pub fn kind(&self) -> MessageKind {
+        self.kind
+    }
+
+    /// Changes the kind (a mirror copy is sent as a request whose reply is dropped).
+    pub fn set_kind(&mut self, kind: MessageKind) {
+        self.kind = kind;
+    }
+
+    /// The request id as the message currently carries it.
+    pub fn request_id(&self) -> u64 {
+        self.request_id
+    }
+
+    /// Rewrites the request id; the codec writes it on encode. Used to multiplex many
+    /// downstream connections over one upstream connection.
+    pub fn set_request_id(&mut self, id: u64) {
+        self.request_id = id;
+    }
+
+    /// The original frame as it was read from the wire.
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
+    }
+
+    /// Replaces the frame (codecs use this when they must re-encode).
+    pub fn set_frame(&mut self, frame: Bytes) {
+        self.frame = frame;
+    }
+
+    /// Routable metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// Routable metadata, for codecs filling it in.
+    pub fn metadata_mut(&mut self) -> &mut Metadata {
+        &mut self.metadata
+    }
+
+    /// Pending mutations, applied on encode.
+    pub fn mutations(&self) -> &Mutations {
+        &self.mutations
+    }
+
+    /// Adds a mutation; a later one with the same key wins.
+    pub fn push_mutation(&mut self, key: MetaStr, value: MetaStr) {
+        self.mutations.push((key, value));
+    }
+
+    /// Adds several mutations in order.
+    pub fn extend_mutations<'a, I>(&mut self, pairs: I)
+    where
+        I: IntoIterator<Item = &'a (MetaStr, MetaStr)>,
+    {
+        self.mutations.extend(pairs.into_iter().cloned());
+    }
+
+    /// How a response ended (meaningful for [`MessageKind::Response`]).
+    pub fn status(&self) -> ResponseStatus {
+        self.status
+    }
+
+    /// Sets the response status (codecs do this on decode).
+    pub fn set_status(&mut self, status: ResponseStatus) {
+        self.status = status;
+    }
+
+    /// The codec-defined wire format of this frame.
+    pub fn wire(&self) -> WireFormat {
+        self.wire
+    }
+
+    /// Sets the wire format (codecs do this on decode).
+    pub fn set_wire(&mut self, wire: WireFormat) {
+        self.wire = wire;
+    }
+
+    /// Codec-private positions inside the frame.
+    pub fn layout(&self) -> FrameLayout {
+        self.layout
+    }
+
+    /// Records codec-private positions (codecs do this on decode).
+    pub fn set_layout(&mut self, layout: FrameLayout) {
+        self.layout = layout;
+    }
+
+    /// The call's name as written on the wire (see [`ReplyContext::name`]).
+    pub fn name(&self) -> &MetaStr {
+        &self.name
+    }
+
+    /// Sets the on-wire call name (codecs do this on decode).
+    pub fn set_name(&mut self, name: MetaStr) {
+        self.name = name;
+    }
+
+    /// What is needed to answer this message locally later.
+    pub fn reply_context(&self) -> ReplyContext {
+        ReplyContext {
+            request_id: self.request_id,
+            wire: self.wire,
+            name: self.name.clone(),
+            one_way: self.kind == MessageKind::OneWay,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_context_carries_id_wire_and_name() {
+        let mut m = Message::new(MessageKind::OneWay, 7, Bytes::from_static(b"x"));
+        m.set_wire(WireFormat(3));
+        m.set_name("Calc:add".into());
+        m.set_request_id(9);
+        let ctx = m.reply_context();
+        assert_eq!(ctx.request_id, 9);
+        assert_eq!(ctx.wire, WireFormat(3));
+        assert_eq!(&*ctx.name, "Calc:add");
+        assert!(ctx.one_way);
+    }
+
+    #[test]
+    fn later_mutation_is_last() {
+        let mut m = Message::new(MessageKind::Request, 1, Bytes::new());
+        m.push_mutation("k".into(), "a".into());
+        m.push_mutation("k".into(), "b".into());
+        assert_eq!(m.mutations().last().map(|(_, v)| &**v), Some("b"));
+    }
+}
