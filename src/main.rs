@@ -1,1 +1,137 @@
-fn main() {}
+//! The `metaproxy` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// An L7 proxy for RPC protocols (Dubbo, Thrift, and any codec you add).
+#[derive(Parser, Debug)]
+#[command(name = "metaproxy", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// The YAML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Take the listening sockets over from a running process (hot restart).
+        #[arg(long)]
+        takeover: bool,
+    },
+    /// Validate a config without binding anything.
+    Check {
+        /// The YAML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config, takeover } => {
+            init_logging();
+            run(&config, takeover)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    let codecs = metaproxy::default_registry();
+    let config = match metaproxy::config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    match metaproxy::config::validate(&config, &codecs) {
+        Err(problems) => {
+            eprintln!("{}: {} problem(s):", path.display(), problems.len());
+            for p in problems {
+                eprintln!("  {p}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        Ok(validated) => {
+            // Compile routes and balancers too, as `run` would.
+            if let Err(e) = metaproxy::Server::new(config.clone(), codecs) {
+                eprintln!("{e}");
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("{}: ok", path.display());
+            println!("listeners: {}", config.listeners.len());
+            for l in &config.listeners {
+                println!("  {} {} codec={} route_config={}", l.name, l.address, l.codec, l.route_config);
+            }
+            let routes: usize = config.route_configs.iter().map(|r| r.routes.len()).sum();
+            println!("route_configs: {} ({} routes)", config.route_configs.len(), routes);
+            for r in &config.route_configs {
+                println!("  {} ({} routes)", r.name, r.routes.len());
+            }
+            println!("clusters: {}", config.clusters.len());
+            for c in &config.clusters {
+                println!("  {} ({} endpoints, {:?})", c.name, c.endpoints.len(), c.lb_policy);
+            }
+            for w in validated.warnings {
+                println!("warning: {w}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run(path: &Path, takeover: bool) -> anyhow::Result<ExitCode> {
+    if takeover {
+        tracing::warn!("--takeover: no hot-restart socket support yet; binding fresh sockets");
+    }
+    let server = metaproxy::Server::from_file(path, metaproxy::default_registry())?;
+    let rt = metaproxy::runtime::build().context("cannot start the runtime")?;
+    rt.block_on(async move {
+        let running = server.bind().await?;
+        let handle = running.handle();
+        let reload_handle = handle.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+            while hup.recv().await.is_some() {
+                let _ = reload_handle.reload().await;
+            }
+        });
+        let drained = running
+            .run_until(async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+                }
+            })
+            .await;
+        tracing::info!(drained, "stopped");
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}

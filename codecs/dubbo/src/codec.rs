@@ -1,0 +1,609 @@
+//! The Dubbo codec: decode frames into routable metadata, forward them byte for byte
+//! with a rewritten id and re-serialised attachments, and answer locally.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use meta_protocol::{
+    Codec, CodecContext, CodecError, CodecFactory, DecodeError, DecodeErrorKind, EncodeError,
+    FrameLayout, LocalReply, LocalReplyKind, Message, MessageKind, MetaStr, Mutations,
+    ReplyContext, ResponseStatus, Side,
+};
+
+use crate::header::{
+    response_type, serialization_name, status, Header, FLAG_EVENT, FLAG_REQUEST, FLAG_TWO_WAY,
+    HEADER_LEN, HESSIAN2, MAGIC,
+};
+use crate::hessian2::{code, HessianError, Reader, StrSpan, Writer, DEFAULT_MAX_DEPTH};
+
+/// Layout slot: start of the arguments (requests) or of the value (responses).
+const L_ARGS: usize = 0;
+/// Layout slot: end of the first argument (requests) or of the value (responses with
+/// attachments); equal to `L_ARGS` when there is none.
+const L_FIRST_ARG_END: usize = 1;
+/// Layout slot: start of the attachments map (its `H`/`M`/`N` code), or the end of the
+/// body when there is none.
+const L_MAP: usize = 2;
+/// Layout slot: first entry of the attachments map.
+const L_MAP_ENTRIES: usize = 3;
+/// Layout slot: end of the attachments map (after its `Z`).
+const L_MAP_END: usize = 4;
+/// Layout slot: flags ([`LF_HAS_MAP`]) and, in bits 8-15, the response type + 1.
+const L_FLAGS: usize = 5;
+/// Layout flag: an attachments map is present.
+const LF_HAS_MAP: u32 = 1;
+
+/// Attachment keys and body fields in metadata.
+const KEY_INTERFACE: MetaStr = MetaStr::from_static("interface");
+const KEY_METHOD: MetaStr = MetaStr::from_static("method");
+const KEY_VERSION: MetaStr = MetaStr::from_static("version");
+
+/// Creates [`DubboCodec`]s; registered as `dubbo`. Accepts no options.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DubboCodecFactory;
+
+impl DubboCodecFactory {
+    /// The codec name used in a listener's `codec:` field.
+    pub const NAME: &'static str = "dubbo";
+}
+
+impl CodecFactory for DubboCodecFactory {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn new_codec(&self, ctx: &CodecContext<'_>) -> Result<Box<dyn Codec>, CodecError> {
+        self.validate(ctx.options)?;
+        Ok(Box::new(DubboCodec::new(ctx.side, ctx.max_frame_size)))
+    }
+}
+
+/// The Dubbo 2 (hessian2) codec for one connection.
+#[derive(Clone, Debug)]
+pub struct DubboCodec {
+    side: Side,
+    max_frame_size: usize,
+    max_depth: usize,
+}
+
+/// What a request's arguments and attachments look like, for [`FrameLayout`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DubboLayout {
+    /// Start of the arguments (requests) or of the value (responses).
+    pub args: usize,
+    /// End of the first argument (requests) or of the value (responses with
+    /// attachments); equal to `args` when unknown or absent.
+    pub first_arg_end: usize,
+    /// The attachments map: start, first entry, end; `None` when absent.
+    pub attachments: Option<(usize, usize, usize)>,
+    /// The response type, for OK responses.
+    pub response_type: Option<i32>,
+}
+
+impl DubboLayout {
+    /// Reads back what [`DubboCodec::decode`] recorded in a message.
+    pub fn of(msg: &Message) -> DubboLayout {
+        let l = msg.layout().0;
+        let flags = l[L_FLAGS];
+        let rt = (flags >> 8) & 0xff;
+        DubboLayout {
+            args: l[L_ARGS] as usize,
+            first_arg_end: l[L_FIRST_ARG_END] as usize,
+            attachments: (flags & LF_HAS_MAP != 0).then_some((
+                l[L_MAP] as usize,
+                l[L_MAP_ENTRIES] as usize,
+                l[L_MAP_END] as usize,
+            )),
+            response_type: (rt != 0).then(|| rt as i32 - 1),
+        }
+    }
+
+    fn to_layout(self, body_end: usize) -> FrameLayout {
+        let (m, e, z) = self.attachments.unwrap_or((body_end, body_end, body_end));
+        let mut flags = u32::from(self.attachments.is_some());
+        if let Some(t) = self.response_type {
+            flags |= ((t as u32 + 1) & 0xff) << 8;
+        }
+        FrameLayout([
+            self.args as u32,
+            self.first_arg_end as u32,
+            m as u32,
+            e as u32,
+            z as u32,
+            flags,
+        ])
+    }
+}
+
+fn hessian(e: HessianError, what: &'static str) -> DecodeError {
+    match e {
+        HessianError::TooDeep(n) => DecodeError::new(DecodeErrorKind::TooDeep(n)),
+        e => DecodeError::malformed(format!("dubbo {what}: {e}")),
+    }
+}
+
+/// Counts the parameters of a JVM method descriptor such as `ILjava/lang/String;[B`.
+pub fn count_parameters(desc: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    let mut n = 0;
+    while i < desc.len() {
+        while desc.get(i) == Some(&b'[') {
+            i += 1;
+        }
+        match desc.get(i)? {
+            b'Z' | b'B' | b'C' | b'D' | b'F' | b'I' | b'J' | b'S' | b'V' => i += 1,
+            b'L' => {
+                let semi = desc[i..].iter().position(|&b| b == b';')?;
+                if semi < 2 {
+                    return None;
+                }
+                i += semi + 1;
+            }
+            _ => return None,
+        }
+        n += 1;
+    }
+    Some(n)
+}
+
+/// Skips a string or a null.
+fn skip_nullable_string(r: &mut Reader<'_>) -> Result<(), HessianError> {
+    if !r.read_null()? {
+        r.read_str_span()?;
+    }
+    Ok(())
+}
+
+/// Reads a string's bytes where they stand (or decoded, when not plain).
+fn span_bytes(frame: &Bytes, start: usize, end: usize, span: &StrSpan) -> Option<Bytes> {
+    if span.plain {
+        Some(frame.slice(span.data.clone()))
+    } else {
+        let mut sub = Reader::with_range(frame, start, end);
+        sub.read_string().ok().map(|s| s.into_bytes())
+    }
+}
+
+impl DubboCodec {
+    /// A codec for one connection on `side`, rejecting frames over `max_frame_size`.
+    pub fn new(side: Side, max_frame_size: usize) -> Self {
+        DubboCodec {
+            side,
+            max_frame_size,
+            max_depth: DEFAULT_MAX_DEPTH,
+        }
+    }
+
+    /// The side this codec serves.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// Sets the hessian nesting limit (default [`DEFAULT_MAX_DEPTH`]).
+    pub fn with_max_depth(mut self, depth: usize) -> Self {
+        self.max_depth = depth;
+        self
+    }
+
+    fn decode_request(&self, h: &Header, frame: Bytes) -> Result<Message, DecodeError> {
+        let mut r = Reader::with_range(&frame, HEADER_LEN, frame.len()).with_max_depth(self.max_depth);
+        if h.is_event() {
+            let kind = match r.peek() {
+                None | Some(code::NULL) if h.is_two_way() => MessageKind::Heartbeat,
+                Some(0x01) if frame.get(HEADER_LEN + 1) == Some(&b'R') => MessageKind::GoAway,
+                _ => MessageKind::Event,
+            };
+            return Ok(Message::new(kind, h.id, frame));
+        }
+        let kind = if h.is_two_way() {
+            MessageKind::Request
+        } else {
+            MessageKind::OneWay
+        };
+        skip_nullable_string(&mut r).map_err(|e| hessian(e, "dubbo version"))?;
+        let path = r
+            .read_nullable_string()
+            .map_err(|e| hessian(e, "service path"))?;
+        let version = r
+            .read_nullable_string()
+            .map_err(|e| hessian(e, "service version"))?;
+        let method = r
+            .read_nullable_string()
+            .map_err(|e| hessian(e, "method name"))?;
+        let desc_start = r.position();
+        let params = if r.read_null().map_err(|e| hessian(e, "parameter types"))? {
+            0
+        } else {
+            let span = r.read_str_span().map_err(|e| hessian(e, "parameter types"))?;
+            let desc = span_bytes(&frame, desc_start, r.position(), &span)
+                .ok_or_else(|| DecodeError::malformed("dubbo parameter types: invalid string"))?;
+            count_parameters(&desc).ok_or_else(|| {
+                DecodeError::malformed(format!(
+                    "dubbo parameter types: bad descriptor {:?}",
+                    String::from_utf8_lossy(&desc)
+                ))
+            })?
+        };
+        let args = r.position();
+        let mut first_arg_end = args;
+        for i in 0..params {
+            r.skip_value().map_err(|e| hessian(e, "argument"))?;
+            if i == 0 {
+                first_arg_end = r.position();
+            }
+        }
+        let mut msg = Message::new(kind, h.id, frame.clone());
+        let md = msg.metadata_mut();
+        if let Some(p) = path {
+            md.set(KEY_INTERFACE, p);
+        }
+        if let Some(m) = &method {
+            md.set(KEY_METHOD, m.clone());
+        }
+        if let Some(v) = version {
+            md.set(KEY_VERSION, v);
+        }
+        let map_start = r.position();
+        let attachments = if r.is_at_end() {
+            None
+        } else {
+            let first = r
+                .visit_map(|r, _| {
+                    let k = r.read_string_or_skip()?;
+                    let v = r.read_string_or_skip()?;
+                    if let (Some(k), Some(v)) = (k, v) {
+                        md.set_if_absent(k, v);
+                    }
+                    Ok(())
+                })
+                .map_err(|e| hessian(e, "attachments"))?;
+            Some((map_start, first, r.position()))
+        };
+        msg.set_layout(
+            DubboLayout {
+                args,
+                first_arg_end,
+                attachments,
+                response_type: None,
+            }
+            .to_layout(frame.len()),
+        );
+        if let Some(m) = method {
+            msg.set_name(m);
+        }
+        Ok(msg)
+    }
+
+    fn decode_response(&self, h: &Header, frame: Bytes) -> Result<Message, DecodeError> {
+        if h.is_event() {
+            return Ok(Message::new(MessageKind::Event, h.id, frame));
+        }
+        let mut msg = Message::new(MessageKind::Response, h.id, frame.clone());
+        if h.status != status::OK {
+            msg.set_status(ResponseStatus::Error);
+            return Ok(msg);
+        }
+        let mut r = Reader::with_range(&frame, HEADER_LEN, frame.len()).with_max_depth(self.max_depth);
+        let rt = r.read_int().map_err(|e| hessian(e, "response type"))?;
+        let status = match rt {
+            response_type::EXCEPTION | response_type::EXCEPTION_WITH_ATTACHMENTS => {
+                ResponseStatus::Exception
+            }
+            1 | 2 | 4 | 5 => ResponseStatus::Ok,
+            t => return Err(DecodeError::malformed(format!("dubbo response type {t} unknown"))),
+        };
+        msg.set_status(status);
+        let args = r.position();
+        let mut layout = DubboLayout {
+            args,
+            first_arg_end: args,
+            attachments: None,
+            response_type: Some(rt),
+        };
+        if response_type::has_attachments(rt) {
+            if rt != response_type::NULL_WITH_ATTACHMENTS {
+                r.skip_value().map_err(|e| hessian(e, "response value"))?;
+            }
+            layout.first_arg_end = r.position();
+            let map_start = r.position();
+            let md = msg.metadata_mut();
+            let first = r
+                .read_string_map(|k, v| md.set_if_absent(k, v))
+                .map_err(|e| hessian(e, "response attachments"))?;
+            layout.attachments = Some((map_start, first, r.position()));
+        }
+        msg.set_layout(layout.to_layout(frame.len()));
+        Ok(msg)
+    }
+
+    /// Writes `frame` with `mutations` merged over its attachments map (or a new map at
+    /// the end of the body when it has none), fixing the body length.
+    fn encode_mutated(
+        &self,
+        msg: &Message,
+        attachments: Option<(usize, usize, usize)>,
+        dst: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        let frame = msg.frame();
+        let (map_start, first, map_end) =
+            attachments.unwrap_or((frame.len(), frame.len(), frame.len()));
+        if !(HEADER_LEN <= map_start && map_start <= first && first <= map_end && map_end <= frame.len()) {
+            return Err(EncodeError::Inconsistent("dubbo attachments layout out of the frame".into()));
+        }
+        let mutations = msg.mutations();
+        let header_at = dst.len();
+        dst.reserve(frame.len() + 64 * mutations.len());
+        dst.put_slice(&frame[..4]);
+        dst.put_u64(msg.request_id());
+        dst.put_u32(0);
+        dst.put_slice(&frame[HEADER_LEN..map_start]);
+        let null_map = attachments.is_none() || frame.get(map_start) == Some(&code::NULL);
+        if null_map {
+            dst.put_u8(code::MAP_UNTYPED);
+        } else {
+            dst.put_slice(&frame[map_start..first]);
+            copy_entries(frame, first, map_end.saturating_sub(1), mutations, dst);
+        }
+        let mut w = Writer::new(dst);
+        for (i, (k, v)) in mutations.iter().enumerate() {
+            if mutations[i + 1..].iter().any(|(later, _)| later == k) {
+                continue;
+            }
+            w.write_string(k);
+            w.write_string(v);
+        }
+        w.write_end();
+        let after = if attachments.is_none() { frame.len() } else { map_end };
+        dst.put_slice(&frame[after..]);
+        let body = dst.len() - header_at - HEADER_LEN;
+        let body = i32::try_from(body).map_err(|_| EncodeError::TooLarge(body + HEADER_LEN))?;
+        dst[header_at + 12..header_at + 16].copy_from_slice(&body.to_be_bytes());
+        Ok(())
+    }
+}
+
+/// Copies the entries of `frame[first..end]` (an attachments map without its `Z`),
+/// dropping the scalar entries whose key a mutation sets. When an entry cannot be
+/// walked in isolation (a value referring to a class defined earlier in the body),
+/// everything is copied: the mutations follow and later keys win in every decoder.
+fn copy_entries(frame: &Bytes, first: usize, end: usize, mutations: &Mutations, dst: &mut BytesMut) {
+    let mut r = Reader::with_range(frame, first, end);
+    let mark = dst.len();
+    let walked: Result<(), HessianError> = (|| {
+        while !r.is_at_end() {
+            let entry = r.position();
+            let key = r.read_string_or_skip()?;
+            let scalar = matches!(
+                r.peek(),
+                Some(0x00..=0x1f | 0x30..=0x33 | b'S' | b'R' | b'N' | b'T' | b'F' | 0x80..=0xbf)
+                    | Some(0xc0..=0xd7 | b'I')
+            );
+            r.skip_value()?;
+            let replaced = scalar
+                && key
+                    .as_ref()
+                    .is_some_and(|k| mutations.iter().any(|(m, _)| m == k));
+            if !replaced {
+                dst.put_slice(&frame[entry..r.position()]);
+            }
+        }
+        Ok(())
+    })();
+    if walked.is_err() {
+        dst.truncate(mark);
+        dst.put_slice(&frame[first..end]);
+    }
+}
+
+fn reply_context(h: &Header) -> Option<ReplyContext> {
+    h.is_request().then(|| ReplyContext {
+        request_id: h.id,
+        one_way: !h.is_two_way(),
+        ..ReplyContext::default()
+    })
+}
+
+/// The Dubbo status for a local reply.
+pub fn local_reply_status(kind: LocalReplyKind) -> u8 {
+    match kind {
+        LocalReplyKind::NoRoute => status::SERVICE_NOT_FOUND,
+        LocalReplyKind::UpstreamFailure => status::SERVER_ERROR,
+        LocalReplyKind::Timeout => status::SERVER_TIMEOUT,
+        LocalReplyKind::Overloaded => status::SERVER_THREADPOOL_EXHAUSTED_ERROR,
+        LocalReplyKind::BadRequest => status::BAD_REQUEST,
+    }
+}
+
+impl Codec for DubboCodec {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, DecodeError> {
+        let have = src.len().min(2);
+        if src[..have] != MAGIC[..have] {
+            return Err(DecodeError::new(DecodeErrorKind::BadMagic(
+                format!("expected da bb, got {:02x?}", &src[..have]).into(),
+            )));
+        }
+        let Some(h) = Header::parse(src) else {
+            return Ok(None);
+        };
+        let with_reply = |e: DecodeError| match reply_context(&h) {
+            Some(ctx) => e.with_reply(ctx),
+            None => e,
+        };
+        if h.serialization() != HESSIAN2 {
+            return Err(with_reply(DecodeError::unsupported(format!(
+                "dubbo serialization id {} ({}); only hessian2 (2) is supported",
+                h.serialization(),
+                serialization_name(h.serialization())
+            ))));
+        }
+        if h.body_len < 0 {
+            return Err(with_reply(DecodeError::malformed(format!(
+                "dubbo body length {} is negative",
+                h.body_len
+            ))));
+        }
+        let total = HEADER_LEN + h.body_len as usize;
+        if total > self.max_frame_size {
+            return Err(with_reply(DecodeError::too_large(total as u64, self.max_frame_size)));
+        }
+        if src.len() < total {
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        let frame = src.split_to(total).freeze();
+        let msg = if h.flags & FLAG_REQUEST != 0 {
+            self.decode_request(&h, frame)
+        } else {
+            self.decode_response(&h, frame)
+        };
+        msg.map(Some).map_err(with_reply)
+    }
+
+    fn encode(&mut self, msg: &Message, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        let frame = msg.frame();
+        if frame.len() < HEADER_LEN {
+            return Err(EncodeError::Inconsistent(
+                format!("dubbo frame of {} bytes is shorter than its header", frame.len()).into(),
+            ));
+        }
+        if !msg.mutations().is_empty() {
+            let layout = DubboLayout::of(msg);
+            match msg.kind() {
+                MessageKind::Request | MessageKind::OneWay => {
+                    return self.encode_mutated(msg, layout.attachments, dst)
+                }
+                MessageKind::Response if layout.attachments.is_some() => {
+                    return self.encode_mutated(msg, layout.attachments, dst)
+                }
+                _ => {}
+            }
+        }
+        dst.reserve(frame.len());
+        dst.put_slice(&frame[..4]);
+        dst.put_u64(msg.request_id());
+        dst.put_slice(&frame[12..]);
+        Ok(())
+    }
+
+    fn encode_local_reply(
+        &mut self,
+        ctx: &ReplyContext,
+        reply: &LocalReply<'_>,
+        dst: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        if ctx.one_way {
+            return Ok(());
+        }
+        write_error_response(ctx.request_id, local_reply_status(reply.kind), reply.message, dst)
+    }
+
+    fn encode_heartbeat_reply(
+        &mut self,
+        heartbeat: &Message,
+        dst: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        write_event(FLAG_EVENT | HESSIAN2, status::OK, heartbeat.request_id(), None, dst);
+        Ok(())
+    }
+
+    fn encode_heartbeat(&mut self, id: u64, dst: &mut BytesMut) -> Result<bool, EncodeError> {
+        write_event(FLAG_REQUEST | FLAG_TWO_WAY | FLAG_EVENT | HESSIAN2, 0, id, None, dst);
+        Ok(true)
+    }
+
+    fn encode_go_away(&mut self, dst: &mut BytesMut) -> Result<bool, EncodeError> {
+        write_event(FLAG_REQUEST | FLAG_EVENT | HESSIAN2, 0, 0, Some("R"), dst);
+        Ok(true)
+    }
+}
+
+/// Writes an event frame whose body is null or a string.
+fn write_event(flags: u8, status: u8, id: u64, body: Option<&str>, dst: &mut BytesMut) {
+    let at = dst.len();
+    Header { flags, status, id, body_len: 0 }.write(dst);
+    Writer::new(dst).write_nullable_string(body);
+    let len = (dst.len() - at - HEADER_LEN) as i32;
+    dst[at + 12..at + 16].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Writes a response with a non-OK `status` whose body is the hessian string `message`
+/// (what a Dubbo client reads as the error message).
+pub fn write_error_response(
+    id: u64,
+    status: u8,
+    message: &str,
+    dst: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let at = dst.len();
+    Header { flags: HESSIAN2, status, id, body_len: 0 }.write(dst);
+    Writer::new(dst).write_string(message);
+    let len = dst.len() - at - HEADER_LEN;
+    let len = i32::try_from(len).map_err(|_| EncodeError::TooLarge(len))?;
+    dst[at + 12..at + 16].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meta_protocol::DEFAULT_MAX_FRAME_SIZE;
+
+    #[test]
+    fn descriptors_count_parameters() {
+        assert_eq!(count_parameters(b""), Some(0));
+        assert_eq!(count_parameters(b"I"), Some(1));
+        assert_eq!(count_parameters(b"ILjava/lang/String;[B[[J"), Some(4));
+        assert_eq!(count_parameters(b"Ljava/lang/String"), None);
+        assert_eq!(count_parameters(b"L;"), None);
+        assert_eq!(count_parameters(b"["), None);
+        assert_eq!(count_parameters(b"Q"), None);
+    }
+
+    #[test]
+    fn local_reply_statuses_follow_the_spec() {
+        assert_eq!(local_reply_status(LocalReplyKind::NoRoute), 60);
+        assert_eq!(local_reply_status(LocalReplyKind::UpstreamFailure), 80);
+        assert_eq!(local_reply_status(LocalReplyKind::Timeout), 31);
+        assert_eq!(local_reply_status(LocalReplyKind::Overloaded), 100);
+        assert_eq!(local_reply_status(LocalReplyKind::BadRequest), 40);
+    }
+
+    #[test]
+    fn heartbeat_reply_has_event_flags_and_same_id() {
+        let mut c = DubboCodec::new(Side::Downstream, DEFAULT_MAX_FRAME_SIZE);
+        let mut buf = BytesMut::new();
+        assert!(c.encode_heartbeat(77, &mut buf).unwrap());
+        assert_eq!(&buf[..], b"\xda\xbb\xe2\x00\0\0\0\0\0\0\0\x4d\0\0\0\x01N");
+        let hb = c.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(hb.kind(), MessageKind::Heartbeat);
+        let mut out = BytesMut::new();
+        c.encode_heartbeat_reply(&hb, &mut out).unwrap();
+        assert_eq!(&out[..], b"\xda\xbb\x22\x14\0\0\0\0\0\0\0\x4d\0\0\0\x01N");
+        let reply = c.decode(&mut out).unwrap().unwrap();
+        assert_eq!(reply.kind(), MessageKind::Event);
+    }
+
+    #[test]
+    fn go_away_is_a_readonly_event() {
+        let mut c = DubboCodec::new(Side::Downstream, DEFAULT_MAX_FRAME_SIZE);
+        let mut buf = BytesMut::new();
+        assert!(c.encode_go_away(&mut buf).unwrap());
+        assert_eq!(buf[2], 0xa2);
+        assert_eq!(&buf[16..], b"\x01R");
+        assert_eq!(c.decode(&mut buf).unwrap().unwrap().kind(), MessageKind::GoAway);
+    }
+
+    #[test]
+    fn layout_round_trips() {
+        let l = DubboLayout {
+            args: 40,
+            first_arg_end: 50,
+            attachments: Some((60, 61, 90)),
+            response_type: Some(4),
+        };
+        let mut m = Message::new(MessageKind::Response, 1, Bytes::new());
+        m.set_layout(l.to_layout(100));
+        assert_eq!(DubboLayout::of(&m), l);
+        let l = DubboLayout { response_type: Some(0), attachments: None, ..l };
+        m.set_layout(l.to_layout(100));
+        assert_eq!(DubboLayout::of(&m), l);
+    }
+}

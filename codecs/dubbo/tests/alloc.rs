@@ -1,0 +1,62 @@
+//! Decoding the metadata of an ASCII request allocates nothing (a counting global
+//! allocator proves it), once the connection's read buffer is shared.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::BytesMut;
+use common::{codec, typical_request};
+use meta_protocol::Codec;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged, only counting calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn typical_request_metadata_decodes_without_allocating() {
+    let frame = typical_request(1);
+    let n = 64;
+    let mut buf = BytesMut::with_capacity(frame.len() * (n + 1));
+    for _ in 0..=n {
+        buf.extend_from_slice(&frame);
+    }
+    let mut c = codec();
+    // The first split makes the read buffer shared (one allocation per buffer, as on
+    // any connection); decoding after that must not allocate.
+    let first = c.decode(&mut buf).unwrap().unwrap();
+    drop(first);
+    let mut seen = 0;
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..n {
+        let msg = c.decode(&mut buf).unwrap().unwrap();
+        seen += msg.metadata().len();
+        assert_eq!(msg.metadata().get("user"), Some("alice"));
+        drop(msg);
+    }
+    let after = ALLOCATIONS.load(Ordering::Relaxed);
+    assert_eq!(seen, n * 7, "interface, method, version, path, group, timeout, user");
+    assert_eq!(after - before, 0, "allocations while decoding {n} requests");
+}

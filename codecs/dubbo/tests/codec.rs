@@ -1,0 +1,408 @@
+//! The codec against hand-built frames: metadata, kinds, errors, encode, mutations,
+//! local replies.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use common::{codec, decode_one, encode, typical_request};
+use meta_protocol::{
+    Codec, CodecContext, CodecError, CodecRegistry, DecodeErrorKind, LocalReply, LocalReplyKind,
+    MessageKind, MetaStr, ReplyContext, ResponseStatus, Side,
+};
+use metaproxy_dubbo::frames::{
+    parse_request, parse_response, Args, RequestFrame, ResponseBody, ResponseFrame,
+};
+use metaproxy_dubbo::header::{Header, HEADER_LEN};
+use metaproxy_dubbo::hessian2::{Value, Writer};
+use metaproxy_dubbo::{DubboCodec, DubboCodecFactory};
+
+/// Builds a request frame by hand from hessian pieces: body strings, raw args, raw
+/// attachments map (or none).
+fn raw_request(flags: u8, id: u64, build: impl FnOnce(&mut Writer<'_>)) -> Bytes {
+    let mut b = BytesMut::new();
+    Header { flags, status: 0, id, body_len: 0 }.write(&mut b);
+    build(&mut Writer::new(&mut b));
+    let len = (b.len() - HEADER_LEN) as u32;
+    b[12..16].copy_from_slice(&len.to_be_bytes());
+    b.freeze()
+}
+
+#[test]
+fn typical_request_metadata() {
+    let frame = typical_request(11);
+    let msg = decode_one(&frame);
+    assert_eq!(msg.kind(), MessageKind::Request);
+    assert_eq!(msg.request_id(), 11);
+    let md = msg.metadata();
+    assert_eq!(md.get("interface"), Some("com.example.DemoService"));
+    assert_eq!(md.get("method"), Some("sayHello"));
+    assert_eq!(md.get("version"), Some("1.0.0"));
+    assert_eq!(md.get("group"), Some("blue"));
+    assert_eq!(md.get("timeout"), Some("3000"));
+    assert_eq!(md.get("user"), Some("alice"));
+    assert_eq!(md.get("path"), Some("com.example.DemoService"));
+    // Values slice the frame.
+    let v = md.get_shared("user").unwrap();
+    let f = msg.frame();
+    let at = f.windows(5).position(|w| w == b"alice").unwrap();
+    assert_eq!(v.as_bytes().as_ptr(), f[at..].as_ptr());
+    assert_eq!(msg.reply_context().request_id, 11);
+    assert!(!msg.reply_context().one_way);
+}
+
+#[test]
+fn body_fields_win_over_attachments() {
+    let frame = RequestFrame {
+        attachments: &[("method", "evil"), ("interface", "other"), ("x", "1")],
+        version: "2.0",
+        ..RequestFrame::new(1, "com.a.B", "real")
+    }
+    .encode();
+    let md = decode_one(&frame).metadata().clone();
+    assert_eq!(md.get("method"), Some("real"));
+    assert_eq!(md.get("interface"), Some("com.a.B"));
+    assert_eq!(md.get("version"), Some("2.0"));
+    assert_eq!(md.get("x"), Some("1"));
+}
+
+#[test]
+fn non_string_attachments_are_skipped_and_typed_maps_accepted() {
+    let frame = raw_request(0xc2, 5, |w| {
+        w.write_string("2.0.2").write_string("svc").write_null().write_string("m");
+        w.write_string("Ljava/util/Map;");
+        w.write_value(&Value::Map {
+            ty: None,
+            entries: vec![(Value::str("k"), Value::List { ty: None, items: vec![Value::Int(1)] })],
+        });
+        w.write_map_start(Some(metaproxy_dubbo::hessian2::TypeName::Name("java.util.HashMap")));
+        w.write_string("num").write_int(5);
+        w.write_int(7).write_string("intkey");
+        w.write_string("group").write_string("g\u{1F600}");
+        w.write_string("nested").write_value(&Value::Map { ty: None, entries: vec![] });
+        w.write_end();
+    });
+    let msg = decode_one(&frame);
+    let md = msg.metadata();
+    assert_eq!(md.get("interface"), Some("svc"));
+    assert_eq!(md.get("version"), None, "null version is absent");
+    assert_eq!(md.get("group"), Some("g\u{1F600}"));
+    assert_eq!(md.get("num"), None);
+    assert_eq!(md.get("nested"), None);
+    assert_eq!(md.len(), 3);
+}
+
+#[test]
+fn class_definitions_are_shared_across_the_body() {
+    // Two object arguments: the second uses the definition written with the first.
+    let frame = raw_request(0xc2, 5, |w| {
+        w.write_string("2.0.2").write_string("svc").write_string("1").write_string("m");
+        w.write_string("Lcom/a/P;Lcom/a/P;");
+        let idx = w.write_class_def("com.a.P", &["x", "y"]);
+        w.write_object_start(idx).write_int(1).write_string("a");
+        w.write_object_start(idx).write_int(2).write_string("b");
+        w.write_string_map([("user", "bob")]);
+    });
+    let msg = decode_one(&frame);
+    assert_eq!(msg.metadata().get("user"), Some("bob"));
+    let p = parse_request(&frame).unwrap();
+    assert_eq!(p.args.len(), 2);
+    assert_eq!(
+        p.args[1],
+        Value::Object {
+            class: "com.a.P".into(),
+            fields: vec![("x".into(), Value::Int(2)), ("y".into(), Value::str("b"))]
+        }
+    );
+}
+
+#[test]
+fn chunked_and_surrogate_strings_are_decoded() {
+    let long = "\u{4E2D}".repeat(40_000);
+    let frame = raw_request(0xc2, 5, |w| {
+        w.write_string("2.0.2").write_string("svc").write_string("1").write_string("m");
+        w.write_string("");
+        w.write_map_start(None);
+        w.write_string("long").write_string(&long);
+        // U+1F600 written as a modified-UTF-8 surrogate pair, as Java does.
+        w.write_string("emoji");
+        w.write_raw(b"\x02\xed\xa0\xbd\xed\xb8\x80");
+        w.write_end();
+    });
+    let msg = decode_one(&frame);
+    assert_eq!(msg.metadata().get("long"), Some(long.as_str()));
+    assert_eq!(msg.metadata().get("emoji"), Some("\u{1F600}"));
+}
+
+#[test]
+fn one_way_requests_are_never_answered() {
+    let frame = RequestFrame { one_way: true, ..RequestFrame::new(3, "svc", "m") }.encode();
+    let msg = decode_one(&frame);
+    assert_eq!(msg.kind(), MessageKind::OneWay);
+    let ctx = msg.reply_context();
+    assert!(ctx.one_way);
+    let mut out = BytesMut::new();
+    codec()
+        .encode_local_reply(&ctx, &LocalReply::new(LocalReplyKind::NoRoute, "x"), &mut out)
+        .unwrap();
+    assert!(out.is_empty());
+}
+
+#[test]
+fn events_heartbeats_and_go_away() {
+    let ev = |flags: u8, body: &[u8]| {
+        let mut b = BytesMut::new();
+        Header { flags, status: 20, id: 9, body_len: body.len() as i32 }.write(&mut b);
+        b.put_slice(body);
+        decode_one(&b).kind()
+    };
+    assert_eq!(ev(0xe2, b"N"), MessageKind::Heartbeat);
+    assert_eq!(ev(0xe2, b""), MessageKind::Heartbeat);
+    assert_eq!(ev(0xa2, b"N"), MessageKind::Event);
+    assert_eq!(ev(0xa2, b"\x01R"), MessageKind::GoAway);
+    assert_eq!(ev(0xe2, b"\x01R"), MessageKind::GoAway);
+    assert_eq!(ev(0xe2, b"\x01X"), MessageKind::Event);
+    assert_eq!(ev(0x22, b"N"), MessageKind::Event);
+}
+
+#[test]
+fn response_status_mapping() {
+    let st = |f: Bytes| {
+        let m = decode_one(&f);
+        assert_eq!(m.kind(), MessageKind::Response);
+        m.status()
+    };
+    let exc = [b'N'];
+    assert_eq!(st(ResponseFrame::string(1, "v").encode()), ResponseStatus::Ok);
+    assert_eq!(st(ResponseFrame::null(1).encode()), ResponseStatus::Ok);
+    assert_eq!(st(ResponseFrame::exception(1, &exc).encode()), ResponseStatus::Exception);
+    let att: &[(&str, &str)] = &[("a", "b")];
+    assert_eq!(st(ResponseFrame::string(1, "v").with_attachments(att).encode()), ResponseStatus::Ok);
+    assert_eq!(st(ResponseFrame::null(1).with_attachments(att).encode()), ResponseStatus::Ok);
+    assert_eq!(
+        st(ResponseFrame::exception(1, &exc).with_attachments(att).encode()),
+        ResponseStatus::Exception
+    );
+    assert_eq!(st(ResponseFrame::error(1, 70, "boom").encode()), ResponseStatus::Error);
+    // Unknown response type.
+    let bad = Bytes::from_static(b"\xda\xbb\x02\x14\0\0\0\0\0\0\0\x01\0\0\0\x01\x99");
+    let err = codec().decode(&mut BytesMut::from(&bad[..])).unwrap_err();
+    assert!(matches!(err.kind, DecodeErrorKind::Malformed(_)));
+    assert!(err.reply.is_none(), "responses are not answered");
+}
+
+#[test]
+fn partial_frames_need_more_bytes_and_frames_split_correctly() {
+    let a = typical_request(1);
+    let b = ResponseFrame::string(2, "ok").encode();
+    let mut buf = BytesMut::new();
+    buf.put_slice(&a);
+    buf.put_slice(&b[..10]);
+    let mut c = codec();
+    assert_eq!(c.decode(&mut buf).unwrap().unwrap().request_id(), 1);
+    assert!(c.decode(&mut buf).unwrap().is_none());
+    assert_eq!(&buf[..], &b[..10], "partial frame left untouched");
+    buf.put_slice(&b[10..]);
+    assert_eq!(c.decode(&mut buf).unwrap().unwrap().request_id(), 2);
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn header_errors() {
+    let mut c = codec();
+    // Bad magic is reported from the first byte.
+    let err = c.decode(&mut BytesMut::from(&b"G"[..])).unwrap_err();
+    assert!(matches!(err.kind, DecodeErrorKind::BadMagic(_)));
+    // Too large, from the header alone: no body bytes present.
+    let mut small = DubboCodec::new(Side::Downstream, 1024);
+    let mut hdr = BytesMut::new();
+    Header { flags: 0xc2, status: 0, id: 77, body_len: 5000 }.write(&mut hdr);
+    let err = small.decode(&mut hdr).unwrap_err();
+    assert_eq!(err.kind, DecodeErrorKind::FrameTooLarge { size: 5016, max: 1024 });
+    assert_eq!(err.reply.as_ref().map(|r| r.request_id), Some(77));
+    // Negative body length.
+    let mut hdr = BytesMut::new();
+    Header { flags: 0xc2, status: 0, id: 78, body_len: -1 }.write(&mut hdr);
+    let err = c.decode(&mut hdr).unwrap_err();
+    assert!(matches!(err.kind, DecodeErrorKind::Malformed(_)));
+    assert_eq!(err.reply.map(|r| r.request_id), Some(78));
+    // Another serialization.
+    let mut hdr = BytesMut::new();
+    Header { flags: 0xc6, status: 0, id: 79, body_len: 1 }.write(&mut hdr);
+    let err = c.decode(&mut hdr).unwrap_err();
+    match &err.kind {
+        DecodeErrorKind::Unsupported(m) => assert!(m.contains("fastjson") && m.contains("hessian2")),
+        k => panic!("unexpected {k:?}"),
+    }
+    assert_eq!(err.reply.map(|r| r.request_id), Some(79));
+}
+
+#[test]
+fn body_errors_carry_the_reply_context() {
+    let bad_desc = raw_request(0xc2, 12, |w| {
+        w.write_string("2.0.2").write_string("svc").write_string("1").write_string("m");
+        w.write_string("Lcom/Unterminated");
+    });
+    let err = codec().decode(&mut BytesMut::from(&bad_desc[..])).unwrap_err();
+    assert!(matches!(err.kind, DecodeErrorKind::Malformed(_)), "{err}");
+    let ctx = err.reply.unwrap();
+    assert_eq!((ctx.request_id, ctx.one_way), (12, false));
+
+    let mut deep = vec![0x79u8; 200];
+    deep.push(b'N');
+    let bomb = raw_request(0x82, 13, |w| {
+        w.write_string("2.0.2").write_string("svc").write_string("1").write_string("m");
+        w.write_string("Ljava/util/List;").write_raw(&deep);
+        w.write_string_map([]);
+    });
+    let err = codec().decode(&mut BytesMut::from(&bomb[..])).unwrap_err();
+    assert!(matches!(err.kind, DecodeErrorKind::TooDeep(_)));
+    assert!(err.reply.unwrap().one_way);
+
+    // Argument count says 2, body has 1 then the map: the map is taken as an argument
+    // and the body ends early.
+    let short = raw_request(0xc2, 14, |w| {
+        w.write_string("2.0.2").write_string("svc").write_string("1").write_string("m");
+        w.write_string("II").write_int(1);
+    });
+    assert!(codec().decode(&mut BytesMut::from(&short[..])).is_err());
+}
+
+#[test]
+fn encode_forwards_bytes_and_rewrites_only_the_id() {
+    let frame = typical_request(5);
+    let mut msg = decode_one(&frame);
+    assert_eq!(encode(&msg), frame);
+    msg.set_request_id(0x1122_3344_5566_7788);
+    let out = encode(&msg);
+    assert_eq!(out.len(), frame.len());
+    assert_eq!(&out[..4], &frame[..4]);
+    assert_eq!(&out[4..12], &0x1122_3344_5566_7788u64.to_be_bytes());
+    assert_eq!(&out[12..], &frame[12..]);
+}
+
+#[test]
+fn request_mutation_rewrites_only_the_attachments() {
+    let frame = typical_request(5);
+    let mut msg = decode_one(&frame);
+    msg.push_mutation("user".into(), "mallory".into());
+    msg.push_mutation("x-route".into(), "first".into());
+    msg.push_mutation("x-route".into(), "beta".into());
+    msg.set_request_id(6);
+    let out = encode(&msg);
+    let back = decode_one(&out);
+    assert_eq!(back.request_id(), 6);
+    assert_eq!(back.metadata().get("user"), Some("mallory"));
+    assert_eq!(back.metadata().get("x-route"), Some("beta"));
+    assert_eq!(back.metadata().get("group"), Some("blue"));
+    assert_eq!(back.metadata().get("interface"), Some("com.example.DemoService"));
+    // Everything before the attachments map is unchanged.
+    let map_at = metaproxy_dubbo::DubboLayout::of(&msg).attachments.unwrap().0;
+    assert_eq!(&out[12..16], &((out.len() - 16) as u32).to_be_bytes());
+    assert_eq!(&out[16..map_at], &frame[16..map_at]);
+    let p = parse_request(&out).unwrap();
+    assert_eq!(p.attachments.iter().filter(|(k, _)| k == "user").count(), 1);
+    assert_eq!(p.attachments.iter().filter(|(k, _)| k == "x-route").count(), 1);
+    assert_eq!(p.args, parse_request(&frame).unwrap().args);
+}
+
+#[test]
+fn mutation_adds_a_map_when_the_request_has_none() {
+    let frame = raw_request(0xc2, 8, |w| {
+        w.write_string("2.0.2").write_string("svc").write_string("1").write_string("m");
+        w.write_string("I").write_int(3);
+    });
+    let mut msg = decode_one(&frame);
+    assert_eq!(msg.metadata().get("method"), Some("m"));
+    msg.push_mutation("k".into(), "v".into());
+    let out = encode(&msg);
+    assert_eq!(&out[16..frame.len()], &frame[16..]);
+    assert_eq!(decode_one(&out).metadata().get("k"), Some("v"));
+}
+
+#[test]
+fn response_mutations_only_where_attachments_exist() {
+    let plain = ResponseFrame::string(1, "v").encode();
+    let mut m = decode_one(&plain);
+    m.push_mutation("k".into(), "v".into());
+    assert_eq!(encode(&m), plain, "type 1 cannot carry attachments: ignored");
+
+    let att: &[(&str, &str)] = &[("a", "1"), ("k", "old")];
+    let with = ResponseFrame::string(1, "v").with_attachments(att).encode();
+    let mut m = decode_one(&with);
+    assert_eq!(m.metadata().get("k"), Some("old"));
+    m.push_mutation("k".into(), "new".into());
+    let p = parse_response(&encode(&m)).unwrap();
+    assert_eq!(p.response_type, Some(4));
+    assert_eq!(p.value, Some(Value::str("v")));
+    assert_eq!(p.attachments, vec![("a".into(), "1".into()), ("k".into(), "new".into())]);
+}
+
+#[test]
+fn local_replies_are_dubbo_error_responses() {
+    for (kind, status) in [
+        (LocalReplyKind::NoRoute, 60),
+        (LocalReplyKind::UpstreamFailure, 80),
+        (LocalReplyKind::Timeout, 31),
+        (LocalReplyKind::Overloaded, 100),
+        (LocalReplyKind::BadRequest, 40),
+    ] {
+        let ctx = ReplyContext { request_id: 99, ..Default::default() };
+        let mut out = BytesMut::new();
+        let msg = "metaproxy: no route for com.example.Demo \u{4E2D}";
+        codec().encode_local_reply(&ctx, &LocalReply::new(kind, msg), &mut out).unwrap();
+        let frame = out.freeze();
+        assert_eq!(frame[2], 0x02, "response, hessian2");
+        let p = parse_response(&frame).unwrap();
+        assert_eq!(p.header.status, status);
+        assert_eq!(p.header.id, 99);
+        assert_eq!(p.error.as_deref(), Some(msg));
+        let m = decode_one(&frame);
+        assert_eq!(m.status(), ResponseStatus::Error);
+    }
+}
+
+#[test]
+fn factory_is_named_dubbo_and_takes_no_options() {
+    let mut reg = CodecRegistry::new();
+    reg.register(Arc::new(DubboCodecFactory));
+    let f = reg.get("dubbo").unwrap();
+    let none = BTreeMap::new();
+    assert!(f.validate(&none).unwrap().multiplexing);
+    let ctx = CodecContext { side: Side::Upstream, options: &none, max_frame_size: 100, wire: None };
+    let mut c = f.new_codec(&ctx).unwrap();
+    let mut big = BytesMut::new();
+    Header { flags: 0x02, status: 20, id: 1, body_len: 200 }.write(&mut big);
+    assert!(c.decode(&mut big).is_err());
+    let opts: BTreeMap<String, String> = [("x".to_string(), "y".to_string())].into();
+    assert_eq!(f.validate(&opts), Err(CodecError::UnknownOption("x".into())));
+    let ctx = CodecContext { options: &opts, ..ctx };
+    assert!(f.new_codec(&ctx).is_err());
+}
+
+#[test]
+fn response_body_variants_build_the_right_types() {
+    let v = [0x91u8];
+    for (body, t) in [
+        (ResponseBody::Exception(&v[..]), 0),
+        (ResponseBody::Value(&v[..]), 1),
+        (ResponseBody::Null, 2),
+    ] {
+        let f = ResponseFrame { id: 1, status: 20, body, attachments: None }.encode();
+        assert_eq!(parse_response(&f).unwrap().response_type, Some(t));
+        let f = ResponseFrame { id: 1, status: 20, body, attachments: Some(&[]) }.encode();
+        assert_eq!(parse_response(&f).unwrap().response_type, Some(t + 3));
+    }
+}
+
+#[test]
+fn string_argument_requests_carry_the_string() {
+    let f = RequestFrame { args: Args::String("hi \u{1F600}"), ..RequestFrame::new(1, "s", "m") }
+        .encode();
+    let p = parse_request(&f).unwrap();
+    assert_eq!(p.args, vec![Value::str("hi \u{1F600}")]);
+    let m = decode_one(&f);
+    assert_eq!(m.name(), &MetaStr::from("m"));
+}

@@ -1,0 +1,850 @@
+//! The `thrift` codec: factory, per-connection codec, decode, encode and local replies.
+
+use std::borrow::Cow;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use meta_protocol::{
+    Codec, CodecCapabilities, CodecContext, CodecError, CodecFactory, CodecOptions, DecodeError,
+    DecodeErrorKind, EncodeError, FrameLayout, LocalReply, LocalReplyKind, MetaStr, Message,
+    MessageKind, ReplyContext, ResponseStatus, Side,
+};
+
+use crate::format::{split_wire, wire_format, Protocol, ThriftOptions, Transport};
+use crate::read::{
+    first_field_id, for_each_info_header, mtype, read_msg_head, read_theader, skip_struct,
+    sniff_protocol, Cursor, Fault, MsgHead, HEADER_MAGIC, HEADER_SECTION, MAX_DEPTH,
+};
+use crate::write::{varint_len, write_frame, write_header_section, ProtoWriter};
+
+/// TApplicationException types the proxy sends (SPEC §5).
+pub mod app_exception {
+    /// 0: unknown.
+    pub const UNKNOWN: i32 = 0;
+    /// 1: no route matched the method.
+    pub const UNKNOWN_METHOD: i32 = 1;
+    /// 6: upstream failure, timeout or overload.
+    pub const INTERNAL_ERROR: i32 = 6;
+    /// 7: the request could not be decoded.
+    pub const PROTOCOL_ERROR: i32 = 7;
+}
+
+/// Creates [`ThriftCodec`]s; registered as `thrift`.
+///
+/// Options: `transport: framed|unframed|header|auto` and `protocol:
+/// binary|compact|auto` (defaults `auto`/`auto`). Capabilities: multiplexing always
+/// (replies carry the sequence id); mutations only where the header transport can be
+/// spoken, i.e. `transport: header`, and also `auto`, because an auto listener may
+/// carry header-transport clients (on framed/unframed connections mutations are then
+/// ignored at encode).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThriftCodecFactory;
+
+impl ThriftCodecFactory {
+    /// The factory.
+    pub fn new() -> Self {
+        ThriftCodecFactory
+    }
+}
+
+impl CodecFactory for ThriftCodecFactory {
+    fn name(&self) -> &str {
+        "thrift"
+    }
+
+    fn validate(&self, options: &CodecOptions) -> Result<CodecCapabilities, CodecError> {
+        let o = ThriftOptions::parse(options)?;
+        Ok(CodecCapabilities {
+            multiplexing: true,
+            mutations: matches!(o.transport, None | Some(Transport::Header)),
+        })
+    }
+
+    fn new_codec(&self, ctx: &CodecContext<'_>) -> Result<Box<dyn Codec>, CodecError> {
+        Ok(Box::new(ThriftCodec::from_context(ctx)?))
+    }
+}
+
+/// The Thrift codec for one connection.
+///
+/// Downstream, with `auto` options, the transport and protocol are detected from the
+/// first frame and then kept for the connection. Upstream, the codec speaks exactly
+/// the wire format given in [`CodecContext::wire`].
+#[derive(Clone, Debug)]
+pub struct ThriftCodec {
+    transport: Option<Transport>,
+    protocol: Option<Protocol>,
+    max_frame_size: usize,
+    /// Unframed only: `src` must hold at least this many bytes before re-skipping.
+    need: usize,
+}
+
+impl ThriftCodec {
+    /// A codec with fixed (or `None` = auto-detected) transport and protocol.
+    pub fn new(transport: Option<Transport>, protocol: Option<Protocol>, max_frame_size: usize) -> Self {
+        ThriftCodec { transport, protocol, max_frame_size, need: 0 }
+    }
+
+    /// A codec for `ctx`: the listener options downstream, `ctx.wire` upstream.
+    pub fn from_context(ctx: &CodecContext<'_>) -> Result<Self, CodecError> {
+        let o = ThriftOptions::parse(ctx.options)?;
+        let mut codec = ThriftCodec::new(o.transport, o.protocol, ctx.max_frame_size);
+        if ctx.side == Side::Upstream {
+            if let Some(wire) = ctx.wire {
+                let (t, p) = split_wire(wire).ok_or_else(|| CodecError::InvalidOption {
+                    key: "wire".into(),
+                    message: format!("{wire:?} is not a thrift wire format"),
+                })?;
+                codec.transport = Some(t);
+                codec.protocol = Some(p);
+            }
+        }
+        Ok(codec)
+    }
+
+    /// The transport in use (`None` until detected).
+    pub fn transport(&self) -> Option<Transport> {
+        self.transport
+    }
+
+    /// The protocol in use (`None` until detected).
+    pub fn protocol(&self) -> Option<Protocol> {
+        self.protocol
+    }
+
+    fn sniff(&mut self, b0: u8) -> Result<Protocol, DecodeError> {
+        let p = sniff_protocol(b0).map_err(fault)?;
+        match self.protocol {
+            Some(want) if want != p => Err(DecodeError::new(DecodeErrorKind::BadMagic(
+                format!("expected the {} protocol, got {}", want.as_str(), p.as_str()).into(),
+            ))),
+            Some(_) => Ok(p),
+            None => {
+                self.protocol = Some(p);
+                Ok(p)
+            }
+        }
+    }
+
+    fn decode_framed(&mut self, src: &mut BytesMut) -> Result<Option<Message>, DecodeError> {
+        let Some(len) = be_u32(src, 0) else { return Ok(None) };
+        let len = len as usize;
+        if len > self.max_frame_size {
+            return Err(DecodeError::too_large(len as u64, self.max_frame_size));
+        }
+        let b0 = match src.get(4) {
+            Some(&b) => b,
+            None if len == 0 => return Err(DecodeError::malformed("empty frame")),
+            None => return Ok(None),
+        };
+        let protocol = self.sniff(b0)?;
+        if src.len() < 4 + len {
+            return Ok(None);
+        }
+        let f = src.get(..4 + len).unwrap_or_default();
+        let mut c = Cursor::at(f, 4);
+        let head = read_msg_head(&mut c, protocol).map_err(in_frame)?;
+        let status = response_status(f, &head, protocol)?;
+        let frame = src.split_to(4 + len).freeze();
+        let layout = [head.seqid_off as u32, head.seqid_len as u32, head.body as u32, 4, 0, 0];
+        build(frame, &head, Transport::Framed, protocol, status, layout)
+    }
+
+    fn decode_unframed(&mut self, src: &mut BytesMut) -> Result<Option<Message>, DecodeError> {
+        let Some(&b0) = src.first() else { return Ok(None) };
+        let protocol = self.sniff(b0)?;
+        if src.len() < self.need {
+            return Ok(None);
+        }
+        let limit = self.max_frame_size;
+        let view = src.get(..src.len().min(limit)).unwrap_or_default();
+        let mut c = Cursor::new(view);
+        let head = match read_msg_head(&mut c, protocol) {
+            Ok(h) => h,
+            Err(Fault::Incomplete(n)) => return self.incomplete(n),
+            Err(f) => return Err(fault(f)),
+        };
+        if !(mtype::CALL..=mtype::ONEWAY).contains(&head.mtype) {
+            return Err(bad_type(view, &head, Transport::Unframed, protocol));
+        }
+        match skip_struct(&mut c, protocol) {
+            Ok(()) => {}
+            Err(Fault::Incomplete(n)) => return self.incomplete(n),
+            Err(f) => {
+                let e = fault(f);
+                return Err(match reply_ctx(view, &head, Transport::Unframed, protocol) {
+                    Some(r) => e.with_reply(r),
+                    None => e,
+                });
+            }
+        }
+        self.need = 0;
+        let end = c.pos();
+        let status = response_status(view, &head, protocol)?;
+        let frame = src.split_to(end).freeze();
+        let layout = [head.seqid_off as u32, head.seqid_len as u32, head.body as u32, 0, 0, 0];
+        build(frame, &head, Transport::Unframed, protocol, status, layout)
+    }
+
+    /// An unframed message needs at least `n` bytes in all.
+    fn incomplete(&mut self, n: usize) -> Result<Option<Message>, DecodeError> {
+        if n > self.max_frame_size {
+            return Err(DecodeError::too_large(n as u64, self.max_frame_size));
+        }
+        self.need = n;
+        Ok(None)
+    }
+
+    fn decode_header(&mut self, src: &mut BytesMut) -> Result<Option<Message>, DecodeError> {
+        let Some(len) = be_u32(src, 0) else { return Ok(None) };
+        let len = len as usize;
+        if len > self.max_frame_size {
+            return Err(DecodeError::too_large(len as u64, self.max_frame_size));
+        }
+        if len < HEADER_SECTION - 4 {
+            return Err(DecodeError::malformed("THeader frame shorter than its fixed header"));
+        }
+        match src.get(4..6) {
+            Some(m) if m == HEADER_MAGIC.to_be_bytes() => {}
+            Some(_) => return Err(DecodeError::new(DecodeErrorKind::BadMagic("not a THeader frame (magic 0x0fff)".into()))),
+            None => return Ok(None),
+        }
+        if src.len() < 4 + len {
+            return Ok(None);
+        }
+        let f = src.get(..4 + len).unwrap_or_default();
+        let header_seqid = be_u32(f, 8).unwrap_or(0);
+        let th = read_theader(f).map_err(|e| {
+            let reply = ReplyContext {
+                request_id: u64::from(header_seqid),
+                wire: wire_format(Transport::Header, self.protocol.unwrap_or(Protocol::Binary)),
+                name: MetaStr::new(),
+                one_way: false,
+            };
+            fault(e).with_reply(reply)
+        })?;
+        if let Some(want) = self.protocol {
+            if want != th.protocol {
+                return Err(DecodeError::new(DecodeErrorKind::BadMagic(
+                    format!("expected the {} protocol, THeader says {}", want.as_str(), th.protocol.as_str()).into(),
+                )));
+            }
+        }
+        let protocol = th.protocol;
+        self.protocol = Some(protocol);
+        let mut c = Cursor::at(f, th.payload);
+        let head = read_msg_head(&mut c, protocol).map_err(in_frame)?;
+        // Validate the info headers before consuming the frame.
+        for_each_info_header(f, th.info_start, th.payload, |_, _| Ok(())).map_err(|e| {
+            let e = fault(e);
+            match reply_ctx(f, &head, Transport::Header, protocol) {
+                Some(r) => e.with_reply(r),
+                None => e,
+            }
+        })?;
+        let status = response_status(f, &head, protocol)?;
+        let frame = src.split_to(4 + len).freeze();
+        let layout = [
+            head.seqid_off as u32,
+            head.seqid_len as u32,
+            head.body as u32,
+            th.payload as u32,
+            th.info_start as u32,
+            th.payload as u32,
+        ];
+        let mut msg = build(frame, &head, Transport::Header, protocol, status, layout)?
+            .ok_or_else(|| DecodeError::malformed("empty message"))?;
+        let frame = msg.frame().clone();
+        let _ = for_each_info_header(&frame, th.info_start, th.payload, |(ks, ke), (vs, ve)| {
+            let key = MetaStr::try_from(frame.slice(ks..ke));
+            let value = MetaStr::try_from(frame.slice(vs..ve));
+            if let (Ok(k), Ok(v)) = (key, value) {
+                msg.metadata_mut().set_if_absent(k, v);
+            }
+            Ok(())
+        });
+        Ok(Some(msg))
+    }
+
+    fn detect(&mut self, src: &BytesMut) -> Result<Option<Transport>, DecodeError> {
+        let Some(&b0) = src.first() else { return Ok(None) };
+        let t = if b0 == 0x80 || b0 == 0x82 {
+            Transport::Unframed
+        } else {
+            // Bytes 4.. of a framed message start a strict/compact message (0x80, 0x82)
+            // or an old non-strict one (the high byte of a name length: 0); anything
+            // else there is the name of an unframed old non-strict message.
+            match src.get(4..6) {
+                None => return Ok(None),
+                Some(m) if m == HEADER_MAGIC.to_be_bytes() => Transport::Header,
+                Some(&[0x80 | 0x82 | 0x00, _]) => Transport::Framed,
+                Some(_) => Transport::Unframed,
+            }
+        };
+        self.transport = Some(t);
+        Ok(Some(t))
+    }
+
+    fn encode_rewrite(
+        &self,
+        msg: &Message,
+        t: Transport,
+        p: Protocol,
+        dst: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        let frame = msg.frame();
+        let [seq_off, seq_len, _, payload, info_start, _] = msg.layout().0.map(|v| v as usize);
+        let seqid = u32::try_from(msg.request_id())
+            .map_err(|_| EncodeError::Unsupported("request id does not fit a 32-bit thrift sequence id".into()))?;
+        if seq_off.checked_add(seq_len).is_none_or(|e| e > frame.len()) || seq_off < payload {
+            return Err(EncodeError::Inconsistent("sequence id outside the frame".into()));
+        }
+        let mut seq = [0u8; 5];
+        let new_len = match p {
+            Protocol::Binary => {
+                seq[..4].copy_from_slice(&seqid.to_be_bytes());
+                4
+            }
+            Protocol::Compact => {
+                let n = varint_len(u64::from(seqid));
+                let mut v = seqid;
+                for s in seq.iter_mut().take(n) {
+                    *s = (v as u8 & 0x7f) | if v >= 0x80 { 0x80 } else { 0 };
+                    v >>= 7;
+                }
+                n
+            }
+        };
+        let seq = &seq[..new_len];
+        let tail = &frame[seq_off + seq_len..];
+        match t {
+            Transport::Unframed => {
+                dst.reserve(frame.len() + 4);
+                dst.put_slice(&frame[..seq_off]);
+                dst.put_slice(seq);
+                dst.put_slice(tail);
+            }
+            Transport::Framed => {
+                let body = frame.len() - 4 - seq_len + new_len;
+                let body = u32::try_from(body).map_err(|_| EncodeError::TooLarge(body))?;
+                dst.reserve(frame.len() + 4);
+                dst.put_u32(body);
+                dst.put_slice(&frame[4..seq_off]);
+                dst.put_slice(seq);
+                dst.put_slice(tail);
+            }
+            Transport::Header => {
+                if frame.len() < HEADER_SECTION || payload < HEADER_SECTION || info_start > payload {
+                    return Err(EncodeError::Inconsistent("THeader layout outside the frame".into()));
+                }
+                let start = dst.len();
+                dst.reserve(frame.len() + 4);
+                dst.put_u32(0);
+                dst.put_slice(&frame[4..8]);
+                dst.put_u32(seqid);
+                if msg.mutations().is_empty() {
+                    dst.put_slice(&frame[12..seq_off]);
+                } else {
+                    let hl = dst.len();
+                    dst.put_u16(0);
+                    let hs = dst.len();
+                    merge_headers(frame, info_start, payload, p, msg, dst)?;
+                    let words = (dst.len() - hs) / 4;
+                    let words = u16::try_from(words).map_err(|_| EncodeError::TooLarge(dst.len() - hs))?;
+                    dst[hl..hs].copy_from_slice(&words.to_be_bytes());
+                    dst.put_slice(&frame[payload..seq_off]);
+                }
+                dst.put_slice(seq);
+                dst.put_slice(tail);
+                let len = dst.len() - start - 4;
+                let len32 = u32::try_from(len).map_err(|_| EncodeError::TooLarge(len))?;
+                dst[start..start + 4].copy_from_slice(&len32.to_be_bytes());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Re-serialises a THeader header section with the message's mutations merged into the
+/// key/value headers (a mutation replaces a header of the same key; the last mutation
+/// of a key wins). Transforms and unknown info sections are kept verbatim.
+fn merge_headers(
+    frame: &Bytes,
+    info_start: usize,
+    payload: usize,
+    p: Protocol,
+    msg: &Message,
+    dst: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let mut pairs: Vec<(&[u8], &[u8])> = Vec::new();
+    let stop = for_each_info_header(frame, info_start, payload, |(ks, ke), (vs, ve)| {
+        pairs.push((&frame[ks..ke], &frame[vs..ve]));
+        Ok(())
+    })
+    .map_err(|_| EncodeError::Inconsistent("THeader info headers do not parse".into()))?;
+    let muts = msg.mutations();
+    for (i, (k, v)) in muts.iter().enumerate() {
+        if muts.iter().skip(i + 1).any(|(k2, _)| k2 == k) {
+            continue; // a later mutation of the same key wins
+        }
+        match pairs.iter_mut().find(|(pk, _)| *pk == k.as_bytes()) {
+            Some(pair) => pair.1 = v.as_bytes(),
+            None => pairs.push((k.as_bytes(), v.as_bytes())),
+        }
+    }
+    // Drop duplicates of an overridden key that an earlier section may have carried.
+    let mut unique: Vec<(&[u8], &[u8])> = Vec::with_capacity(pairs.len());
+    for (k, v) in pairs.iter().rev() {
+        if !unique.iter().any(|(uk, _)| uk == k) {
+            unique.push((k, v));
+        }
+    }
+    unique.reverse();
+    // Protocol id + transforms as they were (a count of 0 after the protocol id).
+    let mut c = Cursor::at(frame, HEADER_SECTION);
+    let _ = c.varint(5);
+    let transforms = frame.get(c.pos()..info_start).unwrap_or(&[0]);
+    // Unknown info sections after `stop`, without trailing padding.
+    let tail = frame.get(stop..payload).unwrap_or_default();
+    let tail_end = tail.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    write_header_section(dst, p, transforms, &unique, &tail[..tail_end]);
+    Ok(())
+}
+
+impl Codec for ThriftCodec {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, DecodeError> {
+        let transport = match self.transport {
+            Some(t) => t,
+            None => match self.detect(src)? {
+                Some(t) => t,
+                None => return Ok(None),
+            },
+        };
+        match transport {
+            Transport::Framed => self.decode_framed(src),
+            Transport::Unframed => self.decode_unframed(src),
+            Transport::Header => self.decode_header(src),
+        }
+    }
+
+    fn encode(&mut self, msg: &Message, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        let (t, p) = split_wire(msg.wire())
+            .ok_or_else(|| EncodeError::Inconsistent(format!("{:?} is not a thrift wire format", msg.wire()).into()))?;
+        if let Some(mine) = self.transport {
+            if mine != t {
+                return Err(EncodeError::Unsupported(
+                    format!("a {} message cannot be sent on a {} connection", t.as_str(), mine.as_str()).into(),
+                ));
+            }
+        }
+        self.encode_rewrite(msg, t, p, dst)
+    }
+
+    fn encode_local_reply(
+        &mut self,
+        ctx: &ReplyContext,
+        reply: &LocalReply<'_>,
+        dst: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        if ctx.one_way {
+            return Ok(());
+        }
+        let (t, p) = split_wire(ctx.wire).unwrap_or((
+            self.transport.unwrap_or(Transport::Framed),
+            self.protocol.unwrap_or(Protocol::Binary),
+        ));
+        let (ty, text) = local_reply_text(reply);
+        let seqid = ctx.request_id as u32;
+        write_frame(dst, t, p, seqid, &[], |w| write_app_exception(w, &ctx.name, seqid, ty, &text))
+            .map_err(|e| EncodeError::TooLarge(e.len()))
+    }
+}
+
+/// The TApplicationException type and message for a local reply (SPEC §5).
+pub(crate) fn local_reply_text<'a>(reply: &LocalReply<'a>) -> (i32, Cow<'a, str>) {
+    let ensure = |word: &str| -> Cow<'a, str> {
+        if reply.message.to_ascii_lowercase().contains(word) {
+            Cow::Borrowed(reply.message)
+        } else if reply.message.is_empty() {
+            Cow::Owned(format!("metaproxy: {word}"))
+        } else {
+            Cow::Owned(format!("metaproxy: {word}: {}", reply.message))
+        }
+    };
+    match reply.kind {
+        LocalReplyKind::NoRoute => (app_exception::UNKNOWN_METHOD, Cow::Borrowed(reply.message)),
+        LocalReplyKind::UpstreamFailure => (app_exception::INTERNAL_ERROR, Cow::Borrowed(reply.message)),
+        LocalReplyKind::Timeout => (app_exception::INTERNAL_ERROR, ensure("timeout")),
+        LocalReplyKind::Overloaded => (app_exception::INTERNAL_ERROR, ensure("overloaded")),
+        LocalReplyKind::BadRequest => (app_exception::PROTOCOL_ERROR, Cow::Borrowed(reply.message)),
+    }
+}
+
+/// Writes `name`/`seqid` as a message of type 3 carrying a TApplicationException.
+pub(crate) fn write_app_exception(w: &mut ProtoWriter<'_>, name: &str, seqid: u32, ty: i32, text: &str) {
+    w.message_begin(name, mtype::EXCEPTION, seqid);
+    w.field(crate::read::ttype::STRING, 1);
+    w.bytes(text.as_bytes());
+    w.field(crate::read::ttype::I32, 2);
+    w.i32(ty);
+    w.stop();
+}
+
+#[inline]
+fn be_u32(b: &[u8], at: usize) -> Option<u32> {
+    let s = b.get(at..at + 4)?;
+    Some(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+/// Maps a reading fault to a decode error.
+pub(crate) fn fault(f: Fault) -> DecodeError {
+    match f {
+        Fault::Incomplete(_) => DecodeError::malformed("message runs past the end of its frame"),
+        Fault::Malformed(m) => DecodeError::malformed(m),
+        Fault::TooDeep => DecodeError::new(DecodeErrorKind::TooDeep(MAX_DEPTH)),
+        Fault::BadMagic(m) => DecodeError::new(DecodeErrorKind::BadMagic(m.into())),
+        Fault::Unsupported(m) => DecodeError::unsupported(m),
+    }
+}
+
+fn in_frame(f: Fault) -> DecodeError {
+    match f {
+        Fault::Incomplete(_) => DecodeError::malformed("message header runs past the end of its frame"),
+        other => fault(other),
+    }
+}
+
+fn reply_ctx(buf: &[u8], head: &MsgHead, t: Transport, p: Protocol) -> Option<ReplyContext> {
+    let name = std::str::from_utf8(buf.get(head.name_start..head.name_end)?).ok()?;
+    Some(ReplyContext {
+        request_id: u64::from(head.seqid),
+        wire: wire_format(t, p),
+        name: MetaStr::from(name),
+        one_way: head.mtype == mtype::ONEWAY,
+    })
+}
+
+fn bad_type(buf: &[u8], head: &MsgHead, t: Transport, p: Protocol) -> DecodeError {
+    let e = DecodeError::malformed(format!("unknown message type {}", head.mtype));
+    match reply_ctx(buf, head, t, p) {
+        Some(r) => e.with_reply(r),
+        None => e,
+    }
+}
+
+/// Status of a reply (shallow: only the first field header of the result struct).
+fn response_status(f: &[u8], head: &MsgHead, p: Protocol) -> Result<ResponseStatus, DecodeError> {
+    Ok(match head.mtype {
+        mtype::REPLY => {
+            let mut c = Cursor::at(f, head.body);
+            match first_field_id(&mut c, p).map_err(in_frame)? {
+                None | Some(0) => ResponseStatus::Ok,
+                Some(_) => ResponseStatus::Exception,
+            }
+        }
+        mtype::EXCEPTION => ResponseStatus::Error,
+        _ => ResponseStatus::Ok,
+    })
+}
+
+/// Builds the message: kind, id, name, metadata, wire and layout.
+fn build(
+    frame: Bytes,
+    head: &MsgHead,
+    t: Transport,
+    p: Protocol,
+    status: ResponseStatus,
+    layout: [u32; 6],
+) -> Result<Option<Message>, DecodeError> {
+    let kind = match head.mtype {
+        mtype::CALL => MessageKind::Request,
+        mtype::ONEWAY => MessageKind::OneWay,
+        mtype::REPLY | mtype::EXCEPTION => MessageKind::Response,
+        _ => return Err(bad_type(&frame, head, t, p)),
+    };
+    let name = frame.slice(head.name_start..head.name_end);
+    let name = MetaStr::try_from(name).map_err(|_| DecodeError::malformed("method name is not UTF-8"))?;
+    let mut msg = Message::new(kind, u64::from(head.seqid), frame);
+    match name.find(':') {
+        Some(i) => {
+            let (service, method) = (&name[..i], &name[i + 1..]);
+            let (service, method) = (name.slice_ref(service), name.slice_ref(method));
+            msg.metadata_mut().set(MetaStr::from_static("method"), method);
+            msg.metadata_mut().set(MetaStr::from_static("service"), service);
+        }
+        None => msg.metadata_mut().set(MetaStr::from_static("method"), name.clone()),
+    }
+    msg.set_name(name);
+    msg.set_status(status);
+    msg.set_wire(wire_format(t, p));
+    msg.set_layout(FrameLayout(layout));
+    Ok(Some(msg))
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frames::{self, FrameSpec, Reply};
+    use meta_protocol::{CodecRegistry, DEFAULT_MAX_FRAME_SIZE};
+
+    fn all() -> impl Iterator<Item = (Transport, Protocol)> {
+        Transport::ALL.into_iter().flat_map(|t| Protocol::ALL.into_iter().map(move |p| (t, p)))
+    }
+
+    fn call(t: Transport, p: Protocol, name: &str, seqid: i32, headers: &[(&str, &str)]) -> BytesMut {
+        let mut b = BytesMut::new();
+        frames::write_call(&FrameSpec::new(t, p, name, seqid).with_headers(headers), b"payload", &mut b).unwrap();
+        b
+    }
+
+    fn auto() -> ThriftCodec {
+        ThriftCodec::new(None, None, DEFAULT_MAX_FRAME_SIZE)
+    }
+
+    #[test]
+    fn factory_validates_options_and_reports_capabilities() {
+        let f = ThriftCodecFactory::new();
+        assert_eq!(f.name(), "thrift");
+        let caps = |t: &str| {
+            let mut o = CodecOptions::new();
+            o.insert("transport".into(), t.into());
+            f.validate(&o).unwrap()
+        };
+        assert!(caps("header").mutations && caps("header").multiplexing);
+        assert!(!caps("framed").mutations && caps("framed").multiplexing);
+        assert!(!caps("unframed").mutations);
+        assert!(caps("auto").mutations);
+        let mut o = CodecOptions::new();
+        o.insert("framing".into(), "x".into());
+        assert!(f.validate(&o).is_err());
+        let mut reg = CodecRegistry::new();
+        reg.register(std::sync::Arc::new(f));
+        assert!(reg.get("thrift").is_ok());
+    }
+
+    #[test]
+    fn upstream_codec_speaks_the_wire_it_is_given() {
+        let options = CodecOptions::new();
+        let ctx = CodecContext {
+            side: Side::Upstream,
+            options: &options,
+            max_frame_size: 1024,
+            wire: Some(wire_format(Transport::Header, Protocol::Compact)),
+        };
+        let c = ThriftCodec::from_context(&ctx).unwrap();
+        assert_eq!((c.transport(), c.protocol()), (Some(Transport::Header), Some(Protocol::Compact)));
+        let bad = CodecContext { wire: Some(meta_protocol::WireFormat(0x0909)), ..ctx };
+        assert!(ThriftCodec::from_context(&bad).is_err());
+    }
+
+    #[test]
+    fn every_format_decodes_with_metadata_and_tag() {
+        for (t, p) in all() {
+            let mut codec = auto();
+            let mut buf = call(t, p, "Store:put", -5, &[("tenant", "t1"), ("method", "spoof")]);
+            buf.extend_from_slice(&call(t, p, "get", 6, &[])[..]);
+            let m = codec.decode(&mut buf).unwrap().unwrap();
+            assert_eq!(m.kind(), MessageKind::Request);
+            assert_eq!(m.request_id(), u64::from(-5i32 as u32));
+            assert_eq!(m.metadata().get("method"), Some("put"), "{t:?} {p:?}");
+            assert_eq!(m.metadata().get("service"), Some("Store"));
+            assert_eq!(&**m.name(), "Store:put");
+            assert_eq!(split_wire(m.wire()), Some((t, p)));
+            if t == Transport::Header {
+                assert_eq!(m.metadata().get("tenant"), Some("t1"));
+            } else {
+                assert_eq!(m.metadata().get("tenant"), None);
+            }
+            let m2 = codec.decode(&mut buf).unwrap().unwrap();
+            assert_eq!(m2.metadata().get("method"), Some("get"));
+            assert_eq!(m2.metadata().get("service"), None);
+            assert!(buf.is_empty());
+            assert_eq!((codec.transport(), codec.protocol()), (Some(t), Some(p)));
+        }
+    }
+
+    #[test]
+    fn seqid_rewrite_round_trips_in_every_format() {
+        // Ids whose compact varint length differs from the original (1 byte -> 5 bytes).
+        for (t, p) in all() {
+            for new_id in [1u64, 300, 0x7fff_ffff, 0xffff_fffe] {
+                let mut codec = auto();
+                let mut buf = call(t, p, "echo", 3, &[("k", "v")]);
+                let mut m = codec.decode(&mut buf).unwrap().unwrap();
+                m.set_request_id(new_id);
+                let mut out = BytesMut::new();
+                codec.encode(&m, &mut out).unwrap();
+                let mut back = auto().decode(&mut out).unwrap().unwrap();
+                assert!(out.is_empty());
+                assert_eq!(back.request_id(), new_id, "{t:?} {p:?}");
+                assert_eq!(frames::call_payload(&back).unwrap().as_deref(), Some(&b"payload"[..]));
+                if t == Transport::Header {
+                    assert_eq!(&back.frame()[8..12], &(new_id as u32).to_be_bytes(), "THeader seqid");
+                    assert_eq!(back.metadata().get("k"), Some("v"));
+                }
+                // Restoring the id gives the original bytes back.
+                back.set_request_id(3);
+                let mut again = BytesMut::new();
+                codec.encode(&back, &mut again).unwrap();
+                assert_eq!(again, call(t, p, "echo", 3, &[("k", "v")]));
+            }
+        }
+    }
+
+    #[test]
+    fn ids_beyond_32_bits_are_refused() {
+        let mut codec = auto();
+        let mut m = codec.decode(&mut call(Transport::Framed, Protocol::Binary, "m", 1, &[])).unwrap().unwrap();
+        m.set_request_id(1 << 32);
+        assert!(matches!(codec.encode(&m, &mut BytesMut::new()), Err(EncodeError::Unsupported(_))));
+    }
+
+    #[test]
+    fn header_mutations_merge_and_other_transports_ignore_them() {
+        for p in Protocol::ALL {
+            let mut codec = auto();
+            let mut m = codec
+                .decode(&mut call(Transport::Header, p, "m", 9, &[("a", "1"), ("b", "2")]))
+                .unwrap()
+                .unwrap();
+            m.push_mutation("b".into(), "x".into());
+            m.push_mutation("c".into(), "3".into());
+            m.push_mutation("c".into(), "4".into());
+            let mut out = BytesMut::new();
+            codec.encode(&m, &mut out).unwrap();
+            let back = auto().decode(&mut out).unwrap().unwrap();
+            let headers: Vec<_> = back.metadata().iter().filter(|(k, _)| *k != "method").collect();
+            assert_eq!(headers, [("a", "1"), ("b", "x"), ("c", "4")]);
+            assert_eq!(frames::call_payload(&back).unwrap().as_deref(), Some(&b"payload"[..]));
+        }
+        for t in [Transport::Framed, Transport::Unframed] {
+            let mut codec = auto();
+            let orig = call(t, Protocol::Binary, "m", 9, &[]);
+            let mut m = codec.decode(&mut orig.clone()).unwrap().unwrap();
+            m.push_mutation("b".into(), "x".into());
+            let mut out = BytesMut::new();
+            codec.encode(&m, &mut out).unwrap();
+            assert_eq!(out, orig);
+        }
+    }
+
+    #[test]
+    fn replies_carry_status() {
+        for (t, p) in all() {
+            let spec = FrameSpec::new(t, p, "m", 4);
+            let mut b = BytesMut::new();
+            frames::write_reply(&spec, b"ok", &mut b).unwrap();
+            frames::write_declared_exception(&spec, 1, "nope", &mut b).unwrap();
+            frames::write_app_exception_frame(&spec, 6, "boom", &mut b).unwrap();
+            let mut codec = ThriftCodec::new(Some(t), Some(p), 1 << 20);
+            let m = codec.decode(&mut b).unwrap().unwrap();
+            assert_eq!((m.kind(), m.status()), (MessageKind::Response, ResponseStatus::Ok));
+            let m = codec.decode(&mut b).unwrap().unwrap();
+            assert_eq!(m.status(), ResponseStatus::Exception);
+            assert_eq!(frames::read_reply(&m).unwrap(), Reply::Declared { field: 1 });
+            let m = codec.decode(&mut b).unwrap().unwrap();
+            assert_eq!(m.status(), ResponseStatus::Error);
+            assert_eq!(
+                frames::read_reply(&m).unwrap(),
+                Reply::AppException { kind: 6, message: "boom".into() }
+            );
+        }
+    }
+
+    #[test]
+    fn oneway_is_oneway_and_never_answered() {
+        let mut b = BytesMut::new();
+        frames::write_oneway(&FrameSpec::new(Transport::Framed, Protocol::Compact, "note", 2), b"x", &mut b).unwrap();
+        let mut codec = auto();
+        let m = codec.decode(&mut b).unwrap().unwrap();
+        assert_eq!(m.kind(), MessageKind::OneWay);
+        let mut out = BytesMut::new();
+        codec
+            .encode_local_reply(&m.reply_context(), &LocalReply::new(LocalReplyKind::Timeout, "t"), &mut out)
+            .unwrap();
+        assert!(out.is_empty());
+        assert!(!frames::echo_reply(&m, &mut out).unwrap());
+    }
+
+    #[test]
+    fn local_replies_are_application_exceptions_in_the_request_format() {
+        let cases = [
+            (LocalReplyKind::NoRoute, 1, "no route"),
+            (LocalReplyKind::UpstreamFailure, 6, "connect refused"),
+            (LocalReplyKind::Timeout, 6, "timeout"),
+            (LocalReplyKind::Overloaded, 6, "overloaded"),
+            (LocalReplyKind::BadRequest, 7, "bad"),
+        ];
+        for (t, p) in all() {
+            for (kind, ty, word) in cases {
+                let mut codec = auto();
+                let m = codec.decode(&mut call(t, p, "Svc:m", 77, &[])).unwrap().unwrap();
+                let mut out = BytesMut::new();
+                let text = if word == "timeout" || word == "overloaded" { "upstream slow" } else { word };
+                codec.encode_local_reply(&m.reply_context(), &LocalReply::new(kind, text), &mut out).unwrap();
+                let mut client = ThriftCodec::new(Some(t), Some(p), 1 << 20);
+                let r = client.decode(&mut out).unwrap().unwrap();
+                assert!(out.is_empty());
+                assert_eq!((r.kind(), r.status(), r.request_id()), (MessageKind::Response, ResponseStatus::Error, 77));
+                assert_eq!(&**r.name(), "Svc:m");
+                match frames::read_reply(&r).unwrap() {
+                    Reply::AppException { kind: k, message } => {
+                        assert_eq!(k, ty, "{kind:?}");
+                        assert!(message.contains(word), "{message}");
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn size_limits_come_from_the_header_alone() {
+        let mut codec = ThriftCodec::new(None, None, 100);
+        let mut b = BytesMut::from(&[0u8, 0, 1, 0, 0x80, 1][..]);
+        assert!(matches!(codec.decode(&mut b).unwrap_err().kind, DecodeErrorKind::FrameTooLarge { size: 256, .. }));
+        let mut codec = ThriftCodec::new(Some(Transport::Header), None, 100);
+        let mut b = BytesMut::from(&[0u8, 0, 1, 0][..]);
+        assert!(matches!(codec.decode(&mut b).unwrap_err().kind, DecodeErrorKind::FrameTooLarge { .. }));
+        // Unframed: a string announcing 1000 bytes is too large before it arrives.
+        let mut codec = ThriftCodec::new(Some(Transport::Unframed), None, 100);
+        let mut b = BytesMut::new();
+        frames::write_call(&FrameSpec::new(Transport::Unframed, Protocol::Binary, "m", 1), &[7; 1000], &mut b).unwrap();
+        b.truncate(40);
+        assert!(matches!(codec.decode(&mut b).unwrap_err().kind, DecodeErrorKind::FrameTooLarge { .. }));
+    }
+
+    #[test]
+    fn header_transforms_are_unsupported_with_a_reply() {
+        let mut f = call(Transport::Header, Protocol::Binary, "m", 12, &[]);
+        // Replace "protocol 0, 0 transforms" by "protocol 0, 1 transform: zlib".
+        assert_eq!(&f[14..16], &[0, 0]);
+        f[15] = 1;
+        f[16] = 1; // the padding byte that follows becomes the transform id
+        let err = auto().decode(&mut f).unwrap_err();
+        assert!(matches!(&err.kind, DecodeErrorKind::Unsupported(m) if m.contains("zlib")), "{err}");
+        assert_eq!(err.reply.map(|r| r.request_id), Some(12));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let mut codec = auto();
+        let mut b = BytesMut::from(&[0xffu8, 0xff, 0, 0, 0, 0][..]);
+        assert!(codec.decode(&mut b).is_err());
+        let mut codec = ThriftCodec::new(Some(Transport::Framed), None, 1 << 20);
+        let mut b = BytesMut::from(&[0u8, 0, 0, 4, 0x80, 1, 0, 9][..]);
+        assert!(codec.decode(&mut b).is_err());
+        let mut codec = ThriftCodec::new(Some(Transport::Framed), Some(Protocol::Compact), 1 << 20);
+        let mut b = call(Transport::Framed, Protocol::Binary, "m", 1, &[]);
+        assert!(matches!(codec.decode(&mut b).unwrap_err().kind, DecodeErrorKind::BadMagic(_)));
+    }
+
+    #[test]
+    fn bad_message_type_is_answerable() {
+        let mut b = call(Transport::Framed, Protocol::Binary, "m", 5, &[]);
+        b[7] = 9; // message type 9
+        let err = auto().decode(&mut b).unwrap_err();
+        let reply = err.reply.expect("reply context");
+        assert_eq!((reply.request_id, &*reply.name), (5, "m"));
+    }
+}

@@ -1,0 +1,569 @@
+//! The compiled, immutable route table: first-match-wins lookup with an exact-value index.
+//!
+//! ## How lookup stays fast
+//! Each route that has a non-inverted `exact` condition is filed under one of them (its
+//! *index condition*) in a hash map `value -> [route indices]` for that condition's key;
+//! the other routes go to an *unindexed* list. A lookup reads the request's value of each
+//! indexed key (a handful of keys at most), takes the matching bucket, and walks the
+//! buckets and the unindexed list merged by route index, testing each candidate's full
+//! conditions. Every list is sorted, so candidates are tried in config order and the
+//! first that holds is exactly the first route a linear scan would find: a route that
+//! is in no list taken cannot match, because its index condition fails.
+//!
+//! Which condition indexes a route: the one whose (key, value) pair is shared by the
+//! fewest routes (smallest bucket), then the key used by the most routes (fewest keys to
+//! probe). At most [`MAX_INDEX_KEYS`] keys are indexed; routes with exact conditions
+//! only on other keys are unindexed (still correct, just scanned).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use meta_protocol::Metadata;
+
+use crate::error::{RouterError, RouterErrorKind};
+use crate::matcher::{order_by_cost, Condition};
+use crate::route::{build_mutations, Mirror, Route, WeightedCluster};
+use crate::spec::{RouteConfigSpec, RouteSpec, TargetSpec};
+
+/// The most metadata keys the exact-value index uses (each costs one metadata lookup
+/// and one hash per request).
+pub const MAX_INDEX_KEYS: usize = 16;
+
+type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
+
+#[derive(Debug)]
+struct IndexKey {
+    key: Box<str>,
+    buckets: FastMap<Box<str>, Box<[u32]>>,
+}
+
+/// A compiled route config. Immutable, `Send + Sync`; build one per config snapshot
+/// and share it.
+#[derive(Debug)]
+pub struct RouteTable {
+    name: Arc<str>,
+    routes: Box<[Route]>,
+    clusters: Box<[Arc<str>]>,
+    unindexed: Box<[u32]>,
+    index_keys: Box<[IndexKey]>,
+}
+
+impl RouteTable {
+    /// Compiles a route config: validates every field, compiles regexes, interns
+    /// cluster names and builds the exact-value index. Errors name the offending field
+    /// relative to the route config (`routes[2].route.weighted_clusters: total weight
+    /// is 0`); the runtime prefixes `route_configs[i]` with [`RouterError::prefixed`].
+    ///
+    /// Checked here: regexes compile; keys of conditions, hash_policy and mutations are
+    /// not empty; cluster names are not empty; `weighted_clusters` is not empty and its
+    /// total weight is > 0; mirror percentages are within `0..=100`. Not checked here
+    /// (the runtime knows the clusters): that the clusters exist.
+    pub fn compile(spec: &RouteConfigSpec) -> Result<RouteTable, RouterError> {
+        let mut interner = Interner::default();
+        let mut routes = Vec::with_capacity(spec.routes.len());
+        for (i, r) in spec.routes.iter().enumerate() {
+            routes.push(compile_route(i, r, &mut interner)?);
+        }
+        let (unindexed, index_keys) = build_index(&routes);
+        Ok(RouteTable {
+            name: spec.name.as_str().into(),
+            routes: routes.into_boxed_slice(),
+            clusters: interner.names.into_boxed_slice(),
+            unindexed,
+            index_keys,
+        })
+    }
+
+    /// The route config's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// All routes, in config order (`routes()[i].index() == i`).
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Every distinct cluster name the routes refer to (targets and mirrors), each once,
+    /// in order of first mention. [`Route::pick_cluster`], [`WeightedCluster::cluster`]
+    /// and [`Mirror::cluster`] are indices into this slice, so the runtime can resolve
+    /// clusters and metric handles once per snapshot.
+    pub fn clusters(&self) -> &[Arc<str>] {
+        &self.clusters
+    }
+
+    /// The index of cluster `name` in [`RouteTable::clusters`].
+    pub fn cluster_index(&self, name: &str) -> Option<usize> {
+        self.clusters.iter().position(|c| &**c == name)
+    }
+
+    /// The metadata keys the exact-value index probes (diagnostics, `check` output).
+    pub fn indexed_keys(&self) -> impl Iterator<Item = &str> + '_ {
+        self.index_keys.iter().map(|k| &*k.key)
+    }
+
+    /// The first route whose conditions all hold for `metadata`, or `None` (the caller
+    /// answers "no route matched"). Allocates nothing.
+    #[inline]
+    pub fn route(&self, metadata: &Metadata) -> Option<&Route> {
+        self.route_index(metadata).and_then(|i| self.routes.get(i))
+    }
+
+    /// Like [`RouteTable::route`], returning the route's index.
+    pub fn route_index(&self, metadata: &Metadata) -> Option<usize> {
+        let mut lists: [&[u32]; MAX_INDEX_KEYS + 1] = [&[]; MAX_INDEX_KEYS + 1];
+        let mut n = 0;
+        if !self.unindexed.is_empty() {
+            lists[0] = &self.unindexed;
+            n = 1;
+        }
+        for ik in self.index_keys.iter() {
+            if let Some(bucket) = metadata.get(&ik.key).and_then(|v| ik.buckets.get(v)) {
+                if let Some(slot) = lists.get_mut(n) {
+                    *slot = bucket;
+                    n += 1;
+                }
+            }
+        }
+        match n {
+            0 => None,
+            1 => lists[0]
+                .iter()
+                .map(|&i| i as usize)
+                .find(|&i| self.routes.get(i).is_some_and(|r| r.matches(metadata))),
+            _ => self.merged_first(&mut lists[..n], metadata),
+        }
+    }
+
+    /// Walks several sorted candidate lists in ascending route order.
+    fn merged_first(&self, lists: &mut [&[u32]], metadata: &Metadata) -> Option<usize> {
+        loop {
+            let mut best = u32::MAX;
+            let mut best_list = usize::MAX;
+            for (j, l) in lists.iter().enumerate() {
+                if let Some(&head) = l.first() {
+                    if head < best {
+                        best = head;
+                        best_list = j;
+                    }
+                }
+            }
+            let list = lists.get_mut(best_list)?;
+            *list = list.get(1..).unwrap_or(&[]);
+            let i = best as usize;
+            if self.routes.get(i).is_some_and(|r| r.matches(metadata)) {
+                return Some(i);
+            }
+        }
+    }
+
+    /// The reference semantics: the first route in order whose conditions hold, by a
+    /// linear scan. [`RouteTable::route_index`] always agrees with it (tested).
+    pub fn route_index_linear(&self, metadata: &Metadata) -> Option<usize> {
+        self.routes.iter().position(|r| r.matches(metadata))
+    }
+}
+
+#[derive(Default)]
+struct Interner {
+    names: Vec<Arc<str>>,
+    by_name: HashMap<Arc<str>, usize>,
+}
+
+impl Interner {
+    fn intern(&mut self, name: &str) -> (usize, Arc<str>) {
+        if let Some((k, &i)) = self.by_name.get_key_value(name) {
+            return (i, k.clone());
+        }
+        let arc: Arc<str> = name.into();
+        let i = self.names.len();
+        self.names.push(arc.clone());
+        self.by_name.insert(arc.clone(), i);
+        (i, arc)
+    }
+}
+
+fn empty(path: String) -> RouterError {
+    RouterError::new(path, RouterErrorKind::Empty)
+}
+
+fn compile_route(i: usize, r: &RouteSpec, interner: &mut Interner) -> Result<Route, RouterError> {
+    let path = format!("routes[{i}]");
+    let mut conditions = r
+        .matchers
+        .iter()
+        .enumerate()
+        .map(|(j, m)| Condition::compile(m, &format!("{path}.match.metadata[{j}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    order_by_cost(&mut conditions);
+
+    let mut targets = Vec::new();
+    let mut total = 0u64;
+    match &r.target {
+        TargetSpec::Cluster(name) => {
+            if name.is_empty() {
+                return Err(empty(format!("{path}.route.cluster")));
+            }
+            let (cluster, name) = interner.intern(name);
+            total = 1;
+            targets.push(WeightedCluster {
+                cluster,
+                name,
+                weight: 1,
+                cumulative: 1,
+            });
+        }
+        TargetSpec::Weighted(list) => {
+            if list.is_empty() {
+                return Err(empty(format!("{path}.route.weighted_clusters")));
+            }
+            for (k, (name, weight)) in list.iter().enumerate() {
+                if name.is_empty() {
+                    return Err(empty(format!(
+                        "{path}.route.weighted_clusters[{k}].cluster"
+                    )));
+                }
+                let (cluster, name) = interner.intern(name);
+                total += u64::from(*weight);
+                targets.push(WeightedCluster {
+                    cluster,
+                    name,
+                    weight: *weight,
+                    cumulative: total,
+                });
+            }
+            if total == 0 {
+                return Err(RouterError::new(
+                    format!("{path}.route.weighted_clusters"),
+                    RouterErrorKind::ZeroTotalWeight,
+                ));
+            }
+        }
+    }
+
+    let mut mirrors = Vec::with_capacity(r.mirrors.len());
+    for (k, m) in r.mirrors.iter().enumerate() {
+        if m.cluster.is_empty() {
+            return Err(empty(format!("{path}.route.mirror[{k}].cluster")));
+        }
+        if !(0.0..=100.0).contains(&m.percent) {
+            return Err(RouterError::new(
+                format!("{path}.route.mirror[{k}].percent"),
+                RouterErrorKind::Percent(m.percent),
+            ));
+        }
+        let (cluster, name) = interner.intern(&m.cluster);
+        mirrors.push(Mirror::new(cluster, name, m.percent));
+    }
+
+    for (k, key) in r.hash_policy.iter().enumerate() {
+        if key.is_empty() {
+            return Err(empty(format!("{path}.route.hash_policy[{k}]")));
+        }
+    }
+    for (field, pairs) in [
+        ("request_mutation", &r.request_mutation),
+        ("response_mutation", &r.response_mutation),
+    ] {
+        if let Some(k) = pairs.iter().position(|(key, _)| key.is_empty()) {
+            return Err(empty(format!("{path}.{field}[{k}].key")));
+        }
+    }
+
+    Ok(Route {
+        index: i,
+        name: r.name.as_str().into(),
+        conditions: conditions.into_boxed_slice(),
+        targets: targets.into_boxed_slice(),
+        total_weight: total,
+        mirrors: mirrors.into_boxed_slice(),
+        hash_policy: r.hash_policy.iter().map(|k| k.as_str().into()).collect(),
+        timeout: r.timeout,
+        retries: r.retries,
+        request_mutations: build_mutations(&r.request_mutation),
+        response_mutations: build_mutations(&r.response_mutation),
+    })
+}
+
+/// Chooses each route's index condition and builds the buckets (see the module docs).
+fn build_index(routes: &[Route]) -> (Box<[u32]>, Box<[IndexKey]>) {
+    // How many routes could be indexed by each key, and share each (key, value) pair.
+    let mut key_routes: HashMap<&str, usize> = HashMap::new();
+    let mut pair_routes: HashMap<(&str, &str), usize> = HashMap::new();
+    for r in routes {
+        let mut seen_keys: Vec<&str> = Vec::new();
+        let mut seen_pairs: Vec<(&str, &str)> = Vec::new();
+        for c in r.conditions.iter() {
+            if let Some(v) = c.index_value() {
+                if !seen_keys.contains(&&*c.key) {
+                    seen_keys.push(&c.key);
+                }
+                if !seen_pairs.contains(&(&*c.key, v)) {
+                    seen_pairs.push((&c.key, v));
+                }
+            }
+        }
+        for k in seen_keys {
+            *key_routes.entry(k).or_default() += 1;
+        }
+        for p in seen_pairs {
+            *pair_routes.entry(p).or_default() += 1;
+        }
+    }
+    let mut keys: Vec<(&str, usize)> = key_routes.iter().map(|(&k, &n)| (k, n)).collect();
+    keys.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    keys.truncate(MAX_INDEX_KEYS);
+
+    let mut unindexed = Vec::new();
+    let mut buckets: Vec<FastMap<Box<str>, Vec<u32>>> =
+        keys.iter().map(|_| FastMap::default()).collect();
+    for (i, r) in routes.iter().enumerate() {
+        let best = r
+            .conditions
+            .iter()
+            .filter_map(|c| {
+                let v = c.index_value()?;
+                let slot = keys.iter().position(|(k, _)| *k == &*c.key)?;
+                let pair_n = pair_routes.get(&(&*c.key, v)).copied().unwrap_or(0);
+                let key_n = keys[slot].1;
+                Some(((pair_n, std::cmp::Reverse(key_n), &*c.key), slot, v))
+            })
+            .min_by(|a, b| a.0.cmp(&b.0));
+        match best {
+            Some((_, slot, v)) => buckets[slot].entry(v.into()).or_default().push(i as u32),
+            None => unindexed.push(i as u32),
+        }
+    }
+    let index_keys = keys
+        .iter()
+        .zip(buckets)
+        .filter(|(_, b)| !b.is_empty())
+        .map(|((k, _), b)| IndexKey {
+            key: (*k).into(),
+            buckets: b
+                .into_iter()
+                .map(|(v, l)| (v, l.into_boxed_slice()))
+                .collect(),
+        })
+        .collect();
+    (unindexed.into_boxed_slice(), index_keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{MatchKind, MatcherSpec, MirrorSpec};
+
+    fn md(pairs: &[(&str, &str)]) -> Metadata {
+        pairs
+            .iter()
+            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    fn exact(k: &str, v: &str) -> MatcherSpec {
+        MatcherSpec::new(k, MatchKind::Exact(v.into()))
+    }
+
+    fn route(name: &str, cluster: &str, matchers: Vec<MatcherSpec>) -> RouteSpec {
+        RouteSpec {
+            matchers,
+            ..RouteSpec::new(name, cluster)
+        }
+    }
+
+    fn table(routes: Vec<RouteSpec>) -> RouteTable {
+        RouteTable::compile(&RouteConfigSpec {
+            name: "rc".into(),
+            routes,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn empty_match_matches_everything_and_no_routes_match_nothing() {
+        let t = table(vec![route("all", "c", vec![])]);
+        assert_eq!(t.route(&Metadata::new()).map(Route::name), Some("all"));
+        assert_eq!(t.route(&md(&[("a", "b")])).map(Route::name), Some("all"));
+        let t = table(vec![]);
+        assert!(t.route(&md(&[("a", "b")])).is_none());
+    }
+
+    #[test]
+    fn first_match_wins_across_index_and_scan() {
+        let t = table(vec![
+            route(
+                "r0",
+                "a",
+                vec![exact("interface", "A"), exact("method", "m1")],
+            ),
+            route(
+                "r1",
+                "b",
+                vec![MatcherSpec::new("method", MatchKind::Prefix("m".into()))],
+            ),
+            route("r2", "c", vec![exact("interface", "A")]),
+            route("r3", "d", vec![exact("interface", "B")]),
+            route("r4", "e", vec![]),
+        ]);
+        let cases = [
+            (md(&[("interface", "A"), ("method", "m1")]), Some(0)),
+            (md(&[("interface", "A"), ("method", "m2")]), Some(1)),
+            (md(&[("interface", "A"), ("method", "x")]), Some(2)),
+            (md(&[("interface", "B"), ("method", "x")]), Some(3)),
+            (md(&[("interface", "B"), ("method", "m")]), Some(1)),
+            (md(&[("interface", "C")]), Some(4)),
+        ];
+        for (m, want) in cases {
+            assert_eq!(t.route_index(&m), want, "{m:?}");
+            assert_eq!(t.route_index_linear(&m), want, "{m:?}");
+        }
+        assert!(t.indexed_keys().any(|k| k == "interface"));
+    }
+
+    #[test]
+    fn inverted_exact_is_not_indexed_but_still_matches() {
+        let t = table(vec![
+            route("not-a", "x", vec![exact("interface", "A").inverted()]),
+            route("a", "y", vec![exact("interface", "A")]),
+        ]);
+        assert_eq!(t.route_index(&md(&[("interface", "B")])), Some(0));
+        assert_eq!(t.route_index(&Metadata::new()), Some(0));
+        assert_eq!(t.route_index(&md(&[("interface", "A")])), Some(1));
+    }
+
+    #[test]
+    fn clusters_are_interned_in_order_of_first_mention() {
+        let mut r0 = route("r0", "v1", vec![]);
+        r0.target = TargetSpec::Weighted(vec![("v1".into(), 90), ("v2".into(), 10)]);
+        r0.mirrors = vec![MirrorSpec {
+            cluster: "shadow".into(),
+            percent: 100.0,
+        }];
+        let r1 = route("r1", "v2", vec![]);
+        let t = table(vec![r0, r1]);
+        let names: Vec<&str> = t.clusters().iter().map(|c| &**c).collect();
+        assert_eq!(names, ["v1", "v2", "shadow"]);
+        assert_eq!(t.routes()[1].targets()[0].cluster(), 1);
+        assert_eq!(t.routes()[0].mirrors()[0].cluster(), 2);
+        assert_eq!(t.cluster_index("shadow"), Some(2));
+        assert_eq!(t.cluster_index("nope"), None);
+    }
+
+    #[test]
+    fn compile_errors_name_their_field() {
+        let check = |r: RouteSpec, idx: usize, want: &str| {
+            let mut routes = vec![RouteSpec::new("ok", "c"); idx];
+            routes.push(r);
+            let e = RouteTable::compile(&RouteConfigSpec {
+                name: "rc".into(),
+                routes,
+            })
+            .unwrap_err();
+            assert_eq!(e.to_string(), want);
+        };
+        let mut r = RouteSpec::new("w", "c");
+        r.target = TargetSpec::Weighted(vec![("a".into(), 0), ("b".into(), 0)]);
+        check(r, 2, "routes[2].route.weighted_clusters: total weight is 0");
+        let mut r = RouteSpec::new("w", "c");
+        r.target = TargetSpec::Weighted(vec![]);
+        check(r, 0, "routes[0].route.weighted_clusters: must not be empty");
+        let mut r = RouteSpec::new("w", "c");
+        r.target = TargetSpec::Weighted(vec![("a".into(), 1), (String::new(), 1)]);
+        check(
+            r,
+            0,
+            "routes[0].route.weighted_clusters[1].cluster: must not be empty",
+        );
+        check(
+            RouteSpec::new("w", ""),
+            1,
+            "routes[1].route.cluster: must not be empty",
+        );
+        let r = route(
+            "re",
+            "c",
+            vec![
+                exact("a", "b"),
+                MatcherSpec::new("m", MatchKind::Regex("(".into())),
+            ],
+        );
+        let e = {
+            let routes = vec![r];
+            RouteTable::compile(&RouteConfigSpec {
+                name: "rc".into(),
+                routes,
+            })
+            .unwrap_err()
+        };
+        assert_eq!(e.path(), "routes[0].match.metadata[1].regex");
+        assert!(e
+            .to_string()
+            .starts_with("routes[0].match.metadata[1].regex: regex parse error"));
+        for bad in [-1.0, 100.5, f64::NAN] {
+            let mut r = RouteSpec::new("m", "c");
+            r.mirrors = vec![
+                MirrorSpec {
+                    cluster: "s".into(),
+                    percent: 1.0,
+                },
+                MirrorSpec {
+                    cluster: "s".into(),
+                    percent: bad,
+                },
+            ];
+            let routes = vec![r];
+            let e = RouteTable::compile(&RouteConfigSpec {
+                name: "rc".into(),
+                routes,
+            })
+            .unwrap_err();
+            assert_eq!(e.path(), "routes[0].route.mirror[1].percent");
+        }
+        let mut r = RouteSpec::new("m", "c");
+        r.mirrors = vec![MirrorSpec {
+            cluster: String::new(),
+            percent: 1.0,
+        }];
+        check(r, 0, "routes[0].route.mirror[0].cluster: must not be empty");
+        let mut r = RouteSpec::new("h", "c");
+        r.hash_policy = vec!["user".into(), String::new()];
+        check(r, 0, "routes[0].route.hash_policy[1]: must not be empty");
+        let mut r = RouteSpec::new("h", "c");
+        r.response_mutation = vec![("k".into(), "v".into()), (String::new(), "v".into())];
+        check(
+            r,
+            0,
+            "routes[0].response_mutation[1].key: must not be empty",
+        );
+    }
+
+    #[test]
+    fn error_can_be_prefixed_by_the_runtime() {
+        let mut r = RouteSpec::new("w", "c");
+        r.target = TargetSpec::Weighted(vec![("a".into(), 0)]);
+        let routes = vec![r];
+        let e = RouteTable::compile(&RouteConfigSpec {
+            name: "rc".into(),
+            routes,
+        })
+        .unwrap_err();
+        assert_eq!(
+            e.prefixed("route_configs[0]").to_string(),
+            "route_configs[0].routes[0].route.weighted_clusters: total weight is 0"
+        );
+    }
+
+    #[test]
+    fn more_exact_keys_than_the_index_holds_still_match() {
+        let routes: Vec<RouteSpec> = (0..MAX_INDEX_KEYS + 4)
+            .map(|i| route(&format!("r{i}"), "c", vec![exact(&format!("k{i}"), "v")]))
+            .collect();
+        let t = table(routes);
+        assert!(t.indexed_keys().count() <= MAX_INDEX_KEYS);
+        for i in 0..MAX_INDEX_KEYS + 4 {
+            let key = format!("k{i}");
+            assert_eq!(t.route_index(&md(&[(key.as_str(), "v")])), Some(i));
+        }
+    }
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the independent Dubbo/hessian2 peers used by `cargo test -p metaproxy-dubbo
+# --features interop` into .interop/dubbo/ (gitignored). Idempotent: re-running only
+# installs what is missing.
+#   - hessian.js (npm): encodes/decodes hessian2 values for the golden tests
+#   - dubbo-python3 (PyPI), in a venv: the Python Dubbo client behind
+#     codecs/dubbo/interop/client.py
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+DEST="$ROOT/.interop/dubbo"
+HESSIAN_JS_VERSION="2.11.0"
+DUBBO_PY_VERSION="1.0.3"
+
+mkdir -p "$DEST"
+
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "dubbo interop: node and npm are required" >&2
+    exit 1
+fi
+if [ ! -f "$DEST/node_modules/hessian.js/package.json" ] ||
+    ! grep -q "\"version\": \"$HESSIAN_JS_VERSION\"" "$DEST/node_modules/hessian.js/package.json"; then
+    echo "dubbo interop: installing hessian.js@$HESSIAN_JS_VERSION into $DEST" >&2
+    npm install --silent --no-audit --no-fund --prefix "$DEST" "hessian.js@$HESSIAN_JS_VERSION"
+fi
+
+if [ ! -x "$DEST/venv/bin/python" ]; then
+    echo "dubbo interop: creating venv $DEST/venv" >&2
+    python3 -m venv "$DEST/venv"
+fi
+if ! "$DEST/venv/bin/python" -c "import dubbo" 2>/dev/null; then
+    echo "dubbo interop: installing dubbo-python3==$DUBBO_PY_VERSION" >&2
+    "$DEST/venv/bin/pip" install --quiet --disable-pip-version-check "dubbo-python3==$DUBBO_PY_VERSION"
+fi
+
+echo "dubbo interop: ready in $DEST" >&2

@@ -1,0 +1,286 @@
+//! Clusters and endpoints at run time: health, ejection, in-flight counts, pools.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use metaproxy_router::{EndpointView, LoadBalancer};
+
+use crate::clock::now_ms;
+use crate::config::{ClusterConfig, OutlierDetectionConfig};
+use crate::observe::metrics::ClusterMetrics;
+use crate::upstream::{Pool, PoolKey, Protocol};
+
+/// How long an endpoint that refused a connection is skipped by load balancing.
+const UNREACHABLE_BACKOFF_MS: u64 = 1_000;
+
+/// One upstream address of one cluster. Kept across config reloads while the cluster
+/// still lists the address, so its connection pools and health survive.
+pub(crate) struct Endpoint {
+    pub(crate) addr: SocketAddr,
+    pub(crate) address: Arc<str>,
+    pub(crate) weight: u32,
+    active: AtomicU32,
+    consecutive_failures: AtomicU32,
+    ejected_until_ms: AtomicU64,
+    ejections: AtomicU32,
+    unreachable_until_ms: AtomicU64,
+    pools: ArcSwap<Vec<Arc<Pool>>>,
+    pools_lock: Mutex<()>,
+}
+
+impl Endpoint {
+    fn new(addr: SocketAddr, address: &str, weight: u32) -> Self {
+        Endpoint {
+            addr,
+            address: address.into(),
+            weight,
+            active: AtomicU32::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            unreachable_until_ms: AtomicU64::new(0),
+            pools: ArcSwap::from_pointee(Vec::new()),
+            pools_lock: Mutex::new(()),
+        }
+    }
+
+    /// Requests in flight to this endpoint.
+    pub(crate) fn active_requests(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn request_started(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn request_finished(&self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Whether outlier detection has ejected the endpoint now.
+    pub(crate) fn is_ejected(&self) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms()
+    }
+
+    /// Whether the endpoint recently refused connections.
+    pub(crate) fn is_unreachable(&self) -> bool {
+        self.unreachable_until_ms.load(Ordering::Relaxed) > now_ms()
+    }
+
+    /// Records a failed connection attempt.
+    pub(crate) fn connect_failed(&self) {
+        self.unreachable_until_ms
+            .store(now_ms() + UNREACHABLE_BACKOFF_MS, Ordering::Relaxed);
+    }
+
+    /// Records a connection that was established.
+    pub(crate) fn connected(&self) {
+        self.unreachable_until_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// The pool for `key`, created on first use.
+    pub(crate) fn pool(&self, key: PoolKey, protocol: &Arc<Protocol>, cluster: &ClusterRt) -> Arc<Pool> {
+        if let Some(p) = self.pools.load().iter().find(|p| p.key == key) {
+            return p.clone();
+        }
+        let _guard = self.pools_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.pools.load_full();
+        if let Some(p) = current.iter().find(|p| p.key == key) {
+            return p.clone();
+        }
+        let pool = Arc::new(Pool::new(
+            key,
+            self.addr,
+            protocol.clone(),
+            cluster.connect_timeout,
+            cluster.max_connections,
+            cluster.metrics.clone(),
+        ));
+        let mut next = (*current).clone();
+        next.push(pool.clone());
+        self.pools.store(Arc::new(next));
+        pool
+    }
+
+    /// Updates the pool limits after a reload.
+    fn reconfigure(&self, connect_timeout: Duration, max_connections: usize) {
+        for p in self.pools.load().iter() {
+            p.reconfigure(connect_timeout, max_connections);
+        }
+    }
+
+    /// Open upstream connections to this endpoint.
+    pub(crate) fn open_connections(&self) -> usize {
+        self.pools.load().iter().map(|p| p.open_connections()).sum()
+    }
+}
+
+/// A cluster as the request path sees it: endpoints, balancer, limits.
+pub(crate) struct ClusterRt {
+    pub(crate) name: Arc<str>,
+    pub(crate) endpoints: Vec<Arc<Endpoint>>,
+    pub(crate) lb: LoadBalancer,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) max_pending: usize,
+    pending: AtomicUsize,
+    outlier: Option<OutlierDetectionConfig>,
+    pub(crate) metrics: ClusterMetrics,
+}
+
+impl ClusterRt {
+    /// Reserves a pending-request slot; false when `max_pending_requests` is reached.
+    pub(crate) fn try_acquire_pending(&self) -> bool {
+        let prev = self.pending.fetch_add(1, Ordering::Relaxed);
+        if prev >= self.max_pending {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Releases a slot taken by [`ClusterRt::try_acquire_pending`].
+    pub(crate) fn release_pending(&self) {
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Requests in flight to the cluster.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Records a successful exchange with `endpoint`.
+    pub(crate) fn record_success(&self, endpoint: &Endpoint) {
+        if endpoint.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            endpoint.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a failure (connect failure, reset, timeout) of `endpoint`; may eject it.
+    pub(crate) fn record_failure(&self, endpoint: &Endpoint) {
+        let Some(od) = &self.outlier else { return };
+        let failures = endpoint.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < od.consecutive_failures || endpoint.is_ejected() {
+            return;
+        }
+        let ejected = self.endpoints.iter().filter(|e| e.is_ejected()).count();
+        let max = (self.endpoints.len() * od.max_ejection_percent as usize) / 100;
+        if ejected >= max.max(if od.max_ejection_percent > 0 { 1 } else { 0 }) {
+            return;
+        }
+        let n = endpoint.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let time = od.base_ejection_time.get().as_millis() as u64 * u64::from(n.min(10));
+        endpoint.ejected_until_ms.store(now_ms() + time, Ordering::Relaxed);
+        endpoint.consecutive_failures.store(0, Ordering::Relaxed);
+        self.metrics.outlier_ejections.inc();
+        tracing::warn!(cluster = %self.name, endpoint = %endpoint.address, ejection_ms = time, "outlier ejected");
+    }
+
+    /// JSON description for `GET /clusters`.
+    pub(crate) fn describe(&self) -> serde_json::Value {
+        let endpoints: Vec<_> = self
+            .endpoints
+            .iter()
+            .map(|e| {
+                let health = if e.is_ejected() {
+                    "ejected"
+                } else if e.is_unreachable() {
+                    "unreachable"
+                } else {
+                    "healthy"
+                };
+                serde_json::json!({
+                    "address": &*e.address,
+                    "weight": e.weight,
+                    "health": health,
+                    "ejected": e.is_ejected(),
+                    "ejections": e.ejections.load(Ordering::Relaxed),
+                    "consecutive_failures": e.consecutive_failures.load(Ordering::Relaxed),
+                    "active_requests": e.active_requests(),
+                    "upstream_connections": e.open_connections(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "name": &*self.name,
+            "pending_requests": self.pending(),
+            "endpoints": endpoints,
+        })
+    }
+}
+
+impl EndpointView for ClusterRt {
+    fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    fn is_available(&self, i: usize) -> bool {
+        self.endpoints
+            .get(i)
+            .is_some_and(|e| !e.is_ejected() && !e.is_unreachable())
+    }
+
+    fn active_requests(&self, i: usize) -> u32 {
+        self.endpoints.get(i).map_or(0, |e| e.active_requests())
+    }
+}
+
+/// Endpoints by (cluster, address), so reloads keep pools and health of unchanged ones.
+#[derive(Default)]
+pub(crate) struct EndpointRegistry {
+    endpoints: Mutex<HashMap<(String, String), Arc<Endpoint>>>,
+}
+
+impl EndpointRegistry {
+    /// Builds the run-time cluster for `config`, reusing known endpoints.
+    pub(crate) fn build_cluster(
+        &self,
+        config: &ClusterConfig,
+        addrs: &[SocketAddr],
+        lb: LoadBalancer,
+        metrics: ClusterMetrics,
+    ) -> ClusterRt {
+        let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let endpoints = config
+            .endpoints
+            .iter()
+            .zip(addrs)
+            .map(|(e, addr)| {
+                let key = (config.name.clone(), e.address().to_owned());
+                let ep = map
+                    .entry(key)
+                    .and_modify(|old| {
+                        if old.addr != *addr || old.weight != e.weight() {
+                            *old = Arc::new(Endpoint::new(*addr, e.address(), e.weight()));
+                        }
+                    })
+                    .or_insert_with(|| Arc::new(Endpoint::new(*addr, e.address(), e.weight())))
+                    .clone();
+                ep.reconfigure(config.connect_timeout.get(), config.max_connections);
+                ep
+            })
+            .collect();
+        ClusterRt {
+            name: config.name.as_str().into(),
+            endpoints,
+            lb,
+            connect_timeout: config.connect_timeout.get(),
+            max_connections: config.max_connections,
+            max_pending: config.max_pending_requests,
+            pending: AtomicUsize::new(0),
+            outlier: config.outlier_detection.clone(),
+            metrics,
+        }
+    }
+
+    /// Forgets endpoints no cluster of `keep` lists any more (their pools close when the
+    /// last in-flight request finishes).
+    pub(crate) fn retain(&self, keep: &[(String, String)]) {
+        let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|k, _| keep.contains(k));
+    }
+}

@@ -1,0 +1,393 @@
+//! Semantic validation: references, ranges, exactly-one-of fields, codec options.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use meta_protocol::CodecRegistry;
+
+use super::model::*;
+
+/// One problem, with the path of the offending field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Field path, e.g. `route_configs[0].routes[2].route.weighted_clusters`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// The result of a successful validation.
+#[derive(Clone, Debug, Default)]
+pub struct Validated {
+    /// Things that work but are probably not what was meant.
+    pub warnings: Vec<Problem>,
+}
+
+struct Report {
+    problems: Vec<Problem>,
+    warnings: Vec<Problem>,
+}
+
+impl Report {
+    fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+    fn warn(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(Problem {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Resolves `host:port` to its first socket address.
+pub fn resolve(address: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = address.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if !address.contains(':') {
+        return Err(format!("{address:?} is not host:port"));
+    }
+    address
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {address:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{address:?} resolves to no address"))
+}
+
+fn check_unique<'a>(r: &mut Report, what: &str, names: impl Iterator<Item = &'a str>) {
+    let mut seen = HashSet::new();
+    for (i, name) in names.enumerate() {
+        if name.is_empty() {
+            r.err(format!("{what}[{i}].name"), "must not be empty");
+        } else if !seen.insert(name) {
+            r.err(format!("{what}[{i}].name"), format!("duplicate name {name:?}"));
+        }
+    }
+}
+
+/// Checks everything that can be checked without binding: names, references, values,
+/// codec options. Returns every problem found, not just the first.
+pub fn validate(config: &Config, codecs: &CodecRegistry) -> Result<Validated, Vec<Problem>> {
+    let mut r = Report {
+        problems: Vec::new(),
+        warnings: Vec::new(),
+    };
+    check_unique(&mut r, "listeners", config.listeners.iter().map(|l| l.name.as_str()));
+    check_unique(&mut r, "route_configs", config.route_configs.iter().map(|c| c.name.as_str()));
+    check_unique(&mut r, "clusters", config.clusters.iter().map(|c| c.name.as_str()));
+    let clusters: HashSet<&str> = config.clusters.iter().map(|c| c.name.as_str()).collect();
+
+    if let Some(admin) = &config.admin {
+        if let Err(e) = resolve(&admin.address) {
+            r.err("admin.address", e);
+        }
+    }
+    if config.listeners.is_empty() {
+        r.err("listeners", "at least one listener is required");
+    }
+    let mut addresses = HashSet::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let at = format!("listeners[{i}]");
+        match resolve(&l.address) {
+            Ok(addr) if addr.port() != 0 && !addresses.insert(addr) => {
+                r.err(format!("{at}.address"), format!("{addr} is used by another listener"))
+            }
+            Ok(_) => {}
+            Err(e) => r.err(format!("{at}.address"), e),
+        }
+        let mut mutations_supported = true;
+        match codecs.get(&l.codec) {
+            Err(_) => r.err(
+                format!("{at}.codec"),
+                format!(
+                    "unknown codec {:?} (known: {})",
+                    l.codec,
+                    codecs.names().collect::<Vec<_>>().join(", ")
+                ),
+            ),
+            Ok(factory) => match factory.validate(&l.options) {
+                Ok(caps) => mutations_supported = caps.mutations,
+                Err(e) => r.err(format!("{at}.options"), e.to_string()),
+            },
+        }
+        if l.max_frame_size < 64 {
+            r.err(format!("{at}.max_frame_size"), "must be at least 64 bytes");
+        }
+        if l.max_connections == 0 {
+            r.err(format!("{at}.max_connections"), "must be greater than 0");
+        }
+        if l.idle_timeout.get().is_zero() {
+            r.err(format!("{at}.idle_timeout"), "must be greater than 0");
+        }
+        if let Some(log) = &l.access_log {
+            if log.path.trim().is_empty() {
+                r.err(format!("{at}.access_log.path"), "must not be empty");
+            }
+        }
+        match config.route_configs.iter().position(|c| c.name == l.route_config) {
+            None => r.err(
+                format!("{at}.route_config"),
+                format!("no route config named {:?}", l.route_config),
+            ),
+            Some(rc) if !mutations_supported => {
+                for (j, route) in config.route_configs[rc].routes.iter().enumerate() {
+                    if !route.request_mutation.is_empty() || !route.response_mutation.is_empty() {
+                        r.warn(
+                            format!("route_configs[{rc}].routes[{j}]"),
+                            format!(
+                                "mutations cannot be carried by listener {:?} (codec {} with these options); they are ignored",
+                                l.name, l.codec
+                            ),
+                        );
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    for (i, rc) in config.route_configs.iter().enumerate() {
+        for (j, route) in rc.routes.iter().enumerate() {
+            let at = format!("route_configs[{i}].routes[{j}]");
+            validate_route(&mut r, &at, route, &clusters);
+        }
+    }
+
+    for (i, c) in config.clusters.iter().enumerate() {
+        let at = format!("clusters[{i}]");
+        if c.endpoints.is_empty() {
+            r.err(format!("{at}.endpoints"), "at least one endpoint is required");
+        }
+        for (j, e) in c.endpoints.iter().enumerate() {
+            if let Err(msg) = resolve(e.address()) {
+                r.err(format!("{at}.endpoints[{j}]"), msg);
+            }
+            if e.weight() == 0 {
+                r.err(format!("{at}.endpoints[{j}].weight"), "must be greater than 0");
+            }
+        }
+        if c.max_connections == 0 {
+            r.err(format!("{at}.max_connections"), "must be greater than 0");
+        }
+        if c.max_pending_requests == 0 {
+            r.err(format!("{at}.max_pending_requests"), "must be greater than 0");
+        }
+        if c.connect_timeout.get().is_zero() {
+            r.err(format!("{at}.connect_timeout"), "must be greater than 0");
+        }
+        if let Some(od) = &c.outlier_detection {
+            if od.consecutive_failures == 0 {
+                r.err(
+                    format!("{at}.outlier_detection.consecutive_failures"),
+                    "must be greater than 0",
+                );
+            }
+            if od.max_ejection_percent > 100 {
+                r.err(
+                    format!("{at}.outlier_detection.max_ejection_percent"),
+                    "must be within 0..=100",
+                );
+            }
+        }
+    }
+
+    if r.problems.is_empty() {
+        Ok(Validated {
+            warnings: r.warnings,
+        })
+    } else {
+        Err(r.problems)
+    }
+}
+
+fn validate_route(r: &mut Report, at: &str, route: &RouteEntry, clusters: &HashSet<&str>) {
+    for (k, m) in route.match_.metadata.iter().enumerate() {
+        let mat = format!("{at}.match.metadata[{k}]");
+        if m.key.is_empty() {
+            r.err(format!("{mat}.key"), "must not be empty");
+        }
+        let set = [
+            m.exact.is_some(),
+            m.prefix.is_some(),
+            m.suffix.is_some(),
+            m.regex.is_some(),
+            m.present.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if set != 1 {
+            r.err(
+                mat.clone(),
+                "exactly one of exact, prefix, suffix, regex, present must be set",
+            );
+        }
+        if m.present == Some(false) {
+            r.err(
+                format!("{mat}.present"),
+                "only `present: true` is allowed; use `invert: true` to require absence",
+            );
+        }
+        if let Some(re) = &m.regex {
+            if let Err(e) = regex::Regex::new(re) {
+                r.err(format!("{mat}.regex"), e.to_string().replace('\n', " "));
+            }
+        }
+    }
+    let action = &route.route;
+    let ra = format!("{at}.route");
+    match (&action.cluster, &action.weighted_clusters) {
+        (Some(_), Some(_)) | (None, None) => {
+            r.err(ra.clone(), "exactly one of cluster, weighted_clusters must be set")
+        }
+        (Some(c), None) => {
+            if !clusters.contains(c.as_str()) {
+                r.err(format!("{ra}.cluster"), format!("no cluster named {c:?}"));
+            }
+        }
+        (None, Some(wc)) => {
+            if wc.is_empty() {
+                r.err(format!("{ra}.weighted_clusters"), "must not be empty");
+            }
+            let total: u64 = wc.iter().map(|w| u64::from(w.weight)).sum();
+            if !wc.is_empty() && total == 0 {
+                r.err(format!("{ra}.weighted_clusters"), "total weight is 0");
+            }
+            for (k, w) in wc.iter().enumerate() {
+                if !clusters.contains(w.cluster.as_str()) {
+                    r.err(
+                        format!("{ra}.weighted_clusters[{k}].cluster"),
+                        format!("no cluster named {:?}", w.cluster),
+                    );
+                }
+            }
+        }
+    }
+    for (k, m) in action.mirror.iter().enumerate() {
+        if !clusters.contains(m.cluster.as_str()) {
+            r.err(
+                format!("{ra}.mirror[{k}].cluster"),
+                format!("no cluster named {:?}", m.cluster),
+            );
+        }
+        if !(0.0..=100.0).contains(&m.percent) {
+            r.err(format!("{ra}.mirror[{k}].percent"), "must be within 0..=100");
+        }
+    }
+    if action.timeout.get().is_zero() {
+        r.err(format!("{ra}.timeout"), "must be greater than 0");
+    }
+    if let Some(retries) = &action.retries {
+        if retries.attempts > 10 {
+            r.err(format!("{ra}.retries.attempts"), "at most 10");
+        }
+    }
+    for (field, list) in [
+        ("request_mutation", &route.request_mutation),
+        ("response_mutation", &route.response_mutation),
+    ] {
+        for (k, kv) in list.iter().enumerate() {
+            if kv.key.is_empty() {
+                r.err(format!("{at}.{field}[{k}].key"), "must not be empty");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn registry() -> CodecRegistry {
+        crate::codecs::default_registry()
+    }
+
+    fn problems(yaml: &str) -> Vec<String> {
+        let c = crate::config::parse(yaml, Path::new("t.yaml")).unwrap();
+        match validate(&c, &registry()) {
+            Ok(_) => vec![],
+            Err(p) => p.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    const BASE: &str = r#"
+listeners:
+  - {name: in, address: "127.0.0.1:0", codec: dubbo, route_config: r}
+route_configs:
+  - name: r
+    routes:
+      - name: a
+        match: {metadata: [{key: interface, exact: x}]}
+        route: {cluster: c}
+      - name: b
+        route: {weighted_clusters: [{cluster: c, weight: 1}]}
+clusters:
+  - {name: c, endpoints: ["127.0.0.1:1"]}
+"#;
+
+    #[test]
+    fn valid_config_passes() {
+        assert!(problems(BASE).is_empty(), "{:?}", problems(BASE));
+    }
+
+    #[test]
+    fn zero_total_weight_names_the_field() {
+        let p = problems(&BASE.replace("weight: 1", "weight: 0"));
+        assert_eq!(
+            p,
+            vec!["route_configs[0].routes[1].route.weighted_clusters: total weight is 0"]
+        );
+    }
+
+    #[test]
+    fn every_dangling_reference_is_reported() {
+        let y = BASE
+            .replace("route: {cluster: c}", "route: {cluster: nope, mirror: [{cluster: ghost}]}")
+            .replace("route_config: r}", "route_config: missing}");
+        let p = problems(&y);
+        assert!(p.contains(&"listeners[0].route_config: no route config named \"missing\"".to_string()), "{p:?}");
+        assert!(p.contains(&"route_configs[0].routes[0].route.cluster: no cluster named \"nope\"".to_string()), "{p:?}");
+        assert!(p.contains(&"route_configs[0].routes[0].route.mirror[0].cluster: no cluster named \"ghost\"".to_string()), "{p:?}");
+    }
+
+    #[test]
+    fn matcher_needs_exactly_one_kind_and_valid_regex() {
+        let y = BASE.replace("{key: interface, exact: x}", "{key: interface, exact: x, prefix: y}");
+        assert_eq!(
+            problems(&y),
+            vec!["route_configs[0].routes[0].match.metadata[0]: exactly one of exact, prefix, suffix, regex, present must be set"]
+        );
+        let y = BASE.replace("{key: interface, exact: x}", "{key: interface, regex: \"(\"}");
+        let p = problems(&y);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].starts_with("route_configs[0].routes[0].match.metadata[0].regex: "), "{p:?}");
+    }
+
+    #[test]
+    fn unknown_codec_and_bad_endpoint() {
+        let y = BASE.replace("codec: dubbo", "codec: grpc").replace("127.0.0.1:1", "nohostport");
+        let p = problems(&y);
+        assert!(p.iter().any(|p| p.starts_with("listeners[0].codec: unknown codec \"grpc\"")), "{p:?}");
+        assert!(p.iter().any(|p| p.starts_with("clusters[0].endpoints[0]: ")), "{p:?}");
+    }
+
+    #[test]
+    fn duplicate_names() {
+        let y = BASE.replace(
+            "clusters:\n  - {name: c, endpoints: [\"127.0.0.1:1\"]}",
+            "clusters:\n  - {name: c, endpoints: [\"127.0.0.1:1\"]}\n  - {name: c, endpoints: [\"127.0.0.1:2\"]}",
+        );
+        assert_eq!(problems(&y), vec!["clusters[1].name: duplicate name \"c\""]);
+    }
+}

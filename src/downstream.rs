@@ -1,0 +1,524 @@
+//! One client connection: decode requests, route them, send them upstream, and write
+//! back responses in whatever order they complete.
+//!
+//! The connection is a single task owning its socket, codec, in-flight table and timers,
+//! so nothing on the request path is shared with other connections except the snapshot
+//! (read without a lock), the clusters' atomic counters and the upstream channels.
+
+use std::io;
+use std::sync::Arc;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use meta_protocol::{
+    Codec, DecodeError, LocalReply, LocalReplyKind, Message, MessageKind, ReplyContext,
+};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use slab::Slab;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::time::{delay_queue, DelayQueue};
+
+use crate::cluster::{ClusterRt, Endpoint};
+use crate::listener::ListenerCtx;
+use crate::observe::{AccessLogEntry, AccessStatus, LoggedMetadata};
+use crate::snapshot::ListenerRt;
+use crate::upstream::{DownstreamEvent, Outbound, PoolKey, ReplyTo};
+
+/// Read buffer reservation.
+const READ_CHUNK: usize = 16 * 1024;
+/// Stop reading new requests while this much output waits for a slow client.
+const MAX_PENDING_OUTPUT: usize = 4 * 1024 * 1024;
+
+/// What an access log entry needs from the start of a request.
+struct LogStart {
+    time: SystemTime,
+    metadata: LoggedMetadata,
+    bytes_in: u64,
+    route: Option<Arc<str>>,
+    cluster: Option<Arc<str>>,
+}
+
+impl LogStart {
+    fn new(listener: Option<&ListenerRt>, msg: &Message) -> Self {
+        let mut metadata = LoggedMetadata::new();
+        if let Some(l) = listener {
+            for key in &l.log_keys {
+                if let Some(v) = msg.metadata().get(key) {
+                    metadata.push(key, v);
+                }
+            }
+        }
+        LogStart {
+            time: SystemTime::now(),
+            metadata,
+            bytes_in: msg.frame().len() as u64,
+            route: None,
+            cluster: None,
+        }
+    }
+}
+
+struct InFlight {
+    log: Option<LogStart>,
+    generation: u32,
+    reply: ReplyContext,
+    timer: delay_queue::Key,
+    started: Instant,
+    listener: Arc<ListenerRt>,
+    route: usize,
+    cluster: usize,
+    endpoint: Arc<Endpoint>,
+    attempts_left: u32,
+    hash: Option<u64>,
+}
+
+impl InFlight {
+    fn cluster(&self) -> &Arc<ClusterRt> {
+        &self.listener.clusters[self.cluster]
+    }
+
+    /// Releases the endpoint and cluster slots this request held.
+    fn release(&self) {
+        self.endpoint.request_finished();
+        self.cluster().release_pending();
+    }
+}
+
+/// Why a request could not be handed to an upstream connection.
+struct NotSent {
+    msg: Message,
+    kind: LocalReplyKind,
+    reason: &'static str,
+}
+
+/// Serves one accepted client connection until it closes.
+pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    let codec = match ctx.protocol.downstream_codec() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(listener = %ctx.name, error = %e, "cannot create codec");
+            return;
+        }
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut conn = Downstream {
+        idle_timeout: ctx.idle_timeout,
+        ctx,
+        codec,
+        inflight: Slab::with_capacity(16),
+        timers: DelayQueue::with_capacity(16),
+        generation: 0,
+        tx,
+        rx,
+        wbuf: BytesMut::with_capacity(READ_CHUNK),
+        rng: SmallRng::from_rng(&mut rand::rng()),
+        closing: false,
+    };
+    conn.run(stream, drain).await;
+    // Requests still in flight when the connection ends release their slots.
+    for f in conn.inflight.drain() {
+        f.release();
+    }
+}
+
+struct Downstream {
+    ctx: Arc<ListenerCtx>,
+    codec: Box<dyn Codec>,
+    inflight: Slab<InFlight>,
+    timers: DelayQueue<u64>,
+    generation: u32,
+    tx: mpsc::UnboundedSender<DownstreamEvent>,
+    rx: mpsc::UnboundedReceiver<DownstreamEvent>,
+    wbuf: BytesMut,
+    rng: SmallRng,
+    closing: bool,
+    idle_timeout: Duration,
+}
+
+impl Downstream {
+    async fn run(&mut self, stream: TcpStream, mut drain: watch::Receiver<bool>) {
+        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+        let mut reading = true;
+        let mut draining = *drain.borrow();
+        let idle = tokio::time::sleep(self.idle_timeout);
+        tokio::pin!(idle);
+        loop {
+            if self.closing && self.inflight.is_empty() && self.wbuf.is_empty() {
+                return;
+            }
+            let read_allowed = reading && !self.closing && self.wbuf.len() < MAX_PENDING_OUTPUT;
+            tokio::select! {
+                biased;
+                Some(ev) = self.rx.recv() => self.on_event(ev),
+                Some(expired) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)), if !self.timers.is_empty() => {
+                    self.on_timeout(expired.into_inner());
+                }
+                ready = stream.writable(), if !self.wbuf.is_empty() => {
+                    if ready.is_err() { return; }
+                    match stream.try_write(&self.wbuf) {
+                        Ok(n) => { let _ = self.wbuf.split_to(n); }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return,
+                    }
+                }
+                ready = stream.readable(), if read_allowed => {
+                    if ready.is_err() { return; }
+                    if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+                        rbuf.reserve(READ_CHUNK);
+                    }
+                    match stream.try_read_buf(&mut rbuf) {
+                        Ok(0) => { reading = false; self.closing = true; }
+                        Ok(_) => {
+                            idle.as_mut().reset(Instant::now() + self.idle_timeout);
+                            self.decode_all(&mut rbuf);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return,
+                    }
+                }
+                _ = &mut idle, if self.inflight.is_empty() => {
+                    tracing::debug!(listener = %self.ctx.name, "closing idle connection");
+                    return;
+                }
+                changed = drain.changed(), if !draining => {
+                    draining = true;
+                    if changed.is_ok() {
+                        // Tell the client to move where the protocol can say so, then
+                        // close once the requests in flight are answered.
+                        let _ = self.codec.encode_go_away(&mut self.wbuf);
+                        self.closing = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn decode_all(&mut self, rbuf: &mut BytesMut) {
+        while !self.closing {
+            match self.codec.decode(rbuf) {
+                Ok(Some(msg)) => self.on_message(msg),
+                Ok(None) => return,
+                Err(e) => return self.on_decode_error(e, rbuf),
+            }
+        }
+    }
+
+    fn on_decode_error(&mut self, e: DecodeError, rbuf: &mut BytesMut) {
+        tracing::info!(listener = %self.ctx.name, error = %e, "bad frame from client; closing the connection");
+        self.ctx.metrics.decode_errors.inc();
+        if let Some(ctx) = &e.reply {
+            let message = format!("metaproxy: bad request: {e}");
+            self.local_reply(ctx, LocalReplyKind::BadRequest, &message);
+        }
+        rbuf.clear();
+        self.closing = true;
+    }
+
+    fn on_message(&mut self, msg: Message) {
+        match msg.kind() {
+            MessageKind::Request | MessageKind::OneWay => self.dispatch(msg),
+            MessageKind::Heartbeat => {
+                if let Err(e) = self.codec.encode_heartbeat_reply(&msg, &mut self.wbuf) {
+                    tracing::debug!(error = %e, "cannot answer heartbeat");
+                }
+            }
+            MessageKind::Event | MessageKind::GoAway | MessageKind::Response => {}
+        }
+    }
+
+    /// Encodes a local reply (none for one-way requests); returns the bytes written.
+    fn local_reply(&mut self, ctx: &ReplyContext, kind: LocalReplyKind, message: &str) -> usize {
+        self.ctx.metrics.local_reply(kind).inc();
+        if ctx.one_way {
+            return 0;
+        }
+        let before = self.wbuf.len();
+        let reply = LocalReply::new(kind, message);
+        if let Err(e) = self.codec.encode_local_reply(ctx, &reply, &mut self.wbuf) {
+            tracing::warn!(error = %e, "cannot encode local reply");
+        }
+        self.wbuf.len() - before
+    }
+
+    /// A local reply that also writes the access log entry.
+    fn local_reply_logged(
+        &mut self,
+        ctx: &ReplyContext,
+        kind: LocalReplyKind,
+        message: &str,
+        log: Option<LogStart>,
+        endpoint: Option<SocketAddr>,
+    ) {
+        let bytes = self.local_reply(ctx, kind, message);
+        self.access(log, AccessStatus::Local(kind), endpoint, bytes);
+    }
+
+    fn access(&self, log: Option<LogStart>, status: AccessStatus, endpoint: Option<SocketAddr>, bytes_out: usize) {
+        let (Some(logger), Some(start)) = (&self.ctx.access_log, log) else { return };
+        let duration = start.time.elapsed().unwrap_or_default();
+        logger.log(AccessLogEntry {
+            time: start.time,
+            listener: self.ctx.name.clone(),
+            route: start.route,
+            cluster: start.cluster,
+            endpoint,
+            metadata: start.metadata,
+            status,
+            duration,
+            bytes_in: start.bytes_in,
+            bytes_out: bytes_out as u64,
+        });
+    }
+
+    fn dispatch(&mut self, mut msg: Message) {
+        let snapshot = self.ctx.shared.snapshot.load();
+        let Some(listener) = snapshot.listener(&self.ctx.name).cloned() else {
+            let ctx = msg.reply_context();
+            let log = self.ctx.access_log.as_ref().map(|_| LogStart::new(None, &msg));
+            return self.local_reply_logged(&ctx, LocalReplyKind::NoRoute, "metaproxy: listener has no routes", log, None);
+        };
+        drop(snapshot);
+        let mut log = self.ctx.access_log.as_ref().map(|_| LogStart::new(Some(&listener), &msg));
+        let Some(route) = listener.table.route(msg.metadata()) else {
+            let ctx = msg.reply_context();
+            let text = no_route_message(&msg);
+            return self.local_reply_logged(&ctx, LocalReplyKind::NoRoute, &text, log, None);
+        };
+        let route_index = route.index();
+        let hash = route.hash_key(msg.metadata());
+        let cluster = route.pick_cluster(&mut self.rng);
+        let timeout = route.timeout();
+        let attempts = route.retries();
+        msg.extend_mutations(route.request_mutations());
+        listener.requests[route_index][cluster].inc();
+        if let Some(l) = &mut log {
+            l.route = Some(route.name_shared().clone());
+            l.cluster = Some(listener.clusters[cluster].name.clone());
+        }
+        let deadline = Instant::now() + timeout;
+
+        let mirrors: smallvec::SmallVec<[usize; 4]> =
+            route.firing_mirrors(&mut self.rng).map(|m| m.cluster()).collect();
+        for mirror in mirrors {
+            let target = &listener.clusters[mirror];
+            let copy = msg.clone();
+            match self.send(target, copy, hash, None, deadline) {
+                Ok(_) => target.metrics.mirror_sent.inc(),
+                Err(_) => target.metrics.mirror_dropped.inc(),
+            }
+        }
+
+        if msg.kind() == MessageKind::OneWay {
+            match self.send(&listener.clusters[cluster], msg, hash, None, deadline) {
+                Ok(endpoint) => self.access(log, AccessStatus::OneWay, Some(endpoint.addr), 0),
+                Err(not_sent) => {
+                    tracing::debug!(reason = not_sent.reason, "one-way request dropped");
+                    self.ctx.metrics.local_reply(not_sent.kind).inc();
+                    self.access(log, AccessStatus::Local(not_sent.kind), None, 0);
+                }
+            }
+            return;
+        }
+
+        let reply = msg.reply_context();
+        let key = self.inflight.vacant_key();
+        self.generation = self.generation.wrapping_add(1);
+        let token = (u64::from(self.generation) << 32) | key as u64;
+        let reply_to = ReplyTo { tx: self.tx.clone(), token };
+        match self.send(&listener.clusters[cluster], msg, hash, Some(reply_to), deadline) {
+            Ok(endpoint) => {
+                let timer = self.timers.insert_at(token, deadline);
+                self.inflight.insert(InFlight {
+                    log,
+                    generation: self.generation,
+                    reply,
+                    timer,
+                    started: Instant::now(),
+                    listener,
+                    route: route_index,
+                    cluster,
+                    endpoint,
+                    attempts_left: attempts,
+                    hash,
+                });
+            }
+            Err(not_sent) => {
+                let NotSent { msg, kind, reason } = not_sent;
+                if attempts > 0 && kind == LocalReplyKind::UpstreamFailure {
+                    // Never sent: retry right away on another pick.
+                    let mut attempts = attempts;
+                    let mut m = msg;
+                    while attempts > 0 {
+                        attempts -= 1;
+                        let reply_to = ReplyTo { tx: self.tx.clone(), token };
+                        match self.send(&listener.clusters[cluster], m, hash, Some(reply_to), deadline) {
+                            Ok(endpoint) => {
+                                let timer = self.timers.insert_at(token, deadline);
+                                self.inflight.insert(InFlight {
+                                    log,
+                                    generation: self.generation,
+                                    reply,
+                                    timer,
+                                    started: Instant::now(),
+                                    listener,
+                                    route: route_index,
+                                    cluster,
+                                    endpoint,
+                                    attempts_left: attempts,
+                                    hash,
+                                });
+                                return;
+                            }
+                            Err(again) => m = again.msg,
+                        }
+                    }
+                }
+                let text = format!("metaproxy: {reason}");
+                self.local_reply_logged(&reply, kind, &text, log, None);
+            }
+        }
+    }
+
+    /// Hands `msg` to a connection of an endpoint of `cluster`.
+    fn send(
+        &mut self,
+        cluster: &Arc<ClusterRt>,
+        msg: Message,
+        hash: Option<u64>,
+        reply: Option<ReplyTo>,
+        deadline: Instant,
+    ) -> Result<Arc<Endpoint>, NotSent> {
+        let two_way = reply.is_some();
+        if two_way && !cluster.try_acquire_pending() {
+            return Err(NotSent { msg, kind: LocalReplyKind::Overloaded, reason: "overloaded: too many pending requests" });
+        }
+        let Some(index) = cluster.lb.pick(hash, &mut self.rng, &**cluster) else {
+            if two_way {
+                cluster.release_pending();
+            }
+            return Err(NotSent { msg, kind: LocalReplyKind::UpstreamFailure, reason: "no healthy endpoint" });
+        };
+        let endpoint = cluster.endpoints[index].clone();
+        let key = PoolKey { protocol: self.ctx.protocol.id, wire: msg.wire() };
+        let pool = endpoint.pool(key, &self.ctx.protocol, cluster);
+        let conn = pool.pick(&endpoint);
+        match conn.send(Outbound { msg, reply, deadline }) {
+            Ok(()) => {
+                if two_way {
+                    endpoint.request_started();
+                }
+                Ok(endpoint)
+            }
+            Err(out) => {
+                if two_way {
+                    cluster.release_pending();
+                }
+                Err(NotSent { msg: out.msg, kind: LocalReplyKind::UpstreamFailure, reason: "upstream connection unavailable" })
+            }
+        }
+    }
+
+    fn take(&mut self, token: u64) -> Option<InFlight> {
+        let key = (token & 0xffff_ffff) as usize;
+        let generation = (token >> 32) as u32;
+        match self.inflight.get(key) {
+            Some(f) if f.generation == generation => Some(self.inflight.remove(key)),
+            _ => None,
+        }
+    }
+
+    fn on_event(&mut self, ev: DownstreamEvent) {
+        match ev {
+            DownstreamEvent::Response { token, mut msg } => {
+                let Some(mut f) = self.take(token) else { return };
+                self.timers.remove(&f.timer);
+                f.release();
+                let cluster = f.cluster();
+                cluster.record_success(&f.endpoint);
+                f.listener.responses[f.cluster].record(msg.status(), f.started.elapsed());
+                msg.set_request_id(f.reply.request_id);
+                if let Some(route) = f.listener.table.routes().get(f.route) {
+                    msg.extend_mutations(route.response_mutations());
+                }
+                let before = self.wbuf.len();
+                let log = f.log.take();
+                let endpoint = Some(f.endpoint.addr);
+                match self.codec.encode(&msg, &mut self.wbuf) {
+                    Ok(()) => {
+                        let bytes = self.wbuf.len() - before;
+                        self.access(log, AccessStatus::Response(msg.status()), endpoint, bytes);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot encode response for client");
+                        let text = format!("metaproxy: response could not be forwarded: {e}");
+                        self.local_reply_logged(&f.reply, LocalReplyKind::UpstreamFailure, &text, log, endpoint);
+                    }
+                }
+            }
+            DownstreamEvent::Failed { token, unsent, reason } => {
+                let Some(mut f) = self.take(token) else { return };
+                f.release();
+                let cluster = f.cluster().clone();
+                cluster.record_failure(&f.endpoint);
+                if let Some(msg) = unsent {
+                    let mut m = msg;
+                    while f.attempts_left > 0 {
+                        f.attempts_left -= 1;
+                        let reply_to = ReplyTo { tx: self.tx.clone(), token };
+                        let deadline = self.timers.deadline(&f.timer);
+                        match self.send(&cluster, m, f.hash, Some(reply_to), deadline) {
+                            Ok(endpoint) => {
+                                f.endpoint = endpoint;
+                                let key = (token & 0xffff_ffff) as usize;
+                                let entry = self.inflight.vacant_entry();
+                                debug_assert_eq!(entry.key(), key);
+                                entry.insert(f);
+                                return;
+                            }
+                            Err(again) => m = again.msg,
+                        }
+                    }
+                }
+                self.timers.remove(&f.timer);
+                let text = format!("metaproxy: {reason}");
+                let endpoint = Some(f.endpoint.addr);
+                self.local_reply_logged(&f.reply, LocalReplyKind::UpstreamFailure, &text, f.log.take(), endpoint);
+            }
+        }
+    }
+
+    fn on_timeout(&mut self, token: u64) {
+        let key = (token & 0xffff_ffff) as usize;
+        let generation = (token >> 32) as u32;
+        if !matches!(self.inflight.get(key), Some(f) if f.generation == generation) {
+            return;
+        }
+        let mut f = self.inflight.remove(key);
+        f.release();
+        f.cluster().record_failure(&f.endpoint);
+        let text = format!(
+            "metaproxy: timeout: no response from {} within the route timeout",
+            f.endpoint.address
+        );
+        let endpoint = Some(f.endpoint.addr);
+        self.local_reply_logged(&f.reply, LocalReplyKind::Timeout, &text, f.log.take(), endpoint);
+    }
+}
+
+fn no_route_message(msg: &Message) -> String {
+    let md = msg.metadata();
+    let what: Vec<String> = ["service", "interface", "method", "version", "group"]
+        .iter()
+        .filter_map(|k| md.get(k).map(|v| format!("{k}={v}")))
+        .collect();
+    if what.is_empty() {
+        "metaproxy: no route matched the request".to_owned()
+    } else {
+        format!("metaproxy: no route matched the request ({})", what.join(", "))
+    }
+}

@@ -1,0 +1,20 @@
+//! Observability: the Prometheus metrics of SPEC §8, the admin HTTP server of SPEC §9,
+//! and per-listener JSON access logs.
+//!
+//! - [`metrics`]: a lock-free registry; look handles up once, then only atomic adds.
+//! - [`admin`]: `GET /metrics`, `/ready`, `/config`, `/clusters`, `POST /reload`.
+//! - [`access_log`]: one JSON line per request, written off the request path.
+
+pub mod access_log;
+pub mod admin;
+pub mod metrics;
+
+pub use access_log::{
+    AccessLogConfig, AccessLogEntry, AccessLogError, AccessLogTarget, AccessLogger, AccessStatus,
+    LoggedMetadata,
+};
+pub use admin::{serve, AdminHandler};
+pub use metrics::{
+    ClusterMetrics, Counter, Gauge, GaugeGuard, Histogram, ListenerMetrics, Metrics,
+    ResponseMetrics,
+};

@@ -1,0 +1,413 @@
+//! The proxy server: shared state, binding, config reload and drain.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use meta_protocol::CodecRegistry;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster::EndpointRegistry;
+use crate::config::{self, Config, ConfigError, Problem, DEFAULT_DRAIN_TIMEOUT};
+use crate::listener::{self, ListenerCtx};
+use crate::observe::metrics::Metrics;
+use crate::observe::{AccessLogTarget, AccessLogger, AdminHandler};
+use crate::snapshot::{self, Snapshot};
+use crate::upstream::Protocol;
+
+/// State shared by every listener, connection and the admin server.
+pub(crate) struct Shared {
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    pub(crate) codecs: CodecRegistry,
+    pub(crate) endpoints: EndpointRegistry,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) config_path: Option<PathBuf>,
+    pub(crate) ready: AtomicBool,
+    pub(crate) draining: AtomicBool,
+    /// Listeners as bound at start: name -> (address, codec, options) fingerprint.
+    pub(crate) bound: std::sync::Mutex<HashMap<String, String>>,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+/// The outcome of a successful reload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    /// Warnings about the new config (for example mutations a listener cannot carry).
+    pub warnings: Vec<String>,
+    /// Listener changes that take effect only after a restart.
+    pub restart_required: Vec<String>,
+}
+
+impl std::fmt::Display for ReloadOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "config reloaded")?;
+        for w in &self.warnings {
+            write!(f, "\nwarning: {w}")?;
+        }
+        for r in &self.restart_required {
+            write!(f, "\nrestart required: {r}")?;
+        }
+        Ok(())
+    }
+}
+
+fn listener_fingerprint(l: &config::ListenerConfig) -> String {
+    format!("{}|{}|{:?}|{}", l.address, l.codec, l.options, l.max_frame_size)
+}
+
+impl Shared {
+    fn compile(&self, config: Config) -> Result<(Snapshot, Vec<Problem>), Vec<Problem>> {
+        snapshot::build(Arc::new(config), &self.codecs, &self.endpoints, &self.metrics)
+    }
+
+    /// Validates `config` and swaps it in. In-flight requests finish on the old snapshot.
+    pub(crate) async fn apply(&self, config: Config) -> Result<ReloadOutcome, Vec<Problem>> {
+        let _guard = self.reload_lock.lock().await;
+        let result = self.compile(config);
+        let (mut snap, warnings) = match result {
+            Ok(ok) => ok,
+            Err(problems) => {
+                self.metrics.config_reload(false);
+                return Err(problems);
+            }
+        };
+        let mut restart_required = Vec::new();
+        {
+            let bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+            let old = self.snapshot.load();
+            for (name, fp) in bound.iter() {
+                match snap.config.listeners.iter().find(|l| &l.name == name) {
+                    None => {
+                        restart_required.push(format!("listener {name:?} was removed; it keeps serving with its old routes until restart"));
+                        if let Some(rt) = old.listener(name) {
+                            snap.listeners.insert(name.clone(), rt.clone());
+                        }
+                    }
+                    Some(l) if &listener_fingerprint(l) != fp => restart_required.push(format!(
+                        "listener {name:?} changed its address, codec, options or max_frame_size; routes are updated, the rest needs a restart"
+                    )),
+                    Some(_) => {}
+                }
+            }
+            for l in &snap.config.listeners {
+                if !bound.contains_key(&l.name) {
+                    restart_required.push(format!("new listener {:?} starts on restart", l.name));
+                }
+            }
+        }
+        self.snapshot.store(Arc::new(snap));
+        self.metrics.config_reload(true);
+        Ok(ReloadOutcome {
+            warnings: warnings.iter().map(|w| w.to_string()).collect(),
+            restart_required,
+        })
+    }
+
+    /// Re-reads the config file and applies it.
+    pub(crate) async fn reload_file(&self) -> Result<ReloadOutcome, String> {
+        let Some(path) = &self.config_path else {
+            return Err("the server was not started from a config file".to_owned());
+        };
+        let config = match config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.config_reload(false);
+                return Err(e.to_string());
+            }
+        };
+        self.apply(config).await.map_err(|problems| {
+            ConfigError::Invalid { path: path.clone(), problems }.to_string()
+        })
+    }
+}
+
+/// A proxy built from a config, not yet bound.
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Validates `config` and prepares the server. `codecs` must hold every codec the
+    /// listeners name.
+    pub fn new(config: Config, codecs: CodecRegistry) -> Result<Server, ConfigError> {
+        Self::build(config, codecs, None)
+    }
+
+    /// Loads and validates the config file at `path`; SIGHUP and `POST /reload` re-read it.
+    pub fn from_file(path: &Path, codecs: CodecRegistry) -> Result<Server, ConfigError> {
+        let config = config::load(path)?;
+        Self::build(config, codecs, Some(path.to_path_buf()))
+    }
+
+    fn build(config: Config, codecs: CodecRegistry, path: Option<PathBuf>) -> Result<Server, ConfigError> {
+        let metrics = Metrics::new();
+        let endpoints = EndpointRegistry::default();
+        let origin = path.clone().unwrap_or_else(|| PathBuf::from("<config>"));
+        let (snap, warnings) = snapshot::build(Arc::new(config), &codecs, &endpoints, &metrics)
+            .map_err(|problems| ConfigError::Invalid { path: origin, problems })?;
+        for w in &warnings {
+            tracing::warn!("config: {w}");
+        }
+        Ok(Server {
+            shared: Arc::new(Shared {
+                snapshot: ArcSwap::from_pointee(snap),
+                codecs,
+                endpoints,
+                metrics,
+                config_path: path,
+                ready: AtomicBool::new(false),
+                draining: AtomicBool::new(false),
+                bound: std::sync::Mutex::new(HashMap::new()),
+                reload_lock: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Binds every listener (and the admin server), logging one `listening` line each.
+    /// Must be called inside a tokio runtime.
+    pub async fn bind(self) -> Result<RunningServer, BindError> {
+        let shared = self.shared;
+        let snap = shared.snapshot.load_full();
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let tracker = TaskTracker::new();
+        let mut addrs = Vec::new();
+        let mut protocol_ids: HashMap<String, u64> = HashMap::new();
+        let mut accept_tasks = Vec::new();
+        for l in &snap.config.listeners {
+            let addr = config::resolve_address(&l.address)
+                .map_err(|e| BindError { listener: l.name.clone(), address: l.address.clone(), source: std::io::Error::other(e) })?;
+            let socket = listener::bind(addr).map_err(|source| BindError {
+                listener: l.name.clone(),
+                address: l.address.clone(),
+                source,
+            })?;
+            let local = socket.local_addr().map_err(|source| BindError {
+                listener: l.name.clone(),
+                address: l.address.clone(),
+                source,
+            })?;
+            let factory = shared.codecs.get(&l.codec).map_err(|e| BindError {
+                listener: l.name.clone(),
+                address: l.address.clone(),
+                source: std::io::Error::other(e),
+            })?;
+            let fp = listener_fingerprint(l);
+            let next_id = protocol_ids.len() as u64;
+            let id = *protocol_ids.entry(format!("{}|{:?}|{}", l.codec, l.options, l.max_frame_size)).or_insert(next_id);
+            let protocol = Protocol::new(id, factory.clone(), l.options.clone(), l.max_frame_size)
+                .map_err(|e| BindError { listener: l.name.clone(), address: l.address.clone(), source: std::io::Error::other(e) })?;
+            let access_log = match &l.access_log {
+                None => None,
+                Some(log) => {
+                    let target = if log.path == "stdout" || log.path == "-" {
+                        AccessLogTarget::stdout()
+                    } else {
+                        AccessLogTarget::file(&log.path).map_err(|e| BindError {
+                            listener: l.name.clone(),
+                            address: l.address.clone(),
+                            source: std::io::Error::other(e),
+                        })?
+                    };
+                    Some(AccessLogger::spawn(target).0)
+                }
+            };
+            let ctx = Arc::new(ListenerCtx {
+                access_log,
+                name: l.name.as_str().into(),
+                protocol: Arc::new(protocol),
+                shared: shared.clone(),
+                metrics: shared.metrics.listener(&l.name),
+                idle_timeout: l.idle_timeout.get(),
+                max_connections: l.max_connections,
+                active: AtomicUsize::new(0),
+            });
+            tracing::info!(listener = %l.name, address = %local, codec = %l.codec, "listening on {local}");
+            shared.bound.lock().unwrap_or_else(|e| e.into_inner()).insert(l.name.clone(), fp);
+            addrs.push((l.name.clone(), local));
+            accept_tasks.push(tokio::spawn(listener::accept_loop(socket, ctx, drain_rx.clone(), tracker.clone())));
+        }
+        let handle = ServerHandle { shared: shared.clone(), drain_tx: Arc::new(drain_tx) };
+        let mut admin_addr = None;
+        let mut admin_stop = None;
+        if let Some(admin) = &snap.config.admin {
+            let bind_err = |source: std::io::Error| BindError {
+                listener: "admin".to_owned(),
+                address: admin.address.clone(),
+                source,
+            };
+            let addr = config::resolve_address(&admin.address).map_err(|e| bind_err(std::io::Error::other(e)))?;
+            let socket = tokio::net::TcpListener::bind(addr).await.map_err(bind_err)?;
+            let local = socket.local_addr().map_err(bind_err)?;
+            tracing::info!(address = %local, "admin listening on {local}");
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let bridge: Arc<dyn AdminHandler> = Arc::new(AdminBridge(handle.clone()));
+            tokio::spawn(crate::observe::serve(socket, bridge, async move {
+                let _ = stop_rx.await;
+            }));
+            admin_addr = Some(local);
+            admin_stop = Some(stop_tx);
+        }
+        shared.ready.store(true, Ordering::Relaxed);
+        Ok(RunningServer {
+            handle,
+            addrs,
+            admin_addr,
+            admin_stop,
+            tracker,
+            accept_tasks,
+        })
+    }
+}
+
+/// A listener that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("listener {listener:?}: cannot bind {address}: {source}")]
+pub struct BindError {
+    /// Listener name.
+    pub listener: String,
+    /// Configured address.
+    pub address: String,
+    /// The cause.
+    pub source: std::io::Error,
+}
+
+/// Controls a running server from elsewhere (signal handlers, the admin server, tests).
+#[derive(Clone)]
+pub struct ServerHandle {
+    pub(crate) shared: Arc<Shared>,
+    drain_tx: Arc<watch::Sender<bool>>,
+}
+
+impl ServerHandle {
+    /// Re-reads the config file and swaps routes and clusters atomically.
+    pub async fn reload(&self) -> Result<ReloadOutcome, String> {
+        let r = self.shared.reload_file().await;
+        match &r {
+            Ok(outcome) => tracing::info!("{outcome}"),
+            Err(e) => tracing::error!("config reload rejected; the old config keeps serving: {e}"),
+        }
+        r
+    }
+
+    /// Applies `config` (validated first) as a reload would.
+    pub async fn apply(&self, config: Config) -> Result<ReloadOutcome, Vec<Problem>> {
+        self.shared.apply(config).await
+    }
+
+    /// Stops accepting and asks every connection to finish its requests and close.
+    pub fn drain(&self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        self.shared.ready.store(false, Ordering::Relaxed);
+        let _ = self.drain_tx.send(true);
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.snapshot.load().config.clone()
+    }
+
+    /// Whether every listener is bound and the server is not draining.
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::Relaxed)
+    }
+
+    /// Each cluster's endpoints with health, ejection and active requests, as JSON.
+    pub fn clusters_json(&self) -> serde_json::Value {
+        let snap = self.shared.snapshot.load();
+        serde_json::Value::Array(snap.clusters.iter().map(|c| c.describe()).collect())
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render()
+    }
+}
+
+/// A server whose listeners are bound and accepting.
+pub struct RunningServer {
+    handle: ServerHandle,
+    addrs: Vec<(String, SocketAddr)>,
+    admin_addr: Option<SocketAddr>,
+    admin_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    tracker: TaskTracker,
+    accept_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// The bound address of listener `name` (useful with port 0).
+    pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// The bound address of the admin server, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// A handle for reloads, drain and introspection.
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Runs until `shutdown` completes, then drains: stops accepting, lets connections
+    /// finish their requests, and returns when all are closed or `drain_timeout` passed.
+    /// Returns whether the drain completed in time.
+    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) -> bool {
+        shutdown.await;
+        self.shutdown().await
+    }
+
+    /// Drains now (see [`RunningServer::run_until`]).
+    pub async fn shutdown(self) -> bool {
+        let timeout = self
+            .handle
+            .config()
+            .hot_restart
+            .as_ref()
+            .map_or(DEFAULT_DRAIN_TIMEOUT, |h| h.drain_timeout)
+            .get();
+        self.handle.drain();
+        for t in self.accept_tasks {
+            let _ = t.await;
+        }
+        self.tracker.close();
+        let done = tokio::time::timeout(timeout, self.tracker.wait()).await.is_ok();
+        if !done {
+            tracing::warn!(?timeout, "drain timeout: closing remaining connections");
+        }
+        if let Some(stop) = self.admin_stop {
+            let _ = stop.send(());
+        }
+        done
+    }
+}
+
+/// Serves the admin endpoints from a [`ServerHandle`].
+struct AdminBridge(ServerHandle);
+
+#[async_trait::async_trait]
+impl AdminHandler for AdminBridge {
+    fn metrics(&self) -> String {
+        self.0.metrics_text()
+    }
+
+    fn ready(&self) -> bool {
+        self.0.is_ready()
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(&*self.0.config()).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn clusters(&self) -> serde_json::Value {
+        self.0.clusters_json()
+    }
+
+    async fn reload(&self) -> Result<String, String> {
+        self.0.reload().await.map(|o| o.to_string())
+    }
+}

@@ -1,0 +1,249 @@
+//! An immutable, compiled view of the configuration: route tables, clusters and their
+//! metrics handles. Requests read the current snapshot without a lock (`arc-swap`); a
+//! reload builds a new one and swaps it in, while requests in flight keep the old one.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use meta_protocol::CodecRegistry;
+use metaproxy_router::{
+    EndpointSpec, LbPolicy, LoadBalancer, MatchKind, MatcherSpec, MirrorSpec, RouteConfigSpec,
+    RouteSpec, RouteTable, TargetSpec,
+};
+
+use crate::cluster::{ClusterRt, EndpointRegistry};
+use crate::config::{self, Config, LbPolicyName, Problem, RouteConfig};
+use crate::observe::metrics::{Counter, Metrics, ResponseMetrics};
+
+/// A listener's routing state in one snapshot.
+pub(crate) struct ListenerRt {
+    pub(crate) table: Arc<RouteTable>,
+    /// The route table's cluster indices resolved to clusters.
+    pub(crate) clusters: Vec<Arc<ClusterRt>>,
+    /// `requests_total{listener,route,cluster}` by route, then table cluster index.
+    pub(crate) requests: Vec<Vec<Counter>>,
+    /// `responses_total` and `request_duration_seconds` by table cluster index.
+    pub(crate) responses: Vec<ResponseMetrics>,
+    /// Metadata keys the routes look at (logged in access logs).
+    pub(crate) log_keys: Vec<Arc<str>>,
+}
+
+/// One compiled configuration.
+pub(crate) struct Snapshot {
+    pub(crate) config: Arc<Config>,
+    /// Routing state per running listener, by listener name.
+    pub(crate) listeners: HashMap<String, Arc<ListenerRt>>,
+    pub(crate) clusters: Vec<Arc<ClusterRt>>,
+}
+
+impl Snapshot {
+    /// The routing state of listener `name`.
+    pub(crate) fn listener(&self, name: &str) -> Option<&Arc<ListenerRt>> {
+        self.listeners.get(name)
+    }
+}
+
+fn lb_policy(name: LbPolicyName) -> LbPolicy {
+    match name {
+        LbPolicyName::RoundRobin => LbPolicy::RoundRobin,
+        LbPolicyName::Random => LbPolicy::Random,
+        LbPolicyName::LeastRequest => LbPolicy::LeastRequest,
+        LbPolicyName::RingHash => LbPolicy::RingHash,
+        LbPolicyName::Maglev => LbPolicy::Maglev,
+    }
+}
+
+/// Converts a config route table into the router's input.
+pub(crate) fn route_spec(rc: &RouteConfig) -> RouteConfigSpec {
+    let routes = rc
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let matchers = r
+                .match_
+                .metadata
+                .iter()
+                .map(|m| {
+                    let kind = if let Some(v) = &m.exact {
+                        MatchKind::Exact(v.clone())
+                    } else if let Some(v) = &m.prefix {
+                        MatchKind::Prefix(v.clone())
+                    } else if let Some(v) = &m.suffix {
+                        MatchKind::Suffix(v.clone())
+                    } else if let Some(v) = &m.regex {
+                        MatchKind::Regex(v.clone())
+                    } else {
+                        MatchKind::Present
+                    };
+                    MatcherSpec {
+                        key: m.key.clone(),
+                        kind,
+                        invert: m.invert,
+                    }
+                })
+                .collect();
+            let action = &r.route;
+            let target = match (&action.cluster, &action.weighted_clusters) {
+                (Some(c), _) => TargetSpec::Cluster(c.clone()),
+                (None, Some(w)) => {
+                    TargetSpec::Weighted(w.iter().map(|w| (w.cluster.clone(), w.weight)).collect())
+                }
+                (None, None) => TargetSpec::Weighted(Vec::new()),
+            };
+            RouteSpec {
+                name: r.name.clone().unwrap_or_else(|| format!("route-{i}")),
+                matchers,
+                target,
+                mirrors: action
+                    .mirror
+                    .iter()
+                    .map(|m| MirrorSpec {
+                        cluster: m.cluster.clone(),
+                        percent: m.percent,
+                    })
+                    .collect(),
+                hash_policy: action.hash_policy.clone(),
+                timeout: action.timeout.get(),
+                retries: action.retries.as_ref().map_or(0, |r| r.attempts),
+                request_mutation: r
+                    .request_mutation
+                    .iter()
+                    .map(|kv| (kv.key.clone(), kv.value.clone()))
+                    .collect(),
+                response_mutation: r
+                    .response_mutation
+                    .iter()
+                    .map(|kv| (kv.key.clone(), kv.value.clone()))
+                    .collect(),
+            }
+        })
+        .collect();
+    RouteConfigSpec {
+        name: rc.name.clone(),
+        routes,
+    }
+}
+
+/// Validates `config` and compiles it, returning the snapshot and the warnings. On
+/// failure returns every problem found.
+pub(crate) fn build(
+    config: Arc<Config>,
+    codecs: &CodecRegistry,
+    endpoints: &EndpointRegistry,
+    metrics: &Metrics,
+) -> Result<(Snapshot, Vec<Problem>), Vec<Problem>> {
+    let validated = config::validate(&config, codecs)?;
+    let mut problems = Vec::new();
+
+    let mut cluster_index = HashMap::new();
+    let mut clusters = Vec::new();
+    let mut keep = Vec::new();
+    for (i, c) in config.clusters.iter().enumerate() {
+        let addrs: Vec<SocketAddr> = c
+            .endpoints
+            .iter()
+            .filter_map(|e| config::resolve_address(e.address()).ok())
+            .collect();
+        let specs: Vec<EndpointSpec> = c
+            .endpoints
+            .iter()
+            .map(|e| EndpointSpec {
+                address: e.address().to_owned(),
+                weight: e.weight(),
+            })
+            .collect();
+        let lb = match LoadBalancer::new(lb_policy(c.lb_policy), &specs) {
+            Ok(lb) => lb,
+            Err(e) => {
+                problems.push(Problem {
+                    field: format!("clusters[{i}].endpoints"),
+                    message: e.to_string(),
+                });
+                continue;
+            }
+        };
+        for e in &c.endpoints {
+            keep.push((c.name.clone(), e.address().to_owned()));
+        }
+        let rt = endpoints.build_cluster(c, &addrs, lb, metrics.cluster(&c.name));
+        cluster_index.insert(c.name.clone(), clusters.len());
+        clusters.push(Arc::new(rt));
+    }
+
+    let mut tables = HashMap::new();
+    for (i, rc) in config.route_configs.iter().enumerate() {
+        match RouteTable::compile(&route_spec(rc)) {
+            Ok(t) => {
+                tables.insert(rc.name.clone(), Arc::new(t));
+            }
+            Err(e) => {
+                let e = e.prefixed(&format!("route_configs[{i}]"));
+                problems.push(Problem {
+                    field: e.path().to_owned(),
+                    message: e.kind().to_string(),
+                });
+            }
+        }
+    }
+
+    let mut listeners = HashMap::new();
+    for l in &config.listeners {
+        let Some(table) = tables.get(&l.route_config) else { continue };
+        let table = table.clone();
+        let resolved: Vec<Arc<ClusterRt>> = table
+            .clusters()
+            .iter()
+            .filter_map(|name| cluster_index.get(&**name).map(|&i| clusters[i].clone()))
+            .collect();
+        if resolved.len() != table.clusters().len() {
+            continue; // dangling names were reported by validation
+        }
+        let requests = table
+            .routes()
+            .iter()
+            .map(|r| {
+                resolved
+                    .iter()
+                    .map(|c| metrics.request(&l.name, r.name(), &c.name))
+                    .collect()
+            })
+            .collect();
+        let responses = resolved.iter().map(|c| metrics.upstream(&l.name, &c.name)).collect();
+        let mut log_keys: Vec<Arc<str>> = Vec::new();
+        if let Some(rc) = config.route_configs.iter().find(|rc| rc.name == l.route_config) {
+            for r in &rc.routes {
+                let keys = r.match_.metadata.iter().map(|m| &m.key).chain(&r.route.hash_policy);
+                for k in keys {
+                    if !log_keys.iter().any(|have| &**have == k.as_str()) {
+                        log_keys.push(k.as_str().into());
+                    }
+                }
+            }
+        }
+        listeners.insert(
+            l.name.clone(),
+            Arc::new(ListenerRt {
+                table,
+                clusters: resolved,
+                requests,
+                responses,
+                log_keys,
+            }),
+        );
+    }
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    endpoints.retain(&keep);
+    Ok((
+        Snapshot {
+            config,
+            listeners,
+            clusters,
+        },
+        validated.warnings,
+    ))
+}

@@ -1,0 +1,138 @@
+//! Metrics, admin endpoints, reload from file and access logs, end to end.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A minimal HTTP/1.1 client: returns (status, body).
+async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("{method} {path} HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+const CONFIG: &str = r#"
+admin: {address: "127.0.0.1:0"}
+listeners:
+  - name: kv-in
+    address: "127.0.0.1:0"
+    codec: kv
+    route_config: r
+    access_log: {path: "{log}"}
+route_configs:
+  - name: r
+    routes:
+      - name: main
+        match: {metadata: [{key: service, exact: calc}]}
+        route:
+          weighted_clusters: [{cluster: v1, weight: 1}]
+          mirror: [{cluster: shadow, percent: 100}]
+clusters:
+  - {name: v1, endpoints: ["{v1}"]}
+  - {name: shadow, endpoints: ["{shadow}"]}
+"#;
+
+#[tokio::test]
+async fn metrics_admin_reload_and_access_log() {
+    let v1 = backend("v1").await;
+    let shadow = backend("shadow").await;
+    let dir = std::env::temp_dir().join(format!("metaproxy-observe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log_path = dir.join("access.log");
+    let cfg_path = dir.join("proxy.yaml");
+    let text = CONFIG
+        .replace("{v1}", &v1.addr.to_string())
+        .replace("{shadow}", &shadow.addr.to_string())
+        .replace("{log}", log_path.to_str().unwrap());
+    std::fs::write(&cfg_path, &text).unwrap();
+    let server = metaproxy::Server::from_file(&cfg_path, registry()).unwrap();
+    let running = server.bind().await.unwrap();
+    let admin = running.admin_addr().unwrap();
+    let mut c = Client::connect(running.local_addr("kv-in").unwrap()).await;
+    for _ in 0..10 {
+        c.call(&[("service", "calc"), ("method", "add")], b"x").await;
+    }
+    c.call(&[("service", "nope")], b"").await;
+    // The mirror received every request of the route.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while shadow.received() < 10 {
+        assert!(tokio::time::Instant::now() < deadline, "mirror got {}", shadow.received());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let (status, body) = http(admin, "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    let lines: Vec<_> = body.lines().map(|l| Ok(l.to_owned())).collect();
+    let scrape = prometheus_parse::Scrape::parse(lines.into_iter()).unwrap();
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    assert_eq!(value("metaproxy_requests_total", &[("listener", "kv-in"), ("route", "main"), ("cluster", "v1")]), 10.0);
+    assert_eq!(value("metaproxy_responses_total", &[("listener", "kv-in"), ("cluster", "v1"), ("status", "ok")]), 10.0);
+    assert_eq!(value("metaproxy_local_replies_total", &[("listener", "kv-in"), ("reason", "no_route")]), 1.0);
+    assert_eq!(value("metaproxy_mirror_requests_total", &[("cluster", "shadow"), ("result", "sent")]), 10.0);
+    assert_eq!(value("metaproxy_downstream_connections_active", &[("listener", "kv-in")]), 1.0);
+    assert!(value("metaproxy_upstream_connections_active", &[("cluster", "v1")]) >= 1.0);
+
+    assert_eq!(http(admin, "GET", "/ready").await.0, 200);
+    let (status, body) = http(admin, "GET", "/clusters").await;
+    assert_eq!(status, 200);
+    let clusters: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(clusters[0]["name"], "v1");
+    assert_eq!(clusters[0]["endpoints"][0]["address"], v1.addr.to_string());
+    assert_eq!(clusters[0]["endpoints"][0]["health"], "healthy");
+    let (status, body) = http(admin, "GET", "/config").await;
+    assert_eq!(status, 200);
+    let config: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["listeners"][0]["name"], "kv-in");
+
+    // Reload from the file: a broken file is rejected and counted, a good one applied.
+    std::fs::write(&cfg_path, text.replace("weight: 1", "weight: 0")).unwrap();
+    let (status, body) = http(admin, "POST", "/reload").await;
+    assert!(status >= 400, "{status} {body}");
+    assert!(body.contains("total weight is 0"), "{body}");
+    std::fs::write(&cfg_path, text.replace("exact: calc", "exact: nope")).unwrap();
+    let (status, body) = http(admin, "POST", "/reload").await;
+    assert_eq!(status, 200, "{body}");
+    let r = c.call(&[("service", "nope")], b"").await;
+    assert_eq!(header(&r, "backend").as_deref(), Some("v1"));
+    let (_, body) = http(admin, "GET", "/metrics").await;
+    assert!(body.contains("metaproxy_config_reloads_total{result=\"ok\"} 1"), "{body}");
+    assert!(body.contains("metaproxy_config_reloads_total{result=\"error\"} 1"), "{body}");
+
+    running.shutdown().await;
+    // The access log has one JSON line per request, written off the request path.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let lines = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if lines.len() >= 12 || tokio::time::Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(lines.len(), 12, "{lines:?}");
+    assert_eq!(lines[0]["listener"], "kv-in");
+    assert_eq!(lines[0]["route"], "main");
+    assert_eq!(lines[0]["cluster"], "v1");
+    assert_eq!(lines[0]["status"], "ok");
+    assert_eq!(lines[0]["metadata"]["service"], "calc");
+    assert_eq!(lines[10]["status"], "no_route");
+}
