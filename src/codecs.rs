@@ -5,8 +5,8 @@ use meta_protocol::CodecRegistry;
 /// A registry with the reference codecs, `dubbo` and `thrift`. Embedding programs add
 /// their own with [`CodecRegistry::register`].
 pub fn default_registry() -> CodecRegistry {
-    let registry = CodecRegistry::new();
-    // registry.register(std::sync::Arc::new(metaproxy_dubbo::DubboCodecFactory::default()));
-    // registry.register(std::sync::Arc::new(metaproxy_thrift::ThriftCodecFactory::default()));
+    let mut registry = CodecRegistry::new();
+    registry.register(std::sync::Arc::new(metaproxy_dubbo::DubboCodecFactory::default()));
+    registry.register(std::sync::Arc::new(metaproxy_thrift::ThriftCodecFactory::default()));
     registry
 }

@@ -28,6 +28,13 @@ use crate::observe::{AccessLogEntry, AccessStatus, LoggedMetadata};
 use crate::snapshot::ListenerRt;
 use crate::upstream::{DownstreamEvent, Outbound, PoolKey, ReplyTo};
 
+/// Token of the timer entry that keeps the timer queue from ever being empty: an empty
+/// `DelayQueue` drops its boxed `Sleep` and boxes a new one on the next insert, which
+/// would be one heap allocation per request on a connection without pipelining.
+const SENTINEL: u64 = u64::MAX;
+/// How far ahead the sentinel lies.
+const SENTINEL_DELAY: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Read buffer reservation.
 const READ_CHUNK: usize = 16 * 1024;
 /// Stop reading new requests while this much output waits for a slow client.
@@ -106,12 +113,14 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
         }
     };
     let (tx, rx) = mpsc::unbounded_channel();
+    let mut timers = DelayQueue::with_capacity(16);
+    timers.insert(SENTINEL, SENTINEL_DELAY);
     let mut conn = Downstream {
         idle_timeout: ctx.idle_timeout,
         ctx,
         codec,
         inflight: Slab::with_capacity(16),
-        timers: DelayQueue::with_capacity(16),
+        timers,
         generation: 0,
         tx,
         rx,
@@ -155,13 +164,13 @@ impl Downstream {
             tokio::select! {
                 biased;
                 Some(ev) = self.rx.recv() => self.on_event(ev),
-                Some(expired) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)), if !self.timers.is_empty() => {
+                Some(expired) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)) => {
                     self.on_timeout(expired.into_inner());
                 }
                 ready = stream.writable(), if !self.wbuf.is_empty() => {
                     if ready.is_err() { return; }
                     match stream.try_write(&self.wbuf) {
-                        Ok(n) => { let _ = self.wbuf.split_to(n); }
+                        Ok(n) => bytes::Buf::advance(&mut self.wbuf, n),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(_) => return,
                     }
@@ -493,6 +502,10 @@ impl Downstream {
     }
 
     fn on_timeout(&mut self, token: u64) {
+        if token == SENTINEL {
+            self.timers.insert(SENTINEL, SENTINEL_DELAY);
+            return;
+        }
         let key = (token & 0xffff_ffff) as usize;
         let generation = (token >> 32) as u32;
         if !matches!(self.inflight.get(key), Some(f) if f.generation == generation) {

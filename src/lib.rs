@@ -20,12 +20,15 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+pub mod backend;
 mod clock;
 mod cluster;
 mod codecs;
 pub mod config;
+pub mod demo;
 mod downstream;
 mod listener;
+pub mod loadgen;
 pub mod observe;
 pub mod runtime;
 mod server;

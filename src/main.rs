@@ -31,6 +31,10 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Self-contained demo: in-process backends, a proxy, traffic and a report.
+    Demo(metaproxy::demo::DemoArgs),
+    /// Load generator for Dubbo and Thrift servers or proxies.
+    Bench(metaproxy::loadgen::BenchArgs),
 }
 
 fn init_logging() {
@@ -50,6 +54,12 @@ fn main() -> ExitCode {
             init_logging();
             run(&config, takeover)
         }
+        Command::Demo(args) => metaproxy::demo::run(args)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from),
+        Command::Bench(args) => metaproxy::loadgen::run(args)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => code,

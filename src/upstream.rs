@@ -383,7 +383,7 @@ impl UpstreamConnection {
                 ready = stream.writable(), if !wbuf.is_empty() => {
                     if ready.is_err() { return "write error"; }
                     match stream.try_write(&wbuf) {
-                        Ok(n) => { let _ = wbuf.split_to(n); }
+                        Ok(n) => bytes::Buf::advance(&mut wbuf, n),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(_) => return "write error",
                     }

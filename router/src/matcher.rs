@@ -81,6 +81,21 @@ impl Condition {
         hit != self.invert
     }
 
+    /// Byte strings one of which every matching value starts with, when the condition
+    /// can serve as a prefix-index key: a non-inverted non-empty `prefix`, or a
+    /// non-inverted regex anchored at the start (`^...`) whose prefix literals are few
+    /// (at most [`MAX_PREFIX_LITERALS`]) and non-empty. Sorted and deduplicated.
+    pub(crate) fn prefix_literals(&self) -> Option<Vec<Vec<u8>>> {
+        if self.invert {
+            return None;
+        }
+        match &self.test {
+            Test::Prefix(p) if !p.is_empty() => Some(vec![p.as_bytes().to_vec()]),
+            Test::Regex(re) => regex_prefix_literals(re.as_str()),
+            _ => None,
+        }
+    }
+
     /// The exact value this condition requires, when it can serve as an index key.
     pub(crate) fn index_value(&self) -> Option<&str> {
         match (&self.test, self.invert) {
@@ -88,6 +103,42 @@ impl Condition {
             _ => None,
         }
     }
+}
+
+/// The most prefix literals a regex may have and still be prefix-indexed.
+pub(crate) const MAX_PREFIX_LITERALS: usize = 8;
+
+/// Prefix literals of a regex anchored at the start of the value, if few and non-empty.
+fn regex_prefix_literals(pattern: &str) -> Option<Vec<Vec<u8>>> {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    use regex_syntax::hir::Look;
+    let hir = regex_syntax::Parser::new().parse(pattern).ok()?;
+    if !hir.properties().look_set_prefix().contains(Look::Start) {
+        return None;
+    }
+    let seq = Extractor::new().kind(ExtractKind::Prefix).extract(&hir);
+    let lits = seq.literals()?;
+    if lits.is_empty() || lits.iter().any(|l| l.as_bytes().is_empty()) {
+        return None;
+    }
+    let mut out: Vec<Vec<u8>> = lits.iter().map(|l| l.as_bytes().to_vec()).collect();
+    out.sort();
+    out.dedup();
+    // Too many (`v[0-9]` gives ten): shorten them all until few enough remain; a
+    // prefix of a prefix is still one.
+    let mut len = out.iter().map(Vec::len).max().unwrap_or(0);
+    while out.len() > MAX_PREFIX_LITERALS {
+        len -= 1;
+        if len == 0 {
+            return None;
+        }
+        for l in out.iter_mut() {
+            l.truncate(len);
+        }
+        out.sort();
+        out.dedup();
+    }
+    Some(out)
 }
 
 /// Sorts conditions cheapest first (all must hold, so order does not change the result).
@@ -159,6 +210,45 @@ mod tests {
         let m = md(&[("method", "listUsers")]);
         assert!(cond("method", MatchKind::Regex("User".into()), false).holds(&m));
         assert!(!cond("method", MatchKind::Regex("^User".into()), false).holds(&m));
+    }
+
+    #[test]
+    fn prefix_literals_only_for_anchored_or_prefix_conditions() {
+        let lits = |kind: MatchKind, invert: bool| cond("k", kind, invert).prefix_literals();
+        assert_eq!(
+            lits(MatchKind::Prefix("ab".into()), false),
+            Some(vec![b"ab".to_vec()])
+        );
+        assert_eq!(lits(MatchKind::Prefix("ab".into()), true), None);
+        assert_eq!(lits(MatchKind::Prefix(String::new()), false), None);
+        assert_eq!(
+            lits(MatchKind::Regex("^(list|get)".into()), false),
+            Some(vec![b"get".to_vec(), b"list".to_vec()])
+        );
+        assert_eq!(
+            lits(MatchKind::Regex("get".into()), false),
+            None,
+            "unanchored"
+        );
+        assert_eq!(
+            lits(MatchKind::Regex("^a|b".into()), false),
+            None,
+            "one branch unanchored"
+        );
+        let star = lits(MatchKind::Regex("^a*b".into()), false).unwrap();
+        for value in ["b", "ab", "aab", "aaaaaaaaaaaaaaaab"] {
+            assert!(
+                star.iter().any(|l| value.as_bytes().starts_with(l)),
+                "{value} vs {star:?}"
+            );
+        }
+        assert_eq!(lits(MatchKind::Regex("^.*".into()), false), None);
+        assert_eq!(lits(MatchKind::Exact("a".into()), false), None);
+        // Ten digit alternatives are cut back to their common prefix.
+        assert_eq!(
+            lits(MatchKind::Regex(r"^svc\.v[0-9]+$".into()), false),
+            Some(vec![b"svc.v".to_vec()])
+        );
     }
 
     #[test]

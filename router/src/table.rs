@@ -12,8 +12,14 @@
 //!
 //! Which condition indexes a route: the one whose (key, value) pair is shared by the
 //! fewest routes (smallest bucket), then the key used by the most routes (fewest keys to
-//! probe). At most [`MAX_INDEX_KEYS`] keys are indexed; routes with exact conditions
-//! only on other keys are unindexed (still correct, just scanned).
+//! probe). At most [`MAX_INDEX_KEYS`] keys are indexed.
+//!
+//! Routes without a usable exact condition may be filed by a *prefix*: a non-inverted
+//! `prefix` condition, or a regex anchored with `^` whose literal prefixes are few (a
+//! regex like `^com\.example\.Svc[0-9]+$` is filed under `com.example.Svc`). A lookup
+//! probes the request value's own prefixes of each indexed length (at most
+//! [`MAX_PREFIX_LENGTHS`] lengths for each of [`MAX_PREFIX_KEYS`] keys). Everything
+//! else is unindexed: still correct, just scanned.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +34,13 @@ use crate::spec::{RouteConfigSpec, RouteSpec, TargetSpec};
 /// The most metadata keys the exact-value index uses (each costs one metadata lookup
 /// and one hash per request).
 pub const MAX_INDEX_KEYS: usize = 16;
+/// The most metadata keys the prefix index uses.
+pub const MAX_PREFIX_KEYS: usize = 4;
+/// The most distinct prefix lengths indexed per prefix key (each costs one hash probe).
+pub const MAX_PREFIX_LENGTHS: usize = 8;
+/// Candidate lists one lookup can merge: the unindexed list, one bucket per exact key,
+/// one per prefix key and length.
+const MAX_LISTS: usize = 1 + MAX_INDEX_KEYS + MAX_PREFIX_KEYS * MAX_PREFIX_LENGTHS;
 
 type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
 
@@ -35,6 +48,14 @@ type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
 struct IndexKey {
     key: Box<str>,
     buckets: FastMap<Box<str>, Box<[u32]>>,
+}
+
+#[derive(Debug)]
+struct PrefixKey {
+    key: Box<str>,
+    /// Indexed prefix lengths in bytes, ascending.
+    lengths: Box<[usize]>,
+    buckets: FastMap<Box<[u8]>, Box<[u32]>>,
 }
 
 /// A compiled route config. Immutable, `Send + Sync`; build one per config snapshot
@@ -46,6 +67,7 @@ pub struct RouteTable {
     clusters: Box<[Arc<str>]>,
     unindexed: Box<[u32]>,
     index_keys: Box<[IndexKey]>,
+    prefix_keys: Box<[PrefixKey]>,
 }
 
 impl RouteTable {
@@ -64,13 +86,14 @@ impl RouteTable {
         for (i, r) in spec.routes.iter().enumerate() {
             routes.push(compile_route(i, r, &mut interner)?);
         }
-        let (unindexed, index_keys) = build_index(&routes);
+        let (unindexed, index_keys, prefix_keys) = build_index(&routes);
         Ok(RouteTable {
             name: spec.name.as_str().into(),
             routes: routes.into_boxed_slice(),
             clusters: interner.names.into_boxed_slice(),
             unindexed,
             index_keys,
+            prefix_keys,
         })
     }
 
@@ -102,6 +125,16 @@ impl RouteTable {
         self.index_keys.iter().map(|k| &*k.key)
     }
 
+    /// The metadata keys the prefix index probes (diagnostics).
+    pub fn prefix_indexed_keys(&self) -> impl Iterator<Item = &str> + '_ {
+        self.prefix_keys.iter().map(|k| &*k.key)
+    }
+
+    /// How many routes no index covers (each is tested on every lookup).
+    pub fn unindexed_routes(&self) -> usize {
+        self.unindexed.len()
+    }
+
     /// The first route whose conditions all hold for `metadata`, or `None` (the caller
     /// answers "no route matched"). Allocates nothing.
     #[inline]
@@ -111,27 +144,69 @@ impl RouteTable {
 
     /// Like [`RouteTable::route`], returning the route's index.
     pub fn route_index(&self, metadata: &Metadata) -> Option<usize> {
-        let mut lists: [&[u32]; MAX_INDEX_KEYS + 1] = [&[]; MAX_INDEX_KEYS + 1];
-        let mut n = 0;
-        if !self.unindexed.is_empty() {
-            lists[0] = &self.unindexed;
-            n = 1;
-        }
-        for ik in self.index_keys.iter() {
-            if let Some(bucket) = metadata.get(&ik.key).and_then(|v| ik.buckets.get(v)) {
-                if let Some(slot) = lists.get_mut(n) {
-                    *slot = bucket;
-                    n += 1;
-                }
+        // Common case: at most two candidate lists, kept in registers; the general
+        // merge over a stack array only when a third turns up.
+        let mut pair: [&[u32]; 2] = [&[], &[]];
+        let mut n = 0usize;
+        self.candidate_lists(metadata, |list| {
+            if let Some(slot) = pair.get_mut(n) {
+                *slot = list;
             }
-        }
+            n += 1;
+            n <= 2
+        });
         match n {
             0 => None,
-            1 => lists[0]
+            1 => pair[0]
                 .iter()
                 .map(|&i| i as usize)
                 .find(|&i| self.routes.get(i).is_some_and(|r| r.matches(metadata))),
-            _ => self.merged_first(&mut lists[..n], metadata),
+            2 => self.merged_first(&mut pair, metadata),
+            _ => {
+                let mut lists: [&[u32]; MAX_LISTS] = [&[]; MAX_LISTS];
+                let mut n = 0usize;
+                self.candidate_lists(metadata, |list| {
+                    if let Some(slot) = lists.get_mut(n) {
+                        *slot = list;
+                        n += 1;
+                    }
+                    true
+                });
+                self.merged_first(lists.get_mut(..n)?, metadata)
+            }
+        }
+    }
+
+    /// Calls `f` with each non-empty candidate list for `metadata` (the unindexed list,
+    /// the exact bucket of each indexed key, the bucket of each indexed prefix of the
+    /// value) until `f` returns false. At most [`MAX_LISTS`] lists, by construction.
+    #[inline]
+    fn candidate_lists<'a>(&'a self, metadata: &Metadata, mut f: impl FnMut(&'a [u32]) -> bool) {
+        if !self.unindexed.is_empty() && !f(&self.unindexed) {
+            return;
+        }
+        for ik in self.index_keys.iter() {
+            if let Some(bucket) = metadata.get(&ik.key).and_then(|v| ik.buckets.get(v)) {
+                if !f(bucket) {
+                    return;
+                }
+            }
+        }
+        for pk in self.prefix_keys.iter() {
+            let Some(value) = metadata.get(&pk.key) else {
+                continue;
+            };
+            let value = value.as_bytes();
+            for &len in pk.lengths.iter() {
+                let Some(prefix) = value.get(..len) else {
+                    break;
+                };
+                if let Some(bucket) = pk.buckets.get(prefix) {
+                    if !f(bucket) {
+                        return;
+                    }
+                }
+            }
         }
     }
 
@@ -285,8 +360,13 @@ fn compile_route(i: usize, r: &RouteSpec, interner: &mut Interner) -> Result<Rou
     })
 }
 
+/// The unindexed route list, the exact-value index and the prefix index.
+type Index = (Box<[u32]>, Box<[IndexKey]>, Box<[PrefixKey]>);
+/// Routes without an exact index condition, with their prefix-indexable conditions.
+type PrefixCandidates<'a> = Vec<(usize, Vec<(&'a str, Vec<Vec<u8>>)>)>;
+
 /// Chooses each route's index condition and builds the buckets (see the module docs).
-fn build_index(routes: &[Route]) -> (Box<[u32]>, Box<[IndexKey]>) {
+fn build_index(routes: &[Route]) -> Index {
     // How many routes could be indexed by each key, and share each (key, value) pair.
     let mut key_routes: HashMap<&str, usize> = HashMap::new();
     let mut pair_routes: HashMap<(&str, &str), usize> = HashMap::new();
@@ -315,6 +395,7 @@ fn build_index(routes: &[Route]) -> (Box<[u32]>, Box<[IndexKey]>) {
     keys.truncate(MAX_INDEX_KEYS);
 
     let mut unindexed = Vec::new();
+    let mut no_exact = Vec::new();
     let mut buckets: Vec<FastMap<Box<str>, Vec<u32>>> =
         keys.iter().map(|_| FastMap::default()).collect();
     for (i, r) in routes.iter().enumerate() {
@@ -331,7 +412,7 @@ fn build_index(routes: &[Route]) -> (Box<[u32]>, Box<[IndexKey]>) {
             .min_by(|a, b| a.0.cmp(&b.0));
         match best {
             Some((_, slot, v)) => buckets[slot].entry(v.into()).or_default().push(i as u32),
-            None => unindexed.push(i as u32),
+            None => no_exact.push(i),
         }
     }
     let index_keys = keys
@@ -346,7 +427,99 @@ fn build_index(routes: &[Route]) -> (Box<[u32]>, Box<[IndexKey]>) {
                 .collect(),
         })
         .collect();
-    (unindexed.into_boxed_slice(), index_keys)
+
+    // Prefix index for the routes left: candidates are (key, literal set) per condition.
+    let candidates: PrefixCandidates<'_> = no_exact
+        .iter()
+        .map(|&i| {
+            let lits = routes[i]
+                .conditions
+                .iter()
+                .filter_map(|c| Some((&*c.key, c.prefix_literals()?)))
+                .collect();
+            (i, lits)
+        })
+        .collect();
+    // Keys by how many routes could use them; lengths per key by how many routes use them.
+    let mut prefix_key_routes: HashMap<&str, usize> = HashMap::new();
+    let mut length_routes: HashMap<(&str, usize), usize> = HashMap::new();
+    for (_, conds) in &candidates {
+        let mut seen: Vec<&str> = Vec::new();
+        for (k, lits) in conds {
+            if !seen.contains(k) {
+                seen.push(k);
+                *prefix_key_routes.entry(k).or_default() += 1;
+            }
+            let mut lens: Vec<usize> = lits.iter().map(Vec::len).collect();
+            lens.sort_unstable();
+            lens.dedup();
+            for l in lens {
+                *length_routes.entry((k, l)).or_default() += 1;
+            }
+        }
+    }
+    let mut pkeys: Vec<(&str, usize)> = prefix_key_routes.into_iter().collect();
+    pkeys.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    pkeys.truncate(MAX_PREFIX_KEYS);
+    let kept_lengths: Vec<Vec<usize>> = pkeys
+        .iter()
+        .map(|(k, _)| {
+            let mut lens: Vec<(usize, usize)> = length_routes
+                .iter()
+                .filter(|((key, _), _)| key == k)
+                .map(|(&(_, l), &n)| (l, n))
+                .collect();
+            lens.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            lens.truncate(MAX_PREFIX_LENGTHS);
+            let mut lens: Vec<usize> = lens.into_iter().map(|(l, _)| l).collect();
+            lens.sort_unstable();
+            lens
+        })
+        .collect();
+    let mut pbuckets: Vec<FastMap<Box<[u8]>, Vec<u32>>> =
+        pkeys.iter().map(|_| FastMap::default()).collect();
+    for (i, conds) in candidates {
+        // Usable: key indexed and every literal length kept. Prefer fewer literals, then
+        // longer ones (fewer false candidates).
+        let best = conds
+            .iter()
+            .filter_map(|(k, lits)| {
+                let slot = pkeys.iter().position(|(pk, _)| pk == k)?;
+                lits.iter()
+                    .all(|l| kept_lengths[slot].contains(&l.len()))
+                    .then_some(())?;
+                let shortest = lits.iter().map(Vec::len).min().unwrap_or(0);
+                Some(((lits.len(), std::cmp::Reverse(shortest)), slot, lits))
+            })
+            .min_by(|a, b| a.0.cmp(&b.0));
+        match best {
+            Some((_, slot, lits)) => {
+                for l in lits {
+                    pbuckets[slot]
+                        .entry(l.as_slice().into())
+                        .or_default()
+                        .push(i as u32);
+                }
+            }
+            None => unindexed.push(i as u32),
+        }
+    }
+    unindexed.sort_unstable();
+    let prefix_keys = pkeys
+        .iter()
+        .zip(kept_lengths)
+        .zip(pbuckets)
+        .filter(|(_, b)| !b.is_empty())
+        .map(|(((k, _), lengths), b)| PrefixKey {
+            key: (*k).into(),
+            lengths: lengths.into_boxed_slice(),
+            buckets: b
+                .into_iter()
+                .map(|(v, l)| (v, l.into_boxed_slice()))
+                .collect(),
+        })
+        .collect();
+    (unindexed.into_boxed_slice(), index_keys, prefix_keys)
 }
 
 #[cfg(test)]
@@ -552,6 +725,78 @@ mod tests {
             e.prefixed("route_configs[0]").to_string(),
             "route_configs[0].routes[0].route.weighted_clusters: total weight is 0"
         );
+    }
+
+    #[test]
+    fn prefix_and_anchored_regex_routes_are_indexed() {
+        let mut routes: Vec<RouteSpec> = (0..50)
+            .map(|i| {
+                route(
+                    &format!("p{i}"),
+                    "c",
+                    vec![MatcherSpec::new(
+                        "interface",
+                        MatchKind::Prefix(format!("svc{i}.")),
+                    )],
+                )
+            })
+            .collect();
+        routes.extend((50..100).map(|i| {
+            route(
+                &format!("r{i}"),
+                "c",
+                vec![MatcherSpec::new(
+                    "interface",
+                    MatchKind::Regex(format!("^svc{i}\\.v[0-9]+$")),
+                )],
+            )
+        }));
+        routes.push(route(
+            "unanchored",
+            "c",
+            vec![MatcherSpec::new(
+                "interface",
+                MatchKind::Regex("v9$".into()),
+            )],
+        ));
+        let t = table(routes);
+        assert_eq!(t.prefix_indexed_keys().collect::<Vec<_>>(), ["interface"]);
+        assert_eq!(
+            t.unindexed_routes(),
+            1,
+            "only the unanchored regex is scanned"
+        );
+        assert_eq!(t.route_index(&md(&[("interface", "svc7.Impl")])), Some(7));
+        assert_eq!(t.route_index(&md(&[("interface", "svc77.v3")])), Some(77));
+        assert_eq!(t.route_index(&md(&[("interface", "svc77.vx")])), None);
+        assert_eq!(t.route_index(&md(&[("interface", "svc77.v9")])), Some(77));
+        assert_eq!(t.route_index(&md(&[("interface", "other.v9")])), Some(100));
+    }
+
+    #[test]
+    fn more_prefix_lengths_than_the_index_holds_still_match() {
+        // Prefixes "x", "xx", ... of 12 lengths on one key, longest first so that a
+        // shorter one never shadows a longer one.
+        let routes: Vec<RouteSpec> = (1..=12)
+            .rev()
+            .map(|n| {
+                route(
+                    &format!("x{n}"),
+                    "c",
+                    vec![MatcherSpec::new("k", MatchKind::Prefix("x".repeat(n)))],
+                )
+            })
+            .collect();
+        let t = table(routes);
+        assert_eq!(t.unindexed_routes(), 12 - MAX_PREFIX_LENGTHS);
+        for n in 1..=12 {
+            let v = "x".repeat(n);
+            assert_eq!(
+                t.route_index(&md(&[("k", v.as_str())])),
+                Some(12 - n),
+                "{v}"
+            );
+        }
     }
 
     #[test]

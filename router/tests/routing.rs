@@ -62,15 +62,30 @@ fn naive_route(spec: &RouteConfigSpec, m: &Metadata) -> Option<usize> {
 }
 
 const KEYS: [&str; 5] = ["interface", "method", "version", "group", "user"];
-const VALUES: [&str; 6] = ["a", "b", "ab", "ba", "", "abc"];
-const REGEXES: [&str; 5] = ["^a", "b$", "a|c", "^$", "^(ab|ba)$"];
+const VALUES: [&str; 9] = ["a", "b", "ab", "ba", "", "abc", "é", "éa", "aé"];
+const REGEXES: [&str; 14] = [
+    "^a",
+    "b$",
+    "a|c",
+    "^$",
+    "^(ab|ba)$",
+    "^a+b",
+    "^(a|b)c?",
+    "^[ab]b",
+    "^(?i)A",
+    "^ab|^ba",
+    "^a*",
+    "^é",
+    "^(abc|ab|a)$",
+    "^a|b",
+];
 
 fn matcher() -> impl Strategy<Value = MatcherSpec> {
     let kind = prop_oneof![
         4 => (0..VALUES.len()).prop_map(|v| MatchKind::Exact(VALUES[v].into())),
-        1 => (0..VALUES.len()).prop_map(|v| MatchKind::Prefix(VALUES[v].into())),
+        2 => (0..VALUES.len()).prop_map(|v| MatchKind::Prefix(VALUES[v].into())),
         1 => (0..VALUES.len()).prop_map(|v| MatchKind::Suffix(VALUES[v].into())),
-        1 => (0..REGEXES.len()).prop_map(|v| MatchKind::Regex(REGEXES[v].into())),
+        2 => (0..REGEXES.len()).prop_map(|v| MatchKind::Regex(REGEXES[v].into())),
         1 => Just(MatchKind::Present),
     ];
     (0..KEYS.len(), kind, prop::bool::weighted(0.2)).prop_map(|(k, kind, invert)| MatcherSpec {

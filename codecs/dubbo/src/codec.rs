@@ -28,6 +28,8 @@ const L_MAP_ENTRIES: usize = 3;
 const L_MAP_END: usize = 4;
 /// Layout slot: flags ([`LF_HAS_MAP`]) and, in bits 8-15, the response type + 1.
 const L_FLAGS: usize = 5;
+/// Most bytes reserved for a partly received frame.
+const MAX_RESERVE: usize = 64 * 1024;
 /// Layout flag: an attachments map is present.
 const LF_HAS_MAP: u32 = 1;
 
@@ -144,6 +146,41 @@ pub fn count_parameters(desc: &[u8]) -> Option<usize> {
     Some(n)
 }
 
+/// Standard Dubbo attachment keys, shared statically instead of sliced from the frame.
+fn well_known_key(key: &[u8]) -> Option<MetaStr> {
+    Some(MetaStr::from_static(match key {
+        b"path" => "path",
+        b"interface" => "interface",
+        b"version" => "version",
+        b"group" => "group",
+        b"timeout" => "timeout",
+        b"application" => "application",
+        b"remote.application" => "remote.application",
+        b"side" => "side",
+        b"dubbo" => "dubbo",
+        b"token" => "token",
+        b"async" => "async",
+        b"generic" => "generic",
+        b"tag" => "tag",
+        b"dubbo.tag" => "dubbo.tag",
+        b"id" => "id",
+        b"input" => "input",
+        b"output" => "output",
+        b"traceId" => "traceId",
+        _ => return None,
+    }))
+}
+
+/// Which body field (bit 0 interface, 1 method, 2 version) an attachment key names.
+fn body_field(key: &str) -> u8 {
+    match key {
+        "interface" => 1,
+        "method" => 2,
+        "version" => 4,
+        _ => 0,
+    }
+}
+
 /// Skips a string or a null.
 fn skip_nullable_string(r: &mut Reader<'_>) -> Result<(), HessianError> {
     if !r.read_null()? {
@@ -183,8 +220,10 @@ impl DubboCodec {
         self
     }
 
+    #[inline(always)]
     fn decode_request(&self, h: &Header, frame: Bytes) -> Result<Message, DecodeError> {
-        let mut r = Reader::with_range(&frame, HEADER_LEN, frame.len()).with_max_depth(self.max_depth);
+        let mut r =
+            Reader::with_range(&frame, HEADER_LEN, frame.len()).with_max_depth(self.max_depth);
         if h.is_event() {
             let kind = match r.peek() {
                 None | Some(code::NULL) if h.is_two_way() => MessageKind::Heartbeat,
@@ -212,7 +251,9 @@ impl DubboCodec {
         let params = if r.read_null().map_err(|e| hessian(e, "parameter types"))? {
             0
         } else {
-            let span = r.read_str_span().map_err(|e| hessian(e, "parameter types"))?;
+            let span = r
+                .read_str_span()
+                .map_err(|e| hessian(e, "parameter types"))?;
             let desc = span_bytes(&frame, desc_start, r.position(), &span)
                 .ok_or_else(|| DecodeError::malformed("dubbo parameter types: invalid string"))?;
             count_parameters(&desc).ok_or_else(|| {
@@ -232,11 +273,14 @@ impl DubboCodec {
         }
         let mut msg = Message::new(kind, h.id, frame.clone());
         let md = msg.metadata_mut();
+        let body_fields = u8::from(path.is_some())
+            | u8::from(method.is_some()) << 1
+            | u8::from(version.is_some()) << 2;
         if let Some(p) = path {
             md.set(KEY_INTERFACE, p);
         }
-        if let Some(m) = &method {
-            md.set(KEY_METHOD, m.clone());
+        if let Some(m) = method {
+            md.set(KEY_METHOD, m);
         }
         if let Some(v) = version {
             md.set(KEY_VERSION, v);
@@ -247,10 +291,15 @@ impl DubboCodec {
         } else {
             let first = r
                 .visit_map(|r, _| {
-                    let k = r.read_string_or_skip()?;
-                    let v = r.read_string_or_skip()?;
-                    if let (Some(k), Some(v)) = (k, v) {
-                        md.set_if_absent(k, v);
+                    match r.read_string_interned(well_known_key)? {
+                        // Body fields win: skip their attachment without slicing it.
+                        Some(k) if body_fields & body_field(&k) != 0 => r.skip_value()?,
+                        Some(k) => {
+                            if let Some(v) = r.read_string_or_skip()? {
+                                md.set_if_absent(k, v);
+                            }
+                        }
+                        None => r.skip_value()?,
                     }
                     Ok(())
                 })
@@ -266,9 +315,6 @@ impl DubboCodec {
             }
             .to_layout(frame.len()),
         );
-        if let Some(m) = method {
-            msg.set_name(m);
-        }
         Ok(msg)
     }
 
@@ -281,14 +327,19 @@ impl DubboCodec {
             msg.set_status(ResponseStatus::Error);
             return Ok(msg);
         }
-        let mut r = Reader::with_range(&frame, HEADER_LEN, frame.len()).with_max_depth(self.max_depth);
+        let mut r =
+            Reader::with_range(&frame, HEADER_LEN, frame.len()).with_max_depth(self.max_depth);
         let rt = r.read_int().map_err(|e| hessian(e, "response type"))?;
         let status = match rt {
             response_type::EXCEPTION | response_type::EXCEPTION_WITH_ATTACHMENTS => {
                 ResponseStatus::Exception
             }
             1 | 2 | 4 | 5 => ResponseStatus::Ok,
-            t => return Err(DecodeError::malformed(format!("dubbo response type {t} unknown"))),
+            t => {
+                return Err(DecodeError::malformed(format!(
+                    "dubbo response type {t} unknown"
+                )))
+            }
         };
         msg.set_status(status);
         let args = r.position();
@@ -325,8 +376,14 @@ impl DubboCodec {
         let frame = msg.frame();
         let (map_start, first, map_end) =
             attachments.unwrap_or((frame.len(), frame.len(), frame.len()));
-        if !(HEADER_LEN <= map_start && map_start <= first && first <= map_end && map_end <= frame.len()) {
-            return Err(EncodeError::Inconsistent("dubbo attachments layout out of the frame".into()));
+        if !(HEADER_LEN <= map_start
+            && map_start <= first
+            && first <= map_end
+            && map_end <= frame.len())
+        {
+            return Err(EncodeError::Inconsistent(
+                "dubbo attachments layout out of the frame".into(),
+            ));
         }
         let mutations = msg.mutations();
         let header_at = dst.len();
@@ -351,7 +408,11 @@ impl DubboCodec {
             w.write_string(v);
         }
         w.write_end();
-        let after = if attachments.is_none() { frame.len() } else { map_end };
+        let after = if attachments.is_none() {
+            frame.len()
+        } else {
+            map_end
+        };
         dst.put_slice(&frame[after..]);
         let body = dst.len() - header_at - HEADER_LEN;
         let body = i32::try_from(body).map_err(|_| EncodeError::TooLarge(body + HEADER_LEN))?;
@@ -364,7 +425,13 @@ impl DubboCodec {
 /// dropping the scalar entries whose key a mutation sets. When an entry cannot be
 /// walked in isolation (a value referring to a class defined earlier in the body),
 /// everything is copied: the mutations follow and later keys win in every decoder.
-fn copy_entries(frame: &Bytes, first: usize, end: usize, mutations: &Mutations, dst: &mut BytesMut) {
+fn copy_entries(
+    frame: &Bytes,
+    first: usize,
+    end: usize,
+    mutations: &Mutations,
+    dst: &mut BytesMut,
+) {
     let mut r = Reader::with_range(frame, first, end);
     let mark = dst.len();
     let walked: Result<(), HessianError> = (|| {
@@ -442,10 +509,15 @@ impl Codec for DubboCodec {
         }
         let total = HEADER_LEN + h.body_len as usize;
         if total > self.max_frame_size {
-            return Err(with_reply(DecodeError::too_large(total as u64, self.max_frame_size)));
+            return Err(with_reply(DecodeError::too_large(
+                total as u64,
+                self.max_frame_size,
+            )));
         }
         if src.len() < total {
-            src.reserve(total - src.len());
+            // Room for the rest of the frame, but never a large up-front reservation on
+            // the word of a header alone.
+            src.reserve((total - src.len()).min(MAX_RESERVE));
             return Ok(None);
         }
         let frame = src.split_to(total).freeze();
@@ -454,14 +526,21 @@ impl Codec for DubboCodec {
         } else {
             self.decode_response(&h, frame)
         };
-        msg.map(Some).map_err(with_reply)
+        match msg {
+            Ok(m) => Ok(Some(m)),
+            Err(e) => Err(with_reply(e)),
+        }
     }
 
     fn encode(&mut self, msg: &Message, dst: &mut BytesMut) -> Result<(), EncodeError> {
         let frame = msg.frame();
         if frame.len() < HEADER_LEN {
             return Err(EncodeError::Inconsistent(
-                format!("dubbo frame of {} bytes is shorter than its header", frame.len()).into(),
+                format!(
+                    "dubbo frame of {} bytes is shorter than its header",
+                    frame.len()
+                )
+                .into(),
             ));
         }
         if !msg.mutations().is_empty() {
@@ -492,7 +571,12 @@ impl Codec for DubboCodec {
         if ctx.one_way {
             return Ok(());
         }
-        write_error_response(ctx.request_id, local_reply_status(reply.kind), reply.message, dst)
+        write_error_response(
+            ctx.request_id,
+            local_reply_status(reply.kind),
+            reply.message,
+            dst,
+        )
     }
 
     fn encode_heartbeat_reply(
@@ -500,12 +584,24 @@ impl Codec for DubboCodec {
         heartbeat: &Message,
         dst: &mut BytesMut,
     ) -> Result<(), EncodeError> {
-        write_event(FLAG_EVENT | HESSIAN2, status::OK, heartbeat.request_id(), None, dst);
+        write_event(
+            FLAG_EVENT | HESSIAN2,
+            status::OK,
+            heartbeat.request_id(),
+            None,
+            dst,
+        );
         Ok(())
     }
 
     fn encode_heartbeat(&mut self, id: u64, dst: &mut BytesMut) -> Result<bool, EncodeError> {
-        write_event(FLAG_REQUEST | FLAG_TWO_WAY | FLAG_EVENT | HESSIAN2, 0, id, None, dst);
+        write_event(
+            FLAG_REQUEST | FLAG_TWO_WAY | FLAG_EVENT | HESSIAN2,
+            0,
+            id,
+            None,
+            dst,
+        );
         Ok(true)
     }
 
@@ -518,7 +614,13 @@ impl Codec for DubboCodec {
 /// Writes an event frame whose body is null or a string.
 fn write_event(flags: u8, status: u8, id: u64, body: Option<&str>, dst: &mut BytesMut) {
     let at = dst.len();
-    Header { flags, status, id, body_len: 0 }.write(dst);
+    Header {
+        flags,
+        status,
+        id,
+        body_len: 0,
+    }
+    .write(dst);
     Writer::new(dst).write_nullable_string(body);
     let len = (dst.len() - at - HEADER_LEN) as i32;
     dst[at + 12..at + 16].copy_from_slice(&len.to_be_bytes());
@@ -533,7 +635,13 @@ pub fn write_error_response(
     dst: &mut BytesMut,
 ) -> Result<(), EncodeError> {
     let at = dst.len();
-    Header { flags: HESSIAN2, status, id, body_len: 0 }.write(dst);
+    Header {
+        flags: HESSIAN2,
+        status,
+        id,
+        body_len: 0,
+    }
+    .write(dst);
     Writer::new(dst).write_string(message);
     let len = dst.len() - at - HEADER_LEN;
     let len = i32::try_from(len).map_err(|_| EncodeError::TooLarge(len))?;
@@ -588,7 +696,10 @@ mod tests {
         assert!(c.encode_go_away(&mut buf).unwrap());
         assert_eq!(buf[2], 0xa2);
         assert_eq!(&buf[16..], b"\x01R");
-        assert_eq!(c.decode(&mut buf).unwrap().unwrap().kind(), MessageKind::GoAway);
+        assert_eq!(
+            c.decode(&mut buf).unwrap().unwrap().kind(),
+            MessageKind::GoAway
+        );
     }
 
     #[test]
@@ -602,7 +713,11 @@ mod tests {
         let mut m = Message::new(MessageKind::Response, 1, Bytes::new());
         m.set_layout(l.to_layout(100));
         assert_eq!(DubboLayout::of(&m), l);
-        let l = DubboLayout { response_type: Some(0), attachments: None, ..l };
+        let l = DubboLayout {
+            response_type: Some(0),
+            attachments: None,
+            ..l
+        };
         m.set_layout(l.to_layout(100));
         assert_eq!(DubboLayout::of(&m), l);
     }

@@ -338,7 +338,9 @@ fn echo_with(request: &Message, extra: Option<&[(&str, &str)]>) -> Option<Bytes>
     }
     let frame = request.frame();
     let layout = DubboLayout::of(request);
-    let first = frame.get(layout.args..layout.first_arg_end).unwrap_or_default();
+    let first = frame
+        .get(layout.args..layout.first_arg_end)
+        .unwrap_or_default();
     let body = if first.is_empty() {
         ResponseBody::Null
     } else {
@@ -348,11 +350,22 @@ fn echo_with(request: &Message, extra: Option<&[(&str, &str)]>) -> Option<Bytes>
     if let (Some(extra), Some((start, _, end))) = (extra, layout.attachments) {
         let _ = Reader::with_range(frame, start, end)
             .read_string_map(|k, v| owned.push((k.to_string(), v.to_string())));
-        owned.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        owned.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
     } else if let Some(extra) = extra {
-        owned.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        owned.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
     }
-    let pairs: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let pairs: Vec<(&str, &str)> = owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let mut resp = ResponseFrame::ok(request.request_id(), body);
     if extra.is_some() {
         resp = resp.with_attachments(&pairs);
@@ -475,7 +488,10 @@ pub fn parse_response(frame: &Bytes) -> Result<ParsedResponse, ParseError> {
     }
     let t = r.read_int()?;
     out.response_type = Some(t);
-    if !matches!(t, response_type::NULL | response_type::NULL_WITH_ATTACHMENTS) {
+    if !matches!(
+        t,
+        response_type::NULL | response_type::NULL_WITH_ATTACHMENTS
+    ) {
         out.value = Some(r.read_value()?);
     }
     if response_type::has_attachments(t) {

@@ -155,7 +155,10 @@ mod tests {
         };
         let mut b = bytes::BytesMut::new();
         h.write(&mut b);
-        assert_eq!(&b[..], b"\xda\xbb\xc2\x00\x01\x02\x03\x04\x05\x06\x07\x08\x00\x00\x01\x2c");
+        assert_eq!(
+            &b[..],
+            b"\xda\xbb\xc2\x00\x01\x02\x03\x04\x05\x06\x07\x08\x00\x00\x01\x2c"
+        );
         assert_eq!(Header::parse(&b), Some(h));
         assert!(h.is_request() && h.is_two_way() && !h.is_event());
         assert_eq!(h.serialization(), HESSIAN2);

@@ -57,6 +57,10 @@ fn typical_request_metadata_decodes_without_allocating() {
         drop(msg);
     }
     let after = ALLOCATIONS.load(Ordering::Relaxed);
-    assert_eq!(seen, n * 7, "interface, method, version, path, group, timeout, user");
+    assert_eq!(
+        seen,
+        n * 7,
+        "interface, method, version, path, group, timeout, user"
+    );
     assert_eq!(after - before, 0, "allocations while decoding {n} requests");
 }

@@ -10,7 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use common::{codec, decode_one, encode, typical_request};
 use meta_protocol::{
     Codec, CodecContext, CodecError, CodecRegistry, DecodeErrorKind, LocalReply, LocalReplyKind,
-    MessageKind, MetaStr, ReplyContext, ResponseStatus, Side,
+    MessageKind, ReplyContext, ResponseStatus, Side,
 };
 use metaproxy_dubbo::frames::{
     parse_request, parse_response, Args, RequestFrame, ResponseBody, ResponseFrame,
@@ -23,7 +23,13 @@ use metaproxy_dubbo::{DubboCodec, DubboCodecFactory};
 /// attachments map (or none).
 fn raw_request(flags: u8, id: u64, build: impl FnOnce(&mut Writer<'_>)) -> Bytes {
     let mut b = BytesMut::new();
-    Header { flags, status: 0, id, body_len: 0 }.write(&mut b);
+    Header {
+        flags,
+        status: 0,
+        id,
+        body_len: 0,
+    }
+    .write(&mut b);
     build(&mut Writer::new(&mut b));
     let len = (b.len() - HEADER_LEN) as u32;
     b[12..16].copy_from_slice(&len.to_be_bytes());
@@ -71,17 +77,31 @@ fn body_fields_win_over_attachments() {
 #[test]
 fn non_string_attachments_are_skipped_and_typed_maps_accepted() {
     let frame = raw_request(0xc2, 5, |w| {
-        w.write_string("2.0.2").write_string("svc").write_null().write_string("m");
+        w.write_string("2.0.2")
+            .write_string("svc")
+            .write_null()
+            .write_string("m");
         w.write_string("Ljava/util/Map;");
         w.write_value(&Value::Map {
             ty: None,
-            entries: vec![(Value::str("k"), Value::List { ty: None, items: vec![Value::Int(1)] })],
+            entries: vec![(
+                Value::str("k"),
+                Value::List {
+                    ty: None,
+                    items: vec![Value::Int(1)],
+                },
+            )],
         });
-        w.write_map_start(Some(metaproxy_dubbo::hessian2::TypeName::Name("java.util.HashMap")));
+        w.write_map_start(Some(metaproxy_dubbo::hessian2::TypeName::Name(
+            "java.util.HashMap",
+        )));
         w.write_string("num").write_int(5);
         w.write_int(7).write_string("intkey");
         w.write_string("group").write_string("g\u{1F600}");
-        w.write_string("nested").write_value(&Value::Map { ty: None, entries: vec![] });
+        w.write_string("nested").write_value(&Value::Map {
+            ty: None,
+            entries: vec![],
+        });
         w.write_end();
     });
     let msg = decode_one(&frame);
@@ -98,7 +118,10 @@ fn non_string_attachments_are_skipped_and_typed_maps_accepted() {
 fn class_definitions_are_shared_across_the_body() {
     // Two object arguments: the second uses the definition written with the first.
     let frame = raw_request(0xc2, 5, |w| {
-        w.write_string("2.0.2").write_string("svc").write_string("1").write_string("m");
+        w.write_string("2.0.2")
+            .write_string("svc")
+            .write_string("1")
+            .write_string("m");
         w.write_string("Lcom/a/P;Lcom/a/P;");
         let idx = w.write_class_def("com.a.P", &["x", "y"]);
         w.write_object_start(idx).write_int(1).write_string("a");
@@ -122,7 +145,10 @@ fn class_definitions_are_shared_across_the_body() {
 fn chunked_and_surrogate_strings_are_decoded() {
     let long = "\u{4E2D}".repeat(40_000);
     let frame = raw_request(0xc2, 5, |w| {
-        w.write_string("2.0.2").write_string("svc").write_string("1").write_string("m");
+        w.write_string("2.0.2")
+            .write_string("svc")
+            .write_string("1")
+            .write_string("m");
         w.write_string("");
         w.write_map_start(None);
         w.write_string("long").write_string(&long);
@@ -138,14 +164,22 @@ fn chunked_and_surrogate_strings_are_decoded() {
 
 #[test]
 fn one_way_requests_are_never_answered() {
-    let frame = RequestFrame { one_way: true, ..RequestFrame::new(3, "svc", "m") }.encode();
+    let frame = RequestFrame {
+        one_way: true,
+        ..RequestFrame::new(3, "svc", "m")
+    }
+    .encode();
     let msg = decode_one(&frame);
     assert_eq!(msg.kind(), MessageKind::OneWay);
     let ctx = msg.reply_context();
     assert!(ctx.one_way);
     let mut out = BytesMut::new();
     codec()
-        .encode_local_reply(&ctx, &LocalReply::new(LocalReplyKind::NoRoute, "x"), &mut out)
+        .encode_local_reply(
+            &ctx,
+            &LocalReply::new(LocalReplyKind::NoRoute, "x"),
+            &mut out,
+        )
         .unwrap();
     assert!(out.is_empty());
 }
@@ -154,7 +188,13 @@ fn one_way_requests_are_never_answered() {
 fn events_heartbeats_and_go_away() {
     let ev = |flags: u8, body: &[u8]| {
         let mut b = BytesMut::new();
-        Header { flags, status: 20, id: 9, body_len: body.len() as i32 }.write(&mut b);
+        Header {
+            flags,
+            status: 20,
+            id: 9,
+            body_len: body.len() as i32,
+        }
+        .write(&mut b);
         b.put_slice(body);
         decode_one(&b).kind()
     };
@@ -175,17 +215,34 @@ fn response_status_mapping() {
         m.status()
     };
     let exc = [b'N'];
-    assert_eq!(st(ResponseFrame::string(1, "v").encode()), ResponseStatus::Ok);
-    assert_eq!(st(ResponseFrame::null(1).encode()), ResponseStatus::Ok);
-    assert_eq!(st(ResponseFrame::exception(1, &exc).encode()), ResponseStatus::Exception);
-    let att: &[(&str, &str)] = &[("a", "b")];
-    assert_eq!(st(ResponseFrame::string(1, "v").with_attachments(att).encode()), ResponseStatus::Ok);
-    assert_eq!(st(ResponseFrame::null(1).with_attachments(att).encode()), ResponseStatus::Ok);
     assert_eq!(
-        st(ResponseFrame::exception(1, &exc).with_attachments(att).encode()),
+        st(ResponseFrame::string(1, "v").encode()),
+        ResponseStatus::Ok
+    );
+    assert_eq!(st(ResponseFrame::null(1).encode()), ResponseStatus::Ok);
+    assert_eq!(
+        st(ResponseFrame::exception(1, &exc).encode()),
         ResponseStatus::Exception
     );
-    assert_eq!(st(ResponseFrame::error(1, 70, "boom").encode()), ResponseStatus::Error);
+    let att: &[(&str, &str)] = &[("a", "b")];
+    assert_eq!(
+        st(ResponseFrame::string(1, "v").with_attachments(att).encode()),
+        ResponseStatus::Ok
+    );
+    assert_eq!(
+        st(ResponseFrame::null(1).with_attachments(att).encode()),
+        ResponseStatus::Ok
+    );
+    assert_eq!(
+        st(ResponseFrame::exception(1, &exc)
+            .with_attachments(att)
+            .encode()),
+        ResponseStatus::Exception
+    );
+    assert_eq!(
+        st(ResponseFrame::error(1, 70, "boom").encode()),
+        ResponseStatus::Error
+    );
     // Unknown response type.
     let bad = Bytes::from_static(b"\xda\xbb\x02\x14\0\0\0\0\0\0\0\x01\0\0\0\x01\x99");
     let err = codec().decode(&mut BytesMut::from(&bad[..])).unwrap_err();
@@ -218,22 +275,48 @@ fn header_errors() {
     // Too large, from the header alone: no body bytes present.
     let mut small = DubboCodec::new(Side::Downstream, 1024);
     let mut hdr = BytesMut::new();
-    Header { flags: 0xc2, status: 0, id: 77, body_len: 5000 }.write(&mut hdr);
+    Header {
+        flags: 0xc2,
+        status: 0,
+        id: 77,
+        body_len: 5000,
+    }
+    .write(&mut hdr);
     let err = small.decode(&mut hdr).unwrap_err();
-    assert_eq!(err.kind, DecodeErrorKind::FrameTooLarge { size: 5016, max: 1024 });
+    assert_eq!(
+        err.kind,
+        DecodeErrorKind::FrameTooLarge {
+            size: 5016,
+            max: 1024
+        }
+    );
     assert_eq!(err.reply.as_ref().map(|r| r.request_id), Some(77));
     // Negative body length.
     let mut hdr = BytesMut::new();
-    Header { flags: 0xc2, status: 0, id: 78, body_len: -1 }.write(&mut hdr);
+    Header {
+        flags: 0xc2,
+        status: 0,
+        id: 78,
+        body_len: -1,
+    }
+    .write(&mut hdr);
     let err = c.decode(&mut hdr).unwrap_err();
     assert!(matches!(err.kind, DecodeErrorKind::Malformed(_)));
     assert_eq!(err.reply.map(|r| r.request_id), Some(78));
     // Another serialization.
     let mut hdr = BytesMut::new();
-    Header { flags: 0xc6, status: 0, id: 79, body_len: 1 }.write(&mut hdr);
+    Header {
+        flags: 0xc6,
+        status: 0,
+        id: 79,
+        body_len: 1,
+    }
+    .write(&mut hdr);
     let err = c.decode(&mut hdr).unwrap_err();
     match &err.kind {
-        DecodeErrorKind::Unsupported(m) => assert!(m.contains("fastjson") && m.contains("hessian2")),
+        DecodeErrorKind::Unsupported(m) => {
+            assert!(m.contains("fastjson") && m.contains("hessian2"))
+        }
         k => panic!("unexpected {k:?}"),
     }
     assert_eq!(err.reply.map(|r| r.request_id), Some(79));
@@ -242,10 +325,15 @@ fn header_errors() {
 #[test]
 fn body_errors_carry_the_reply_context() {
     let bad_desc = raw_request(0xc2, 12, |w| {
-        w.write_string("2.0.2").write_string("svc").write_string("1").write_string("m");
+        w.write_string("2.0.2")
+            .write_string("svc")
+            .write_string("1")
+            .write_string("m");
         w.write_string("Lcom/Unterminated");
     });
-    let err = codec().decode(&mut BytesMut::from(&bad_desc[..])).unwrap_err();
+    let err = codec()
+        .decode(&mut BytesMut::from(&bad_desc[..]))
+        .unwrap_err();
     assert!(matches!(err.kind, DecodeErrorKind::Malformed(_)), "{err}");
     let ctx = err.reply.unwrap();
     assert_eq!((ctx.request_id, ctx.one_way), (12, false));
@@ -253,7 +341,10 @@ fn body_errors_carry_the_reply_context() {
     let mut deep = vec![0x79u8; 200];
     deep.push(b'N');
     let bomb = raw_request(0x82, 13, |w| {
-        w.write_string("2.0.2").write_string("svc").write_string("1").write_string("m");
+        w.write_string("2.0.2")
+            .write_string("svc")
+            .write_string("1")
+            .write_string("m");
         w.write_string("Ljava/util/List;").write_raw(&deep);
         w.write_string_map([]);
     });
@@ -264,7 +355,10 @@ fn body_errors_carry_the_reply_context() {
     // Argument count says 2, body has 1 then the map: the map is taken as an argument
     // and the body ends early.
     let short = raw_request(0xc2, 14, |w| {
-        w.write_string("2.0.2").write_string("svc").write_string("1").write_string("m");
+        w.write_string("2.0.2")
+            .write_string("svc")
+            .write_string("1")
+            .write_string("m");
         w.write_string("II").write_int(1);
     });
     assert!(codec().decode(&mut BytesMut::from(&short[..])).is_err());
@@ -297,21 +391,33 @@ fn request_mutation_rewrites_only_the_attachments() {
     assert_eq!(back.metadata().get("user"), Some("mallory"));
     assert_eq!(back.metadata().get("x-route"), Some("beta"));
     assert_eq!(back.metadata().get("group"), Some("blue"));
-    assert_eq!(back.metadata().get("interface"), Some("com.example.DemoService"));
+    assert_eq!(
+        back.metadata().get("interface"),
+        Some("com.example.DemoService")
+    );
     // Everything before the attachments map is unchanged.
-    let map_at = metaproxy_dubbo::DubboLayout::of(&msg).attachments.unwrap().0;
+    let map_at = metaproxy_dubbo::DubboLayout::of(&msg)
+        .attachments
+        .unwrap()
+        .0;
     assert_eq!(&out[12..16], &((out.len() - 16) as u32).to_be_bytes());
     assert_eq!(&out[16..map_at], &frame[16..map_at]);
     let p = parse_request(&out).unwrap();
     assert_eq!(p.attachments.iter().filter(|(k, _)| k == "user").count(), 1);
-    assert_eq!(p.attachments.iter().filter(|(k, _)| k == "x-route").count(), 1);
+    assert_eq!(
+        p.attachments.iter().filter(|(k, _)| k == "x-route").count(),
+        1
+    );
     assert_eq!(p.args, parse_request(&frame).unwrap().args);
 }
 
 #[test]
 fn mutation_adds_a_map_when_the_request_has_none() {
     let frame = raw_request(0xc2, 8, |w| {
-        w.write_string("2.0.2").write_string("svc").write_string("1").write_string("m");
+        w.write_string("2.0.2")
+            .write_string("svc")
+            .write_string("1")
+            .write_string("m");
         w.write_string("I").write_int(3);
     });
     let mut msg = decode_one(&frame);
@@ -327,7 +433,11 @@ fn response_mutations_only_where_attachments_exist() {
     let plain = ResponseFrame::string(1, "v").encode();
     let mut m = decode_one(&plain);
     m.push_mutation("k".into(), "v".into());
-    assert_eq!(encode(&m), plain, "type 1 cannot carry attachments: ignored");
+    assert_eq!(
+        encode(&m),
+        plain,
+        "type 1 cannot carry attachments: ignored"
+    );
 
     let att: &[(&str, &str)] = &[("a", "1"), ("k", "old")];
     let with = ResponseFrame::string(1, "v").with_attachments(att).encode();
@@ -337,7 +447,10 @@ fn response_mutations_only_where_attachments_exist() {
     let p = parse_response(&encode(&m)).unwrap();
     assert_eq!(p.response_type, Some(4));
     assert_eq!(p.value, Some(Value::str("v")));
-    assert_eq!(p.attachments, vec![("a".into(), "1".into()), ("k".into(), "new".into())]);
+    assert_eq!(
+        p.attachments,
+        vec![("a".into(), "1".into()), ("k".into(), "new".into())]
+    );
 }
 
 #[test]
@@ -349,10 +462,15 @@ fn local_replies_are_dubbo_error_responses() {
         (LocalReplyKind::Overloaded, 100),
         (LocalReplyKind::BadRequest, 40),
     ] {
-        let ctx = ReplyContext { request_id: 99, ..Default::default() };
+        let ctx = ReplyContext {
+            request_id: 99,
+            ..Default::default()
+        };
         let mut out = BytesMut::new();
         let msg = "metaproxy: no route for com.example.Demo \u{4E2D}";
-        codec().encode_local_reply(&ctx, &LocalReply::new(kind, msg), &mut out).unwrap();
+        codec()
+            .encode_local_reply(&ctx, &LocalReply::new(kind, msg), &mut out)
+            .unwrap();
         let frame = out.freeze();
         assert_eq!(frame[2], 0x02, "response, hessian2");
         let p = parse_response(&frame).unwrap();
@@ -371,14 +489,31 @@ fn factory_is_named_dubbo_and_takes_no_options() {
     let f = reg.get("dubbo").unwrap();
     let none = BTreeMap::new();
     assert!(f.validate(&none).unwrap().multiplexing);
-    let ctx = CodecContext { side: Side::Upstream, options: &none, max_frame_size: 100, wire: None };
+    let ctx = CodecContext {
+        side: Side::Upstream,
+        options: &none,
+        max_frame_size: 100,
+        wire: None,
+    };
     let mut c = f.new_codec(&ctx).unwrap();
     let mut big = BytesMut::new();
-    Header { flags: 0x02, status: 20, id: 1, body_len: 200 }.write(&mut big);
+    Header {
+        flags: 0x02,
+        status: 20,
+        id: 1,
+        body_len: 200,
+    }
+    .write(&mut big);
     assert!(c.decode(&mut big).is_err());
     let opts: BTreeMap<String, String> = [("x".to_string(), "y".to_string())].into();
-    assert_eq!(f.validate(&opts), Err(CodecError::UnknownOption("x".into())));
-    let ctx = CodecContext { options: &opts, ..ctx };
+    assert_eq!(
+        f.validate(&opts),
+        Err(CodecError::UnknownOption("x".into()))
+    );
+    let ctx = CodecContext {
+        options: &opts,
+        ..ctx
+    };
     assert!(f.new_codec(&ctx).is_err());
 }
 
@@ -390,19 +525,72 @@ fn response_body_variants_build_the_right_types() {
         (ResponseBody::Value(&v[..]), 1),
         (ResponseBody::Null, 2),
     ] {
-        let f = ResponseFrame { id: 1, status: 20, body, attachments: None }.encode();
+        let f = ResponseFrame {
+            id: 1,
+            status: 20,
+            body,
+            attachments: None,
+        }
+        .encode();
         assert_eq!(parse_response(&f).unwrap().response_type, Some(t));
-        let f = ResponseFrame { id: 1, status: 20, body, attachments: Some(&[]) }.encode();
+        let f = ResponseFrame {
+            id: 1,
+            status: 20,
+            body,
+            attachments: Some(&[]),
+        }
+        .encode();
         assert_eq!(parse_response(&f).unwrap().response_type, Some(t + 3));
     }
 }
 
 #[test]
 fn string_argument_requests_carry_the_string() {
-    let f = RequestFrame { args: Args::String("hi \u{1F600}"), ..RequestFrame::new(1, "s", "m") }
-        .encode();
+    let f = RequestFrame {
+        args: Args::String("hi \u{1F600}"),
+        ..RequestFrame::new(1, "s", "m")
+    }
+    .encode();
     let p = parse_request(&f).unwrap();
     assert_eq!(p.args, vec![Value::str("hi \u{1F600}")]);
     let m = decode_one(&f);
-    assert_eq!(m.name(), &MetaStr::from("m"));
+    assert_eq!(m.metadata().get("method"), Some("m"));
+}
+
+#[test]
+fn every_prefix_of_valid_frames_needs_more_bytes() {
+    let mut args = BytesMut::new();
+    Writer::new(&mut args).write_value(&Value::Object {
+        class: "com.a.P".into(),
+        fields: vec![("s".into(), Value::String("\u{1F600}".repeat(20_000)))],
+    });
+    let frames = [
+        typical_request(1),
+        RequestFrame {
+            args: Args::Encoded { types: "Lcom/a/P;", values: &args },
+            ..RequestFrame::new(2, "svc", "m")
+        }
+        .encode(),
+        ResponseFrame::string(3, "v").with_attachments(&[("k", "v")]).encode(),
+        ResponseFrame::error(4, 60, "no route").encode(),
+    ];
+    for frame in frames {
+        let mut c = codec();
+        for cut in 0..frame.len() {
+            let mut buf = BytesMut::from(&frame[..cut]);
+            assert!(c.decode(&mut buf).unwrap().is_none(), "cut at {cut}");
+            assert_eq!(buf.len(), cut);
+        }
+        // Fed one byte at a time into one buffer, the frame decodes exactly once.
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for b in frame.iter() {
+            buf.put_u8(*b);
+            if let Some(m) = c.decode(&mut buf).unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].frame(), &frame);
+    }
 }

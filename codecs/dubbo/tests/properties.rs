@@ -28,8 +28,11 @@ fn arb_leaf() -> impl Strategy<Value = Value> {
         (-300_000i32..300_000).prop_map(Value::Int),
         any::<i64>().prop_map(Value::Long),
         (-300_000i64..300_000).prop_map(Value::Long),
-        any::<f64>().prop_filter("NaN never equals", |d| !d.is_nan()).prop_map(Value::Double),
-        (-40_000i32..40_000, 0u8..4).prop_map(|(i, s)| Value::Double(f64::from(i) / [1.0, 10.0, 1000.0, 3.0][s as usize])),
+        any::<f64>()
+            .prop_filter("NaN never equals", |d| !d.is_nan())
+            .prop_map(Value::Double),
+        (-40_000i32..40_000, 0u8..4)
+            .prop_map(|(i, s)| Value::Double(f64::from(i) / [1.0, 10.0, 1000.0, 3.0][s as usize])),
         any::<i64>().prop_map(Value::Date),
         (-1_000_000i64..1_000_000).prop_map(|m| Value::Date(m * 60_000)),
         arb_string().prop_map(Value::String),
@@ -50,10 +53,17 @@ fn arb_value() -> impl Strategy<Value = Value> {
                 .prop_map(|(ty, items)| Value::List { ty, items }),
             (arb_type(), prop::collection::vec(inner.clone(), 0..10))
                 .prop_map(|(ty, items)| Value::FixedList { ty, items }),
-            (arb_type(), prop::collection::vec((inner.clone(), inner.clone()), 0..6))
+            (
+                arb_type(),
+                prop::collection::vec((inner.clone(), inner.clone()), 0..6)
+            )
                 .prop_map(|(ty, entries)| Value::Map { ty, entries }),
             (
-                prop_oneof![Just("com.a.A".to_string()), Just("com.a.B".to_string()), "[a-z]{1,5}"],
+                prop_oneof![
+                    Just("com.a.A".to_string()),
+                    Just("com.a.B".to_string()),
+                    "[a-z]{1,5}"
+                ],
                 prop::collection::vec(inner, 0..5)
             )
                 .prop_map(|(class, vals)| Value::Object {
@@ -78,7 +88,7 @@ fn arb_attachments() -> impl Strategy<Value = Vec<(String, String)>> {
                 Just("group".to_string()),
                 "\\PC{1,8}"
             ],
-            arb_string()
+            arb_string(),
         ),
         0..8,
     )
@@ -108,7 +118,10 @@ fn expected_metadata(
 }
 
 fn sorted(md: &Metadata) -> Vec<(String, String)> {
-    let mut v: Vec<_> = md.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut v: Vec<_> = md
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     v.sort();
     v
 }

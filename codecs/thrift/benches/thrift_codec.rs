@@ -19,9 +19,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use meta_protocol::Codec;
 use metaproxy_thrift::frames::{self, FrameSpec};
 use metaproxy_thrift::{Protocol, ThriftCodec, Transport};
-use thrift::protocol::{
-    TBinaryInputProtocol, TCompactInputProtocol, TInputProtocol, TType,
-};
+use thrift::protocol::{TBinaryInputProtocol, TCompactInputProtocol, TInputProtocol, TType};
 use thrift::transport::TFramedReadTransport;
 
 const SIZES: [(usize, &str); 3] = [(100, "100B"), (4096, "4KiB"), (1 << 20, "1MiB")];
@@ -38,17 +36,44 @@ fn buffer(frame: &[u8]) -> BytesMut {
 fn decode_framed(c: &mut Criterion) {
     let mut g = c.benchmark_group("decode_framed_binary");
     for (size, label) in SIZES {
-        let frame = frames::call_frame(&FrameSpec::new(Transport::Framed, Protocol::Binary, "Store:put", 7), size).unwrap();
+        let frame = frames::call_frame(
+            &FrameSpec::new(Transport::Framed, Protocol::Binary, "put", 7),
+            size,
+        )
+        .unwrap();
         let mut codec = ThriftCodec::new(Some(Transport::Framed), Some(Protocol::Binary), 16 << 20);
         g.bench_function(label, |b| {
-            b.iter_batched_ref(|| buffer(&frame), |buf| codec.decode(buf).unwrap(), BatchSize::SmallInput)
+            b.iter_batched_ref(
+                || buffer(&frame),
+                |buf| codec.decode(buf),
+                BatchSize::SmallInput,
+            )
         });
     }
     g.finish();
 
+    // A multiplexed name adds the `service` key (two more slices of the frame).
+    let frame = frames::call_frame(
+        &FrameSpec::new(Transport::Framed, Protocol::Binary, "Store:put", 7),
+        100,
+    )
+    .unwrap();
+    let mut codec = ThriftCodec::new(Some(Transport::Framed), Some(Protocol::Binary), 16 << 20);
+    c.bench_function("decode_framed_binary_multiplexed/100B", |b| {
+        b.iter_batched_ref(
+            || buffer(&frame),
+            |buf| codec.decode(buf),
+            BatchSize::SmallInput,
+        )
+    });
+
     let mut g = c.benchmark_group("thrift_crate_full_decode");
     for (size, label) in SIZES {
-        let frame = frames::call_frame(&FrameSpec::new(Transport::Framed, Protocol::Binary, "Store:put", 7), size).unwrap();
+        let frame = frames::call_frame(
+            &FrameSpec::new(Transport::Framed, Protocol::Binary, "put", 7),
+            size,
+        )
+        .unwrap();
         g.bench_function(label, |b| {
             b.iter(|| {
                 let mut i = TBinaryInputProtocol::new(TFramedReadTransport::new(&frame[..]), true);
@@ -74,7 +99,11 @@ fn decode_framed(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("encode_framed_binary");
     for (size, label) in SIZES {
-        let frame = frames::call_frame(&FrameSpec::new(Transport::Framed, Protocol::Binary, "Store:put", 7), size).unwrap();
+        let frame = frames::call_frame(
+            &FrameSpec::new(Transport::Framed, Protocol::Binary, "Store:put", 7),
+            size,
+        )
+        .unwrap();
         let mut codec = ThriftCodec::new(None, None, 16 << 20);
         let mut msg = codec.decode(&mut buffer(&frame)).unwrap().unwrap();
         msg.set_request_id(123_456);
@@ -90,13 +119,23 @@ fn decode_framed(c: &mut Criterion) {
     }
     g.finish();
 
-    let headers = [("tenant", "acme"), ("trace-id", "0123456789abcdef"), ("user", "alice"), ("zone", "eu-1")];
-    let spec = FrameSpec::new(Transport::Header, Protocol::Compact, "Store:put", 7).with_headers(&headers);
+    let headers = [
+        ("tenant", "acme"),
+        ("trace-id", "0123456789abcdef"),
+        ("user", "alice"),
+        ("zone", "eu-1"),
+    ];
+    let spec =
+        FrameSpec::new(Transport::Header, Protocol::Compact, "Store:put", 7).with_headers(&headers);
     let mut frame = BytesMut::new();
     frames::write_call(&spec, &[b'x'; 512], &mut frame).unwrap();
     let mut codec = ThriftCodec::new(Some(Transport::Header), Some(Protocol::Compact), 16 << 20);
     c.bench_function("decode_header_compact", |b| {
-        b.iter_batched_ref(|| buffer(&frame), |buf| codec.decode(buf).unwrap(), BatchSize::SmallInput)
+        b.iter_batched_ref(
+            || buffer(&frame),
+            |buf| codec.decode(buf),
+            BatchSize::SmallInput,
+        )
     });
 }
 
@@ -104,7 +143,12 @@ fn decode_framed(c: &mut Criterion) {
 /// every common type (written with our frame writer for the head, then raw fields).
 fn nested_message(p: Protocol) -> Vec<u8> {
     let mut b = BytesMut::new();
-    frames::write_call(&FrameSpec::new(Transport::Unframed, p, "put", 1), b"", &mut b).unwrap();
+    frames::write_call(
+        &FrameSpec::new(Transport::Unframed, p, "put", 1),
+        b"",
+        &mut b,
+    )
+    .unwrap();
     // Drop field 1 (empty binary) and the stop byte: keep only the message header.
     let keep = b.len() - if p == Protocol::Binary { 8 } else { 3 };
     b.truncate(keep);
@@ -116,14 +160,34 @@ fn nested_message(p: Protocol) -> Vec<u8> {
             b.put_u8(12);
             b.put_u32(n);
             for i in 0..n {
-                b.put_u8(8); b.put_i16(1); b.put_u32(i);
-                b.put_u8(11); b.put_i16(2); b.put_u32(24); b.put_slice(&[b'l'; 24]);
-                b.put_u8(4); b.put_i16(3); b.put_f64(1.5);
-                b.put_u8(2); b.put_i16(4); b.put_u8(1);
-                b.put_u8(15); b.put_i16(5); b.put_u8(10); b.put_u32(4);
-                for j in 0..4u64 { b.put_u64(j); }
-                b.put_u8(13); b.put_i16(6); b.put_u8(11); b.put_u8(8); b.put_u32(1);
-                b.put_u32(1); b.put_u8(b'k'); b.put_u32(7);
+                b.put_u8(8);
+                b.put_i16(1);
+                b.put_u32(i);
+                b.put_u8(11);
+                b.put_i16(2);
+                b.put_u32(24);
+                b.put_slice(&[b'l'; 24]);
+                b.put_u8(4);
+                b.put_i16(3);
+                b.put_f64(1.5);
+                b.put_u8(2);
+                b.put_i16(4);
+                b.put_u8(1);
+                b.put_u8(15);
+                b.put_i16(5);
+                b.put_u8(10);
+                b.put_u32(4);
+                for j in 0..4u64 {
+                    b.put_u64(j);
+                }
+                b.put_u8(13);
+                b.put_i16(6);
+                b.put_u8(11);
+                b.put_u8(8);
+                b.put_u32(1);
+                b.put_u32(1);
+                b.put_u8(b'k');
+                b.put_u32(7);
                 b.put_u8(0);
             }
             b.put_u8(0);
@@ -132,15 +196,36 @@ fn nested_message(p: Protocol) -> Vec<u8> {
             b.put_u8(0x19);
             b.put_u8(0xfc);
             let mut v = n;
-            while v >= 0x80 { b.put_u8((v as u8) | 0x80); v >>= 7; }
+            while v >= 0x80 {
+                b.put_u8((v as u8) | 0x80);
+                v >>= 7;
+            }
             b.put_u8(v as u8);
             for i in 0..n {
-                b.put_u8(0x15); let mut z = (i << 1) as u64; while z >= 0x80 { b.put_u8((z as u8) | 0x80); z >>= 7; } b.put_u8(z as u8);
-                b.put_u8(0x18); b.put_u8(24); b.put_slice(&[b'l'; 24]);
-                b.put_u8(0x17); b.put_f64_le(1.5);
+                b.put_u8(0x15);
+                let mut z = (i << 1) as u64;
+                while z >= 0x80 {
+                    b.put_u8((z as u8) | 0x80);
+                    z >>= 7;
+                }
+                b.put_u8(z as u8);
+                b.put_u8(0x18);
+                b.put_u8(24);
+                b.put_slice(&[b'l'; 24]);
+                b.put_u8(0x17);
+                b.put_f64_le(1.5);
                 b.put_u8(0x11);
-                b.put_u8(0x19); b.put_u8(0x46); for j in 0..4u8 { b.put_u8(j * 2); }
-                b.put_u8(0x1b); b.put_u8(1); b.put_u8(0x85); b.put_u8(1); b.put_u8(b'k'); b.put_u8(14);
+                b.put_u8(0x19);
+                b.put_u8(0x46);
+                for j in 0..4u8 {
+                    b.put_u8(j * 2);
+                }
+                b.put_u8(0x1b);
+                b.put_u8(1);
+                b.put_u8(0x85);
+                b.put_u8(1);
+                b.put_u8(b'k');
+                b.put_u8(14);
                 b.put_u8(0);
             }
             b.put_u8(0);
@@ -156,10 +241,17 @@ fn unframed(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(msg.len() as u64));
         let mut codec = ThriftCodec::new(Some(Transport::Unframed), Some(p), 16 << 20);
         // Check once that the whole message is found.
-        let m = codec.decode(&mut buffer(&msg)).unwrap().expect("whole message");
+        let m = codec
+            .decode(&mut buffer(&msg))
+            .unwrap()
+            .expect("whole message");
         assert_eq!(m.frame().len(), msg.len());
         g.bench_function(p.as_str(), |b| {
-            b.iter_batched_ref(|| buffer(&msg), |buf| codec.decode(buf).unwrap(), BatchSize::LargeInput)
+            b.iter_batched_ref(
+                || buffer(&msg),
+                |buf| codec.decode(buf),
+                BatchSize::LargeInput,
+            )
         });
     }
     g.finish();

@@ -5,14 +5,15 @@ use std::borrow::Cow;
 use bytes::{BufMut, Bytes, BytesMut};
 use meta_protocol::{
     Codec, CodecCapabilities, CodecContext, CodecError, CodecFactory, CodecOptions, DecodeError,
-    DecodeErrorKind, EncodeError, FrameLayout, LocalReply, LocalReplyKind, MetaStr, Message,
-    MessageKind, ReplyContext, ResponseStatus, Side,
+    DecodeErrorKind, EncodeError, FrameLayout, LocalReply, LocalReplyKind, Message, MessageKind,
+    MetaStr, ReplyContext, ResponseStatus, Side,
 };
 
 use crate::format::{split_wire, wire_format, Protocol, ThriftOptions, Transport};
 use crate::read::{
     first_field_id, for_each_info_header, mtype, read_msg_head, read_theader, skip_struct,
-    sniff_protocol, Cursor, Fault, MsgHead, HEADER_MAGIC, HEADER_SECTION, MAX_DEPTH,
+    sniff_protocol, strict_binary_head, Cursor, Fault, MsgHead, HEADER_MAGIC, HEADER_SECTION,
+    MAX_DEPTH,
 };
 use crate::write::{varint_len, write_frame, write_header_section, ProtoWriter};
 
@@ -80,8 +81,17 @@ pub struct ThriftCodec {
 
 impl ThriftCodec {
     /// A codec with fixed (or `None` = auto-detected) transport and protocol.
-    pub fn new(transport: Option<Transport>, protocol: Option<Protocol>, max_frame_size: usize) -> Self {
-        ThriftCodec { transport, protocol, max_frame_size, need: 0 }
+    pub fn new(
+        transport: Option<Transport>,
+        protocol: Option<Protocol>,
+        max_frame_size: usize,
+    ) -> Self {
+        ThriftCodec {
+            transport,
+            protocol,
+            max_frame_size,
+            need: 0,
+        }
     }
 
     /// A codec for `ctx`: the listener options downstream, `ctx.wire` upstream.
@@ -115,7 +125,12 @@ impl ThriftCodec {
         let p = sniff_protocol(b0).map_err(fault)?;
         match self.protocol {
             Some(want) if want != p => Err(DecodeError::new(DecodeErrorKind::BadMagic(
-                format!("expected the {} protocol, got {}", want.as_str(), p.as_str()).into(),
+                format!(
+                    "expected the {} protocol, got {}",
+                    want.as_str(),
+                    p.as_str()
+                )
+                .into(),
             ))),
             Some(_) => Ok(p),
             None => {
@@ -125,8 +140,11 @@ impl ThriftCodec {
         }
     }
 
+    #[inline(always)]
     fn decode_framed(&mut self, src: &mut BytesMut) -> Result<Option<Message>, DecodeError> {
-        let Some(len) = be_u32(src, 0) else { return Ok(None) };
+        let Some(len) = be_u32(src, 0) else {
+            return Ok(None);
+        };
         let len = len as usize;
         if len > self.max_frame_size {
             return Err(DecodeError::too_large(len as u64, self.max_frame_size));
@@ -141,16 +159,27 @@ impl ThriftCodec {
             return Ok(None);
         }
         let f = src.get(..4 + len).unwrap_or_default();
-        let mut c = Cursor::at(f, 4);
-        let head = read_msg_head(&mut c, protocol).map_err(in_frame)?;
+        let head = match strict_binary_head(f, 4) {
+            Some(h) if protocol == Protocol::Binary => h,
+            _ => read_msg_head(&mut Cursor::at(f, 4), protocol).map_err(in_frame)?,
+        };
         let status = response_status(f, &head, protocol)?;
         let frame = src.split_to(4 + len).freeze();
-        let layout = [head.seqid_off as u32, head.seqid_len as u32, head.body as u32, 4, 0, 0];
+        let layout = [
+            head.seqid_off as u32,
+            head.seqid_len as u32,
+            head.body as u32,
+            4,
+            0,
+            0,
+        ];
         build(frame, &head, Transport::Framed, protocol, status, layout)
     }
 
     fn decode_unframed(&mut self, src: &mut BytesMut) -> Result<Option<Message>, DecodeError> {
-        let Some(&b0) = src.first() else { return Ok(None) };
+        let Some(&b0) = src.first() else {
+            return Ok(None);
+        };
         let protocol = self.sniff(b0)?;
         if src.len() < self.need {
             return Ok(None);
@@ -171,17 +200,26 @@ impl ThriftCodec {
             Err(Fault::Incomplete(n)) => return self.incomplete(n),
             Err(f) => {
                 let e = fault(f);
-                return Err(match reply_ctx(view, &head, Transport::Unframed, protocol) {
-                    Some(r) => e.with_reply(r),
-                    None => e,
-                });
+                return Err(
+                    match reply_ctx(view, &head, Transport::Unframed, protocol) {
+                        Some(r) => e.with_reply(r),
+                        None => e,
+                    },
+                );
             }
         }
         self.need = 0;
         let end = c.pos();
         let status = response_status(view, &head, protocol)?;
         let frame = src.split_to(end).freeze();
-        let layout = [head.seqid_off as u32, head.seqid_len as u32, head.body as u32, 0, 0, 0];
+        let layout = [
+            head.seqid_off as u32,
+            head.seqid_len as u32,
+            head.body as u32,
+            0,
+            0,
+            0,
+        ];
         build(frame, &head, Transport::Unframed, protocol, status, layout)
     }
 
@@ -195,17 +233,25 @@ impl ThriftCodec {
     }
 
     fn decode_header(&mut self, src: &mut BytesMut) -> Result<Option<Message>, DecodeError> {
-        let Some(len) = be_u32(src, 0) else { return Ok(None) };
+        let Some(len) = be_u32(src, 0) else {
+            return Ok(None);
+        };
         let len = len as usize;
         if len > self.max_frame_size {
             return Err(DecodeError::too_large(len as u64, self.max_frame_size));
         }
         if len < HEADER_SECTION - 4 {
-            return Err(DecodeError::malformed("THeader frame shorter than its fixed header"));
+            return Err(DecodeError::malformed(
+                "THeader frame shorter than its fixed header",
+            ));
         }
         match src.get(4..6) {
             Some(m) if m == HEADER_MAGIC.to_be_bytes() => {}
-            Some(_) => return Err(DecodeError::new(DecodeErrorKind::BadMagic("not a THeader frame (magic 0x0fff)".into()))),
+            Some(_) => {
+                return Err(DecodeError::new(DecodeErrorKind::BadMagic(
+                    "not a THeader frame (magic 0x0fff)".into(),
+                )))
+            }
             None => return Ok(None),
         }
         if src.len() < 4 + len {
@@ -225,7 +271,12 @@ impl ThriftCodec {
         if let Some(want) = self.protocol {
             if want != th.protocol {
                 return Err(DecodeError::new(DecodeErrorKind::BadMagic(
-                    format!("expected the {} protocol, THeader says {}", want.as_str(), th.protocol.as_str()).into(),
+                    format!(
+                        "expected the {} protocol, THeader says {}",
+                        want.as_str(),
+                        th.protocol.as_str()
+                    )
+                    .into(),
                 )));
             }
         }
@@ -233,14 +284,6 @@ impl ThriftCodec {
         self.protocol = Some(protocol);
         let mut c = Cursor::at(f, th.payload);
         let head = read_msg_head(&mut c, protocol).map_err(in_frame)?;
-        // Validate the info headers before consuming the frame.
-        for_each_info_header(f, th.info_start, th.payload, |_, _| Ok(())).map_err(|e| {
-            let e = fault(e);
-            match reply_ctx(f, &head, Transport::Header, protocol) {
-                Some(r) => e.with_reply(r),
-                None => e,
-            }
-        })?;
         let status = response_status(f, &head, protocol)?;
         let frame = src.split_to(4 + len).freeze();
         let layout = [
@@ -253,20 +296,34 @@ impl ThriftCodec {
         ];
         let mut msg = build(frame, &head, Transport::Header, protocol, status, layout)?
             .ok_or_else(|| DecodeError::malformed("empty message"))?;
+        // One pass over the info headers: each becomes metadata (the frame is already
+        // consumed, but a bad header closes the connection anyway).
         let frame = msg.frame().clone();
-        let _ = for_each_info_header(&frame, th.info_start, th.payload, |(ks, ke), (vs, ve)| {
-            let key = MetaStr::try_from(frame.slice(ks..ke));
-            let value = MetaStr::try_from(frame.slice(vs..ve));
-            if let (Ok(k), Ok(v)) = (key, value) {
-                msg.metadata_mut().set_if_absent(k, v);
-            }
-            Ok(())
-        });
+        let meta = msg.metadata_mut();
+        let parsed =
+            for_each_info_header(&frame, th.info_start, th.payload, |(ks, ke), (vs, ve)| {
+                if let (Ok(k), Ok(v)) = (
+                    MetaStr::try_from(frame.slice(ks..ke)),
+                    MetaStr::try_from(frame.slice(vs..ve)),
+                ) {
+                    // `method`/`service` from the message win; among headers the
+                    // last of a key wins (as in Python's and C++'s header maps).
+                    if &*k != "method" && &*k != "service" {
+                        meta.set(k, v);
+                    }
+                }
+                Ok(())
+            });
+        if let Err(e) = parsed {
+            return Err(fault(e).with_reply(msg.reply_context()));
+        }
         Ok(Some(msg))
     }
 
     fn detect(&mut self, src: &BytesMut) -> Result<Option<Transport>, DecodeError> {
-        let Some(&b0) = src.first() else { return Ok(None) };
+        let Some(&b0) = src.first() else {
+            return Ok(None);
+        };
         let t = if b0 == 0x80 || b0 == 0x82 {
             Transport::Unframed
         } else {
@@ -293,10 +350,13 @@ impl ThriftCodec {
     ) -> Result<(), EncodeError> {
         let frame = msg.frame();
         let [seq_off, seq_len, _, payload, info_start, _] = msg.layout().0.map(|v| v as usize);
-        let seqid = u32::try_from(msg.request_id())
-            .map_err(|_| EncodeError::Unsupported("request id does not fit a 32-bit thrift sequence id".into()))?;
+        let seqid = u32::try_from(msg.request_id()).map_err(|_| {
+            EncodeError::Unsupported("request id does not fit a 32-bit thrift sequence id".into())
+        })?;
         if seq_off.checked_add(seq_len).is_none_or(|e| e > frame.len()) || seq_off < payload {
-            return Err(EncodeError::Inconsistent("sequence id outside the frame".into()));
+            return Err(EncodeError::Inconsistent(
+                "sequence id outside the frame".into(),
+            ));
         }
         let mut seq = [0u8; 5];
         let new_len = match p {
@@ -333,8 +393,11 @@ impl ThriftCodec {
                 dst.put_slice(tail);
             }
             Transport::Header => {
-                if frame.len() < HEADER_SECTION || payload < HEADER_SECTION || info_start > payload {
-                    return Err(EncodeError::Inconsistent("THeader layout outside the frame".into()));
+                if frame.len() < HEADER_SECTION || payload < HEADER_SECTION || info_start > payload
+                {
+                    return Err(EncodeError::Inconsistent(
+                        "THeader layout outside the frame".into(),
+                    ));
                 }
                 let start = dst.len();
                 dst.reserve(frame.len() + 4);
@@ -349,7 +412,8 @@ impl ThriftCodec {
                     let hs = dst.len();
                     merge_headers(frame, info_start, payload, p, msg, dst)?;
                     let words = (dst.len() - hs) / 4;
-                    let words = u16::try_from(words).map_err(|_| EncodeError::TooLarge(dst.len() - hs))?;
+                    let words =
+                        u16::try_from(words).map_err(|_| EncodeError::TooLarge(dst.len() - hs))?;
                     dst[hl..hs].copy_from_slice(&words.to_be_bytes());
                     dst.put_slice(&frame[payload..seq_off]);
                 }
@@ -427,12 +491,20 @@ impl Codec for ThriftCodec {
     }
 
     fn encode(&mut self, msg: &Message, dst: &mut BytesMut) -> Result<(), EncodeError> {
-        let (t, p) = split_wire(msg.wire())
-            .ok_or_else(|| EncodeError::Inconsistent(format!("{:?} is not a thrift wire format", msg.wire()).into()))?;
+        let (t, p) = split_wire(msg.wire()).ok_or_else(|| {
+            EncodeError::Inconsistent(
+                format!("{:?} is not a thrift wire format", msg.wire()).into(),
+            )
+        })?;
         if let Some(mine) = self.transport {
             if mine != t {
                 return Err(EncodeError::Unsupported(
-                    format!("a {} message cannot be sent on a {} connection", t.as_str(), mine.as_str()).into(),
+                    format!(
+                        "a {} message cannot be sent on a {} connection",
+                        t.as_str(),
+                        mine.as_str()
+                    )
+                    .into(),
                 ));
             }
         }
@@ -454,8 +526,10 @@ impl Codec for ThriftCodec {
         ));
         let (ty, text) = local_reply_text(reply);
         let seqid = ctx.request_id as u32;
-        write_frame(dst, t, p, seqid, &[], |w| write_app_exception(w, &ctx.name, seqid, ty, &text))
-            .map_err(|e| EncodeError::TooLarge(e.len()))
+        write_frame(dst, t, p, seqid, &[], |w| {
+            write_app_exception(w, &ctx.name, seqid, ty, &text)
+        })
+        .map_err(|e| EncodeError::Unsupported(e.into()))
     }
 }
 
@@ -472,7 +546,9 @@ pub(crate) fn local_reply_text<'a>(reply: &LocalReply<'a>) -> (i32, Cow<'a, str>
     };
     match reply.kind {
         LocalReplyKind::NoRoute => (app_exception::UNKNOWN_METHOD, Cow::Borrowed(reply.message)),
-        LocalReplyKind::UpstreamFailure => (app_exception::INTERNAL_ERROR, Cow::Borrowed(reply.message)),
+        LocalReplyKind::UpstreamFailure => {
+            (app_exception::INTERNAL_ERROR, Cow::Borrowed(reply.message))
+        }
         LocalReplyKind::Timeout => (app_exception::INTERNAL_ERROR, ensure("timeout")),
         LocalReplyKind::Overloaded => (app_exception::INTERNAL_ERROR, ensure("overloaded")),
         LocalReplyKind::BadRequest => (app_exception::PROTOCOL_ERROR, Cow::Borrowed(reply.message)),
@@ -480,7 +556,13 @@ pub(crate) fn local_reply_text<'a>(reply: &LocalReply<'a>) -> (i32, Cow<'a, str>
 }
 
 /// Writes `name`/`seqid` as a message of type 3 carrying a TApplicationException.
-pub(crate) fn write_app_exception(w: &mut ProtoWriter<'_>, name: &str, seqid: u32, ty: i32, text: &str) {
+pub(crate) fn write_app_exception(
+    w: &mut ProtoWriter<'_>,
+    name: &str,
+    seqid: u32,
+    ty: i32,
+    text: &str,
+) {
     w.message_begin(name, mtype::EXCEPTION, seqid);
     w.field(crate::read::ttype::STRING, 1);
     w.bytes(text.as_bytes());
@@ -508,7 +590,9 @@ pub(crate) fn fault(f: Fault) -> DecodeError {
 
 fn in_frame(f: Fault) -> DecodeError {
     match f {
-        Fault::Incomplete(_) => DecodeError::malformed("message header runs past the end of its frame"),
+        Fault::Incomplete(_) => {
+            DecodeError::malformed("message header runs past the end of its frame")
+        }
         other => fault(other),
     }
 }
@@ -547,6 +631,7 @@ fn response_status(f: &[u8], head: &MsgHead, p: Protocol) -> Result<ResponseStat
 }
 
 /// Builds the message: kind, id, name, metadata, wire and layout.
+#[inline(always)]
 fn build(
     frame: Bytes,
     head: &MsgHead,
@@ -562,16 +647,28 @@ fn build(
         _ => return Err(bad_type(&frame, head, t, p)),
     };
     let name = frame.slice(head.name_start..head.name_end);
-    let name = MetaStr::try_from(name).map_err(|_| DecodeError::malformed("method name is not UTF-8"))?;
+    let name = MetaStr::try_from(name).map_err(|_| {
+        DecodeError::malformed("method name is not UTF-8").with_reply(ReplyContext {
+            request_id: u64::from(head.seqid),
+            wire: wire_format(t, p),
+            name: MetaStr::new(),
+            one_way: head.mtype == mtype::ONEWAY,
+        })
+    })?;
     let mut msg = Message::new(kind, u64::from(head.seqid), frame);
-    match name.find(':') {
+    // A byte loop beats `str::find` on names of a few bytes.
+    match name.as_bytes().iter().position(|&b| b == b':') {
         Some(i) => {
             let (service, method) = (&name[..i], &name[i + 1..]);
             let (service, method) = (name.slice_ref(service), name.slice_ref(method));
-            msg.metadata_mut().set(MetaStr::from_static("method"), method);
-            msg.metadata_mut().set(MetaStr::from_static("service"), service);
+            msg.metadata_mut()
+                .set(MetaStr::from_static("method"), method);
+            msg.metadata_mut()
+                .set(MetaStr::from_static("service"), service);
         }
-        None => msg.metadata_mut().set(MetaStr::from_static("method"), name.clone()),
+        None => msg
+            .metadata_mut()
+            .set(MetaStr::from_static("method"), name.clone()),
     }
     msg.set_name(name);
     msg.set_status(status);
@@ -580,7 +677,6 @@ fn build(
     Ok(Some(msg))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,12 +684,25 @@ mod tests {
     use meta_protocol::{CodecRegistry, DEFAULT_MAX_FRAME_SIZE};
 
     fn all() -> impl Iterator<Item = (Transport, Protocol)> {
-        Transport::ALL.into_iter().flat_map(|t| Protocol::ALL.into_iter().map(move |p| (t, p)))
+        Transport::ALL
+            .into_iter()
+            .flat_map(|t| Protocol::ALL.into_iter().map(move |p| (t, p)))
     }
 
-    fn call(t: Transport, p: Protocol, name: &str, seqid: i32, headers: &[(&str, &str)]) -> BytesMut {
+    fn call(
+        t: Transport,
+        p: Protocol,
+        name: &str,
+        seqid: i32,
+        headers: &[(&str, &str)],
+    ) -> BytesMut {
         let mut b = BytesMut::new();
-        frames::write_call(&FrameSpec::new(t, p, name, seqid).with_headers(headers), b"payload", &mut b).unwrap();
+        frames::write_call(
+            &FrameSpec::new(t, p, name, seqid).with_headers(headers),
+            b"payload",
+            &mut b,
+        )
+        .unwrap();
         b
     }
 
@@ -632,8 +741,14 @@ mod tests {
             wire: Some(wire_format(Transport::Header, Protocol::Compact)),
         };
         let c = ThriftCodec::from_context(&ctx).unwrap();
-        assert_eq!((c.transport(), c.protocol()), (Some(Transport::Header), Some(Protocol::Compact)));
-        let bad = CodecContext { wire: Some(meta_protocol::WireFormat(0x0909)), ..ctx };
+        assert_eq!(
+            (c.transport(), c.protocol()),
+            (Some(Transport::Header), Some(Protocol::Compact))
+        );
+        let bad = CodecContext {
+            wire: Some(meta_protocol::WireFormat(0x0909)),
+            ..ctx
+        };
         assert!(ThriftCodec::from_context(&bad).is_err());
     }
 
@@ -641,7 +756,13 @@ mod tests {
     fn every_format_decodes_with_metadata_and_tag() {
         for (t, p) in all() {
             let mut codec = auto();
-            let mut buf = call(t, p, "Store:put", -5, &[("tenant", "t1"), ("method", "spoof")]);
+            let mut buf = call(
+                t,
+                p,
+                "Store:put",
+                -5,
+                &[("tenant", "t1"), ("method", "spoof")],
+            );
             buf.extend_from_slice(&call(t, p, "get", 6, &[])[..]);
             let m = codec.decode(&mut buf).unwrap().unwrap();
             assert_eq!(m.kind(), MessageKind::Request);
@@ -677,9 +798,16 @@ mod tests {
                 let mut back = auto().decode(&mut out).unwrap().unwrap();
                 assert!(out.is_empty());
                 assert_eq!(back.request_id(), new_id, "{t:?} {p:?}");
-                assert_eq!(frames::call_payload(&back).unwrap().as_deref(), Some(&b"payload"[..]));
+                assert_eq!(
+                    frames::call_payload(&back).unwrap().as_deref(),
+                    Some(&b"payload"[..])
+                );
                 if t == Transport::Header {
-                    assert_eq!(&back.frame()[8..12], &(new_id as u32).to_be_bytes(), "THeader seqid");
+                    assert_eq!(
+                        &back.frame()[8..12],
+                        &(new_id as u32).to_be_bytes(),
+                        "THeader seqid"
+                    );
                     assert_eq!(back.metadata().get("k"), Some("v"));
                 }
                 // Restoring the id gives the original bytes back.
@@ -694,9 +822,15 @@ mod tests {
     #[test]
     fn ids_beyond_32_bits_are_refused() {
         let mut codec = auto();
-        let mut m = codec.decode(&mut call(Transport::Framed, Protocol::Binary, "m", 1, &[])).unwrap().unwrap();
+        let mut m = codec
+            .decode(&mut call(Transport::Framed, Protocol::Binary, "m", 1, &[]))
+            .unwrap()
+            .unwrap();
         m.set_request_id(1 << 32);
-        assert!(matches!(codec.encode(&m, &mut BytesMut::new()), Err(EncodeError::Unsupported(_))));
+        assert!(matches!(
+            codec.encode(&m, &mut BytesMut::new()),
+            Err(EncodeError::Unsupported(_))
+        ));
     }
 
     #[test]
@@ -704,7 +838,13 @@ mod tests {
         for p in Protocol::ALL {
             let mut codec = auto();
             let mut m = codec
-                .decode(&mut call(Transport::Header, p, "m", 9, &[("a", "1"), ("b", "2")]))
+                .decode(&mut call(
+                    Transport::Header,
+                    p,
+                    "m",
+                    9,
+                    &[("a", "1"), ("b", "2")],
+                ))
                 .unwrap()
                 .unwrap();
             m.push_mutation("b".into(), "x".into());
@@ -713,9 +853,16 @@ mod tests {
             let mut out = BytesMut::new();
             codec.encode(&m, &mut out).unwrap();
             let back = auto().decode(&mut out).unwrap().unwrap();
-            let headers: Vec<_> = back.metadata().iter().filter(|(k, _)| *k != "method").collect();
+            let headers: Vec<_> = back
+                .metadata()
+                .iter()
+                .filter(|(k, _)| *k != "method")
+                .collect();
             assert_eq!(headers, [("a", "1"), ("b", "x"), ("c", "4")]);
-            assert_eq!(frames::call_payload(&back).unwrap().as_deref(), Some(&b"payload"[..]));
+            assert_eq!(
+                frames::call_payload(&back).unwrap().as_deref(),
+                Some(&b"payload"[..])
+            );
         }
         for t in [Transport::Framed, Transport::Unframed] {
             let mut codec = auto();
@@ -738,15 +885,24 @@ mod tests {
             frames::write_app_exception_frame(&spec, 6, "boom", &mut b).unwrap();
             let mut codec = ThriftCodec::new(Some(t), Some(p), 1 << 20);
             let m = codec.decode(&mut b).unwrap().unwrap();
-            assert_eq!((m.kind(), m.status()), (MessageKind::Response, ResponseStatus::Ok));
+            assert_eq!(
+                (m.kind(), m.status()),
+                (MessageKind::Response, ResponseStatus::Ok)
+            );
             let m = codec.decode(&mut b).unwrap().unwrap();
             assert_eq!(m.status(), ResponseStatus::Exception);
-            assert_eq!(frames::read_reply(&m).unwrap(), Reply::Declared { field: 1 });
+            assert_eq!(
+                frames::read_reply(&m).unwrap(),
+                Reply::Declared { field: 1 }
+            );
             let m = codec.decode(&mut b).unwrap().unwrap();
             assert_eq!(m.status(), ResponseStatus::Error);
             assert_eq!(
                 frames::read_reply(&m).unwrap(),
-                Reply::AppException { kind: 6, message: "boom".into() }
+                Reply::AppException {
+                    kind: 6,
+                    message: "boom".into()
+                }
             );
         }
     }
@@ -754,13 +910,22 @@ mod tests {
     #[test]
     fn oneway_is_oneway_and_never_answered() {
         let mut b = BytesMut::new();
-        frames::write_oneway(&FrameSpec::new(Transport::Framed, Protocol::Compact, "note", 2), b"x", &mut b).unwrap();
+        frames::write_oneway(
+            &FrameSpec::new(Transport::Framed, Protocol::Compact, "note", 2),
+            b"x",
+            &mut b,
+        )
+        .unwrap();
         let mut codec = auto();
         let m = codec.decode(&mut b).unwrap().unwrap();
         assert_eq!(m.kind(), MessageKind::OneWay);
         let mut out = BytesMut::new();
         codec
-            .encode_local_reply(&m.reply_context(), &LocalReply::new(LocalReplyKind::Timeout, "t"), &mut out)
+            .encode_local_reply(
+                &m.reply_context(),
+                &LocalReply::new(LocalReplyKind::Timeout, "t"),
+                &mut out,
+            )
             .unwrap();
         assert!(out.is_empty());
         assert!(!frames::echo_reply(&m, &mut out).unwrap());
@@ -778,14 +943,26 @@ mod tests {
         for (t, p) in all() {
             for (kind, ty, word) in cases {
                 let mut codec = auto();
-                let m = codec.decode(&mut call(t, p, "Svc:m", 77, &[])).unwrap().unwrap();
+                let m = codec
+                    .decode(&mut call(t, p, "Svc:m", 77, &[]))
+                    .unwrap()
+                    .unwrap();
                 let mut out = BytesMut::new();
-                let text = if word == "timeout" || word == "overloaded" { "upstream slow" } else { word };
-                codec.encode_local_reply(&m.reply_context(), &LocalReply::new(kind, text), &mut out).unwrap();
+                let text = if word == "timeout" || word == "overloaded" {
+                    "upstream slow"
+                } else {
+                    word
+                };
+                codec
+                    .encode_local_reply(&m.reply_context(), &LocalReply::new(kind, text), &mut out)
+                    .unwrap();
                 let mut client = ThriftCodec::new(Some(t), Some(p), 1 << 20);
                 let r = client.decode(&mut out).unwrap().unwrap();
                 assert!(out.is_empty());
-                assert_eq!((r.kind(), r.status(), r.request_id()), (MessageKind::Response, ResponseStatus::Error, 77));
+                assert_eq!(
+                    (r.kind(), r.status(), r.request_id()),
+                    (MessageKind::Response, ResponseStatus::Error, 77)
+                );
                 assert_eq!(&**r.name(), "Svc:m");
                 match frames::read_reply(&r).unwrap() {
                     Reply::AppException { kind: k, message } => {
@@ -802,16 +979,30 @@ mod tests {
     fn size_limits_come_from_the_header_alone() {
         let mut codec = ThriftCodec::new(None, None, 100);
         let mut b = BytesMut::from(&[0u8, 0, 1, 0, 0x80, 1][..]);
-        assert!(matches!(codec.decode(&mut b).unwrap_err().kind, DecodeErrorKind::FrameTooLarge { size: 256, .. }));
+        assert!(matches!(
+            codec.decode(&mut b).unwrap_err().kind,
+            DecodeErrorKind::FrameTooLarge { size: 256, .. }
+        ));
         let mut codec = ThriftCodec::new(Some(Transport::Header), None, 100);
         let mut b = BytesMut::from(&[0u8, 0, 1, 0][..]);
-        assert!(matches!(codec.decode(&mut b).unwrap_err().kind, DecodeErrorKind::FrameTooLarge { .. }));
+        assert!(matches!(
+            codec.decode(&mut b).unwrap_err().kind,
+            DecodeErrorKind::FrameTooLarge { .. }
+        ));
         // Unframed: a string announcing 1000 bytes is too large before it arrives.
         let mut codec = ThriftCodec::new(Some(Transport::Unframed), None, 100);
         let mut b = BytesMut::new();
-        frames::write_call(&FrameSpec::new(Transport::Unframed, Protocol::Binary, "m", 1), &[7; 1000], &mut b).unwrap();
+        frames::write_call(
+            &FrameSpec::new(Transport::Unframed, Protocol::Binary, "m", 1),
+            &[7; 1000],
+            &mut b,
+        )
+        .unwrap();
         b.truncate(40);
-        assert!(matches!(codec.decode(&mut b).unwrap_err().kind, DecodeErrorKind::FrameTooLarge { .. }));
+        assert!(matches!(
+            codec.decode(&mut b).unwrap_err().kind,
+            DecodeErrorKind::FrameTooLarge { .. }
+        ));
     }
 
     #[test]
@@ -822,7 +1013,10 @@ mod tests {
         f[15] = 1;
         f[16] = 1; // the padding byte that follows becomes the transform id
         let err = auto().decode(&mut f).unwrap_err();
-        assert!(matches!(&err.kind, DecodeErrorKind::Unsupported(m) if m.contains("zlib")), "{err}");
+        assert!(
+            matches!(&err.kind, DecodeErrorKind::Unsupported(m) if m.contains("zlib")),
+            "{err}"
+        );
         assert_eq!(err.reply.map(|r| r.request_id), Some(12));
     }
 
@@ -836,7 +1030,10 @@ mod tests {
         assert!(codec.decode(&mut b).is_err());
         let mut codec = ThriftCodec::new(Some(Transport::Framed), Some(Protocol::Compact), 1 << 20);
         let mut b = call(Transport::Framed, Protocol::Binary, "m", 1, &[]);
-        assert!(matches!(codec.decode(&mut b).unwrap_err().kind, DecodeErrorKind::BadMagic(_)));
+        assert!(matches!(
+            codec.decode(&mut b).unwrap_err().kind,
+            DecodeErrorKind::BadMagic(_)
+        ));
     }
 
     #[test]
@@ -846,5 +1043,25 @@ mod tests {
         let err = auto().decode(&mut b).unwrap_err();
         let reply = err.reply.expect("reply context");
         assert_eq!((reply.request_id, &*reply.name), (5, "m"));
+    }
+
+    #[test]
+    fn non_utf8_names_are_answerable_and_duplicate_headers_keep_the_last() {
+        let mut b = call(Transport::Framed, Protocol::Binary, "m\u{e9}", 8, &[]);
+        let at = b.iter().position(|&x| x == 0xc3).unwrap();
+        b[at] = 0xff;
+        let err = auto().decode(&mut b).unwrap_err();
+        assert_eq!(err.reply.map(|r| r.request_id), Some(8));
+
+        let mut b = call(
+            Transport::Header,
+            Protocol::Binary,
+            "m",
+            1,
+            &[("k", "1"), ("k", "2"), ("method", "x")],
+        );
+        let m = auto().decode(&mut b).unwrap().unwrap();
+        assert_eq!(m.metadata().get("k"), Some("2"));
+        assert_eq!(m.metadata().get("method"), Some("m"));
     }
 }

@@ -91,7 +91,13 @@ pub struct FrameSpec<'a> {
 impl<'a> FrameSpec<'a> {
     /// A spec without headers.
     pub fn new(transport: Transport, protocol: Protocol, name: &'a str, seqid: i32) -> Self {
-        FrameSpec { transport, protocol, name, seqid, headers: &[] }
+        FrameSpec {
+            transport,
+            protocol,
+            name,
+            seqid,
+            headers: &[],
+        }
     }
 
     /// The same spec with THeader info headers.
@@ -106,12 +112,22 @@ impl<'a> FrameSpec<'a> {
         dst: &mut BytesMut,
         body: impl FnOnce(&mut ProtoWriter<'_>),
     ) -> Result<(), FrameError> {
-        write_frame(dst, self.transport, self.protocol, self.seqid as u32, headers, body)
-            .map_err(FrameError::TooLarge)
+        write_frame(
+            dst,
+            self.transport,
+            self.protocol,
+            self.seqid as u32,
+            headers,
+            body,
+        )
+        .map_err(FrameError::TooLarge)
     }
 
     fn own_headers(&self) -> Vec<(&'a [u8], &'a [u8])> {
-        self.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect()
+        self.headers
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+            .collect()
     }
 }
 
@@ -132,12 +148,20 @@ fn write_message(
 }
 
 /// Appends a call `name(1: binary payload)`.
-pub fn write_call(spec: &FrameSpec<'_>, payload: &[u8], dst: &mut BytesMut) -> Result<(), FrameError> {
+pub fn write_call(
+    spec: &FrameSpec<'_>,
+    payload: &[u8],
+    dst: &mut BytesMut,
+) -> Result<(), FrameError> {
     write_message(spec, mtype::CALL, payload, 1, dst)
 }
 
 /// Appends a one-way call `name(1: binary payload)`.
-pub fn write_oneway(spec: &FrameSpec<'_>, payload: &[u8], dst: &mut BytesMut) -> Result<(), FrameError> {
+pub fn write_oneway(
+    spec: &FrameSpec<'_>,
+    payload: &[u8],
+    dst: &mut BytesMut,
+) -> Result<(), FrameError> {
     write_message(spec, mtype::ONEWAY, payload, 1, dst)
 }
 
@@ -149,7 +173,11 @@ pub fn call_frame(spec: &FrameSpec<'_>, payload_len: usize) -> Result<Bytes, Fra
 }
 
 /// Appends a reply whose result struct carries `payload` as the success field 0.
-pub fn write_reply(spec: &FrameSpec<'_>, payload: &[u8], dst: &mut BytesMut) -> Result<(), FrameError> {
+pub fn write_reply(
+    spec: &FrameSpec<'_>,
+    payload: &[u8],
+    dst: &mut BytesMut,
+) -> Result<(), FrameError> {
     write_message(spec, mtype::REPLY, payload, 0, dst)
 }
 
@@ -181,7 +209,9 @@ pub fn write_app_exception_frame(
     dst: &mut BytesMut,
 ) -> Result<(), FrameError> {
     let headers = spec.own_headers();
-    spec.write(&headers, dst, |w| write_app_exception(w, spec.name, spec.seqid as u32, kind, message))
+    spec.write(&headers, dst, |w| {
+        write_app_exception(w, spec.name, spec.seqid as u32, kind, message)
+    })
 }
 
 /// What a decoded reply says.
@@ -221,7 +251,10 @@ fn body_cursor(msg: &Message) -> Result<Cursor<'_>, FrameError> {
 /// exception or TApplicationException.
 pub fn read_reply(msg: &Message) -> Result<Reply, FrameError> {
     if msg.kind() != MessageKind::Response {
-        return Err(FrameError::WrongKind { expected: "response", got: msg.kind() });
+        return Err(FrameError::WrongKind {
+            expected: "response",
+            got: msg.kind(),
+        });
     }
     let (_, p) = thrift_of(msg)?;
     let frame = msg.frame();
@@ -232,9 +265,9 @@ pub fn read_reply(msg: &Message) -> Result<Reply, FrameError> {
         // A reply: the first field tells success from a declared exception.
         return match next_field(&mut c, p, &mut last).map_err(bad)? {
             None => Ok(Reply::Void),
-            Some(f) if f.id == 0 && f.ttype == ttype::STRING => {
-                Ok(Reply::Success(frame.slice(string_range(frame, f.start, f.end, p)?)))
-            }
+            Some(f) if f.id == 0 && f.ttype == ttype::STRING => Ok(Reply::Success(
+                frame.slice(string_range(frame, f.start, f.end, p)?),
+            )),
             Some(f) if f.id == 0 => Err(FrameError::Malformed("success field is not binary")),
             Some(f) => Ok(Reply::Declared { field: f.id }),
         };
@@ -257,14 +290,17 @@ pub fn read_reply(msg: &Message) -> Result<Reply, FrameError> {
 /// struct (`None` when the struct has no such field).
 pub fn call_payload(msg: &Message) -> Result<Option<Bytes>, FrameError> {
     if !msg.kind().is_call() {
-        return Err(FrameError::WrongKind { expected: "call", got: msg.kind() });
+        return Err(FrameError::WrongKind {
+            expected: "call",
+            got: msg.kind(),
+        });
     }
     let (_, p) = thrift_of(msg)?;
     let frame = msg.frame();
     let mut c = body_cursor(msg)?;
     let mut last = 0;
-    while let Some(f) =
-        next_field(&mut c, p, &mut last).map_err(|_| FrameError::Malformed("argument struct does not parse"))?
+    while let Some(f) = next_field(&mut c, p, &mut last)
+        .map_err(|_| FrameError::Malformed("argument struct does not parse"))?
     {
         if f.id == 1 && f.ttype == ttype::STRING {
             return Ok(Some(frame.slice(string_range(frame, f.start, f.end, p)?)));

@@ -93,14 +93,20 @@ impl<'a> Cursor<'a> {
     #[inline]
     pub(crate) fn take(&mut self, n: usize) -> Res<&'a [u8]> {
         self.need(n)?;
-        let s = self.buf.get(self.pos..self.pos + n).ok_or(Fault::Incomplete(self.pos + n))?;
+        let s = self
+            .buf
+            .get(self.pos..self.pos + n)
+            .ok_or(Fault::Incomplete(self.pos + n))?;
         self.pos += n;
         Ok(s)
     }
 
     #[inline]
     pub(crate) fn u8(&mut self) -> Res<u8> {
-        let b = *self.buf.get(self.pos).ok_or(Fault::Incomplete(self.pos + 1))?;
+        let b = *self
+            .buf
+            .get(self.pos)
+            .ok_or(Fault::Incomplete(self.pos + 1))?;
         self.pos += 1;
         Ok(b)
     }
@@ -117,9 +123,29 @@ impl<'a> Cursor<'a> {
         Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
     }
 
+    /// Skips a varint of at most `max_bytes` bytes without decoding it.
+    #[inline]
+    pub(crate) fn skip_varint(&mut self, max_bytes: usize) -> Res<()> {
+        let rest = self.buf.get(self.pos..).unwrap_or_default();
+        match rest.iter().take(max_bytes).position(|&b| b & 0x80 == 0) {
+            Some(i) => {
+                self.pos += i + 1;
+                Ok(())
+            }
+            None if rest.len() < max_bytes => Err(Fault::Incomplete(self.pos + rest.len() + 1)),
+            None => Err(Fault::Malformed("varint too long")),
+        }
+    }
+
     /// An unsigned LEB128 varint of at most `max_bytes` bytes.
     #[inline]
     pub(crate) fn varint(&mut self, max_bytes: usize) -> Res<u64> {
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
         let mut out = 0u64;
         for i in 0..max_bytes {
             let b = self.u8()?;
@@ -135,7 +161,8 @@ impl<'a> Cursor<'a> {
     #[inline]
     pub(crate) fn varint_len(&mut self) -> Res<usize> {
         let v = self.varint(5)?;
-        let v = u32::try_from(v).map_err(|_| Fault::Malformed("varint length overflows 32 bits"))?;
+        let v =
+            u32::try_from(v).map_err(|_| Fault::Malformed("varint length overflows 32 bits"))?;
         if v > i32::MAX as u32 {
             return Err(Fault::Malformed("negative length"));
         }
@@ -257,7 +284,7 @@ pub(crate) fn skip_binary_struct(c: &mut Cursor<'_>, depth: usize) -> Res<()> {
 /// Encoded size of a fixed-size compact container element (`None` for variable ones).
 fn compact_fixed_elem(t: u8) -> Option<usize> {
     match t {
-        1 | 2 | 3 => Some(1),
+        1..=3 => Some(1),
         7 => Some(8),
         13 => Some(16),
         _ => None,
@@ -276,9 +303,9 @@ pub(crate) fn skip_compact(c: &mut Cursor<'_>, t: u8, depth: usize, in_field: bo
             }
         }
         3 => c.advance(1),
-        4 => c.varint(3).map(drop),
-        5 => c.varint(5).map(drop),
-        6 => c.varint(10).map(drop),
+        4 => c.skip_varint(3),
+        5 => c.skip_varint(5),
+        6 => c.skip_varint(10),
         7 => c.advance(8),
         8 => {
             let n = c.varint_len()?;
@@ -345,7 +372,7 @@ pub(crate) fn skip_compact_struct(c: &mut Cursor<'_>, depth: usize) -> Res<()> {
             return Ok(());
         }
         if b >> 4 == 0 {
-            c.varint(3)?;
+            c.skip_varint(3)?;
         }
         skip_compact(c, b & 0x0f, depth + 1, true)?;
     }
@@ -390,7 +417,13 @@ pub(crate) fn next_field(
             let id = c.u16()? as i16;
             let start = c.pos();
             skip_binary(c, b, 1)?;
-            Ok(Some(Field { id, ttype: b, bool_value: None, start, end: c.pos() }))
+            Ok(Some(Field {
+                id,
+                ttype: b,
+                bool_value: None,
+                start,
+                end: c.pos(),
+            }))
         }
         Protocol::Compact => {
             let ct = b & 0x0f;
@@ -408,7 +441,13 @@ pub(crate) fn next_field(
             };
             let start = c.pos();
             skip_compact(c, ct, 1, true)?;
-            Ok(Some(Field { id, ttype, bool_value, start, end: c.pos() }))
+            Ok(Some(Field {
+                id,
+                ttype,
+                bool_value,
+                start,
+                end: c.pos(),
+            }))
         }
     }
 }
@@ -470,7 +509,31 @@ pub(crate) fn sniff_protocol(b0: u8) -> Res<Protocol> {
     }
 }
 
+/// Fast path for the common strict-binary header at `at` in `f`; `None` when the bytes
+/// are anything else (the general [`read_msg_head`] then decides).
+#[inline(always)]
+pub(crate) fn strict_binary_head(f: &[u8], at: usize) -> Option<MsgHead> {
+    let w = f.get(at..at + 8)?;
+    if w[0] != 0x80 || w[1] != 0x01 || w[4] & 0x80 != 0 {
+        return None;
+    }
+    let n = u32::from_be_bytes([w[4], w[5], w[6], w[7]]) as usize;
+    let name_start = at + 8;
+    let seqid_off = name_start + n;
+    let s = f.get(seqid_off..seqid_off + 4)?;
+    Some(MsgHead {
+        mtype: w[3],
+        name_start,
+        name_end: seqid_off,
+        seqid: u32::from_be_bytes([s[0], s[1], s[2], s[3]]),
+        seqid_off,
+        seqid_len: 4,
+        body: seqid_off + 4,
+    })
+}
+
 /// Parses the message header at `c` (positions are relative to `c`'s buffer).
+#[inline]
 pub(crate) fn read_msg_head(c: &mut Cursor<'_>, protocol: Protocol) -> Res<MsgHead> {
     match protocol {
         Protocol::Binary => {
@@ -577,21 +640,35 @@ pub(crate) fn read_theader(f: &[u8]) -> Res<THead> {
     let mut c = Cursor::at(f, 12);
     let words = usize::from(c.u16()?);
     let payload = HEADER_SECTION + words * 4;
-    let hs = f.get(..payload).ok_or(Fault::Malformed("THeader header runs past the frame"))?;
+    let hs = f
+        .get(..payload)
+        .ok_or(Fault::Malformed("THeader header runs past the frame"))?;
     let mut c = Cursor::at(hs, HEADER_SECTION);
     let pid = c.varint(5).map_err(in_header)?;
     let protocol = match pid {
         0 => Protocol::Binary,
         2 => Protocol::Compact,
-        1 => return Err(Fault::Unsupported("THeader protocol JSON (1) is not supported".into())),
-        _ => return Err(Fault::Unsupported(format!("THeader protocol id {pid} is not supported").into())),
+        1 => {
+            return Err(Fault::Unsupported(
+                "THeader protocol JSON (1) is not supported".into(),
+            ))
+        }
+        _ => {
+            return Err(Fault::Unsupported(
+                format!("THeader protocol id {pid} is not supported").into(),
+            ))
+        }
     };
     let transforms = c.varint(5).map_err(in_header)?;
     if transforms > 0 {
         let id = c.varint(5).map_err(in_header)?;
         return Err(Fault::Unsupported(transform_name(id)));
     }
-    Ok(THead { protocol, info_start: c.pos(), payload })
+    Ok(THead {
+        protocol,
+        info_start: c.pos(),
+        payload,
+    })
 }
 
 fn in_header(f: Fault) -> Fault {
@@ -610,7 +687,9 @@ pub(crate) fn for_each_info_header(
     payload: usize,
     mut each: impl FnMut((usize, usize), (usize, usize)) -> Res<()>,
 ) -> Res<usize> {
-    let hs = f.get(..payload).ok_or(Fault::Malformed("THeader header runs past the frame"))?;
+    let hs = f
+        .get(..payload)
+        .ok_or(Fault::Malformed("THeader header runs past the frame"))?;
     let mut c = Cursor::at(hs, info_start);
     while c.pos() < payload {
         let before = c.pos();
@@ -640,8 +719,16 @@ mod tests {
     fn varint_limits() {
         assert_eq!(Cursor::new(&[0x7f]).varint(1), Ok(127));
         assert_eq!(Cursor::new(&[0x80, 0x01]).varint(2), Ok(128));
-        assert_eq!(Cursor::new(&[0x80, 0x80]).varint(2), Err(Fault::Malformed("varint too long")));
+        assert_eq!(
+            Cursor::new(&[0x80, 0x80]).varint(2),
+            Err(Fault::Malformed("varint too long"))
+        );
         assert_eq!(Cursor::new(&[0x80]).varint(2), Err(Fault::Incomplete(2)));
+        let mut c = Cursor::new(&[0x80, 0x80, 0x01, 0x05]);
+        assert_eq!(c.skip_varint(3), Ok(()));
+        assert_eq!(c.pos(), 3);
+        assert_eq!(Cursor::new(&[0x80, 0x80]).skip_varint(3), Err(Fault::Incomplete(3)));
+        assert_eq!(Cursor::new(&[0x80, 0x80, 0x80]).skip_varint(3), Err(Fault::Malformed("varint too long")));
     }
 
     #[test]
@@ -674,21 +761,34 @@ mod tests {
     #[test]
     fn compact_bools_live_in_field_headers() {
         // field 1 true, field 2 false (deltas), list<bool> of 3, long-form field id 300 i32 = -1
-        let v = [0x11, 0x12, 0x19, 0x31, 1, 2, 1, 0x05, 0xd8, 0x04, 0x01, 0x00];
+        let v = [
+            0x11, 0x12, 0x19, 0x31, 1, 2, 1, 0x05, 0xd8, 0x04, 0x01, 0x00,
+        ];
         let mut c = Cursor::new(&v);
         skip_compact_struct(&mut c, 0).unwrap();
         assert_eq!(c.pos(), v.len());
         let mut c = Cursor::new(&v);
         let mut last = 0;
-        let f1 = next_field(&mut c, Protocol::Compact, &mut last).unwrap().unwrap();
+        let f1 = next_field(&mut c, Protocol::Compact, &mut last)
+            .unwrap()
+            .unwrap();
         assert_eq!((f1.id, f1.bool_value), (1, Some(true)));
-        let f2 = next_field(&mut c, Protocol::Compact, &mut last).unwrap().unwrap();
+        let f2 = next_field(&mut c, Protocol::Compact, &mut last)
+            .unwrap()
+            .unwrap();
         assert_eq!((f2.id, f2.bool_value), (2, Some(false)));
-        let f3 = next_field(&mut c, Protocol::Compact, &mut last).unwrap().unwrap();
+        let f3 = next_field(&mut c, Protocol::Compact, &mut last)
+            .unwrap()
+            .unwrap();
         assert_eq!((f3.id, f3.ttype, f3.end - f3.start), (3, ttype::LIST, 4));
-        let f4 = next_field(&mut c, Protocol::Compact, &mut last).unwrap().unwrap();
+        let f4 = next_field(&mut c, Protocol::Compact, &mut last)
+            .unwrap()
+            .unwrap();
         assert_eq!((f4.id, f4.ttype), (300, ttype::I32));
-        assert_eq!(next_field(&mut c, Protocol::Compact, &mut last).unwrap(), None);
+        assert_eq!(
+            next_field(&mut c, Protocol::Compact, &mut last).unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -697,13 +797,22 @@ mod tests {
         for _ in 0..1000 {
             v.extend_from_slice(&[12, 0, 1]);
         }
-        assert_eq!(skip_binary_struct(&mut Cursor::new(&v), 0), Err(Fault::TooDeep));
+        assert_eq!(
+            skip_binary_struct(&mut Cursor::new(&v), 0),
+            Err(Fault::TooDeep)
+        );
         let v = vec![0x1c; 1000];
-        assert_eq!(skip_compact_struct(&mut Cursor::new(&v), 0), Err(Fault::TooDeep));
+        assert_eq!(
+            skip_compact_struct(&mut Cursor::new(&v), 0),
+            Err(Fault::TooDeep)
+        );
         // lists of lists
         let mut v = vec![0x19];
         v.extend(std::iter::repeat_n(0x19, 1000));
-        assert_eq!(skip_compact_struct(&mut Cursor::new(&v), 0), Err(Fault::TooDeep));
+        assert_eq!(
+            skip_compact_struct(&mut Cursor::new(&v), 0),
+            Err(Fault::TooDeep)
+        );
     }
 
     #[test]
@@ -728,17 +837,36 @@ mod tests {
         // strict binary call "ab" seqid 7
         let v = [0x80, 1, 0, 1, 0, 0, 0, 2, b'a', b'b', 0, 0, 0, 7, 0];
         let h = read_msg_head(&mut Cursor::new(&v), Protocol::Binary).unwrap();
-        assert_eq!((h.mtype, h.name_start, h.name_end, h.seqid, h.seqid_off, h.body), (1, 8, 10, 7, 10, 14));
+        assert_eq!(
+            (
+                h.mtype,
+                h.name_start,
+                h.name_end,
+                h.seqid,
+                h.seqid_off,
+                h.body
+            ),
+            (1, 8, 10, 7, 10, 14)
+        );
         // non-strict
         let v = [0, 0, 0, 2, b'a', b'b', 4, 0, 0, 0, 9, 0];
         let h = read_msg_head(&mut Cursor::new(&v), Protocol::Binary).unwrap();
-        assert_eq!((h.mtype, h.name_start, h.seqid, h.seqid_off, h.body), (4, 4, 9, 7, 11));
+        assert_eq!(
+            (h.mtype, h.name_start, h.seqid, h.seqid_off, h.body),
+            (4, 4, 9, 7, 11)
+        );
         // compact reply seqid 300 (varint ac 02)
         let v = [0x82, 0x41, 0xac, 0x02, 2, b'a', b'b', 0];
         let h = read_msg_head(&mut Cursor::new(&v), Protocol::Compact).unwrap();
-        assert_eq!((h.mtype, h.seqid, h.seqid_off, h.seqid_len, h.body), (2, 300, 2, 2, 7));
+        assert_eq!(
+            (h.mtype, h.seqid, h.seqid_off, h.seqid_len, h.body),
+            (2, 300, 2, 2, 7)
+        );
         // bad version
         let v = [0x80, 2, 0, 1, 0, 0, 0, 0];
-        assert!(matches!(read_msg_head(&mut Cursor::new(&v), Protocol::Binary), Err(Fault::BadMagic(_))));
+        assert!(matches!(
+            read_msg_head(&mut Cursor::new(&v), Protocol::Binary),
+            Err(Fault::BadMagic(_))
+        ));
     }
 }

@@ -36,7 +36,11 @@ pub(crate) struct ProtoWriter<'a> {
 
 impl<'a> ProtoWriter<'a> {
     pub(crate) fn new(dst: &'a mut BytesMut, protocol: Protocol) -> Self {
-        ProtoWriter { dst, protocol, last_id: 0 }
+        ProtoWriter {
+            dst,
+            protocol,
+            last_id: 0,
+        }
     }
 
     /// Message header (strict binary or compact).
@@ -83,7 +87,10 @@ impl<'a> ProtoWriter<'a> {
                     self.dst.put_u8(((delta as u8) << 4) | ct);
                 } else {
                     self.dst.put_u8(ct);
-                    put_varint(self.dst, u64::from((((id as i32) << 1) ^ ((id as i32) >> 31)) as u32));
+                    put_varint(
+                        self.dst,
+                        u64::from((((id as i32) << 1) ^ ((id as i32) >> 31)) as u32),
+                    );
                 }
                 self.last_id = id;
             }
@@ -192,7 +199,12 @@ mod tests {
 
     #[test]
     fn varints() {
-        for (v, want) in [(0u64, vec![0u8]), (127, vec![0x7f]), (300, vec![0xac, 0x02]), (u64::from(u32::MAX), vec![0xff, 0xff, 0xff, 0xff, 0x0f])] {
+        for (v, want) in [
+            (0u64, vec![0u8]),
+            (127, vec![0x7f]),
+            (300, vec![0xac, 0x02]),
+            (u64::from(u32::MAX), vec![0xff, 0xff, 0xff, 0xff, 0x0f]),
+        ] {
             let mut b = BytesMut::new();
             put_varint(&mut b, v);
             assert_eq!(&b[..], &want[..]);
@@ -215,10 +227,17 @@ mod tests {
     #[test]
     fn header_frames_are_padded() {
         let mut b = BytesMut::new();
-        write_frame(&mut b, Transport::Header, Protocol::Binary, 5, &[(b"k", b"v")], |w| {
-            w.message_begin("m", 1, 5);
-            w.stop();
-        })
+        write_frame(
+            &mut b,
+            Transport::Header,
+            Protocol::Binary,
+            5,
+            &[(b"k", b"v")],
+            |w| {
+                w.message_begin("m", 1, 5);
+                w.stop();
+            },
+        )
         .unwrap();
         assert_eq!(&b[4..6], &[0x0f, 0xff]);
         assert_eq!(&b[8..12], &5u32.to_be_bytes());
@@ -226,6 +245,9 @@ mod tests {
         // protocol 0, 0 transforms, info 1, count 1, "k", "v" = 8 bytes -> 2 words
         assert_eq!(words, 2);
         assert_eq!(&b[14..22], &[0, 0, 1, 1, 1, b'k', 1, b'v']);
-        assert_eq!(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize, b.len() - 4);
+        assert_eq!(
+            u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize,
+            b.len() - 4
+        );
     }
 }

@@ -25,14 +25,36 @@ fn nested_args() -> Vec<(i16, V)> {
     };
     let leaf_ty = Ty::Struct(vec![]);
     vec![
-        (1, V::Struct(vec![
-            (1, V::Binary(b"root".to_vec())),
-            (2, V::List(leaf_ty.clone(), (0..20).map(leaf).collect())),
-            (3, V::Map(Ty::Binary, leaf_ty, (0..5).map(|i| (V::Binary(vec![b'k', i as u8]), leaf(i))).collect())),
-            (4, V::Set(Ty::I64, vec![V::I64(-1), V::I64(1 << 40)])),
-            (5, V::List(Ty::Bool, vec![V::Bool(true), V::Bool(false), V::Bool(true)])),
-            (200, V::Map(Ty::I16, Ty::List(Box::new(Ty::Bool)), vec![(V::I16(-3), V::List(Ty::Bool, vec![V::Bool(false)]))])),
-        ])),
+        (
+            1,
+            V::Struct(vec![
+                (1, V::Binary(b"root".to_vec())),
+                (2, V::List(leaf_ty.clone(), (0..20).map(leaf).collect())),
+                (
+                    3,
+                    V::Map(
+                        Ty::Binary,
+                        leaf_ty,
+                        (0..5)
+                            .map(|i| (V::Binary(vec![b'k', i as u8]), leaf(i)))
+                            .collect(),
+                    ),
+                ),
+                (4, V::Set(Ty::I64, vec![V::I64(-1), V::I64(1 << 40)])),
+                (
+                    5,
+                    V::List(Ty::Bool, vec![V::Bool(true), V::Bool(false), V::Bool(true)]),
+                ),
+                (
+                    200,
+                    V::Map(
+                        Ty::I16,
+                        Ty::List(Box::new(Ty::Bool)),
+                        vec![(V::I16(-3), V::List(Ty::Bool, vec![V::Bool(false)]))],
+                    ),
+                ),
+            ]),
+        ),
         (2, V::I32(3)),
         (-7, V::I8(-1)),
     ]
@@ -57,7 +79,10 @@ fn input(p: RsProto, bytes: &[u8]) -> Box<dyn TInputProtocol + '_> {
 fn thrift_crate_calls_decode_in_every_combination() {
     for framed in [true, false] {
         for p in RS_PROTOS {
-            for (mt, kind) in [(TMessageType::Call, MessageKind::Request), (TMessageType::OneWay, MessageKind::OneWay)] {
+            for (mt, kind) in [
+                (TMessageType::Call, MessageKind::Request),
+                (TMessageType::OneWay, MessageKind::OneWay),
+            ] {
                 let wire = rs_message(framed, p, "Store:put", mt, 0x1234_5678, &nested_args());
                 let mut buf = BytesMut::from(&wire[..]);
                 buf.extend_from_slice(&wire);
@@ -69,7 +94,11 @@ fn thrift_crate_calls_decode_in_every_combination() {
                     assert_eq!(m.request_id(), 0x1234_5678);
                     assert_eq!(m.metadata().get("method"), Some("put"));
                     assert_eq!(m.metadata().get("service"), Some("Store"));
-                    let t = if framed { Transport::Framed } else { Transport::Unframed };
+                    let t = if framed {
+                        Transport::Framed
+                    } else {
+                        Transport::Unframed
+                    };
                     assert_eq!(split_wire(m.wire()), Some((t, proto_of(p))));
                 }
                 assert!(buf.is_empty());
@@ -83,14 +112,42 @@ fn our_call_frames_equal_the_thrift_crates() {
     for framed in [true, false] {
         for p in [RsProto::BinaryStrict, RsProto::Compact] {
             let payload = vec![0xa5u8; 300];
-            let want = rs_message(framed, p, "echo", TMessageType::Call, -2, &[(1, V::Binary(payload.clone()))]);
-            let t = if framed { Transport::Framed } else { Transport::Unframed };
+            let want = rs_message(
+                framed,
+                p,
+                "echo",
+                TMessageType::Call,
+                -2,
+                &[(1, V::Binary(payload.clone()))],
+            );
+            let t = if framed {
+                Transport::Framed
+            } else {
+                Transport::Unframed
+            };
             let mut got = BytesMut::new();
-            frames::write_call(&FrameSpec::new(t, proto_of(p), "echo", -2), &payload, &mut got).unwrap();
+            frames::write_call(
+                &FrameSpec::new(t, proto_of(p), "echo", -2),
+                &payload,
+                &mut got,
+            )
+            .unwrap();
             assert_eq!(&got[..], &want[..], "{t:?} {p:?}");
-            let want = rs_message(framed, p, "echo", TMessageType::Reply, 9, &[(0, V::Binary(payload.clone()))]);
+            let want = rs_message(
+                framed,
+                p,
+                "echo",
+                TMessageType::Reply,
+                9,
+                &[(0, V::Binary(payload.clone()))],
+            );
             let mut got = BytesMut::new();
-            frames::write_reply(&FrameSpec::new(t, proto_of(p), "echo", 9), &payload, &mut got).unwrap();
+            frames::write_reply(
+                &FrameSpec::new(t, proto_of(p), "echo", 9),
+                &payload,
+                &mut got,
+            )
+            .unwrap();
             assert_eq!(&got[..], &want[..], "{t:?} {p:?}");
         }
     }
@@ -102,7 +159,10 @@ fn thrift_crate_reads_rewritten_messages() {
         for p in RS_PROTOS {
             let wire = rs_message(framed, p, "Calc:add", TMessageType::Call, 1, &nested_args());
             let mut codec = ThriftCodec::new(None, None, 1 << 20);
-            let mut m = codec.decode(&mut BytesMut::from(&wire[..])).unwrap().unwrap();
+            let mut m = codec
+                .decode(&mut BytesMut::from(&wire[..]))
+                .unwrap()
+                .unwrap();
             m.set_request_id(0x0fff_ffff);
             let mut out = BytesMut::new();
             codec.encode(&m, &mut out).unwrap();
@@ -115,7 +175,10 @@ fn thrift_crate_reads_rewritten_messages() {
             };
             let mut i = input(p, body);
             let id = i.read_message_begin().unwrap();
-            assert_eq!((id.name.as_str(), id.sequence_number), ("Calc:add", 0x0fff_ffff));
+            assert_eq!(
+                (id.name.as_str(), id.sequence_number),
+                ("Calc:add", 0x0fff_ffff)
+            );
             i.skip(TType::Struct).unwrap();
             i.read_message_end().unwrap();
         }
@@ -128,14 +191,32 @@ fn thrift_crate_reads_our_local_replies() {
         for p in [RsProto::BinaryStrict, RsProto::Compact] {
             let wire = rs_message(framed, p, "Store:put", TMessageType::Call, 42, &[]);
             let mut codec = ThriftCodec::new(None, None, 1 << 20);
-            let m = codec.decode(&mut BytesMut::from(&wire[..])).unwrap().unwrap();
+            let m = codec
+                .decode(&mut BytesMut::from(&wire[..]))
+                .unwrap()
+                .unwrap();
             for (kind, want) in [
-                (LocalReplyKind::NoRoute, thrift::ApplicationErrorKind::UnknownMethod),
-                (LocalReplyKind::Timeout, thrift::ApplicationErrorKind::InternalError),
-                (LocalReplyKind::BadRequest, thrift::ApplicationErrorKind::ProtocolError),
+                (
+                    LocalReplyKind::NoRoute,
+                    thrift::ApplicationErrorKind::UnknownMethod,
+                ),
+                (
+                    LocalReplyKind::Timeout,
+                    thrift::ApplicationErrorKind::InternalError,
+                ),
+                (
+                    LocalReplyKind::BadRequest,
+                    thrift::ApplicationErrorKind::ProtocolError,
+                ),
             ] {
                 let mut out = BytesMut::new();
-                codec.encode_local_reply(&m.reply_context(), &LocalReply::new(kind, "metaproxy says no"), &mut out).unwrap();
+                codec
+                    .encode_local_reply(
+                        &m.reply_context(),
+                        &LocalReply::new(kind, "metaproxy says no"),
+                        &mut out,
+                    )
+                    .unwrap();
                 let body = if framed { &out[4..] } else { &out[..] };
                 let mut i = input(p, body);
                 let id = i.read_message_begin().unwrap();
@@ -153,14 +234,40 @@ fn thrift_crate_reads_our_local_replies() {
 fn thrift_crate_replies_have_status() {
     for framed in [true, false] {
         for p in RS_PROTOS {
-            let ok = rs_message(framed, p, "put", TMessageType::Reply, 5, &[(0, V::Binary(b"r".to_vec()))]);
+            let ok = rs_message(
+                framed,
+                p,
+                "put",
+                TMessageType::Reply,
+                5,
+                &[(0, V::Binary(b"r".to_vec()))],
+            );
             let void = rs_message(framed, p, "put", TMessageType::Reply, 5, &[]);
-            let declared = rs_message(framed, p, "put", TMessageType::Reply, 5, &[(1, V::Struct(vec![(1, V::Binary(b"x".to_vec()))]))]);
-            let t = if framed { Transport::Framed } else { Transport::Unframed };
+            let declared = rs_message(
+                framed,
+                p,
+                "put",
+                TMessageType::Reply,
+                5,
+                &[(1, V::Struct(vec![(1, V::Binary(b"x".to_vec()))]))],
+            );
+            let t = if framed {
+                Transport::Framed
+            } else {
+                Transport::Unframed
+            };
             let mut codec = ThriftCodec::new(Some(t), Some(proto_of(p)), 1 << 20);
-            for (w, st) in [(ok, ResponseStatus::Ok), (void, ResponseStatus::Ok), (declared, ResponseStatus::Exception)] {
+            for (w, st) in [
+                (ok, ResponseStatus::Ok),
+                (void, ResponseStatus::Ok),
+                (declared, ResponseStatus::Exception),
+            ] {
                 let m = codec.decode(&mut BytesMut::from(&w[..])).unwrap().unwrap();
-                assert_eq!((m.kind(), m.status()), (MessageKind::Response, st), "{framed} {p:?}");
+                assert_eq!(
+                    (m.kind(), m.status()),
+                    (MessageKind::Response, st),
+                    "{framed} {p:?}"
+                );
             }
         }
     }

@@ -41,7 +41,9 @@ fn python() -> PathBuf {
 }
 
 fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("interop")
+        .join(name)
 }
 
 fn py_transport(t: Transport) -> &'static str {
@@ -67,22 +69,40 @@ impl Drop for Server {
 fn start_server(t: Transport, p: Protocol) -> Server {
     let mut child = Command::new(python())
         .arg(script("server.py"))
-        .args(["--transport", py_transport(t), "--protocol", p.as_str(), "127.0.0.1:0"])
+        .args([
+            "--transport",
+            py_transport(t),
+            "--protocol",
+            p.as_str(),
+            "127.0.0.1:0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start the Python thrift server");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("server said {line:?}: {e}"));
-    let addr = v["listening"].as_str().expect("listening address").to_owned();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("server said {line:?}: {e}"));
+    let addr = v["listening"]
+        .as_str()
+        .expect("listening address")
+        .to_owned();
     Server { child, addr }
 }
 
 fn run_client(t: Transport, p: Protocol, addr: &str, extra: &[&str]) -> Vec<Value> {
     let out = Command::new(python())
         .arg(script("client.py"))
-        .args(["--transport", py_transport(t), "--protocol", p.as_str(), addr])
+        .args([
+            "--transport",
+            py_transport(t),
+            "--protocol",
+            p.as_str(),
+            addr,
+        ])
         .args(extra)
         .output()
         .expect("run the Python thrift client");
@@ -92,7 +112,10 @@ fn run_client(t: Transport, p: Protocol, addr: &str, extra: &[&str]) -> Vec<Valu
         "client printed nothing; stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[derive(Clone, Copy)]
@@ -103,9 +126,12 @@ enum Mode {
     Local(LocalReplyKind),
 }
 
+/// A request the relay saw: kind, wire format, metadata.
+type Seen = (MessageKind, WireFormat, Vec<(String, String)>);
+
 #[derive(Default, Debug)]
 struct Stats {
-    requests: Vec<(MessageKind, WireFormat, Vec<(String, String)>)>,
+    requests: Vec<Seen>,
     statuses: Vec<ResponseStatus>,
     errors: Vec<String>,
 }
@@ -138,7 +164,12 @@ fn start_relay(upstream: Option<String>, opts: CodecOptions, mode: Mode) -> Rela
 }
 
 fn codec(side: Side, opts: &CodecOptions, wire: Option<WireFormat>) -> Box<dyn Codec> {
-    let ctx = CodecContext { side, options: opts, max_frame_size: DEFAULT_MAX_FRAME_SIZE, wire };
+    let ctx = CodecContext {
+        side,
+        options: opts,
+        max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+        wire,
+    };
     let f = ThriftCodecFactory::new();
     f.validate(opts).unwrap();
     f.new_codec(&ctx).unwrap()
@@ -171,21 +202,34 @@ fn relay_connection(
                     stats.lock().unwrap().errors.push(e.to_string());
                     if let Some(ctx) = e.reply {
                         let mut out = BytesMut::new();
-                        let reply = LocalReply::new(LocalReplyKind::BadRequest, "metaproxy: bad request");
+                        let reply =
+                            LocalReply::new(LocalReplyKind::BadRequest, "metaproxy: bad request");
                         down.encode_local_reply(&ctx, &reply, &mut out).unwrap();
                         let _ = client.write_all(&out);
                     }
                     break 'conn;
                 }
             };
-            let meta = msg.metadata().iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
-            stats.lock().unwrap().requests.push((msg.kind(), msg.wire(), meta));
+            let meta = msg
+                .metadata()
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            stats
+                .lock()
+                .unwrap()
+                .requests
+                .push((msg.kind(), msg.wire(), meta));
             match mode {
                 Mode::Local(kind) => {
                     let mut out = BytesMut::new();
                     let text = format!("metaproxy relay: {}", kind.as_str());
-                    down.encode_local_reply(&msg.reply_context(), &LocalReply::new(kind, &text), &mut out)
-                        .unwrap();
+                    down.encode_local_reply(
+                        &msg.reply_context(),
+                        &LocalReply::new(kind, &text),
+                        &mut out,
+                    )
+                    .unwrap();
                     client.write_all(&out).unwrap();
                 }
                 Mode::Forward { mutate } => {
@@ -193,8 +237,11 @@ fn relay_connection(
                         let s = TcpStream::connect(upstream.as_deref().unwrap()).unwrap();
                         let reader = s.try_clone().unwrap();
                         let to_client = client.try_clone().unwrap();
-                        let (wire, opts2, ids2, st2) = (msg.wire(), opts.clone(), ids.clone(), stats.clone());
-                        thread::spawn(move || relay_replies(reader, to_client, wire, opts2, ids2, st2));
+                        let (wire, opts2, ids2, st2) =
+                            (msg.wire(), opts.clone(), ids.clone(), stats.clone());
+                        thread::spawn(move || {
+                            relay_replies(reader, to_client, wire, opts2, ids2, st2)
+                        });
                         up = Some((s, codec(Side::Upstream, &opts, Some(msg.wire()))));
                     }
                     let (sock, enc) = up.as_mut().unwrap();
@@ -247,9 +294,17 @@ fn relay_replies(
             }
         } {
             assert_eq!(msg.kind(), MessageKind::Response);
-            assert_eq!(msg.wire(), wire, "replies come back in the request's wire format");
+            assert_eq!(
+                msg.wire(),
+                wire,
+                "replies come back in the request's wire format"
+            );
             let Some(orig) = ids.lock().unwrap().remove(&msg.request_id()) else {
-                stats.lock().unwrap().errors.push(format!("reply to unknown id {}", msg.request_id()));
+                stats
+                    .lock()
+                    .unwrap()
+                    .errors
+                    .push(format!("reply to unknown id {}", msg.request_id()));
                 return;
             };
             stats.lock().unwrap().statuses.push(msg.status());
@@ -275,7 +330,10 @@ fn without_headers(lines: &[Value]) -> Vec<Value> {
 }
 
 fn by_call<'a>(lines: &'a [Value], call: &str) -> &'a Value {
-    lines.iter().find(|l| l["call"] == call).unwrap_or_else(|| panic!("no {call} in {lines:?}"))
+    lines
+        .iter()
+        .find(|l| l["call"] == call)
+        .unwrap_or_else(|| panic!("no {call} in {lines:?}"))
 }
 
 #[test]
@@ -286,7 +344,10 @@ fn python_client_and_server_through_our_codec() {
             let header_args: &[&str] = &["--header", "tenant=acme", "--header", "trace=t-1"];
             let direct = run_client(t, p, &server.addr, header_args);
             assert_eq!(direct.len(), 6, "{direct:?}");
-            for (opts, mutate) in [(options(None, None), t == Transport::Header), (options(Some(t), Some(p)), false)] {
+            for (opts, mutate) in [
+                (options(None, None), t == Transport::Header),
+                (options(Some(t), Some(p)), false),
+            ] {
                 let relay = start_relay(Some(server.addr.clone()), opts, Mode::Forward { mutate });
                 let via = run_client(t, p, &relay.addr, header_args);
                 let ctx = format!("{t:?}/{p:?} mutate={mutate}");
@@ -295,10 +356,18 @@ fn python_client_and_server_through_our_codec() {
                 assert_eq!(by_call(&via, "put")["result"]["leaves"], 200, "{ctx}");
                 assert_eq!(by_call(&via, "put")["result"]["name"], "root!!", "{ctx}");
                 assert_eq!(by_call(&via, "missing")["error"], "NotFound", "{ctx}");
-                assert_eq!(by_call(&via, "note")["result"], "hello from python", "{ctx}");
+                assert_eq!(
+                    by_call(&via, "note")["result"],
+                    "hello from python",
+                    "{ctx}"
+                );
                 assert_eq!(by_call(&via, "boom")["type"], 6, "{ctx}");
                 assert_eq!(by_call(&via, "add")["result"], 5, "{ctx}");
-                assert_eq!(by_call(&via, "store_mux")["result"]["name"], "mux!", "{ctx}");
+                assert_eq!(
+                    by_call(&via, "store_mux")["result"]["name"],
+                    "mux!",
+                    "{ctx}"
+                );
                 if t == Transport::Header {
                     let headers = &by_call(&via, "add")["headers"];
                     if mutate {
@@ -313,21 +382,47 @@ fn python_client_and_server_through_our_codec() {
                 assert!(stats.errors.is_empty(), "{ctx}: {:?}", stats.errors);
                 // put, put(missing), note (one-way), lastNote, boom, add, Store:put
                 assert_eq!(stats.requests.len(), 7, "{ctx}");
-                assert!(stats.requests.iter().all(|(_, w, _)| *w == wire_format(t, p)), "{ctx}");
-                let oneways = stats.requests.iter().filter(|(k, _, _)| *k == MessageKind::OneWay).count();
+                assert!(
+                    stats
+                        .requests
+                        .iter()
+                        .all(|(_, w, _)| *w == wire_format(t, p)),
+                    "{ctx}"
+                );
+                let oneways = stats
+                    .requests
+                    .iter()
+                    .filter(|(k, _, _)| *k == MessageKind::OneWay)
+                    .count();
                 assert_eq!(oneways, 1, "{ctx}");
                 let meta = |i: usize, k: &str| {
-                    stats.requests[i].2.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone())
+                    stats.requests[i]
+                        .2
+                        .iter()
+                        .find(|(kk, _)| kk == k)
+                        .map(|(_, v)| v.clone())
                 };
                 assert_eq!(meta(5, "method").as_deref(), Some("add"), "{ctx}");
                 assert_eq!(meta(5, "service").as_deref(), Some("Calc"), "{ctx}");
                 assert_eq!(meta(0, "method").as_deref(), Some("put"), "{ctx}");
                 assert_eq!(meta(0, "service"), None, "{ctx}");
                 let tenant = meta(0, "tenant");
-                assert_eq!(tenant.as_deref(), (t == Transport::Header).then_some("acme"), "{ctx}");
+                assert_eq!(
+                    tenant.as_deref(),
+                    (t == Transport::Header).then_some("acme"),
+                    "{ctx}"
+                );
                 let count = |s: ResponseStatus| stats.statuses.iter().filter(|x| **x == s).count();
-                assert_eq!(count(ResponseStatus::Exception), 1, "{ctx}: missing -> NotFound");
-                assert_eq!(count(ResponseStatus::Error), 1, "{ctx}: boom -> TApplicationException");
+                assert_eq!(
+                    count(ResponseStatus::Exception),
+                    1,
+                    "{ctx}: missing -> NotFound"
+                );
+                assert_eq!(
+                    count(ResponseStatus::Error),
+                    1,
+                    "{ctx}: boom -> TApplicationException"
+                );
                 assert_eq!(count(ResponseStatus::Ok), 4, "{ctx}");
             }
         }
@@ -364,11 +459,24 @@ fn python_clients_understand_our_local_replies() {
 #[test]
 fn zlib_transform_is_refused_with_a_protocol_error() {
     for p in Protocol::ALL {
-        let relay = start_relay(Some("127.0.0.1:9".into()), options(None, None), Mode::Forward { mutate: false });
-        let lines = run_client(Transport::Header, p, &relay.addr, &["--calls", "add", "--zlib"]);
+        let relay = start_relay(
+            Some("127.0.0.1:9".into()),
+            options(None, None),
+            Mode::Forward { mutate: false },
+        );
+        let lines = run_client(
+            Transport::Header,
+            p,
+            &relay.addr,
+            &["--calls", "add", "--zlib"],
+        );
         assert_eq!(lines[0]["error"], "TApplicationException", "{lines:?}");
         assert_eq!(lines[0]["type"], 7, "{lines:?}");
         let stats = relay.stats.lock().unwrap();
-        assert!(stats.errors.iter().any(|e| e.contains("zlib")), "{:?}", stats.errors);
+        assert!(
+            stats.errors.iter().any(|e| e.contains("zlib")),
+            "{:?}",
+            stats.errors
+        );
     }
 }

@@ -24,7 +24,11 @@ fn codecs() -> Vec<ThriftCodec> {
 }
 
 fn rs_proto() -> impl Strategy<Value = RsProto> {
-    prop_oneof![Just(RsProto::BinaryStrict), Just(RsProto::BinaryOld), Just(RsProto::Compact)]
+    prop_oneof![
+        Just(RsProto::BinaryStrict),
+        Just(RsProto::BinaryOld),
+        Just(RsProto::Compact)
+    ]
 }
 
 fn our_frame() -> impl Strategy<Value = Vec<u8>> {
@@ -38,10 +42,22 @@ fn our_frame() -> impl Strategy<Value = Vec<u8>> {
     )
         .prop_map(|(t, compact, name, seqid, headers, payload)| {
             let t = Transport::ALL[t];
-            let p = if compact { Protocol::Compact } else { Protocol::Binary };
-            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let p = if compact {
+                Protocol::Compact
+            } else {
+                Protocol::Binary
+            };
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             let mut b = BytesMut::new();
-            frames::write_call(&FrameSpec::new(t, p, &name, seqid).with_headers(&h), &payload, &mut b).unwrap();
+            frames::write_call(
+                &FrameSpec::new(t, p, &name, seqid).with_headers(&h),
+                &payload,
+                &mut b,
+            )
+            .unwrap();
             b.to_vec()
         })
 }
@@ -136,12 +152,19 @@ fn hostile_nesting_hits_the_depth_limit() {
     }
     // Lists of lists, too.
     let mut b = BytesMut::new();
-    frames::write_call(&FrameSpec::new(Transport::Unframed, Protocol::Binary, "m", 1), b"", &mut b).unwrap();
+    frames::write_call(
+        &FrameSpec::new(Transport::Unframed, Protocol::Binary, "m", 1),
+        b"",
+        &mut b,
+    )
+    .unwrap();
     b.truncate(b.len() - 8);
     b.extend_from_slice(&[15, 0, 1]);
     for _ in 0..10_000 {
         b.extend_from_slice(&[15, 0, 0, 0, 1]);
     }
-    let err = ThriftCodec::new(None, None, 1 << 20).decode(&mut b).unwrap_err();
+    let err = ThriftCodec::new(None, None, 1 << 20)
+        .decode(&mut b)
+        .unwrap_err();
     assert_eq!(err.kind, DecodeErrorKind::TooDeep(MAX_DEPTH));
 }

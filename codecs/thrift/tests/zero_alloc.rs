@@ -37,6 +37,12 @@ static GLOBAL: Counting = Counting;
 // One test only: the counter is process-wide.
 #[test]
 fn framed_binary_decode_allocates_nothing() {
+    // The counter works: an allocation is seen.
+    let before = ALLOCS.load(Ordering::SeqCst);
+    let v = std::hint::black_box(Vec::<u8>::with_capacity(64));
+    assert!(ALLOCS.load(Ordering::SeqCst) > before, "the counting allocator counts");
+    drop(v);
+
     for (payload, frames_n) in [(100usize, 1000usize), (4096, 200), (1 << 20, 4)] {
         for name in ["echo", "Store:put"] {
             let spec = FrameSpec::new(Transport::Framed, Protocol::Binary, name, 1);
@@ -45,7 +51,8 @@ fn framed_binary_decode_allocates_nothing() {
             for _ in 0..=frames_n {
                 buf.extend_from_slice(&frame);
             }
-            let mut codec = ThriftCodec::new(Some(Transport::Framed), Some(Protocol::Binary), 16 << 20);
+            let mut codec =
+                ThriftCodec::new(Some(Transport::Framed), Some(Protocol::Binary), 16 << 20);
             let mut decoded = Vec::with_capacity(frames_n);
             // The first split of a fresh BytesMut makes its storage shareable (one
             // allocation per buffer, not per frame).
@@ -57,8 +64,15 @@ fn framed_binary_decode_allocates_nothing() {
             }
             let after = ALLOCS.load(Ordering::SeqCst);
             assert!(buf.is_empty());
-            assert_eq!(after - before, 0, "{payload} B payload, {name}: allocations while decoding");
-            assert_eq!(decoded.last().unwrap().metadata().get("method"), first.metadata().get("method"));
+            assert_eq!(
+                after - before,
+                0,
+                "{payload} B payload, {name}: allocations while decoding"
+            );
+            assert_eq!(
+                decoded.last().unwrap().metadata().get("method"),
+                first.metadata().get("method")
+            );
             let method = name.rsplit(':').next().unwrap();
             assert_eq!(decoded[0].metadata().get("method"), Some(method));
         }

@@ -302,7 +302,10 @@ impl<'a> Reader<'a> {
     fn string_chunk_header(&mut self, c: u8) -> Result<Option<(usize, bool)>> {
         Ok(Some(match c {
             0x00..=0x1f => (usize::from(c), true),
-            0x30..=0x33 => ((usize::from(c - 0x30) << 8) + usize::from(self.byte()?), true),
+            0x30..=0x33 => (
+                (usize::from(c - 0x30) << 8) + usize::from(self.byte()?),
+                true,
+            ),
             code::STRING_FINAL => (self.u16()?, true),
             code::STRING_CHUNK => (self.u16()?, false),
             _ => return Ok(None),
@@ -314,7 +317,11 @@ impl<'a> Reader<'a> {
     #[inline]
     fn scan_units(&mut self, units: usize) -> Result<bool> {
         // Fast path: all ASCII, one byte per unit.
-        if let Some(s) = self.pos.checked_add(units).and_then(|e| self.buf.get(self.pos..e)) {
+        if let Some(s) = self
+            .pos
+            .checked_add(units)
+            .and_then(|e| self.buf.get(self.pos..e))
+        {
             if s.is_ascii() {
                 self.pos += units;
                 return Ok(false);
@@ -339,7 +346,30 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a string's position without materialising it. Errors on null.
+    #[inline]
     pub fn read_str_span(&mut self) -> Result<StrSpan> {
+        // Fast path: a short (one-byte length) or medium (two-byte length) ASCII string.
+        let (start, units) = match self.buf.get(self.pos) {
+            Some(&c @ 0x00..=0x1f) => (self.pos + 1, usize::from(c)),
+            Some(&c @ 0x30..=0x33) => match self.buf.get(self.pos + 1) {
+                Some(&b) => (self.pos + 2, (usize::from(c - 0x30) << 8) | usize::from(b)),
+                None => return Err(HessianError::UnexpectedEnd { at: self.pos + 1 }),
+            },
+            _ => return self.read_str_span_slow(),
+        };
+        if let Some(s) = self.buf.get(start..start + units) {
+            if s.iter().fold(0u8, |a, &b| a | b) < 0x80 {
+                self.pos = start + units;
+                return Ok(StrSpan {
+                    data: start..start + units,
+                    plain: true,
+                });
+            }
+        }
+        self.read_str_span_slow()
+    }
+
+    fn read_str_span_slow(&mut self) -> Result<StrSpan> {
         let at = self.pos;
         let value_start = at;
         let c = self.byte()?;
@@ -377,8 +407,11 @@ impl<'a> Reader<'a> {
         let at = self.pos;
         let span = self.read_str_span()?;
         if span.plain {
-            MetaStr::try_from(self.frame.slice(span.data.clone()))
-                .map_err(|_| HessianError::BadUtf8 { at: span.data.start })
+            MetaStr::try_from(self.frame.slice(span.data.clone())).map_err(|_| {
+                HessianError::BadUtf8 {
+                    at: span.data.start,
+                }
+            })
         } else {
             let mut sub = Reader::with_range(self.frame, at, self.pos);
             let mut out = String::new();
@@ -467,7 +500,10 @@ impl<'a> Reader<'a> {
             let c = self.byte()?;
             let (len, is_final) = match c {
                 0x20..=0x2f => (usize::from(c - 0x20), true),
-                0x34..=0x37 => ((usize::from(c - 0x34) << 8) + usize::from(self.byte()?), true),
+                0x34..=0x37 => (
+                    (usize::from(c - 0x34) << 8) + usize::from(self.byte()?),
+                    true,
+                ),
                 code::BINARY_FINAL => (self.u16()?, true),
                 code::BINARY_CHUNK => (self.u16()?, false),
                 _ => return Err(self.unexpected(c, at, "a binary")),
@@ -700,6 +736,37 @@ impl<'a> Reader<'a> {
                 Some(_) => entry(self, self.pos)?,
                 None => return Err(self.eof()),
             }
+        }
+    }
+
+    /// Like [`Reader::read_string_or_skip`], but a plain string for which `intern`
+    /// returns a shared value (a well-known key) is not sliced from the frame.
+    #[inline]
+    pub fn read_string_interned(
+        &mut self,
+        intern: impl FnOnce(&[u8]) -> Option<MetaStr>,
+    ) -> Result<Option<MetaStr>> {
+        match self.peek() {
+            Some(0x00..=0x1f | 0x30..=0x33 | code::STRING_FINAL | code::STRING_CHUNK) => {
+                let at = self.pos;
+                let span = self.read_str_span()?;
+                if span.plain {
+                    if let Some(m) = intern(&self.buf[span.data.clone()]) {
+                        return Ok(Some(m));
+                    }
+                    MetaStr::try_from(self.frame.slice(span.data.clone()))
+                        .map(Some)
+                        .map_err(|_| HessianError::BadUtf8 {
+                            at: span.data.start,
+                        })
+                } else {
+                    let mut sub = Reader::with_range(self.frame, at, self.pos);
+                    let mut out = String::new();
+                    sub.decode_string_into(&mut out)?;
+                    Ok(Some(MetaStr::from(out)))
+                }
+            }
+            _ => self.skip_value().map(|_| None),
         }
     }
 
@@ -950,7 +1017,13 @@ mod tests {
 
     #[test]
     fn truncated_values_error() {
-        for s in [&b"S\x00\x05abc"[..], b"I\0\0", b"H\x01a", b"R\x00\x01a", b"A\x00\x01x"] {
+        for s in [
+            &b"S\x00\x05abc"[..],
+            b"I\0\0",
+            b"H\x01a",
+            b"R\x00\x01a",
+            b"A\x00\x01x",
+        ] {
             let b = Bytes::copy_from_slice(s);
             assert!(matches!(
                 Reader::new(&b).skip_value(),
@@ -966,6 +1039,9 @@ mod tests {
         Reader::new(&b)
             .read_string_map(|k, v| got.push((k.to_string(), v.to_string())))
             .unwrap();
-        assert_eq!(got, [("a", "b"), ("ee", "f")].map(|(a, b)| (a.to_string(), b.to_string())));
+        assert_eq!(
+            got,
+            [("a", "b"), ("ee", "f")].map(|(a, b)| (a.to_string(), b.to_string()))
+        );
     }
 }

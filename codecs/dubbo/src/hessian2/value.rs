@@ -92,7 +92,10 @@ mod tests {
     fn map_lookup_finds_string_keys() {
         let m = Value::Map {
             ty: None,
-            entries: vec![(Value::Int(1), Value::Null), (Value::str("k"), Value::Bool(true))],
+            entries: vec![
+                (Value::Int(1), Value::Null),
+                (Value::str("k"), Value::Bool(true)),
+            ],
         };
         assert_eq!(m.get("k"), Some(&Value::Bool(true)));
         assert_eq!(m.get("x"), None);

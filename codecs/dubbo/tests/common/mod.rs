@@ -15,7 +15,10 @@ pub fn codec() -> DubboCodec {
 /// Decodes one whole frame, panicking (test failure) on anything else.
 pub fn decode_one(frame: &[u8]) -> Message {
     let mut buf = BytesMut::from(frame);
-    let msg = codec().decode(&mut buf).expect("decodes").expect("whole frame");
+    let msg = codec()
+        .decode(&mut buf)
+        .expect("decodes")
+        .expect("whole frame");
     assert!(buf.is_empty(), "frame fully consumed");
     msg
 }

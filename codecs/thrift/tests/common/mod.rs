@@ -4,8 +4,9 @@
 
 use proptest::prelude::*;
 use thrift::protocol::{
-    TBinaryOutputProtocol, TCompactOutputProtocol, TFieldIdentifier, TListIdentifier, TMapIdentifier,
-    TMessageIdentifier, TMessageType, TOutputProtocol, TSetIdentifier, TStructIdentifier, TType,
+    TBinaryOutputProtocol, TCompactOutputProtocol, TFieldIdentifier, TListIdentifier,
+    TMapIdentifier, TMessageIdentifier, TMessageType, TOutputProtocol, TSetIdentifier,
+    TStructIdentifier, TType,
 };
 use thrift::transport::{TBufferedWriteTransport, TFramedWriteTransport};
 
@@ -89,7 +90,9 @@ pub fn value_of(t: &Ty) -> BoxedStrategy<V> {
         Ty::I32 => any::<i32>().prop_map(V::I32).boxed(),
         Ty::I64 => any::<i64>().prop_map(V::I64).boxed(),
         Ty::Double => any::<f64>().prop_map(V::Double).boxed(),
-        Ty::Binary => prop::collection::vec(any::<u8>(), 0..40).prop_map(V::Binary).boxed(),
+        Ty::Binary => prop::collection::vec(any::<u8>(), 0..40)
+            .prop_map(V::Binary)
+            .boxed(),
         Ty::Uuid => any::<[u8; 16]>().prop_map(V::Uuid).boxed(),
         Ty::Struct(fields) => {
             let parts: Vec<BoxedStrategy<(i16, V)>> = fields
@@ -103,11 +106,15 @@ pub fn value_of(t: &Ty) -> BoxedStrategy<V> {
         }
         Ty::List(e) => {
             let e2 = (**e).clone();
-            prop::collection::vec(value_of(e), 0..5).prop_map(move |v| V::List(e2.clone(), v)).boxed()
+            prop::collection::vec(value_of(e), 0..5)
+                .prop_map(move |v| V::List(e2.clone(), v))
+                .boxed()
         }
         Ty::Set(e) => {
             let e2 = (**e).clone();
-            prop::collection::vec(value_of(e), 0..5).prop_map(move |v| V::Set(e2.clone(), v)).boxed()
+            prop::collection::vec(value_of(e), 0..5)
+                .prop_map(move |v| V::Set(e2.clone(), v))
+                .boxed()
         }
         Ty::Map(k, v) => {
             let (k2, v2) = ((**k).clone(), (**v).clone());
@@ -149,7 +156,8 @@ fn v_ttype(v: &V) -> TType {
 pub fn write_struct(o: &mut dyn TOutputProtocol, fields: &[(i16, V)]) {
     o.write_struct_begin(&TStructIdentifier::new("S")).unwrap();
     for (id, v) in fields {
-        o.write_field_begin(&TFieldIdentifier::new("f", v_ttype(v), *id)).unwrap();
+        o.write_field_begin(&TFieldIdentifier::new("f", v_ttype(v), *id))
+            .unwrap();
         write_value(o, v);
         o.write_field_end().unwrap();
     }
@@ -169,17 +177,24 @@ pub fn write_value(o: &mut dyn TOutputProtocol, v: &V) {
         V::Uuid(u) => o.write_uuid(&uuid::Uuid::from_bytes(*u)).unwrap(),
         V::Struct(f) => write_struct(o, f),
         V::List(t, items) => {
-            o.write_list_begin(&TListIdentifier::new(ttype(t), items.len() as i32)).unwrap();
+            o.write_list_begin(&TListIdentifier::new(ttype(t), items.len() as i32))
+                .unwrap();
             items.iter().for_each(|i| write_value(o, i));
             o.write_list_end().unwrap();
         }
         V::Set(t, items) => {
-            o.write_set_begin(&TSetIdentifier::new(ttype(t), items.len() as i32)).unwrap();
+            o.write_set_begin(&TSetIdentifier::new(ttype(t), items.len() as i32))
+                .unwrap();
             items.iter().for_each(|i| write_value(o, i));
             o.write_set_end().unwrap();
         }
         V::Map(kt, vt, items) => {
-            o.write_map_begin(&TMapIdentifier::new(Some(ttype(kt)), Some(ttype(vt)), items.len() as i32)).unwrap();
+            o.write_map_begin(&TMapIdentifier::new(
+                Some(ttype(kt)),
+                Some(ttype(vt)),
+                items.len() as i32,
+            ))
+            .unwrap();
             for (k, v) in items {
                 write_value(o, k);
                 write_value(o, v);
@@ -221,7 +236,8 @@ pub fn rs_message(
             RsProto::BinaryOld => Box::new(TBinaryOutputProtocol::new(transport, false)),
             RsProto::Compact => Box::new(TCompactOutputProtocol::new(transport)),
         };
-        o.write_message_begin(&TMessageIdentifier::new(name, mtype, seqid)).unwrap();
+        o.write_message_begin(&TMessageIdentifier::new(name, mtype, seqid))
+            .unwrap();
         write_struct(&mut *o, args);
         o.write_message_end().unwrap();
         o.flush().unwrap();

@@ -1,0 +1,127 @@
+//! The invariants checked on every input by the cargo-fuzz target
+//! (`fuzz/fuzz_targets/decode.rs`) and by the stable-Rust randomized harness
+//! (`tests/fuzz_stable.rs`). Shared by `#[path]` inclusion.
+//!
+//! The first input byte picks the configuration (transport, protocol, a tiny or a
+//! normal max_frame_size); the rest is the connection's bytes. For every decoded
+//! message: it re-encodes with a new sequence id and a mutation and decodes again to
+//! the same message; an echo reply and a local reply decode as responses to it.
+
+use bytes::BytesMut;
+use meta_protocol::{Codec, LocalReply, LocalReplyKind, MessageKind, ResponseStatus};
+use metaproxy_thrift::frames;
+use metaproxy_thrift::{split_wire, Protocol, ThriftCodec, Transport};
+
+/// Runs every check on one input; panics on a violated invariant. Returns how many
+/// messages were decoded (and checked).
+pub fn check(data: &[u8]) -> usize {
+    let Some((&sel, rest)) = data.split_first() else {
+        return 0;
+    };
+    let transport = match sel & 3 {
+        0 => None,
+        1 => Some(Transport::Framed),
+        2 => Some(Transport::Unframed),
+        _ => Some(Transport::Header),
+    };
+    let protocol = match (sel >> 2) & 3 {
+        1 => Some(Protocol::Binary),
+        2 => Some(Protocol::Compact),
+        _ => None,
+    };
+    let max = if sel & 0x10 != 0 { 48 } else { 1 << 20 };
+    let mut codec = ThriftCodec::new(transport, protocol, max);
+    let mut buf = BytesMut::from(rest);
+    // Feed in two steps when asked: what is undecidable on a prefix must wait.
+    let split = if sel & 0x20 != 0 {
+        rest.len() / 2
+    } else {
+        rest.len()
+    };
+    let mut pending = buf.split_off(split);
+    let mut decoded = 0;
+    for _ in 0..64 {
+        let before = buf.len();
+        match codec.decode(&mut buf) {
+            Ok(Some(msg)) => {
+                assert!(buf.len() < before, "a decoded message consumed bytes");
+                assert_eq!(msg.frame().len(), before - buf.len());
+                check_message(&mut codec, &msg);
+                decoded += 1;
+            }
+            Ok(None) if !pending.is_empty() => buf.unsplit(std::mem::take(&mut pending)),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    decoded
+}
+
+fn check_message(codec: &mut ThriftCodec, msg: &meta_protocol::Message) {
+    let (t, p) = split_wire(msg.wire()).expect("decoded messages carry a thrift wire format");
+    let fresh = || ThriftCodec::new(Some(t), Some(p), 1 << 24);
+
+    // Re-encode with a new id (longer compact varint) and a mutation.
+    let mut m2 = msg.clone();
+    m2.set_request_id(0x7fff_fff0);
+    m2.push_mutation("fuzz-key".into(), "fuzz-value".into());
+    let mut out = BytesMut::new();
+    codec
+        .encode(&m2, &mut out)
+        .expect("a decoded message re-encodes");
+    let back = fresh()
+        .decode(&mut out)
+        .expect("re-encoded decodes")
+        .expect("whole frame");
+    assert!(out.is_empty(), "re-encoded frame decodes to its end");
+    assert_eq!(back.request_id(), 0x7fff_fff0);
+    assert_eq!(back.kind(), msg.kind());
+    assert_eq!(back.name(), msg.name());
+    assert_eq!(back.wire(), msg.wire());
+    assert_eq!(back.status(), msg.status());
+    assert_eq!(back.metadata().get("method"), msg.metadata().get("method"));
+    assert_eq!(
+        back.metadata().get("service"),
+        msg.metadata().get("service")
+    );
+    if t == Transport::Header {
+        assert_eq!(back.metadata().get("fuzz-key"), Some("fuzz-value"));
+    }
+
+    // Helpers never panic; an echo reply answers the call.
+    let _ = frames::read_reply(msg);
+    let _ = frames::call_payload(msg);
+    let mut echo = BytesMut::new();
+    if let Ok(true) = frames::echo_reply(msg, &mut echo) {
+        let r = fresh()
+            .decode(&mut echo)
+            .expect("echo decodes")
+            .expect("whole echo");
+        assert_eq!(
+            (r.kind(), r.request_id()),
+            (MessageKind::Response, msg.request_id())
+        );
+    }
+
+    // Local replies answer calls in their own format.
+    let mut local = BytesMut::new();
+    codec
+        .encode_local_reply(
+            &msg.reply_context(),
+            &LocalReply::new(LocalReplyKind::Timeout, "t"),
+            &mut local,
+        )
+        .expect("local reply encodes");
+    if msg.kind() == MessageKind::OneWay {
+        assert!(local.is_empty(), "one-way calls are never answered");
+    } else {
+        let r = fresh()
+            .decode(&mut local)
+            .expect("local reply decodes")
+            .expect("whole reply");
+        assert_eq!(
+            (r.kind(), r.status()),
+            (MessageKind::Response, ResponseStatus::Error)
+        );
+        assert_eq!((r.request_id(), r.name()), (msg.request_id(), msg.name()));
+    }
+}
