@@ -287,8 +287,11 @@ impl ServerHandle {
     pub async fn reload(&self) -> Result<ReloadOutcome, String> {
         let r = self.shared.reload_file().await;
         match &r {
-            Ok(outcome) => tracing::info!("{outcome}"),
-            Err(e) => tracing::error!("config reload rejected; the old config keeps serving: {e}"),
+            Ok(outcome) => tracing::info!("{}", outcome.to_string().replace('\n', "; ")),
+            Err(e) => tracing::error!(
+                "config reload rejected; the old config keeps serving: {}",
+                e.lines().map(str::trim).collect::<Vec<_>>().join("; ")
+            ),
         }
         r
     }

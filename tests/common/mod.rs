@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: kv backends and clients on loopback.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,0 +1,172 @@
+//! The `metaproxy` binary: `check` diagnostics, and `run` end to end with a Dubbo
+//! backend, SIGHUP reload and SIGTERM drain.
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::binary::{backend_name, call, start_proxy};
+
+use common::binary::bin;
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("metaproxy-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn check(text: &str, name: &str) -> (i32, String, String) {
+    let path = temp_file(name, text);
+    let out = bin().args(["check", "--config"]).arg(&path).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const VALID: &str = r#"
+listeners:
+  - {name: dubbo-in, address: "127.0.0.1:20880", codec: dubbo, route_config: r}
+  - {name: thrift-in, address: "127.0.0.1:9090", codec: thrift, options: {transport: framed}, route_config: r}
+route_configs:
+  - name: r
+    routes:
+      - name: beta
+        match: {metadata: [{key: user, present: true}]}
+        route: {cluster: v2}
+        request_mutation: [{key: x-route, value: beta}]
+      - route: {weighted_clusters: [{cluster: v1, weight: 90}, {cluster: v2, weight: 10}]}
+clusters:
+  - {name: v1, endpoints: ["127.0.0.1:20881"]}
+  - {name: v2, endpoints: [{address: "127.0.0.1:20882", weight: 3}]}
+"#;
+
+#[test]
+fn check_accepts_a_valid_config_and_summarises_it() {
+    let (code, out, err) = check(VALID, "valid.yaml");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("listeners: 2"), "{out}");
+    assert!(out.contains("clusters: 2"), "{out}");
+    assert!(out.contains("(2 routes)"), "{out}");
+    // The framed thrift listener cannot carry the beta route's mutation.
+    assert!(out.contains("warning: route_configs[0].routes[0]"), "{out}");
+}
+
+#[test]
+fn check_reports_every_semantic_problem_with_its_path() {
+    let bad = VALID
+        .replace("weight: 90}, {cluster: v2, weight: 10}", "weight: 0}, {cluster: v2, weight: 0}")
+        .replace("route: {cluster: v2}", "route: {cluster: v3}");
+    let (code, _out, err) = check(&bad, "semantic.yaml");
+    assert_eq!(code, 1);
+    assert!(err.contains("semantic.yaml"), "{err}");
+    assert!(err.contains("route_configs[0].routes[1].route.weighted_clusters: total weight is 0"), "{err}");
+    assert!(err.contains("route_configs[0].routes[0].route.cluster: no cluster named \"v3\""), "{err}");
+}
+
+#[test]
+fn check_rejects_unknown_fields_and_bad_yaml_with_positions() {
+    let (code, _, err) = check(&VALID.replace("codec: dubbo,", "codec: dubbo, colour: red,"), "unknown.yaml");
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown.yaml") && err.contains("colour"), "{err}");
+    let (code, _, err) = check("listeners:\n  - name: [unclosed\n", "syntax.yaml");
+    assert_ne!(code, 0);
+    assert!(err.contains("syntax.yaml") && err.contains('2'), "{err}");
+}
+
+#[test]
+fn every_example_config_passes_check() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let out = bin().args(["check", "--config"]).arg(&path).output().unwrap();
+            assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "expected example configs in {}", dir.display());
+}
+
+#[test]
+fn run_serves_reloads_on_sighup_and_drains_on_sigterm() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (v1, v2) = rt.block_on(async {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let v1 = metaproxy::backend::spawn(any, metaproxy::backend::dubbo_factory(), Default::default(), metaproxy::backend::dubbo_echo("v1")).await.unwrap();
+        let v2 = metaproxy::backend::spawn(any, metaproxy::backend::dubbo_factory(), Default::default(), metaproxy::backend::dubbo_echo("v2")).await.unwrap();
+        (v1, v2)
+    });
+    let config = |cluster: &str| {
+        format!(
+            r#"
+hot_restart: {{drain_timeout: 5s}}
+listeners:
+  - {{name: dubbo-in, address: "127.0.0.1:0", codec: dubbo, route_config: r}}
+route_configs:
+  - name: r
+    routes:
+      - match: {{metadata: [{{key: interface, exact: com.example.Greeter}}]}}
+        route: {{cluster: {cluster}}}
+clusters:
+  - {{name: v1, endpoints: ["{}"]}}
+  - {{name: v2, endpoints: ["{}"]}}
+"#,
+            v1.addr(),
+            v2.addr()
+        )
+    };
+    let path = temp_file("run.yaml", &config("v1"));
+    let (mut proxy, addr, logs) = start_proxy(&path);
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (status, att) = call(&mut s, 1, "com.example.Greeter");
+    assert_eq!(status, 20);
+    assert_eq!(backend_name(&att), Some("v1"));
+    let (status, _) = call(&mut s, 2, "com.example.Unknown");
+    assert_eq!(status, 60, "no route is SERVICE_NOT_FOUND");
+
+    // SIGHUP with a broken file: rejected, old config keeps serving.
+    std::fs::write(&path, config("v1").replace("cluster: v1}", "cluster: nope}")).unwrap();
+    let pid = proxy.0.id().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = logs.recv_timeout(deadline - Instant::now()).expect("no reload log");
+        if line.contains("reload rejected") {
+            assert!(line.contains("no cluster named"), "{line}");
+            break;
+        }
+    }
+    assert_eq!(backend_name(&call(&mut s, 3, "com.example.Greeter").1), Some("v1"));
+
+    // SIGHUP with a good file: new requests go to v2 on the same connection.
+    std::fs::write(&path, config("v2")).unwrap();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    loop {
+        let line = logs.recv_timeout(deadline - Instant::now()).expect("no reload log");
+        if line.contains("config reloaded") {
+            break;
+        }
+    }
+    assert_eq!(backend_name(&call(&mut s, 4, "com.example.Greeter").1), Some("v2"));
+
+    // SIGTERM: drains and exits 0.
+    drop(s);
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = proxy.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "proxy did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
