@@ -76,12 +76,12 @@ impl Drop for Backend {
 
 /// The Dubbo codec factory.
 pub fn dubbo_factory() -> Arc<dyn CodecFactory> {
-    Arc::new(metaproxy_dubbo::DubboCodecFactory::default())
+    Arc::new(metaproxy_dubbo::DubboCodecFactory)
 }
 
 /// The Thrift codec factory (auto-detects transport and protocol per connection).
 pub fn thrift_factory() -> Arc<dyn CodecFactory> {
-    Arc::new(metaproxy_thrift::ThriftCodecFactory::default())
+    Arc::new(metaproxy_thrift::ThriftCodecFactory)
 }
 
 /// Dubbo echo: answers with the first argument and the request's attachments plus
@@ -147,7 +147,9 @@ async fn serve(
         max_frame_size: meta_protocol::DEFAULT_MAX_FRAME_SIZE,
         wire: None,
     };
-    let Ok(mut codec) = factory.new_codec(&ctx) else { return };
+    let Ok(mut codec) = factory.new_codec(&ctx) else {
+        return;
+    };
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
     let mut wbuf = BytesMut::with_capacity(64 * 1024);
     loop {

@@ -6,7 +6,7 @@ use meta_protocol::CodecRegistry;
 /// their own with [`CodecRegistry::register`].
 pub fn default_registry() -> CodecRegistry {
     let mut registry = CodecRegistry::new();
-    registry.register(std::sync::Arc::new(metaproxy_dubbo::DubboCodecFactory::default()));
-    registry.register(std::sync::Arc::new(metaproxy_thrift::ThriftCodecFactory::default()));
+    registry.register(std::sync::Arc::new(metaproxy_dubbo::DubboCodecFactory));
+    registry.register(std::sync::Arc::new(metaproxy_thrift::ThriftCodecFactory));
     registry
 }

@@ -6,8 +6,8 @@
 //! (read without a lock), the clusters' atomic counters and the upstream channels.
 
 use std::io;
-use std::sync::Arc;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
@@ -34,6 +34,10 @@ use crate::upstream::{DownstreamEvent, Outbound, PoolKey, ReplyTo};
 const SENTINEL: u64 = u64::MAX;
 /// How far ahead the sentinel lies.
 const SENTINEL_DELAY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// While draining, a connection with nothing in flight that stays quiet this long is
+/// closed (requests already sent by the client are read and answered first).
+const DRAIN_QUIET: Duration = Duration::from_millis(250);
 
 /// Read buffer reservation.
 const READ_CHUNK: usize = 16 * 1024;
@@ -154,7 +158,11 @@ impl Downstream {
         let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
         let mut reading = true;
         let mut draining = *drain.borrow();
-        let idle = tokio::time::sleep(self.idle_timeout);
+        let idle = tokio::time::sleep(if draining {
+            DRAIN_QUIET
+        } else {
+            self.idle_timeout
+        });
         tokio::pin!(idle);
         loop {
             if self.closing && self.inflight.is_empty() && self.wbuf.is_empty() {
@@ -183,24 +191,26 @@ impl Downstream {
                     match stream.try_read_buf(&mut rbuf) {
                         Ok(0) => { reading = false; self.closing = true; }
                         Ok(_) => {
-                            idle.as_mut().reset(Instant::now() + self.idle_timeout);
+                            let quiet = if draining { DRAIN_QUIET } else { self.idle_timeout };
+                            idle.as_mut().reset(Instant::now() + quiet);
                             self.decode_all(&mut rbuf);
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(_) => return,
                     }
                 }
-                _ = &mut idle, if self.inflight.is_empty() => {
-                    tracing::debug!(listener = %self.ctx.name, "closing idle connection");
+                _ = &mut idle, if self.inflight.is_empty() && self.wbuf.is_empty() => {
+                    tracing::debug!(listener = %self.ctx.name, draining, "closing idle connection");
                     return;
                 }
                 changed = drain.changed(), if !draining => {
                     draining = true;
                     if changed.is_ok() {
-                        // Tell the client to move where the protocol can say so, then
-                        // close once the requests in flight are answered.
+                        // Tell the client to move where the protocol can say so; keep
+                        // answering what it already sent, and close once the connection
+                        // has been quiet with nothing in flight.
                         let _ = self.codec.encode_go_away(&mut self.wbuf);
-                        self.closing = true;
+                        idle.as_mut().reset(Instant::now() + DRAIN_QUIET);
                     }
                 }
             }
@@ -267,8 +277,16 @@ impl Downstream {
         self.access(log, AccessStatus::Local(kind), endpoint, bytes);
     }
 
-    fn access(&self, log: Option<LogStart>, status: AccessStatus, endpoint: Option<SocketAddr>, bytes_out: usize) {
-        let (Some(logger), Some(start)) = (&self.ctx.access_log, log) else { return };
+    fn access(
+        &self,
+        log: Option<LogStart>,
+        status: AccessStatus,
+        endpoint: Option<SocketAddr>,
+        bytes_out: usize,
+    ) {
+        let (Some(logger), Some(start)) = (&self.ctx.access_log, log) else {
+            return;
+        };
         let duration = start.time.elapsed().unwrap_or_default();
         logger.log(AccessLogEntry {
             time: start.time,
@@ -288,11 +306,25 @@ impl Downstream {
         let snapshot = self.ctx.shared.snapshot.load();
         let Some(listener) = snapshot.listener(&self.ctx.name).cloned() else {
             let ctx = msg.reply_context();
-            let log = self.ctx.access_log.as_ref().map(|_| LogStart::new(None, &msg));
-            return self.local_reply_logged(&ctx, LocalReplyKind::NoRoute, "metaproxy: listener has no routes", log, None);
+            let log = self
+                .ctx
+                .access_log
+                .as_ref()
+                .map(|_| LogStart::new(None, &msg));
+            return self.local_reply_logged(
+                &ctx,
+                LocalReplyKind::NoRoute,
+                "metaproxy: listener has no routes",
+                log,
+                None,
+            );
         };
         drop(snapshot);
-        let mut log = self.ctx.access_log.as_ref().map(|_| LogStart::new(Some(&listener), &msg));
+        let mut log = self
+            .ctx
+            .access_log
+            .as_ref()
+            .map(|_| LogStart::new(Some(&listener), &msg));
         let Some(route) = listener.table.route(msg.metadata()) else {
             let ctx = msg.reply_context();
             let text = no_route_message(&msg);
@@ -300,7 +332,7 @@ impl Downstream {
         };
         let route_index = route.index();
         let hash = route.hash_key(msg.metadata());
-        let cluster = route.pick_cluster(&mut self.rng);
+        let cluster = route.pick_cluster_for(hash, &mut self.rng);
         let timeout = route.timeout();
         let attempts = route.retries();
         msg.extend_mutations(route.request_mutations());
@@ -311,8 +343,10 @@ impl Downstream {
         }
         let deadline = Instant::now() + timeout;
 
-        let mirrors: smallvec::SmallVec<[usize; 4]> =
-            route.firing_mirrors(&mut self.rng).map(|m| m.cluster()).collect();
+        let mirrors: smallvec::SmallVec<[usize; 4]> = route
+            .firing_mirrors(&mut self.rng)
+            .map(|m| m.cluster())
+            .collect();
         for mirror in mirrors {
             let target = &listener.clusters[mirror];
             let copy = msg.clone();
@@ -338,8 +372,17 @@ impl Downstream {
         let key = self.inflight.vacant_key();
         self.generation = self.generation.wrapping_add(1);
         let token = (u64::from(self.generation) << 32) | key as u64;
-        let reply_to = ReplyTo { tx: self.tx.clone(), token };
-        match self.send(&listener.clusters[cluster], msg, hash, Some(reply_to), deadline) {
+        let reply_to = ReplyTo {
+            tx: self.tx.clone(),
+            token,
+        };
+        match self.send(
+            &listener.clusters[cluster],
+            msg,
+            hash,
+            Some(reply_to),
+            deadline,
+        ) {
             Ok(endpoint) => {
                 let timer = self.timers.insert_at(token, deadline);
                 self.inflight.insert(InFlight {
@@ -364,8 +407,17 @@ impl Downstream {
                     let mut m = msg;
                     while attempts > 0 {
                         attempts -= 1;
-                        let reply_to = ReplyTo { tx: self.tx.clone(), token };
-                        match self.send(&listener.clusters[cluster], m, hash, Some(reply_to), deadline) {
+                        let reply_to = ReplyTo {
+                            tx: self.tx.clone(),
+                            token,
+                        };
+                        match self.send(
+                            &listener.clusters[cluster],
+                            m,
+                            hash,
+                            Some(reply_to),
+                            deadline,
+                        ) {
                             Ok(endpoint) => {
                                 let timer = self.timers.insert_at(token, deadline);
                                 self.inflight.insert(InFlight {
@@ -394,6 +446,10 @@ impl Downstream {
     }
 
     /// Hands `msg` to a connection of an endpoint of `cluster`.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the error hands the request back for a retry without a heap allocation"
+    )]
     fn send(
         &mut self,
         cluster: &Arc<ClusterRt>,
@@ -404,19 +460,34 @@ impl Downstream {
     ) -> Result<Arc<Endpoint>, NotSent> {
         let two_way = reply.is_some();
         if two_way && !cluster.try_acquire_pending() {
-            return Err(NotSent { msg, kind: LocalReplyKind::Overloaded, reason: "overloaded: too many pending requests" });
+            return Err(NotSent {
+                msg,
+                kind: LocalReplyKind::Overloaded,
+                reason: "overloaded: too many pending requests",
+            });
         }
         let Some(index) = cluster.lb.pick(hash, &mut self.rng, &**cluster) else {
             if two_way {
                 cluster.release_pending();
             }
-            return Err(NotSent { msg, kind: LocalReplyKind::UpstreamFailure, reason: "no healthy endpoint" });
+            return Err(NotSent {
+                msg,
+                kind: LocalReplyKind::UpstreamFailure,
+                reason: "no healthy endpoint",
+            });
         };
         let endpoint = cluster.endpoints[index].clone();
-        let key = PoolKey { protocol: self.ctx.protocol.id, wire: msg.wire() };
+        let key = PoolKey {
+            protocol: self.ctx.protocol.id,
+            wire: msg.wire(),
+        };
         let pool = endpoint.pool(key, &self.ctx.protocol, cluster);
         let conn = pool.pick(&endpoint);
-        match conn.send(Outbound { msg, reply, deadline }) {
+        match conn.send(Outbound {
+            msg,
+            reply,
+            deadline,
+        }) {
             Ok(()) => {
                 if two_way {
                     endpoint.request_started();
@@ -427,7 +498,11 @@ impl Downstream {
                 if two_way {
                     cluster.release_pending();
                 }
-                Err(NotSent { msg: out.msg, kind: LocalReplyKind::UpstreamFailure, reason: "upstream connection unavailable" })
+                Err(NotSent {
+                    msg: out.msg,
+                    kind: LocalReplyKind::UpstreamFailure,
+                    reason: "upstream connection unavailable",
+                })
             }
         }
     }
@@ -444,7 +519,9 @@ impl Downstream {
     fn on_event(&mut self, ev: DownstreamEvent) {
         match ev {
             DownstreamEvent::Response { token, mut msg } => {
-                let Some(mut f) = self.take(token) else { return };
+                let Some(mut f) = self.take(token) else {
+                    return;
+                };
                 self.timers.remove(&f.timer);
                 f.release();
                 let cluster = f.cluster();
@@ -465,12 +542,24 @@ impl Downstream {
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot encode response for client");
                         let text = format!("metaproxy: response could not be forwarded: {e}");
-                        self.local_reply_logged(&f.reply, LocalReplyKind::UpstreamFailure, &text, log, endpoint);
+                        self.local_reply_logged(
+                            &f.reply,
+                            LocalReplyKind::UpstreamFailure,
+                            &text,
+                            log,
+                            endpoint,
+                        );
                     }
                 }
             }
-            DownstreamEvent::Failed { token, unsent, reason } => {
-                let Some(mut f) = self.take(token) else { return };
+            DownstreamEvent::Failed {
+                token,
+                unsent,
+                reason,
+            } => {
+                let Some(mut f) = self.take(token) else {
+                    return;
+                };
                 f.release();
                 let cluster = f.cluster().clone();
                 cluster.record_failure(&f.endpoint);
@@ -478,7 +567,10 @@ impl Downstream {
                     let mut m = msg;
                     while f.attempts_left > 0 {
                         f.attempts_left -= 1;
-                        let reply_to = ReplyTo { tx: self.tx.clone(), token };
+                        let reply_to = ReplyTo {
+                            tx: self.tx.clone(),
+                            token,
+                        };
                         let deadline = self.timers.deadline(&f.timer);
                         match self.send(&cluster, m, f.hash, Some(reply_to), deadline) {
                             Ok(endpoint) => {
@@ -496,7 +588,13 @@ impl Downstream {
                 self.timers.remove(&f.timer);
                 let text = format!("metaproxy: {reason}");
                 let endpoint = Some(f.endpoint.addr);
-                self.local_reply_logged(&f.reply, LocalReplyKind::UpstreamFailure, &text, f.log.take(), endpoint);
+                self.local_reply_logged(
+                    &f.reply,
+                    LocalReplyKind::UpstreamFailure,
+                    &text,
+                    f.log.take(),
+                    endpoint,
+                );
             }
         }
     }
@@ -519,7 +617,13 @@ impl Downstream {
             f.endpoint.address
         );
         let endpoint = Some(f.endpoint.addr);
-        self.local_reply_logged(&f.reply, LocalReplyKind::Timeout, &text, f.log.take(), endpoint);
+        self.local_reply_logged(
+            &f.reply,
+            LocalReplyKind::Timeout,
+            &text,
+            f.log.take(),
+            endpoint,
+        );
     }
 }
 
@@ -532,6 +636,9 @@ fn no_route_message(msg: &Message) -> String {
     if what.is_empty() {
         "metaproxy: no route matched the request".to_owned()
     } else {
-        format!("metaproxy: no route matched the request ({})", what.join(", "))
+        format!(
+            "metaproxy: no route matched the request ({})",
+            what.join(", ")
+        )
     }
 }

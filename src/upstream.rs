@@ -31,6 +31,8 @@ use crate::observe::metrics::ClusterMetrics;
 const MUX_SPREAD_THRESHOLD: u32 = 64;
 /// Read buffer reservation.
 const READ_CHUNK: usize = 16 * 1024;
+/// Stop taking new requests while this much output waits for a backend that does not read.
+const MAX_PENDING_OUTPUT: usize = 4 * 1024 * 1024;
 /// How often expired pending entries are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Pending entries are dropped this long after their deadline.
@@ -145,6 +147,10 @@ impl ConnHandle {
     }
 
     /// Queues `out`; gives it back when the connection is gone.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the error hands the request back for a retry without a heap allocation"
+    )]
     pub(crate) fn send(&self, out: Outbound) -> Result<(), Outbound> {
         self.load.fetch_add(1, Ordering::Relaxed);
         self.tx.send(out).map_err(|e| {
@@ -195,7 +201,11 @@ impl Pool {
     }
 
     pub(crate) fn open_connections(&self) -> usize {
-        self.conns.load().iter().filter(|c| c.alive.load(Ordering::Relaxed)).count()
+        self.conns
+            .load()
+            .iter()
+            .filter(|c| c.alive.load(Ordering::Relaxed))
+            .count()
     }
 
     fn best(conns: &[Arc<ConnHandle>]) -> (Option<&Arc<ConnHandle>>, usize) {
@@ -203,7 +213,8 @@ impl Pool {
         let mut usable = 0;
         for c in conns.iter().filter(|c| c.usable()) {
             usable += 1;
-            if best.is_none_or(|b| c.load.load(Ordering::Relaxed) < b.load.load(Ordering::Relaxed)) {
+            if best.is_none_or(|b| c.load.load(Ordering::Relaxed) < b.load.load(Ordering::Relaxed))
+            {
                 best = Some(c);
             }
         }
@@ -213,7 +224,11 @@ impl Pool {
     /// A connection for the next request: the least loaded usable one, or a new one when
     /// all are busy and the pool is below `max_connections`.
     pub(crate) fn pick(&self, endpoint: &Arc<Endpoint>) -> Arc<ConnHandle> {
-        let threshold = if self.protocol.caps.multiplexing { MUX_SPREAD_THRESHOLD } else { 1 };
+        let threshold = if self.protocol.caps.multiplexing {
+            MUX_SPREAD_THRESHOLD
+        } else {
+            1
+        };
         let max = self.max_connections.load(Ordering::Relaxed);
         {
             let conns = self.conns.load();
@@ -233,8 +248,11 @@ impl Pool {
             }
         }
         let handle = self.spawn_connection(endpoint);
-        let mut next: Vec<Arc<ConnHandle>> =
-            current.iter().filter(|c| c.alive.load(Ordering::Relaxed)).cloned().collect();
+        let mut next: Vec<Arc<ConnHandle>> = current
+            .iter()
+            .filter(|c| c.alive.load(Ordering::Relaxed))
+            .cloned()
+            .collect();
         next.push(handle.clone());
         self.conns.store(Arc::new(next));
         handle
@@ -281,11 +299,12 @@ struct UpstreamConnection {
 
 impl UpstreamConnection {
     async fn run(mut self) {
-        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return self.connect_failed(&e.to_string()),
-            Err(_) => return self.connect_failed("connect timeout"),
-        };
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return self.connect_failed(&e.to_string()),
+                Err(_) => return self.connect_failed("connect timeout"),
+            };
         let _ = stream.set_nodelay(true);
         if let Some(ep) = self.endpoint.upgrade() {
             ep.connected();
@@ -345,7 +364,20 @@ impl UpstreamConnection {
         let multiplexing = self.protocol.caps.multiplexing;
         let mut rx_open = true;
         loop {
-            let may_take = rx_open && (multiplexing || pending.is_empty());
+            if !self.handle.accepting.load(Ordering::Relaxed)
+                && pending.is_empty()
+                && wbuf.is_empty()
+            {
+                // The backend said go away and everything it owed us has arrived.
+                self.rx.close();
+                while let Ok(out) = self.rx.try_recv() {
+                    self.handle.load.fetch_sub(1, Ordering::Relaxed);
+                    out.fail(false, "upstream connection is going away");
+                }
+                return "drained by upstream";
+            }
+            let may_take =
+                rx_open && (multiplexing || pending.is_empty()) && wbuf.len() < MAX_PENDING_OUTPUT;
             tokio::select! {
                 biased;
                 ready = stream.readable() => {
@@ -423,7 +455,13 @@ impl UpstreamConnection {
             return;
         }
         if two_way {
-            pending.insert(id, Pending { reply: out.reply, deadline: out.deadline });
+            pending.insert(
+                id,
+                Pending {
+                    reply: out.reply,
+                    deadline: out.deadline,
+                },
+            );
         } else {
             self.handle.load.fetch_sub(1, Ordering::Relaxed);
         }
@@ -439,12 +477,18 @@ impl UpstreamConnection {
         match msg.kind() {
             MessageKind::Response => {
                 let Some(p) = pending.remove(&msg.request_id()) else {
-                    tracing::debug!(id = msg.request_id(), "response for unknown or expired request");
+                    tracing::debug!(
+                        id = msg.request_id(),
+                        "response for unknown or expired request"
+                    );
                     return;
                 };
                 self.handle.load.fetch_sub(1, Ordering::Relaxed);
                 if let Some(reply) = p.reply {
-                    let _ = reply.tx.send(DownstreamEvent::Response { token: reply.token, msg });
+                    let _ = reply.tx.send(DownstreamEvent::Response {
+                        token: reply.token,
+                        msg,
+                    });
                 }
             }
             MessageKind::Heartbeat => {

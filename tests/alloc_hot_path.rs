@@ -23,18 +23,31 @@ fn proxy_allocations_per_request() {
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let peer = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let b = backend("v1").await;
             addr_tx.send(b.addr).unwrap();
-            let proxy = tokio::task::spawn_blocking(move || proxy_rx.recv().unwrap()).await.unwrap();
+            let proxy = tokio::task::spawn_blocking(move || proxy_rx.recv().unwrap())
+                .await
+                .unwrap();
             let mut c = Client::connect(proxy).await;
-            let headers = [("service", "calc"), ("method", "add"), ("version", "1.0"), ("user", "alice")];
+            let headers = [
+                ("service", "calc"),
+                ("method", "add"),
+                ("version", "1.0"),
+                ("user", "alice"),
+            ];
             for _ in 0..WARMUP {
                 c.call(&headers, b"payload-of-a-typical-request").await;
             }
             warm_tx.send(()).unwrap();
-            tokio::task::spawn_blocking(move || go_rx.recv().unwrap()).await.unwrap();
+            tokio::task::spawn_blocking(move || go_rx.recv().unwrap())
+                .await
+                .unwrap();
             for _ in 0..MEASURED {
                 c.call(&headers, b"payload-of-a-typical-request").await;
             }
@@ -44,7 +57,10 @@ fn proxy_allocations_per_request() {
     });
 
     let backend_addr = addr_rx.recv().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let yaml = r#"
 listeners:
   - {name: kv-in, address: "127.0.0.1:0", codec: kv, route_config: r}

@@ -21,7 +21,11 @@ fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
 
 fn check(text: &str, name: &str) -> (i32, String, String) {
     let path = temp_file(name, text);
-    let out = bin().args(["check", "--config"]).arg(&path).output().unwrap();
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -60,20 +64,35 @@ fn check_accepts_a_valid_config_and_summarises_it() {
 #[test]
 fn check_reports_every_semantic_problem_with_its_path() {
     let bad = VALID
-        .replace("weight: 90}, {cluster: v2, weight: 10}", "weight: 0}, {cluster: v2, weight: 0}")
+        .replace(
+            "weight: 90}, {cluster: v2, weight: 10}",
+            "weight: 0}, {cluster: v2, weight: 0}",
+        )
         .replace("route: {cluster: v2}", "route: {cluster: v3}");
     let (code, _out, err) = check(&bad, "semantic.yaml");
     assert_eq!(code, 1);
     assert!(err.contains("semantic.yaml"), "{err}");
-    assert!(err.contains("route_configs[0].routes[1].route.weighted_clusters: total weight is 0"), "{err}");
-    assert!(err.contains("route_configs[0].routes[0].route.cluster: no cluster named \"v3\""), "{err}");
+    assert!(
+        err.contains("route_configs[0].routes[1].route.weighted_clusters: total weight is 0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("route_configs[0].routes[0].route.cluster: no cluster named \"v3\""),
+        "{err}"
+    );
 }
 
 #[test]
 fn check_rejects_unknown_fields_and_bad_yaml_with_positions() {
-    let (code, _, err) = check(&VALID.replace("codec: dubbo,", "codec: dubbo, colour: red,"), "unknown.yaml");
+    let (code, _, err) = check(
+        &VALID.replace("codec: dubbo,", "codec: dubbo, colour: red,"),
+        "unknown.yaml",
+    );
     assert_ne!(code, 0);
-    assert!(err.contains("unknown.yaml") && err.contains("colour"), "{err}");
+    assert!(
+        err.contains("unknown.yaml") && err.contains("colour"),
+        "{err}"
+    );
     let (code, _, err) = check("listeners:\n  - name: [unclosed\n", "syntax.yaml");
     assert_ne!(code, 0);
     assert!(err.contains("syntax.yaml") && err.contains('2'), "{err}");
@@ -86,8 +105,17 @@ fn every_example_config_passes_check() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
-            let out = bin().args(["check", "--config"]).arg(&path).output().unwrap();
-            assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            let out = bin()
+                .args(["check", "--config"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
             n += 1;
         }
     }
@@ -99,8 +127,22 @@ fn run_serves_reloads_on_sighup_and_drains_on_sigterm() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (v1, v2) = rt.block_on(async {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let v1 = metaproxy::backend::spawn(any, metaproxy::backend::dubbo_factory(), Default::default(), metaproxy::backend::dubbo_echo("v1")).await.unwrap();
-        let v2 = metaproxy::backend::spawn(any, metaproxy::backend::dubbo_factory(), Default::default(), metaproxy::backend::dubbo_echo("v2")).await.unwrap();
+        let v1 = metaproxy::backend::spawn(
+            any,
+            metaproxy::backend::dubbo_factory(),
+            Default::default(),
+            metaproxy::backend::dubbo_echo("v1"),
+        )
+        .await
+        .unwrap();
+        let v2 = metaproxy::backend::spawn(
+            any,
+            metaproxy::backend::dubbo_factory(),
+            Default::default(),
+            metaproxy::backend::dubbo_echo("v2"),
+        )
+        .await
+        .unwrap();
         (v1, v2)
     });
     let config = |cluster: &str| {
@@ -133,39 +175,68 @@ clusters:
     assert_eq!(status, 60, "no route is SERVICE_NOT_FOUND");
 
     // SIGHUP with a broken file: rejected, old config keeps serving.
-    std::fs::write(&path, config("v1").replace("cluster: v1}", "cluster: nope}")).unwrap();
+    std::fs::write(
+        &path,
+        config("v1").replace("cluster: v1}", "cluster: nope}"),
+    )
+    .unwrap();
     let pid = proxy.0.id().to_string();
-    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let line = logs.recv_timeout(deadline - Instant::now()).expect("no reload log");
+        let line = logs
+            .recv_timeout(deadline - Instant::now())
+            .expect("no reload log");
         if line.contains("reload rejected") {
             assert!(line.contains("no cluster named"), "{line}");
             break;
         }
     }
-    assert_eq!(backend_name(&call(&mut s, 3, "com.example.Greeter").1), Some("v1"));
+    assert_eq!(
+        backend_name(&call(&mut s, 3, "com.example.Greeter").1),
+        Some("v1")
+    );
 
     // SIGHUP with a good file: new requests go to v2 on the same connection.
     std::fs::write(&path, config("v2")).unwrap();
-    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
     loop {
-        let line = logs.recv_timeout(deadline - Instant::now()).expect("no reload log");
+        let line = logs
+            .recv_timeout(deadline - Instant::now())
+            .expect("no reload log");
         if line.contains("config reloaded") {
             break;
         }
     }
-    assert_eq!(backend_name(&call(&mut s, 4, "com.example.Greeter").1), Some("v2"));
+    assert_eq!(
+        backend_name(&call(&mut s, 4, "com.example.Greeter").1),
+        Some("v2")
+    );
 
     // SIGTERM: drains and exits 0.
     drop(s);
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(st) = proxy.0.try_wait().unwrap() {
             break st;
         }
-        assert!(Instant::now() < deadline, "proxy did not exit after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "proxy did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");

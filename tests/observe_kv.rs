@@ -10,13 +10,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A minimal HTTP/1.1 client: returns (status, body).
 async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("{method} {path} HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
     let text = String::from_utf8_lossy(&raw).to_string();
     let status = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -59,13 +67,18 @@ async fn metrics_admin_reload_and_access_log() {
     let admin = running.admin_addr().unwrap();
     let mut c = Client::connect(running.local_addr("kv-in").unwrap()).await;
     for _ in 0..10 {
-        c.call(&[("service", "calc"), ("method", "add")], b"x").await;
+        c.call(&[("service", "calc"), ("method", "add")], b"x")
+            .await;
     }
     c.call(&[("service", "nope")], b"").await;
     // The mirror received every request of the route.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while shadow.received() < 10 {
-        assert!(tokio::time::Instant::now() < deadline, "mirror got {}", shadow.received());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "mirror got {}",
+            shadow.received()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
@@ -79,17 +92,54 @@ async fn metrics_admin_reload_and_access_log() {
             .iter()
             .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
             .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
                 _ => 0.0,
             })
             .sum()
     };
-    assert_eq!(value("metaproxy_requests_total", &[("listener", "kv-in"), ("route", "main"), ("cluster", "v1")]), 10.0);
-    assert_eq!(value("metaproxy_responses_total", &[("listener", "kv-in"), ("cluster", "v1"), ("status", "ok")]), 10.0);
-    assert_eq!(value("metaproxy_local_replies_total", &[("listener", "kv-in"), ("reason", "no_route")]), 1.0);
-    assert_eq!(value("metaproxy_mirror_requests_total", &[("cluster", "shadow"), ("result", "sent")]), 10.0);
-    assert_eq!(value("metaproxy_downstream_connections_active", &[("listener", "kv-in")]), 1.0);
-    assert!(value("metaproxy_upstream_connections_active", &[("cluster", "v1")]) >= 1.0);
+    assert_eq!(
+        value(
+            "metaproxy_requests_total",
+            &[("listener", "kv-in"), ("route", "main"), ("cluster", "v1")]
+        ),
+        10.0
+    );
+    assert_eq!(
+        value(
+            "metaproxy_responses_total",
+            &[("listener", "kv-in"), ("cluster", "v1"), ("status", "ok")]
+        ),
+        10.0
+    );
+    assert_eq!(
+        value(
+            "metaproxy_local_replies_total",
+            &[("listener", "kv-in"), ("reason", "no_route")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "metaproxy_mirror_requests_total",
+            &[("cluster", "shadow"), ("result", "sent")]
+        ),
+        10.0
+    );
+    assert_eq!(
+        value(
+            "metaproxy_downstream_connections_active",
+            &[("listener", "kv-in")]
+        ),
+        1.0
+    );
+    assert!(
+        value(
+            "metaproxy_upstream_connections_active",
+            &[("cluster", "v1")]
+        ) >= 1.0
+    );
 
     assert_eq!(http(admin, "GET", "/ready").await.0, 200);
     let (status, body) = http(admin, "GET", "/clusters").await;
@@ -114,15 +164,24 @@ async fn metrics_admin_reload_and_access_log() {
     let r = c.call(&[("service", "nope")], b"").await;
     assert_eq!(header(&r, "backend").as_deref(), Some("v1"));
     let (_, body) = http(admin, "GET", "/metrics").await;
-    assert!(body.contains("metaproxy_config_reloads_total{result=\"ok\"} 1"), "{body}");
-    assert!(body.contains("metaproxy_config_reloads_total{result=\"error\"} 1"), "{body}");
+    assert!(
+        body.contains("metaproxy_config_reloads_total{result=\"ok\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("metaproxy_config_reloads_total{result=\"error\"} 1"),
+        "{body}"
+    );
 
     running.shutdown().await;
     // The access log has one JSON line per request, written off the request path.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     let lines = loop {
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         if lines.len() >= 12 || tokio::time::Instant::now() > deadline {
             break lines;
         }

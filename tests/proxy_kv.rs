@@ -71,7 +71,9 @@ async fn setup() -> (Backend, Backend, metaproxy::RunningServer) {
 async fn forwards_and_returns_the_reply() {
     let (v1, _v2, p) = setup().await;
     let mut c = Client::connect(p.local_addr("kv-in").unwrap()).await;
-    let r = c.call(&[("service", "calc"), ("method", "add")], b"1+2").await;
+    let r = c
+        .call(&[("service", "calc"), ("method", "add")], b"1+2")
+        .await;
     assert_eq!(frames::status(&r), Status::Ok as u8);
     assert_eq!(header(&r, "backend").as_deref(), Some("v1"));
     assert_eq!(frames::body(&r), b"1+2");
@@ -82,10 +84,14 @@ async fn forwards_and_returns_the_reply() {
 async fn routes_on_metadata_with_prefix_regex_and_invert() {
     let (_v1, _v2, p) = setup().await;
     let mut c = Client::connect(p.local_addr("kv-in").unwrap()).await;
-    let r = c.call(&[("service", "user.profile"), ("method", "update")], b"").await;
+    let r = c
+        .call(&[("service", "user.profile"), ("method", "update")], b"")
+        .await;
     assert_eq!(header(&r, "backend").as_deref(), Some("v2"));
     // The inverted regex excludes get*/list* from the users route: default route.
-    let r = c.call(&[("service", "user.profile"), ("method", "getName")], b"").await;
+    let r = c
+        .call(&[("service", "user.profile"), ("method", "getName")], b"")
+        .await;
     assert_eq!(header(&r, "backend").as_deref(), Some("v1"));
 }
 
@@ -106,7 +112,9 @@ async fn pipelined_requests_get_matching_replies_out_of_order() {
     // The first request is slow (answered after 100ms), the rest are fast: replies come
     // back in completion order and each matches its request by id and body.
     let mut sent = std::collections::HashMap::new();
-    let slow = c.send(&[("service", "calc"), ("sleep-ms", "100")], b"slow").await;
+    let slow = c
+        .send(&[("service", "calc"), ("sleep-ms", "100")], b"slow")
+        .await;
     sent.insert(slow, b"slow".to_vec());
     for i in 0..50u32 {
         let body = format!("req-{i}");
@@ -116,12 +124,18 @@ async fn pipelined_requests_get_matching_replies_out_of_order() {
     let mut order = Vec::new();
     for _ in 0..51 {
         let r = c.recv_timeout(Duration::from_secs(5)).await.unwrap();
-        let body = sent.remove(&r.request_id()).expect("reply to a request we sent, once");
+        let body = sent
+            .remove(&r.request_id())
+            .expect("reply to a request we sent, once");
         assert_eq!(frames::body(&r), &body[..]);
         order.push(r.request_id());
     }
     assert!(sent.is_empty());
-    assert_eq!(*order.last().unwrap(), slow, "the slow reply should come last");
+    assert_eq!(
+        *order.last().unwrap(),
+        slow,
+        "the slow reply should come last"
+    );
 }
 
 #[tokio::test]
@@ -139,7 +153,10 @@ async fn weighted_split_follows_the_weights() {
     let t = tally(&replies);
     let v2_share = *t.get("v2").unwrap_or(&0) as f64 / n as f64;
     // 10% expected; binomial sd = sqrt(0.09/2000) = 0.0067, so +-0.035 is > 5 sd.
-    assert!((v2_share - 0.10).abs() < 0.035, "v2 share {v2_share}, tally {t:?}");
+    assert!(
+        (v2_share - 0.10).abs() < 0.035,
+        "v2 share {v2_share}, tally {t:?}"
+    );
     assert_eq!(v1.received() + v2.received(), n);
 }
 
@@ -148,10 +165,15 @@ async fn route_timeout_gives_a_timeout_reply() {
     let (_v1, _v2, p) = setup().await;
     let mut c = Client::connect(p.local_addr("kv-in").unwrap()).await;
     let started = Instant::now();
-    let r = c.call(&[("service", "slow"), ("sleep-ms", "2000")], b"").await;
+    let r = c
+        .call(&[("service", "slow"), ("sleep-ms", "2000")], b"")
+        .await;
     assert_eq!(frames::status(&r), Status::Timeout as u8);
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(190) && took < Duration::from_millis(1500), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(190) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
     // The late reply from the backend must not reach the client as a second answer.
     let next = c.call(&[("service", "calc")], b"after").await;
     assert_eq!(frames::body(&next), b"after");
@@ -164,7 +186,11 @@ async fn dead_endpoint_gives_an_upstream_failure_promptly() {
     let started = Instant::now();
     let r = c.call(&[("service", "dead")], b"").await;
     assert_eq!(frames::status(&r), Status::UpstreamFailure as u8);
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     // Again, while the endpoint is marked unreachable.
     let r = c.call(&[("service", "dead")], b"").await;
     assert_eq!(frames::status(&r), Status::UpstreamFailure as u8);
@@ -177,24 +203,42 @@ async fn mutations_reach_the_backend_and_the_client() {
     let r = c.call(&[("service", "mutate")], b"").await;
     assert_eq!(header(&r, "x-proxy").as_deref(), Some("metaproxy"));
     let seen = v1.seen.lock().unwrap().clone();
-    assert!(seen[0].contains(&("x-route".to_owned(), "beta".to_owned())), "{seen:?}");
+    assert!(
+        seen[0].contains(&("x-route".to_owned(), "beta".to_owned())),
+        "{seen:?}"
+    );
 }
 
 #[tokio::test]
 async fn one_way_is_forwarded_and_never_answered() {
     let (v1, _v2, p) = setup().await;
     let mut c = Client::connect(p.local_addr("kv-in").unwrap()).await;
-    c.stream.write_all(&frames::one_way(77, &[("service", "calc")], b"fire")).await.unwrap();
+    c.stream
+        .write_all(&frames::one_way(77, &[("service", "calc")], b"fire"))
+        .await
+        .unwrap();
     // A one-way to no route must not be answered either.
-    c.stream.write_all(&frames::one_way(78, &[("nothing", "x")], b"")).await.unwrap();
+    c.stream
+        .write_all(&frames::one_way(78, &[("nothing", "x")], b""))
+        .await
+        .unwrap();
     let r = c.call(&[("service", "calc")], b"two-way").await;
-    assert_eq!(frames::body(&r), b"two-way", "the first reply is the two-way call's");
+    assert_eq!(
+        frames::body(&r),
+        b"two-way",
+        "the first reply is the two-way call's"
+    );
     let deadline = Instant::now() + Duration::from_secs(2);
     while v1.one_way.load(std::sync::atomic::Ordering::SeqCst) < 1 {
-        assert!(Instant::now() < deadline, "one-way never reached the backend");
+        assert!(
+            Instant::now() < deadline,
+            "one-way never reached the backend"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(tokio::time::timeout(Duration::from_millis(200), c.recv()).await.is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(200), c.recv())
+        .await
+        .is_err());
 }
 
 #[tokio::test]
@@ -219,10 +263,15 @@ async fn garbage_closes_only_the_offending_connection() {
     frame[4] = 9;
     bad.write_all(&frame).await.unwrap();
     let mut buf = Vec::new();
-    let n = tokio::time::timeout(Duration::from_secs(2), bad.read_to_end(&mut buf)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(2), bad.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(n > 0, "expected a bad-request reply before the close");
     let mut codec = metaproxy_example_kv::KvCodec::new(1 << 20);
-    let reply = meta_protocol::Codec::decode(&mut codec, &mut bytes::BytesMut::from(&buf[..])).unwrap().unwrap();
+    let reply = meta_protocol::Codec::decode(&mut codec, &mut bytes::BytesMut::from(&buf[..]))
+        .unwrap()
+        .unwrap();
     assert_eq!(reply.request_id(), 3);
     assert_eq!(frames::status(&reply), Status::BadRequest as u8);
     let r = good.call(&[("service", "calc")], b"still fine").await;
@@ -261,7 +310,10 @@ async fn a_thousand_clients_with_pipelining_all_get_their_replies() {
                 expected.insert(id, body);
             }
             for _ in 0..per_client {
-                let r = c.recv_timeout(Duration::from_secs(20)).await.expect("reply");
+                let r = c
+                    .recv_timeout(Duration::from_secs(20))
+                    .await
+                    .expect("reply");
                 let body = expected.remove(&r.request_id()).expect("known id");
                 assert_eq!(frames::body(&r), body.as_bytes());
             }
@@ -280,13 +332,19 @@ async fn over_max_pending_requests_gets_overloaded() {
     let (_v1, v2, p) = setup().await;
     let mut c = Client::connect(p.local_addr("kv-in").unwrap()).await;
     for _ in 0..5 {
-        c.send(&[("service", "tight"), ("sleep-ms", "300")], b"").await;
+        c.send(&[("service", "tight"), ("sleep-ms", "300")], b"")
+            .await;
     }
     let mut statuses = Vec::new();
     for _ in 0..5 {
-        statuses.push(frames::status(&c.recv_timeout(Duration::from_secs(5)).await.unwrap()));
+        statuses.push(frames::status(
+            &c.recv_timeout(Duration::from_secs(5)).await.unwrap(),
+        ));
     }
-    let overloaded = statuses.iter().filter(|s| **s == Status::Overloaded as u8).count();
+    let overloaded = statuses
+        .iter()
+        .filter(|s| **s == Status::Overloaded as u8)
+        .count();
     let ok = statuses.iter().filter(|s| **s == Status::Ok as u8).count();
     assert_eq!((ok, overloaded), (2, 3), "{statuses:?}");
     assert_eq!(v2.received(), 2);
@@ -299,8 +357,15 @@ async fn requests_never_sent_are_retried_on_another_endpoint() {
     // Round robin alternates between the dead and the live endpoint; with retries every
     // request succeeds.
     for i in 0..10 {
-        let r = c.call(&[("service", "retry")], format!("{i}").as_bytes()).await;
-        assert_eq!(frames::status(&r), Status::Ok as u8, "request {i}: {:?}", String::from_utf8_lossy(frames::body(&r)));
+        let r = c
+            .call(&[("service", "retry")], format!("{i}").as_bytes())
+            .await;
+        assert_eq!(
+            frames::status(&r),
+            Status::Ok as u8,
+            "request {i}: {:?}",
+            String::from_utf8_lossy(frames::body(&r))
+        );
         assert_eq!(header(&r, "backend").as_deref(), Some("v2"));
     }
     assert_eq!(v2.received(), 10);
@@ -315,8 +380,14 @@ async fn reload_swaps_routes_without_dropping_requests() {
         let mut c = Client::connect(addr).await;
         let mut backends = Vec::new();
         for i in 0..400 {
-            let r = c.call(&[("service", "calc")], format!("{i}").as_bytes()).await;
-            assert_eq!(frames::status(&r), Status::Ok as u8, "request {i} failed during reload");
+            let r = c
+                .call(&[("service", "calc")], format!("{i}").as_bytes())
+                .await;
+            assert_eq!(
+                frames::status(&r),
+                Status::Ok as u8,
+                "request {i} failed during reload"
+            );
             backends.push(header(&r, "backend").unwrap());
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -332,7 +403,12 @@ async fn reload_swaps_routes_without_dropping_requests() {
     assert!(outcome.restart_required.is_empty(), "{outcome:?}");
     // An invalid config is rejected whole and the old one keeps serving.
     let mut bad = config.clone();
-    bad.route_configs[0].routes.last_mut().unwrap().route.cluster = Some("nope".into());
+    bad.route_configs[0]
+        .routes
+        .last_mut()
+        .unwrap()
+        .route
+        .cluster = Some("nope".into());
     assert!(handle.apply(bad).await.is_err());
     let backends = traffic.await.unwrap();
     assert_eq!(backends.len(), 400);
@@ -342,4 +418,39 @@ async fn reload_swaps_routes_without_dropping_requests() {
     let first_v2 = backends.iter().position(|b| b == "v2").unwrap();
     assert!(backends[first_v2..].iter().all(|b| b == "v2"));
     assert_eq!(v1.received() + v2.received(), 400);
+}
+
+#[tokio::test]
+async fn drain_answers_everything_already_sent_then_closes() {
+    let (v1, _v2, p) = setup().await;
+    let addr = p.local_addr("kv-in").unwrap();
+    let mut c = Client::connect(addr).await;
+    for i in 0..20 {
+        let sleep = if i % 2 == 0 { "100" } else { "0" };
+        c.send(&[("service", "calc"), ("sleep-ms", sleep)], b"in-flight")
+            .await;
+    }
+    // Give the proxy a moment to read the pipelined requests, then drain.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let drained = tokio::spawn(p.shutdown());
+    // Sent after the drain began, on the existing connection: still answered.
+    c.send(&[("service", "calc")], b"late").await;
+    for _ in 0..21 {
+        let r = c
+            .recv_timeout(Duration::from_secs(5))
+            .await
+            .expect("a reply for every request");
+        assert_eq!(frames::status(&r), Status::Ok as u8);
+    }
+    // Then the connection closes, and the drain completes in time.
+    assert!(c.recv_timeout(Duration::from_secs(5)).await.is_none());
+    assert!(
+        drained.await.unwrap(),
+        "drain should finish before drain_timeout"
+    );
+    assert_eq!(v1.received(), 21);
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener should be closed"
+    );
 }

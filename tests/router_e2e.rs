@@ -41,9 +41,15 @@ fn canary_mirror_and_live_reload_through_the_binary() {
     let (v1, v2, shadow) = rt.block_on(async {
         let f = backend::dubbo_factory;
         (
-            backend::spawn(any, f(), Default::default(), backend::dubbo_echo("v1")).await.unwrap(),
-            backend::spawn(any, f(), Default::default(), backend::dubbo_echo("v2")).await.unwrap(),
-            backend::spawn(any, f(), Default::default(), backend::dubbo_echo("shadow")).await.unwrap(),
+            backend::spawn(any, f(), Default::default(), backend::dubbo_echo("v1"))
+                .await
+                .unwrap(),
+            backend::spawn(any, f(), Default::default(), backend::dubbo_echo("v2"))
+                .await
+                .unwrap(),
+            backend::spawn(any, f(), Default::default(), backend::dubbo_echo("shadow"))
+                .await
+                .unwrap(),
         )
     });
     let dir = std::env::temp_dir().join(format!("metaproxy-router-e2e-{}", std::process::id()));
@@ -68,7 +74,11 @@ fn canary_mirror_and_live_reload_through_the_binary() {
     // The mirror received a copy of every request.
     let deadline = Instant::now() + Duration::from_secs(5);
     while shadow.stats().requests() < n {
-        assert!(Instant::now() < deadline, "mirror saw {} of {n}", shadow.stats().requests());
+        assert!(
+            Instant::now() < deadline,
+            "mirror saw {} of {n}",
+            shadow.stats().requests()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 
@@ -80,7 +90,11 @@ fn canary_mirror_and_live_reload_through_the_binary() {
         let (status, _) = call(&mut s, id, "com.example.DemoService");
         assert_eq!(status, 20, "request {id} failed after the mirror died");
     }
-    assert!(started.elapsed() < Duration::from_secs(10), "mirror death slowed clients: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "mirror death slowed clients: {:?}",
+        started.elapsed()
+    );
 
     // Reload under continuous traffic from another connection: weights flip to 0/100
     // and no request fails.
@@ -103,10 +117,16 @@ fn canary_mirror_and_live_reload_through_the_binary() {
     std::thread::sleep(Duration::from_millis(200));
     std::fs::write(&path, config(v1.addr(), v2.addr(), shadow.addr(), 0, 100)).unwrap();
     let pid = proxy.0.id().to_string();
-    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let line = logs.recv_timeout(deadline - Instant::now()).expect("no reload log");
+        let line = logs
+            .recv_timeout(deadline - Instant::now())
+            .expect("no reload log");
         if line.contains("config reloaded") {
             break;
         }
@@ -118,8 +138,16 @@ fn canary_mirror_and_live_reload_through_the_binary() {
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
     traffic.join().expect("traffic thread saw a failure");
-    assert!(sent.load(Ordering::SeqCst) > 50, "too little traffic: {}", sent.load(Ordering::SeqCst));
-    assert_eq!(v1.stats().requests(), v1_after_reload, "v1 got requests after its weight went to 0");
+    assert!(
+        sent.load(Ordering::SeqCst) > 50,
+        "too little traffic: {}",
+        sent.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        v1.stats().requests(),
+        v1_after_reload,
+        "v1 got requests after its weight went to 0"
+    );
     for id in 0..100 {
         let (status, att) = call(&mut s, 2_000_000 + id, "com.example.DemoService");
         assert_eq!(status, 20);

@@ -54,7 +54,7 @@
 //! let endpoint = lb.pick(hash, &mut rng, &AllAvailable(lb.len())).expect("an endpoint");
 //! assert!(endpoint < 2);
 //! for mirror in route.firing_mirrors(&mut rng) {
-//!     assert_eq!(&**table.clusters()[mirror.cluster()], "demo-shadow");
+//!     assert_eq!(&*table.clusters()[mirror.cluster()], "demo-shadow");
 //! }
 //! assert_eq!(&*route.request_mutations()[0].1, "beta");
 //! // The same user always lands on the same cluster and endpoint.

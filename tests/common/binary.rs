@@ -24,7 +24,13 @@ impl Drop for Proxy {
     }
 }
 
-pub fn start_proxy(config: &std::path::Path) -> (Proxy, SocketAddr, std::sync::mpsc::Receiver<String>) {
+#[allow(
+    clippy::zombie_processes,
+    reason = "the returned Proxy kills and waits on drop"
+)]
+pub fn start_proxy(
+    config: &std::path::Path,
+) -> (Proxy, SocketAddr, std::sync::mpsc::Receiver<String>) {
     let mut child = bin()
         .args(["run", "--config"])
         .arg(config)
@@ -43,7 +49,9 @@ pub fn start_proxy(config: &std::path::Path) -> (Proxy, SocketAddr, std::sync::m
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let line = rx.recv_timeout(deadline - Instant::now()).expect("proxy did not log `listening`");
+        let line = rx
+            .recv_timeout(deadline - Instant::now())
+            .expect("proxy did not log `listening`");
         if let Some(addr) = line.split("listening on ").nth(1) {
             let addr = addr.split_whitespace().next().unwrap().parse().unwrap();
             return (Proxy(child), addr, rx);
@@ -52,7 +60,11 @@ pub fn start_proxy(config: &std::path::Path) -> (Proxy, SocketAddr, std::sync::m
 }
 
 pub fn call(stream: &mut TcpStream, id: u64, interface: &str) -> (u8, Vec<(String, String)>) {
-    let frame = RequestFrame { id, ..RequestFrame::new(id, interface, "sayHello") }.encode();
+    let frame = RequestFrame {
+        id,
+        ..RequestFrame::new(id, interface, "sayHello")
+    }
+    .encode();
     stream.write_all(&frame).unwrap();
     let mut buf = BytesMut::new();
     let mut chunk = [0u8; 4096];
@@ -73,6 +85,8 @@ pub fn call(stream: &mut TcpStream, id: u64, interface: &str) -> (u8, Vec<(Strin
 }
 
 pub fn backend_name(attachments: &[(String, String)]) -> Option<&str> {
-    attachments.iter().find(|(k, _)| k == "backend").map(|(_, v)| v.as_str())
+    attachments
+        .iter()
+        .find(|(k, _)| k == "backend")
+        .map(|(_, v)| v.as_str())
 }
-

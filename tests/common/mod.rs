@@ -16,13 +16,16 @@ use metaproxy_example_kv::{frames, KvCodec, KvCodecFactory};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Headers of each request a backend received, in arrival order.
+pub type Seen = Arc<Mutex<Vec<Vec<(String, String)>>>>;
+
 /// A kv backend that echoes request bodies and records what it received.
 pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
     pub received: Arc<AtomicUsize>,
     pub one_way: Arc<AtomicUsize>,
-    pub seen: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    pub seen: Seen,
     pub connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -53,17 +56,33 @@ pub async fn backend(name: &str) -> Backend {
     let one_way = Arc::new(AtomicUsize::new(0));
     let connections = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let (r, o, s, c, n) = (received.clone(), one_way.clone(), seen.clone(), connections.clone(), name.to_owned());
+    let (r, o, s, c, n) = (
+        received.clone(),
+        one_way.clone(),
+        seen.clone(),
+        connections.clone(),
+        name.to_owned(),
+    );
     let task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             c.fetch_add(1, Ordering::SeqCst);
             let (r, o, s, n) = (r.clone(), o.clone(), s.clone(), n.clone());
             conns.spawn(serve_backend(stream, n, r, o, s));
         }
     });
-    Backend { addr, name: name.to_owned(), received, one_way, seen, connections, task }
+    Backend {
+        addr,
+        name: name.to_owned(),
+        received,
+        one_way,
+        seen,
+        connections,
+        task,
+    }
 }
 
 async fn serve_backend(
@@ -71,7 +90,7 @@ async fn serve_backend(
     name: String,
     received: Arc<AtomicUsize>,
     one_way: Arc<AtomicUsize>,
-    seen: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    seen: Seen,
 ) {
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = stream.into_split();
@@ -85,8 +104,11 @@ async fn serve_backend(
         }
         let mut out = BytesMut::new();
         while let Ok(Some(msg)) = codec.decode(&mut buf) {
-            let headers: Vec<(String, String)> =
-                msg.metadata().iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+            let headers: Vec<(String, String)> = msg
+                .metadata()
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
             seen.lock().unwrap().push(headers);
             match msg.kind() {
                 MessageKind::OneWay => {
@@ -97,8 +119,17 @@ async fn serve_backend(
                 _ => continue,
             }
             received.fetch_add(1, Ordering::SeqCst);
-            let reply = frames::response(msg.request_id(), 0, &[("backend", &name)], frames::body(&msg));
-            match msg.metadata().get("sleep-ms").and_then(|v| v.parse::<u64>().ok()) {
+            let reply = frames::response(
+                msg.request_id(),
+                0,
+                &[("backend", &name)],
+                frames::body(&msg),
+            );
+            match msg
+                .metadata()
+                .get("sleep-ms")
+                .and_then(|v| v.parse::<u64>().ok())
+            {
                 Some(ms) => {
                     let wr = wr.clone();
                     tokio::spawn(async move {
@@ -146,14 +177,22 @@ impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).await.unwrap();
         stream.set_nodelay(true).unwrap();
-        Client { stream, codec: KvCodec::new(64 << 20), buf: BytesMut::new(), next_id: 1 }
+        Client {
+            stream,
+            codec: KvCodec::new(64 << 20),
+            buf: BytesMut::new(),
+            next_id: 1,
+        }
     }
 
     /// Sends a request and returns its id.
     pub async fn send(&mut self, headers: &[(&str, &str)], body: &[u8]) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        self.stream.write_all(&frames::request(id, headers, body)).await.unwrap();
+        self.stream
+            .write_all(&frames::request(id, headers, body))
+            .await
+            .unwrap();
         id
     }
 
@@ -174,13 +213,18 @@ impl Client {
 
     /// Reads with a deadline.
     pub async fn recv_timeout(&mut self, d: Duration) -> Option<Message> {
-        tokio::time::timeout(d, self.recv()).await.expect("timed out waiting for a reply")
+        tokio::time::timeout(d, self.recv())
+            .await
+            .expect("timed out waiting for a reply")
     }
 
     /// One request, one reply.
     pub async fn call(&mut self, headers: &[(&str, &str)], body: &[u8]) -> Message {
         let id = self.send(headers, body).await;
-        let m = self.recv_timeout(Duration::from_secs(10)).await.expect("connection closed");
+        let m = self
+            .recv_timeout(Duration::from_secs(10))
+            .await
+            .expect("connection closed");
         assert_eq!(m.request_id(), id);
         m
     }
@@ -195,7 +239,8 @@ pub fn header(m: &Message, key: &str) -> Option<String> {
 pub fn tally(replies: &[Message]) -> HashMap<String, usize> {
     let mut t = HashMap::new();
     for r in replies {
-        *t.entry(header(r, "backend").unwrap_or_default()).or_insert(0) += 1;
+        *t.entry(header(r, "backend").unwrap_or_default())
+            .or_insert(0) += 1;
     }
     t
 }
