@@ -12,10 +12,14 @@ use std::sync::Arc;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().with_env_filter("info").init();
-    let path = std::env::args().nth(1).unwrap_or_else(|| "examples/kvproto/kv.yaml".into());
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "examples/kvproto/kv.yaml".into());
     let mut codecs = metaproxy::default_registry();
     codecs.register(Arc::new(metaproxy_example_kv::KvCodecFactory));
-    let running = metaproxy::Server::from_file(path.as_ref(), codecs)?.bind().await?;
+    let running = metaproxy::Server::from_file(path.as_ref(), codecs)?
+        .bind()
+        .await?;
     let handle = running.handle();
     tokio::spawn(async move {
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;

@@ -83,7 +83,12 @@ impl Endpoint {
     }
 
     /// The pool for `key`, created on first use.
-    pub(crate) fn pool(&self, key: PoolKey, protocol: &Arc<Protocol>, cluster: &ClusterRt) -> Arc<Pool> {
+    pub(crate) fn pool(
+        &self,
+        key: PoolKey,
+        protocol: &Arc<Protocol>,
+        cluster: &ClusterRt,
+    ) -> Arc<Pool> {
         if let Some(p) = self.pools.load().iter().find(|p| p.key == key) {
             return p.clone();
         }
@@ -163,7 +168,10 @@ impl ClusterRt {
     /// Records a failure (connect failure, reset, timeout) of `endpoint`; may eject it.
     pub(crate) fn record_failure(&self, endpoint: &Endpoint) {
         let Some(od) = &self.outlier else { return };
-        let failures = endpoint.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let failures = endpoint
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
         if failures < od.consecutive_failures || endpoint.is_ejected() {
             return;
         }
@@ -174,7 +182,9 @@ impl ClusterRt {
         }
         let n = endpoint.ejections.fetch_add(1, Ordering::Relaxed) + 1;
         let time = od.base_ejection_time.get().as_millis() as u64 * u64::from(n.min(10));
-        endpoint.ejected_until_ms.store(now_ms() + time, Ordering::Relaxed);
+        endpoint
+            .ejected_until_ms
+            .store(now_ms() + time, Ordering::Relaxed);
         endpoint.consecutive_failures.store(0, Ordering::Relaxed);
         self.metrics.outlier_ejections.inc();
         tracing::warn!(cluster = %self.name, endpoint = %endpoint.address, ejection_ms = time, "outlier ejected");

@@ -97,16 +97,28 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
             println!("{}: ok", path.display());
             println!("listeners: {}", config.listeners.len());
             for l in &config.listeners {
-                println!("  {} {} codec={} route_config={}", l.name, l.address, l.codec, l.route_config);
+                println!(
+                    "  {} {} codec={} route_config={}",
+                    l.name, l.address, l.codec, l.route_config
+                );
             }
             let routes: usize = config.route_configs.iter().map(|r| r.routes.len()).sum();
-            println!("route_configs: {} ({} routes)", config.route_configs.len(), routes);
+            println!(
+                "route_configs: {} ({} routes)",
+                config.route_configs.len(),
+                routes
+            );
             for r in &config.route_configs {
                 println!("  {} ({} routes)", r.name, r.routes.len());
             }
             println!("clusters: {}", config.clusters.len());
             for c in &config.clusters {
-                println!("  {} ({} endpoints, {:?})", c.name, c.endpoints.len(), c.lb_policy);
+                println!(
+                    "  {} ({} endpoints, {:?})",
+                    c.name,
+                    c.endpoints.len(),
+                    c.lb_policy
+                );
             }
             for w in validated.warnings {
                 println!("warning: {w}");
@@ -127,15 +139,20 @@ fn run(path: &Path, takeover: bool) -> anyhow::Result<ExitCode> {
         let handle = running.handle();
         let reload_handle = handle.clone();
         tokio::spawn(async move {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
             while hup.recv().await.is_some() {
                 let _ = reload_handle.reload().await;
             }
         });
         let drained = running
             .run_until(async {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
                 tokio::select! {
                     _ = term.recv() => tracing::info!("SIGTERM: draining"),
                     _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),

@@ -56,12 +56,20 @@ impl std::fmt::Display for ReloadOutcome {
 }
 
 fn listener_fingerprint(l: &config::ListenerConfig) -> String {
-    format!("{}|{}|{:?}|{}", l.address, l.codec, l.options, l.max_frame_size)
+    format!(
+        "{}|{}|{:?}|{}",
+        l.address, l.codec, l.options, l.max_frame_size
+    )
 }
 
 impl Shared {
     fn compile(&self, config: Config) -> Result<(Snapshot, Vec<Problem>), Vec<Problem>> {
-        snapshot::build(Arc::new(config), &self.codecs, &self.endpoints, &self.metrics)
+        snapshot::build(
+            Arc::new(config),
+            &self.codecs,
+            &self.endpoints,
+            &self.metrics,
+        )
     }
 
     /// Validates `config` and swaps it in. In-flight requests finish on the old snapshot.
@@ -120,7 +128,11 @@ impl Shared {
             }
         };
         self.apply(config).await.map_err(|problems| {
-            ConfigError::Invalid { path: path.clone(), problems }.to_string()
+            ConfigError::Invalid {
+                path: path.clone(),
+                problems,
+            }
+            .to_string()
         })
     }
 }
@@ -143,12 +155,19 @@ impl Server {
         Self::build(config, codecs, Some(path.to_path_buf()))
     }
 
-    fn build(config: Config, codecs: CodecRegistry, path: Option<PathBuf>) -> Result<Server, ConfigError> {
+    fn build(
+        config: Config,
+        codecs: CodecRegistry,
+        path: Option<PathBuf>,
+    ) -> Result<Server, ConfigError> {
         let metrics = Metrics::new();
         let endpoints = EndpointRegistry::default();
         let origin = path.clone().unwrap_or_else(|| PathBuf::from("<config>"));
         let (snap, warnings) = snapshot::build(Arc::new(config), &codecs, &endpoints, &metrics)
-            .map_err(|problems| ConfigError::Invalid { path: origin, problems })?;
+            .map_err(|problems| ConfigError::Invalid {
+                path: origin,
+                problems,
+            })?;
         for w in &warnings {
             tracing::warn!("config: {w}");
         }
@@ -178,8 +197,11 @@ impl Server {
         let mut protocol_ids: HashMap<String, u64> = HashMap::new();
         let mut accept_tasks = Vec::new();
         for l in &snap.config.listeners {
-            let addr = config::resolve_address(&l.address)
-                .map_err(|e| BindError { listener: l.name.clone(), address: l.address.clone(), source: std::io::Error::other(e) })?;
+            let addr = config::resolve_address(&l.address).map_err(|e| BindError {
+                listener: l.name.clone(),
+                address: l.address.clone(),
+                source: std::io::Error::other(e),
+            })?;
             let socket = listener::bind(addr).map_err(|source| BindError {
                 listener: l.name.clone(),
                 address: l.address.clone(),
@@ -197,9 +219,15 @@ impl Server {
             })?;
             let fp = listener_fingerprint(l);
             let next_id = protocol_ids.len() as u64;
-            let id = *protocol_ids.entry(format!("{}|{:?}|{}", l.codec, l.options, l.max_frame_size)).or_insert(next_id);
+            let id = *protocol_ids
+                .entry(format!("{}|{:?}|{}", l.codec, l.options, l.max_frame_size))
+                .or_insert(next_id);
             let protocol = Protocol::new(id, factory.clone(), l.options.clone(), l.max_frame_size)
-                .map_err(|e| BindError { listener: l.name.clone(), address: l.address.clone(), source: std::io::Error::other(e) })?;
+                .map_err(|e| BindError {
+                    listener: l.name.clone(),
+                    address: l.address.clone(),
+                    source: std::io::Error::other(e),
+                })?;
             let access_log = match &l.access_log {
                 None => None,
                 Some(log) => {
@@ -226,11 +254,23 @@ impl Server {
                 active: AtomicUsize::new(0),
             });
             tracing::info!(listener = %l.name, address = %local, codec = %l.codec, "listening on {local}");
-            shared.bound.lock().unwrap_or_else(|e| e.into_inner()).insert(l.name.clone(), fp);
+            shared
+                .bound
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(l.name.clone(), fp);
             addrs.push((l.name.clone(), local));
-            accept_tasks.push(tokio::spawn(listener::accept_loop(socket, ctx, drain_rx.clone(), tracker.clone())));
+            accept_tasks.push(tokio::spawn(listener::accept_loop(
+                socket,
+                ctx,
+                drain_rx.clone(),
+                tracker.clone(),
+            )));
         }
-        let handle = ServerHandle { shared: shared.clone(), drain_tx: Arc::new(drain_tx) };
+        let handle = ServerHandle {
+            shared: shared.clone(),
+            drain_tx: Arc::new(drain_tx),
+        };
         let mut admin_addr = None;
         let mut admin_stop = None;
         if let Some(admin) = &snap.config.admin {
@@ -239,8 +279,11 @@ impl Server {
                 address: admin.address.clone(),
                 source,
             };
-            let addr = config::resolve_address(&admin.address).map_err(|e| bind_err(std::io::Error::other(e)))?;
-            let socket = tokio::net::TcpListener::bind(addr).await.map_err(bind_err)?;
+            let addr = config::resolve_address(&admin.address)
+                .map_err(|e| bind_err(std::io::Error::other(e)))?;
+            let socket = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(bind_err)?;
             let local = socket.local_addr().map_err(bind_err)?;
             tracing::info!(address = %local, "admin listening on {local}");
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -378,7 +421,9 @@ impl RunningServer {
             let _ = t.await;
         }
         self.tracker.close();
-        let done = tokio::time::timeout(timeout, self.tracker.wait()).await.is_ok();
+        let done = tokio::time::timeout(timeout, self.tracker.wait())
+            .await
+            .is_ok();
         if !done {
             tracing::warn!(?timeout, "drain timeout: closing remaining connections");
         }

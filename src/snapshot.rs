@@ -190,7 +190,9 @@ pub(crate) fn build(
 
     let mut listeners = HashMap::new();
     for l in &config.listeners {
-        let Some(table) = tables.get(&l.route_config) else { continue };
+        let Some(table) = tables.get(&l.route_config) else {
+            continue;
+        };
         let table = table.clone();
         let resolved: Vec<Arc<ClusterRt>> = table
             .clusters()
@@ -210,11 +212,23 @@ pub(crate) fn build(
                     .collect()
             })
             .collect();
-        let responses = resolved.iter().map(|c| metrics.upstream(&l.name, &c.name)).collect();
+        let responses = resolved
+            .iter()
+            .map(|c| metrics.upstream(&l.name, &c.name))
+            .collect();
         let mut log_keys: Vec<Arc<str>> = Vec::new();
-        if let Some(rc) = config.route_configs.iter().find(|rc| rc.name == l.route_config) {
+        if let Some(rc) = config
+            .route_configs
+            .iter()
+            .find(|rc| rc.name == l.route_config)
+        {
             for r in &rc.routes {
-                let keys = r.match_.metadata.iter().map(|m| &m.key).chain(&r.route.hash_policy);
+                let keys = r
+                    .match_
+                    .metadata
+                    .iter()
+                    .map(|m| &m.key)
+                    .chain(&r.route.hash_policy);
                 for k in keys {
                     if !log_keys.iter().any(|have| &**have == k.as_str()) {
                         log_keys.push(k.as_str().into());

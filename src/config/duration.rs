@@ -49,9 +49,18 @@ mod tests {
 
     #[test]
     fn parses_the_spec_forms() {
-        assert_eq!("500ms".parse::<ConfigDuration>().unwrap().get(), Duration::from_millis(500));
-        assert_eq!("2s".parse::<ConfigDuration>().unwrap().get(), Duration::from_secs(2));
-        assert_eq!("5m".parse::<ConfigDuration>().unwrap().get(), Duration::from_secs(300));
+        assert_eq!(
+            "500ms".parse::<ConfigDuration>().unwrap().get(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            "2s".parse::<ConfigDuration>().unwrap().get(),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            "5m".parse::<ConfigDuration>().unwrap().get(),
+            Duration::from_secs(300)
+        );
         assert!("5 parsecs".parse::<ConfigDuration>().is_err());
         assert!("".parse::<ConfigDuration>().is_err());
     }

@@ -70,7 +70,10 @@ fn check_unique<'a>(r: &mut Report, what: &str, names: impl Iterator<Item = &'a 
         if name.is_empty() {
             r.err(format!("{what}[{i}].name"), "must not be empty");
         } else if !seen.insert(name) {
-            r.err(format!("{what}[{i}].name"), format!("duplicate name {name:?}"));
+            r.err(
+                format!("{what}[{i}].name"),
+                format!("duplicate name {name:?}"),
+            );
         }
     }
 }
@@ -82,9 +85,21 @@ pub fn validate(config: &Config, codecs: &CodecRegistry) -> Result<Validated, Ve
         problems: Vec::new(),
         warnings: Vec::new(),
     };
-    check_unique(&mut r, "listeners", config.listeners.iter().map(|l| l.name.as_str()));
-    check_unique(&mut r, "route_configs", config.route_configs.iter().map(|c| c.name.as_str()));
-    check_unique(&mut r, "clusters", config.clusters.iter().map(|c| c.name.as_str()));
+    check_unique(
+        &mut r,
+        "listeners",
+        config.listeners.iter().map(|l| l.name.as_str()),
+    );
+    check_unique(
+        &mut r,
+        "route_configs",
+        config.route_configs.iter().map(|c| c.name.as_str()),
+    );
+    check_unique(
+        &mut r,
+        "clusters",
+        config.clusters.iter().map(|c| c.name.as_str()),
+    );
     let clusters: HashSet<&str> = config.clusters.iter().map(|c| c.name.as_str()).collect();
 
     if let Some(admin) = &config.admin {
@@ -99,9 +114,10 @@ pub fn validate(config: &Config, codecs: &CodecRegistry) -> Result<Validated, Ve
     for (i, l) in config.listeners.iter().enumerate() {
         let at = format!("listeners[{i}]");
         match resolve(&l.address) {
-            Ok(addr) if addr.port() != 0 && !addresses.insert(addr) => {
-                r.err(format!("{at}.address"), format!("{addr} is used by another listener"))
-            }
+            Ok(addr) if addr.port() != 0 && !addresses.insert(addr) => r.err(
+                format!("{at}.address"),
+                format!("{addr} is used by another listener"),
+            ),
             Ok(_) => {}
             Err(e) => r.err(format!("{at}.address"), e),
         }
@@ -134,7 +150,11 @@ pub fn validate(config: &Config, codecs: &CodecRegistry) -> Result<Validated, Ve
                 r.err(format!("{at}.access_log.path"), "must not be empty");
             }
         }
-        match config.route_configs.iter().position(|c| c.name == l.route_config) {
+        match config
+            .route_configs
+            .iter()
+            .position(|c| c.name == l.route_config)
+        {
             None => r.err(
                 format!("{at}.route_config"),
                 format!("no route config named {:?}", l.route_config),
@@ -166,21 +186,30 @@ pub fn validate(config: &Config, codecs: &CodecRegistry) -> Result<Validated, Ve
     for (i, c) in config.clusters.iter().enumerate() {
         let at = format!("clusters[{i}]");
         if c.endpoints.is_empty() {
-            r.err(format!("{at}.endpoints"), "at least one endpoint is required");
+            r.err(
+                format!("{at}.endpoints"),
+                "at least one endpoint is required",
+            );
         }
         for (j, e) in c.endpoints.iter().enumerate() {
             if let Err(msg) = resolve(e.address()) {
                 r.err(format!("{at}.endpoints[{j}]"), msg);
             }
             if e.weight() == 0 {
-                r.err(format!("{at}.endpoints[{j}].weight"), "must be greater than 0");
+                r.err(
+                    format!("{at}.endpoints[{j}].weight"),
+                    "must be greater than 0",
+                );
             }
         }
         if c.max_connections == 0 {
             r.err(format!("{at}.max_connections"), "must be greater than 0");
         }
         if c.max_pending_requests == 0 {
-            r.err(format!("{at}.max_pending_requests"), "must be greater than 0");
+            r.err(
+                format!("{at}.max_pending_requests"),
+                "must be greater than 0",
+            );
         }
         if c.connect_timeout.get().is_zero() {
             r.err(format!("{at}.connect_timeout"), "must be greater than 0");
@@ -247,9 +276,10 @@ fn validate_route(r: &mut Report, at: &str, route: &RouteEntry, clusters: &HashS
     let action = &route.route;
     let ra = format!("{at}.route");
     match (&action.cluster, &action.weighted_clusters) {
-        (Some(_), Some(_)) | (None, None) => {
-            r.err(ra.clone(), "exactly one of cluster, weighted_clusters must be set")
-        }
+        (Some(_), Some(_)) | (None, None) => r.err(
+            ra.clone(),
+            "exactly one of cluster, weighted_clusters must be set",
+        ),
         (Some(c), None) => {
             if !clusters.contains(c.as_str()) {
                 r.err(format!("{ra}.cluster"), format!("no cluster named {c:?}"));
@@ -281,7 +311,10 @@ fn validate_route(r: &mut Report, at: &str, route: &RouteEntry, clusters: &HashS
             );
         }
         if !(0.0..=100.0).contains(&m.percent) {
-            r.err(format!("{ra}.mirror[{k}].percent"), "must be within 0..=100");
+            r.err(
+                format!("{ra}.mirror[{k}].percent"),
+                "must be within 0..=100",
+            );
         }
     }
     if action.timeout.get().is_zero() {
@@ -353,33 +386,69 @@ clusters:
     #[test]
     fn every_dangling_reference_is_reported() {
         let y = BASE
-            .replace("route: {cluster: c}", "route: {cluster: nope, mirror: [{cluster: ghost}]}")
+            .replace(
+                "route: {cluster: c}",
+                "route: {cluster: nope, mirror: [{cluster: ghost}]}",
+            )
             .replace("route_config: r}", "route_config: missing}");
         let p = problems(&y);
-        assert!(p.contains(&"listeners[0].route_config: no route config named \"missing\"".to_string()), "{p:?}");
-        assert!(p.contains(&"route_configs[0].routes[0].route.cluster: no cluster named \"nope\"".to_string()), "{p:?}");
-        assert!(p.contains(&"route_configs[0].routes[0].route.mirror[0].cluster: no cluster named \"ghost\"".to_string()), "{p:?}");
+        assert!(
+            p.contains(&"listeners[0].route_config: no route config named \"missing\"".to_string()),
+            "{p:?}"
+        );
+        assert!(
+            p.contains(
+                &"route_configs[0].routes[0].route.cluster: no cluster named \"nope\"".to_string()
+            ),
+            "{p:?}"
+        );
+        assert!(
+            p.contains(
+                &"route_configs[0].routes[0].route.mirror[0].cluster: no cluster named \"ghost\""
+                    .to_string()
+            ),
+            "{p:?}"
+        );
     }
 
     #[test]
     fn matcher_needs_exactly_one_kind_and_valid_regex() {
-        let y = BASE.replace("{key: interface, exact: x}", "{key: interface, exact: x, prefix: y}");
+        let y = BASE.replace(
+            "{key: interface, exact: x}",
+            "{key: interface, exact: x, prefix: y}",
+        );
         assert_eq!(
             problems(&y),
             vec!["route_configs[0].routes[0].match.metadata[0]: exactly one of exact, prefix, suffix, regex, present must be set"]
         );
-        let y = BASE.replace("{key: interface, exact: x}", "{key: interface, regex: \"(\"}");
+        let y = BASE.replace(
+            "{key: interface, exact: x}",
+            "{key: interface, regex: \"(\"}",
+        );
         let p = problems(&y);
         assert_eq!(p.len(), 1);
-        assert!(p[0].starts_with("route_configs[0].routes[0].match.metadata[0].regex: "), "{p:?}");
+        assert!(
+            p[0].starts_with("route_configs[0].routes[0].match.metadata[0].regex: "),
+            "{p:?}"
+        );
     }
 
     #[test]
     fn unknown_codec_and_bad_endpoint() {
-        let y = BASE.replace("codec: dubbo", "codec: grpc").replace("127.0.0.1:1", "nohostport");
+        let y = BASE
+            .replace("codec: dubbo", "codec: grpc")
+            .replace("127.0.0.1:1", "nohostport");
         let p = problems(&y);
-        assert!(p.iter().any(|p| p.starts_with("listeners[0].codec: unknown codec \"grpc\"")), "{p:?}");
-        assert!(p.iter().any(|p| p.starts_with("clusters[0].endpoints[0]: ")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|p| p.starts_with("listeners[0].codec: unknown codec \"grpc\"")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|p| p.starts_with("clusters[0].endpoints[0]: ")),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -107,9 +107,7 @@ impl Codec for KvCodec {
                     request_id: id,
                     ..Default::default()
                 };
-                return Err(
-                    DecodeError::malformed(format!("unknown kind {other}")).with_reply(ctx)
-                );
+                return Err(DecodeError::malformed(format!("unknown kind {other}")).with_reply(ctx));
             }
         };
         let bad = |what: &'static str| {
@@ -124,10 +122,14 @@ impl Codec for KvCodec {
         let mut at = HEAD_LEN;
         for _ in 0..count {
             let klen = be_u16(&frame, at).ok_or_else(|| bad("truncated header"))?;
-            let key = frame.get(at + 2..at + 2 + klen).ok_or_else(|| bad("truncated key"))?;
+            let key = frame
+                .get(at + 2..at + 2 + klen)
+                .ok_or_else(|| bad("truncated key"))?;
             at += 2 + klen;
             let vlen = be_u16(&frame, at).ok_or_else(|| bad("truncated header"))?;
-            let value = frame.get(at + 2..at + 2 + vlen).ok_or_else(|| bad("truncated value"))?;
+            let value = frame
+                .get(at + 2..at + 2 + vlen)
+                .ok_or_else(|| bad("truncated value"))?;
             let (ks, vs) = (at - klen, at + 2);
             at += 2 + vlen;
             if std::str::from_utf8(key).is_err() || std::str::from_utf8(value).is_err() {
@@ -224,7 +226,14 @@ impl Codec for KvCodec {
         heartbeat: &Message,
         dst: &mut BytesMut,
     ) -> Result<(), EncodeError> {
-        crate::frames::put_frame(dst, KIND_HEARTBEAT_REPLY, 0, heartbeat.request_id(), &[], b"");
+        crate::frames::put_frame(
+            dst,
+            KIND_HEARTBEAT_REPLY,
+            0,
+            heartbeat.request_id(),
+            &[],
+            b"",
+        );
         Ok(())
     }
 
@@ -263,13 +272,19 @@ mod tests {
     fn rejects_oversized_frame_from_the_header() {
         let mut buf = BytesMut::from(&[0u8, 0x10, 0, 0, 0][..]);
         let e = KvCodec::new(1024).decode(&mut buf).unwrap_err();
-        assert!(matches!(e.kind, meta_protocol::DecodeErrorKind::FrameTooLarge { .. }));
+        assert!(matches!(
+            e.kind,
+            meta_protocol::DecodeErrorKind::FrameTooLarge { .. }
+        ));
     }
 
     #[test]
     fn encode_rewrites_id_and_applies_mutations() {
         let f = frames::request(7, &[("a", "1"), ("b", "2")], b"body");
-        let mut m = codec().decode(&mut BytesMut::from(&f[..])).unwrap().unwrap();
+        let mut m = codec()
+            .decode(&mut BytesMut::from(&f[..]))
+            .unwrap()
+            .unwrap();
         m.set_request_id(99);
         let mut out = BytesMut::new();
         codec().encode(&m, &mut out).unwrap();

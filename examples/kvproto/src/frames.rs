@@ -15,7 +15,10 @@ pub fn put_frame(
     body: &[u8],
 ) {
     let len = HEAD_LEN - 4
-        + headers.iter().map(|(k, v)| 4 + k.len() + v.len()).sum::<usize>()
+        + headers
+            .iter()
+            .map(|(k, v)| 4 + k.len() + v.len())
+            .sum::<usize>()
         + body.len();
     dst.reserve(len + 4);
     dst.put_u32(len as u32);
