@@ -467,10 +467,16 @@ fn merge_headers(
     let mut c = Cursor::at(frame, HEADER_SECTION);
     let _ = c.varint(5);
     let transforms = frame.get(c.pos()..info_start).unwrap_or(&[0]);
-    // Unknown info sections after `stop`, without trailing padding.
+    // What follows the key/value sections: nothing but padding is dropped; an unknown
+    // info section is kept verbatim, zeros included (they may end one of its varints;
+    // found by fuzzing).
     let tail = frame.get(stop..payload).unwrap_or_default();
-    let tail_end = tail.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    write_header_section(dst, p, transforms, &unique, &tail[..tail_end]);
+    let tail = if tail.iter().all(|&b| b == 0) {
+        &[][..]
+    } else {
+        tail
+    };
+    write_header_section(dst, p, transforms, &unique, tail);
     Ok(())
 }
 
@@ -1063,5 +1069,40 @@ mod tests {
         let m = auto().decode(&mut b).unwrap().unwrap();
         assert_eq!(m.metadata().get("k"), Some("2"));
         assert_eq!(m.metadata().get("method"), Some("m"));
+    }
+
+    #[test]
+    fn unknown_info_sections_survive_header_mutations() {
+        // Found by fuzzing: an unknown info section whose varint ends in a zero byte.
+        let mut f = call(Transport::Header, Protocol::Compact, "m", 3, &[]);
+        // Header section: protocol 2, 0 transforms, 2 padding bytes -> replace the
+        // padding and grow the header by one word holding an unknown info section.
+        let hl = u16::from_be_bytes([f[12], f[13]]) as usize;
+        assert_eq!(hl, 1);
+        let unknown = [0xf2, 0x82, 0x81, 0x80, 0x00, 0x00];
+        let mut g = BytesMut::new();
+        g.extend_from_slice(&f[..12]);
+        g.extend_from_slice(&2u16.to_be_bytes());
+        g.extend_from_slice(&f[14..16]);
+        g.extend_from_slice(&unknown);
+        g.extend_from_slice(&f[18..]);
+        let len = (g.len() - 4) as u32;
+        g[..4].copy_from_slice(&len.to_be_bytes());
+        f = g;
+        let mut codec = auto();
+        let mut m = codec.decode(&mut f).unwrap().unwrap();
+        m.push_mutation("k".into(), "v".into());
+        let mut out = BytesMut::new();
+        codec.encode(&m, &mut out).unwrap();
+        let back = auto().decode(&mut out).unwrap().unwrap();
+        assert_eq!(back.metadata().get("k"), Some("v"));
+        assert!(back
+            .frame()
+            .windows(unknown.len() - 1)
+            .any(|w| w == &unknown[..5]));
+        assert_eq!(
+            frames::call_payload(&back).unwrap().as_deref(),
+            Some(&b"payload"[..])
+        );
     }
 }

@@ -727,8 +727,14 @@ mod tests {
         let mut c = Cursor::new(&[0x80, 0x80, 0x01, 0x05]);
         assert_eq!(c.skip_varint(3), Ok(()));
         assert_eq!(c.pos(), 3);
-        assert_eq!(Cursor::new(&[0x80, 0x80]).skip_varint(3), Err(Fault::Incomplete(3)));
-        assert_eq!(Cursor::new(&[0x80, 0x80, 0x80]).skip_varint(3), Err(Fault::Malformed("varint too long")));
+        assert_eq!(
+            Cursor::new(&[0x80, 0x80]).skip_varint(3),
+            Err(Fault::Incomplete(3))
+        );
+        assert_eq!(
+            Cursor::new(&[0x80, 0x80, 0x80]).skip_varint(3),
+            Err(Fault::Malformed("varint too long"))
+        );
     }
 
     #[test]

@@ -165,5 +165,8 @@ fn randomized_mutations_of_valid_frames_hold_the_invariants() {
     }
     eprintln!("thrift stable fuzz: {runs} mutated inputs in {secs} s, {messages} messages decoded and checked, no findings");
     assert!(runs > 1000, "the harness ran too few inputs ({runs})");
-    assert!(messages as u64 > runs / 20, "too few mutated inputs still decode ({messages} of {runs})");
+    assert!(
+        messages as u64 > runs / 20,
+        "too few mutated inputs still decode ({messages} of {runs})"
+    );
 }

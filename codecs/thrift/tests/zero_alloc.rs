@@ -40,7 +40,10 @@ fn framed_binary_decode_allocates_nothing() {
     // The counter works: an allocation is seen.
     let before = ALLOCS.load(Ordering::SeqCst);
     let v = std::hint::black_box(Vec::<u8>::with_capacity(64));
-    assert!(ALLOCS.load(Ordering::SeqCst) > before, "the counting allocator counts");
+    assert!(
+        ALLOCS.load(Ordering::SeqCst) > before,
+        "the counting allocator counts"
+    );
     drop(v);
 
     for (payload, frames_n) in [(100usize, 1000usize), (4096, 200), (1 << 20, 4)] {
