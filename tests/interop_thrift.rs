@@ -53,14 +53,23 @@ impl Drop for PyServer {
 fn py_server(transport: &str, protocol: &str) -> PyServer {
     let mut child = Command::new(python())
         .arg(script("server.py"))
-        .args(["--transport", transport, "--protocol", protocol, "127.0.0.1:0"])
+        .args([
+            "--transport",
+            transport,
+            "--protocol",
+            protocol,
+            "127.0.0.1:0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start the Python thrift server");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("server said {line:?}: {e}"));
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("server said {line:?}: {e}"));
     let addr = v["listening"].as_str().unwrap().to_owned();
     PyServer(child, addr)
 }
@@ -68,17 +77,33 @@ fn py_server(transport: &str, protocol: &str) -> PyServer {
 fn py_client(transport: &str, protocol: &str, addr: SocketAddr, extra: &[&str]) -> Vec<Value> {
     let out = Command::new(python())
         .arg(script("client.py"))
-        .args(["--transport", transport, "--protocol", protocol, &addr.to_string()])
+        .args([
+            "--transport",
+            transport,
+            "--protocol",
+            protocol,
+            &addr.to_string(),
+        ])
         .args(extra)
         .output()
         .expect("run the Python thrift client");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!stdout.trim().is_empty(), "client printed nothing; stderr: {}", String::from_utf8_lossy(&out.stderr));
-    stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    assert!(
+        !stdout.trim().is_empty(),
+        "client printed nothing; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn by_call<'a>(lines: &'a [Value], call: &str) -> &'a Value {
-    lines.iter().find(|l| l["call"] == call).unwrap_or_else(|| panic!("no {call} in {lines:?}"))
+    lines
+        .iter()
+        .find(|l| l["call"] == call)
+        .unwrap_or_else(|| panic!("no {call} in {lines:?}"))
 }
 
 /// Strips what legitimately differs between a direct and a proxied call.
@@ -112,7 +137,10 @@ fn silent_backend() -> SocketAddr {
 }
 
 fn dead_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 #[test]
@@ -124,7 +152,11 @@ fn apache_thrift_python_through_the_proxy_binary() {
     for (i, (t, p)) in COMBOS.iter().enumerate() {
         let transport = if *t == "buffered" { "unframed" } else { t };
         // Half the listeners auto-detect, half are explicit.
-        let options = if i % 2 == 0 { "{}".to_owned() } else { format!("{{transport: {transport}, protocol: {p}}}") };
+        let options = if i % 2 == 0 {
+            "{}".to_owned()
+        } else {
+            format!("{{transport: {transport}, protocol: {p}}}")
+        };
         yaml += &format!("  - {{name: l{i}, address: \"127.0.0.1:0\", codec: thrift, options: {options}, route_config: r{i}}}\n");
     }
     yaml += "  - {name: routed, address: \"127.0.0.1:0\", codec: thrift, route_config: routed}\n";
@@ -162,10 +194,23 @@ clusters:
     let mut addrs = std::collections::HashMap::new();
     addrs.insert("l0".to_owned(), _first);
     while addrs.len() < COMBOS.len() + 2 {
-        let line = logs.recv_timeout(Duration::from_secs(10)).expect("listening lines");
-        if let (Some(name), Some(addr)) = (line.split("listener=").nth(1), line.split("listening on ").nth(1)) {
-            let name = name.split_whitespace().next().unwrap().trim_matches('"').to_owned();
-            addrs.insert(name, addr.split_whitespace().next().unwrap().parse().unwrap());
+        let line = logs
+            .recv_timeout(Duration::from_secs(10))
+            .expect("listening lines");
+        if let (Some(name), Some(addr)) = (
+            line.split("listener=").nth(1),
+            line.split("listening on ").nth(1),
+        ) {
+            let name = name
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_matches('"')
+                .to_owned();
+            addrs.insert(
+                name,
+                addr.split_whitespace().next().unwrap().parse().unwrap(),
+            );
         }
     }
 
@@ -185,19 +230,43 @@ clusters:
 
     // Routing by service and by method; no route; timeout.
     let routed = addrs["routed"];
-    let lines = py_client("framed", "binary", routed, &["--calls", "put,add,boom,note"]);
+    let lines = py_client(
+        "framed",
+        "binary",
+        routed,
+        &["--calls", "put,add,boom,note"],
+    );
     assert_eq!(by_call(&lines, "put")["ok"], true, "{lines:?}");
     let add = by_call(&lines, "add");
-    assert_eq!((add["error"].as_str(), add["type"].as_i64()), (Some("TApplicationException"), Some(6)), "dead backend: {add}");
+    assert_eq!(
+        (add["error"].as_str(), add["type"].as_i64()),
+        (Some("TApplicationException"), Some(6)),
+        "dead backend: {add}"
+    );
     let boom = by_call(&lines, "boom");
-    assert_eq!((boom["error"].as_str(), boom["type"].as_i64()), (Some("TApplicationException"), Some(1)), "no route: {boom}");
+    assert_eq!(
+        (boom["error"].as_str(), boom["type"].as_i64()),
+        (Some("TApplicationException"), Some(1)),
+        "no route: {boom}"
+    );
     let note = by_call(&lines, "note");
-    assert_eq!(note["type"], 6, "lastNote routed to a silent backend times out: {note}");
-    assert!(note["message"].as_str().unwrap().contains("timeout"), "{note}");
+    assert_eq!(
+        note["type"], 6,
+        "lastNote routed to a silent backend times out: {note}"
+    );
+    assert!(
+        note["message"].as_str().unwrap().contains("timeout"),
+        "{note}"
+    );
 
     // Weighted split 50/50 between a live and a dead cluster.
     let calls = vec!["put"; 200].join(",");
-    let lines = py_client("framed", "binary", addrs["split"], &["--calls", &calls, "--leaves", "1"]);
+    let lines = py_client(
+        "framed",
+        "binary",
+        addrs["split"],
+        &["--calls", &calls, "--leaves", "1"],
+    );
     assert_eq!(lines.len(), 200);
     let ok = lines.iter().filter(|l| l["ok"] == true).count();
     let failed = lines.iter().filter(|l| l["type"] == 6).count();
@@ -207,7 +276,10 @@ clusters:
     // Garbage closes only the offending connection.
     let mut bad = TcpStream::connect(addrs["l0"]).unwrap();
     bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    bad.write_all(&[0, 0, 0, 16, 0x13, 0x37, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]).unwrap();
+    bad.write_all(&[
+        0, 0, 0, 16, 0x13, 0x37, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
+    ])
+    .unwrap();
     let mut sink = Vec::new();
     let _ = bad.read_to_end(&mut sink);
     let lines = py_client("framed", "binary", addrs["l0"], &["--calls", "add"]);

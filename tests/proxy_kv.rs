@@ -454,3 +454,53 @@ async fn drain_answers_everything_already_sent_then_closes() {
         "listener should be closed"
     );
 }
+
+#[tokio::test]
+async fn codecs_without_multiplexing_get_one_request_per_connection_at_a_time() {
+    let v1 = backend("v1").await;
+    let yaml = r#"
+listeners:
+  - {name: in, address: "127.0.0.1:0", codec: kv, options: {multiplexing: "false"}, route_config: r}
+route_configs:
+  - {name: r, routes: [{route: {cluster: v1}}]}
+clusters:
+  - {name: v1, endpoints: ["{v1}"], max_connections: 2}
+"#;
+    let p = proxy(yaml, &[("v1", v1.addr)]).await;
+    let mut c = Client::connect(p.local_addr("in").unwrap()).await;
+    let started = Instant::now();
+    for _ in 0..6 {
+        c.send(&[("sleep-ms", "100")], b"slow").await;
+    }
+    for _ in 0..6 {
+        let r = c.recv_timeout(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(frames::status(&r), Status::Ok as u8);
+    }
+    // Two connections, one request each at a time: three rounds of 100 ms.
+    assert_eq!(
+        v1.max_in_flight_per_connection
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert!(v1.connections.load(std::sync::atomic::Ordering::SeqCst) <= 2);
+    assert!(
+        started.elapsed() >= Duration::from_millis(290),
+        "{:?}",
+        started.elapsed()
+    );
+    // The multiplexing listener in `setup` puts concurrent requests on one connection.
+    let (v1, _v2, p) = setup().await;
+    let mut c = Client::connect(p.local_addr("kv-in").unwrap()).await;
+    for _ in 0..6 {
+        c.send(&[("service", "calc"), ("sleep-ms", "100")], b"slow")
+            .await;
+    }
+    for _ in 0..6 {
+        c.recv_timeout(Duration::from_secs(5)).await.unwrap();
+    }
+    assert!(
+        v1.max_in_flight_per_connection
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 1
+    );
+}

@@ -27,6 +27,8 @@ pub struct Backend {
     pub one_way: Arc<AtomicUsize>,
     pub seen: Seen,
     pub connections: Arc<AtomicUsize>,
+    /// The most requests ever awaiting a reply on one connection at once.
+    pub max_in_flight_per_connection: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -56,6 +58,8 @@ pub async fn backend(name: &str) -> Backend {
     let one_way = Arc::new(AtomicUsize::new(0));
     let connections = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(Mutex::new(Vec::new()));
+    let max_in_flight = Arc::new(AtomicUsize::new(0));
+    let m = max_in_flight.clone();
     let (r, o, s, c, n) = (
         received.clone(),
         one_way.clone(),
@@ -70,8 +74,8 @@ pub async fn backend(name: &str) -> Backend {
                 return;
             };
             c.fetch_add(1, Ordering::SeqCst);
-            let (r, o, s, n) = (r.clone(), o.clone(), s.clone(), n.clone());
-            conns.spawn(serve_backend(stream, n, r, o, s));
+            let (r, o, s, n, m) = (r.clone(), o.clone(), s.clone(), n.clone(), m.clone());
+            conns.spawn(serve_backend(stream, n, r, o, s, m));
         }
     });
     Backend {
@@ -81,6 +85,7 @@ pub async fn backend(name: &str) -> Backend {
         one_way,
         seen,
         connections,
+        max_in_flight_per_connection: max_in_flight,
         task,
     }
 }
@@ -91,7 +96,9 @@ async fn serve_backend(
     received: Arc<AtomicUsize>,
     one_way: Arc<AtomicUsize>,
     seen: Seen,
+    max_in_flight: Arc<AtomicUsize>,
 ) {
+    let in_flight = Arc::new(AtomicUsize::new(0));
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = stream.into_split();
     let wr = Arc::new(tokio::sync::Mutex::new(wr));
@@ -119,6 +126,8 @@ async fn serve_backend(
                 _ => continue,
             }
             received.fetch_add(1, Ordering::SeqCst);
+            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            max_in_flight.fetch_max(now, Ordering::SeqCst);
             let reply = frames::response(
                 msg.request_id(),
                 0,
@@ -131,13 +140,17 @@ async fn serve_backend(
                 .and_then(|v| v.parse::<u64>().ok())
             {
                 Some(ms) => {
-                    let wr = wr.clone();
+                    let (wr, in_flight) = (wr.clone(), in_flight.clone());
                     tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_millis(ms)).await;
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
                         let _ = wr.lock().await.write_all(&reply).await;
                     });
                 }
-                None => out.extend_from_slice(&reply),
+                None => {
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    out.extend_from_slice(&reply);
+                }
             }
         }
         if !out.is_empty() && wr.lock().await.write_all(&out).await.is_err() {

@@ -2,8 +2,9 @@
 
 use bytes::{BufMut, BytesMut};
 use meta_protocol::{
-    Codec, CodecContext, CodecError, CodecFactory, DecodeError, EncodeError, FrameLayout,
-    LocalReply, LocalReplyKind, Message, MessageKind, MetaStr, ReplyContext, ResponseStatus,
+    Codec, CodecCapabilities, CodecContext, CodecError, CodecFactory, CodecOptions, DecodeError,
+    EncodeError, FrameLayout, LocalReply, LocalReplyKind, Message, MessageKind, MetaStr,
+    ReplyContext, ResponseStatus,
 };
 
 /// Bytes before the headers: length, kind, status, id, header count.
@@ -49,12 +50,31 @@ impl Status {
 }
 
 /// Creates [`KvCodec`]s; registered as `kv`.
+///
+/// Options: `multiplexing: "false"` tells the runtime that replies cannot be matched by
+/// id, so each upstream connection carries one request at a time (default `"true"`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct KvCodecFactory;
 
 impl CodecFactory for KvCodecFactory {
     fn name(&self) -> &str {
         "kv"
+    }
+
+    fn validate(&self, options: &CodecOptions) -> Result<CodecCapabilities, CodecError> {
+        let mut caps = CodecCapabilities::default();
+        for (key, value) in options {
+            match key.as_str() {
+                "multiplexing" => {
+                    caps.multiplexing = value.parse().map_err(|_| CodecError::InvalidOption {
+                        key: key.clone(),
+                        message: format!("expected true or false, got {value:?}"),
+                    })?
+                }
+                _ => return Err(CodecError::UnknownOption(key.clone())),
+            }
+        }
+        Ok(caps)
     }
 
     fn new_codec(&self, ctx: &CodecContext<'_>) -> Result<Box<dyn Codec>, CodecError> {
