@@ -1,0 +1,274 @@
+//! A Python Dubbo client from PyPI (dubbo-ssl-python, the Dubbo TCP protocol with
+//! hessian2) calling through the real `metaproxy` binary to Dubbo backends: routing on
+//! interface, method, version, group and an attachment, a request mutation seen by the
+//! backend, canary split, and the error statuses of SPEC §5 at the client.
+//! Needs `scripts/interop/dubbo.sh` (run by `scripts/test.sh`).
+#![cfg(feature = "interop")]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::binary::start_proxy;
+use meta_protocol::{Message, MessageKind};
+use metaproxy::backend::{self, Responder};
+use metaproxy_dubbo::frames::{echo_response, parse_request, ResponseFrame};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the Python client; one JSON object per call.
+fn client(target: SocketAddr, args: &[&str]) -> Vec<Value> {
+    let py = root().join(".interop/dubbo/venv/bin/python");
+    assert!(
+        py.exists(),
+        "the Python Dubbo client is missing: run scripts/interop/dubbo.sh (scripts/test.sh does)"
+    );
+    let out = Command::new(py)
+        .arg(root().join("codecs/dubbo/interop/client.py"))
+        .args(["--target", &target.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.trim().is_empty(),
+        "client printed nothing; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Answers each call with the string `<name>|x-route=<attachment or ->`.
+fn tagged(name: &'static str) -> Responder {
+    Arc::new(move |req: &Message, out: &mut BytesMut| {
+        if req.kind() != MessageKind::Request {
+            if let Some(frame) = echo_response(req) {
+                out.extend_from_slice(&frame);
+            }
+            return;
+        }
+        let parsed = parse_request(req.frame()).expect("the proxy forwards valid requests");
+        let x_route = parsed
+            .attachments
+            .iter()
+            .find(|(k, _)| k == "x-route")
+            .map_or("-", |(_, v)| v.as_str());
+        let text = format!("{name}|x-route={x_route}");
+        out.extend_from_slice(&ResponseFrame::string(req.request_id(), &text).encode());
+    })
+}
+
+fn silent_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 4096];
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn python_dubbo_client_through_the_proxy_binary() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let (v1, v2) = rt.block_on(async {
+        (
+            backend::spawn(
+                any,
+                backend::dubbo_factory(),
+                Default::default(),
+                tagged("v1"),
+            )
+            .await
+            .unwrap(),
+            backend::spawn(
+                any,
+                backend::dubbo_factory(),
+                Default::default(),
+                tagged("v2"),
+            )
+            .await
+            .unwrap(),
+        )
+    });
+    let silent = silent_backend();
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let yaml = format!(
+        r#"
+listeners:
+  - {{name: dubbo-in, address: "127.0.0.1:0", codec: dubbo, route_config: r}}
+route_configs:
+  - name: r
+    routes:
+      - name: by-attachment
+        match: {{metadata: [{{key: user, exact: beta}}]}}
+        route: {{cluster: v2}}
+        request_mutation: [{{key: x-route, value: beta}}]
+      - name: by-version
+        match: {{metadata: [{{key: interface, exact: com.example.Greeter}}, {{key: version, exact: 2.0.0}}]}}
+        route: {{cluster: v2}}
+      - name: by-group
+        match: {{metadata: [{{key: group, exact: blue}}]}}
+        route: {{cluster: v2}}
+      - name: by-method
+        match: {{metadata: [{{key: method, exact: slowCall}}]}}
+        route: {{cluster: silent, timeout: 300ms}}
+      - name: dead
+        match: {{metadata: [{{key: interface, exact: com.example.Dead}}]}}
+        route: {{cluster: dead}}
+      - name: canary
+        match: {{metadata: [{{key: interface, exact: com.example.Greeter}}]}}
+        route: {{weighted_clusters: [{{cluster: v1, weight: 80}}, {{cluster: v2, weight: 20}}]}}
+clusters:
+  - {{name: v1, endpoints: ["{}"]}}
+  - {{name: v2, endpoints: ["{}"]}}
+  - {{name: silent, endpoints: ["{silent}"]}}
+  - {{name: dead, endpoints: ["{dead}"]}}
+"#,
+        v1.addr(),
+        v2.addr()
+    );
+    let dir = std::env::temp_dir().join(format!("metaproxy-dubbo-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dubbo.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let (_proxy, addr, _logs) = start_proxy(&path);
+    let greeter = [
+        "--interface",
+        "com.example.Greeter",
+        "--method",
+        "sayHello",
+        "--version",
+        "1.0.0",
+        "--args",
+        "[\"hi\"]",
+    ];
+
+    // Canary split 80/20, observed in the replies and at the backends.
+    let lines = client(addr, &[&greeter[..], &["--count", "300"]].concat());
+    assert_eq!(lines.len(), 300);
+    assert!(lines.iter().all(|l| l["ok"] == true), "{lines:?}");
+    let to_v2 = lines
+        .iter()
+        .filter(|l| l["result"].as_str().unwrap().starts_with("v2|"))
+        .count();
+    assert!(
+        (30..=95).contains(&to_v2),
+        "v2 got {to_v2} of 300 (expected about 60)"
+    );
+    assert_eq!(v1.stats().requests() + v2.stats().requests(), 300);
+
+    // Routing on an attachment, with the request mutation seen by the backend.
+    let lines = client(
+        addr,
+        &[&greeter[..], &["--attachment", "user=beta"]].concat(),
+    );
+    assert_eq!(lines[0]["result"], "v2|x-route=beta", "{lines:?}");
+    // Routing on version and on group.
+    let lines = client(
+        addr,
+        &[
+            "--interface",
+            "com.example.Greeter",
+            "--method",
+            "sayHello",
+            "--version",
+            "2.0.0",
+            "--args",
+            "[\"x\"]",
+            "--count",
+            "20",
+        ],
+    );
+    assert!(
+        lines.iter().all(|l| l["result"] == "v2|x-route=-"),
+        "{lines:?}"
+    );
+    let lines = client(
+        addr,
+        &[
+            "--interface",
+            "com.example.Other",
+            "--method",
+            "m",
+            "--group",
+            "blue",
+            "--args",
+            "[]",
+            "--count",
+            "5",
+        ],
+    );
+    assert!(
+        lines.iter().all(|l| l["result"] == "v2|x-route=-"),
+        "{lines:?}"
+    );
+
+    // Error statuses at a stock client: no route 60, dead backend 80, timeout 31.
+    let lines = client(
+        addr,
+        &[
+            "--interface",
+            "com.example.Nope",
+            "--method",
+            "m",
+            "--args",
+            "[]",
+        ],
+    );
+    assert_eq!(lines[0]["status"], 60, "{lines:?}");
+    let lines = client(
+        addr,
+        &[
+            "--interface",
+            "com.example.Dead",
+            "--method",
+            "m",
+            "--args",
+            "[]",
+        ],
+    );
+    assert_eq!(lines[0]["status"], 80, "{lines:?}");
+    let lines = client(
+        addr,
+        &[
+            "--interface",
+            "com.example.Greeter",
+            "--method",
+            "slowCall",
+            "--args",
+            "[]",
+        ],
+    );
+    assert_eq!(lines[0]["status"], 31, "{lines:?}");
+
+    // Garbage closes only the offending connection.
+    let mut bad = TcpStream::connect(addr).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    bad.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut sink = Vec::new();
+    let _ = bad.read_to_end(&mut sink);
+    let lines = client(addr, &greeter);
+    assert_eq!(lines[0]["ok"], true, "{lines:?}");
+}
