@@ -372,17 +372,9 @@ impl Downstream {
         let key = self.inflight.vacant_key();
         self.generation = self.generation.wrapping_add(1);
         let token = (u64::from(self.generation) << 32) | key as u64;
-        let reply_to = ReplyTo {
-            tx: self.tx.clone(),
-            token,
-        };
-        match self.send(
-            &listener.clusters[cluster],
-            msg,
-            hash,
-            Some(reply_to),
-            deadline,
-        ) {
+        let mut attempts_left = attempts;
+        let target = listener.clusters[cluster].clone();
+        match self.send_two_way(&target, msg, hash, token, deadline, &mut attempts_left) {
             Ok(endpoint) => {
                 let timer = self.timers.insert_at(token, deadline);
                 self.inflight.insert(InFlight {
@@ -395,52 +387,38 @@ impl Downstream {
                     route: route_index,
                     cluster,
                     endpoint,
-                    attempts_left: attempts,
+                    attempts_left,
                     hash,
                 });
             }
-            Err(not_sent) => {
-                let NotSent { msg, kind, reason } = not_sent;
-                if attempts > 0 && kind == LocalReplyKind::UpstreamFailure {
-                    // Never sent: retry right away on another pick.
-                    let mut attempts = attempts;
-                    let mut m = msg;
-                    while attempts > 0 {
-                        attempts -= 1;
-                        let reply_to = ReplyTo {
-                            tx: self.tx.clone(),
-                            token,
-                        };
-                        match self.send(
-                            &listener.clusters[cluster],
-                            m,
-                            hash,
-                            Some(reply_to),
-                            deadline,
-                        ) {
-                            Ok(endpoint) => {
-                                let timer = self.timers.insert_at(token, deadline);
-                                self.inflight.insert(InFlight {
-                                    log,
-                                    generation: self.generation,
-                                    reply,
-                                    timer,
-                                    started: Instant::now(),
-                                    listener,
-                                    route: route_index,
-                                    cluster,
-                                    endpoint,
-                                    attempts_left: attempts,
-                                    hash,
-                                });
-                                return;
-                            }
-                            Err(again) => m = again.msg,
-                        }
-                    }
-                }
+            Err(NotSent { kind, reason, .. }) => {
                 let text = format!("metaproxy: {reason}");
                 self.local_reply_logged(&reply, kind, &text, log, None);
+            }
+        }
+    }
+
+    /// Sends a two-way request whose reply goes to `token`, retrying requests that were
+    /// never sent (connect failure, connection gone) while `attempts_left` allows.
+    #[allow(clippy::result_large_err, reason = "the error hands the request back without a heap allocation")]
+    fn send_two_way(
+        &mut self,
+        cluster: &Arc<ClusterRt>,
+        mut msg: Message,
+        hash: Option<u64>,
+        token: u64,
+        deadline: Instant,
+        attempts_left: &mut u32,
+    ) -> Result<Arc<Endpoint>, NotSent> {
+        loop {
+            let reply_to = ReplyTo { tx: self.tx.clone(), token };
+            match self.send(cluster, msg, hash, Some(reply_to), deadline) {
+                Ok(endpoint) => return Ok(endpoint),
+                Err(not_sent) if not_sent.kind == LocalReplyKind::UpstreamFailure && *attempts_left > 0 => {
+                    *attempts_left -= 1;
+                    msg = not_sent.msg;
+                }
+                Err(not_sent) => return Err(not_sent),
             }
         }
     }
@@ -563,26 +541,18 @@ impl Downstream {
                 f.release();
                 let cluster = f.cluster().clone();
                 cluster.record_failure(&f.endpoint);
-                if let Some(msg) = unsent {
-                    let mut m = msg;
-                    while f.attempts_left > 0 {
-                        f.attempts_left -= 1;
-                        let reply_to = ReplyTo {
-                            tx: self.tx.clone(),
-                            token,
-                        };
-                        let deadline = self.timers.deadline(&f.timer);
-                        match self.send(&cluster, m, f.hash, Some(reply_to), deadline) {
-                            Ok(endpoint) => {
-                                f.endpoint = endpoint;
-                                let key = (token & 0xffff_ffff) as usize;
-                                let entry = self.inflight.vacant_entry();
-                                debug_assert_eq!(entry.key(), key);
-                                entry.insert(f);
-                                return;
-                            }
-                            Err(again) => m = again.msg,
-                        }
+                if let (Some(msg), true) = (unsent, f.attempts_left > 0) {
+                    f.attempts_left -= 1;
+                    let deadline = self.timers.deadline(&f.timer);
+                    let mut attempts_left = f.attempts_left;
+                    if let Ok(endpoint) = self.send_two_way(&cluster, msg, f.hash, token, deadline, &mut attempts_left) {
+                        f.endpoint = endpoint;
+                        f.attempts_left = attempts_left;
+                        // `take` freed this slot and nothing was inserted since.
+                        let entry = self.inflight.vacant_entry();
+                        debug_assert_eq!(entry.key() as u64, token & 0xffff_ffff);
+                        entry.insert(f);
+                        return;
                     }
                 }
                 self.timers.remove(&f.timer);

@@ -4,7 +4,6 @@
 mod common;
 
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::binary::{backend_name, call, start_proxy};
@@ -180,22 +179,11 @@ clusters:
         config("v1").replace("cluster: v1}", "cluster: nope}"),
     )
     .unwrap();
-    let pid = proxy.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let line = logs
-            .recv_timeout(deadline - Instant::now())
-            .expect("no reload log");
-        if line.contains("reload rejected") {
-            assert!(line.contains("no cluster named"), "{line}");
-            break;
-        }
-    }
+    let line = proxy.reload(&logs);
+    assert!(
+        line.contains("reload rejected") && line.contains("no cluster named"),
+        "{line}"
+    );
     assert_eq!(
         backend_name(&call(&mut s, 3, "com.example.Greeter").1),
         Some("v1")
@@ -203,19 +191,8 @@ clusters:
 
     // SIGHUP with a good file: new requests go to v2 on the same connection.
     std::fs::write(&path, config("v2")).unwrap();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
-    loop {
-        let line = logs
-            .recv_timeout(deadline - Instant::now())
-            .expect("no reload log");
-        if line.contains("config reloaded") {
-            break;
-        }
-    }
+    let line = proxy.reload(&logs);
+    assert!(line.contains("config reloaded"), "{line}");
     assert_eq!(
         backend_name(&call(&mut s, 4, "com.example.Greeter").1),
         Some("v2")
@@ -223,11 +200,7 @@ clusters:
 
     // SIGTERM: drains and exits 0.
     drop(s);
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    proxy.signal("-TERM");
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(st) = proxy.0.try_wait().unwrap() {

@@ -8,14 +8,14 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use common::binary::start_proxy;
+use common::binary::{dead_addr, silent_backend, start_proxy};
 use meta_protocol::{Message, MessageKind};
 use metaproxy::backend::{self, Responder};
 use metaproxy_dubbo::frames::{echo_response, parse_request, ResponseFrame};
@@ -70,21 +70,6 @@ fn tagged(name: &'static str) -> Responder {
     })
 }
 
-fn silent_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut s = s;
-                let mut buf = [0u8; 4096];
-                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
-            });
-        }
-    });
-    addr
-}
-
 #[test]
 fn python_dubbo_client_through_the_proxy_binary() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -110,10 +95,7 @@ fn python_dubbo_client_through_the_proxy_binary() {
         )
     });
     let silent = silent_backend();
-    let dead = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = dead_addr();
     let yaml = format!(
         r#"
 listeners:

@@ -7,12 +7,12 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::binary::start_proxy;
+use common::binary::{dead_addr, silent_backend, start_proxy};
 use serde_json::Value;
 
 const COMBOS: [(&str, &str); 6] = [
@@ -121,27 +121,6 @@ fn comparable(lines: &[Value]) -> Vec<Value> {
 }
 
 /// A TCP server that accepts and reads but never answers.
-fn silent_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut s = s;
-                let mut buf = [0u8; 4096];
-                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
-            });
-        }
-    });
-    addr
-}
-
-fn dead_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 #[test]
 fn apache_thrift_python_through_the_proxy_binary() {

@@ -90,3 +90,52 @@ pub fn backend_name(attachments: &[(String, String)]) -> Option<&str> {
         .find(|(k, _)| k == "backend")
         .map(|(_, v)| v.as_str())
 }
+
+impl Proxy {
+    /// Sends `signal` (for example `-HUP`) to the proxy process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.0.id().to_string();
+        assert!(Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// Sends SIGHUP and returns the log line that reports the outcome of the reload.
+    pub fn reload(&self, logs: &std::sync::mpsc::Receiver<String>) -> String {
+        self.signal("-HUP");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let line = logs
+                .recv_timeout(deadline - Instant::now())
+                .expect("no reload outcome logged");
+            if line.contains("config reloaded") || line.contains("reload rejected") {
+                return line;
+            }
+        }
+    }
+}
+
+/// A TCP server that accepts and reads but never answers (for timeouts).
+pub fn silent_backend() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+/// An address nothing listens on (for dead endpoints).
+pub fn dead_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
