@@ -504,3 +504,52 @@ clusters:
             > 1
     );
 }
+
+#[tokio::test]
+async fn outlier_detection_ejects_an_endpoint_that_keeps_failing() {
+    let good = backend("good").await;
+    let silent = common::binary::silent_backend();
+    let yaml = r#"
+listeners:
+  - {name: in, address: "127.0.0.1:0", codec: kv, route_config: r}
+route_configs:
+  - {name: r, routes: [{route: {cluster: c, timeout: 100ms}}]}
+clusters:
+  - name: c
+    endpoints: ["{good}", "{silent}"]
+    outlier_detection: {consecutive_failures: 2, base_ejection_time: 30s, max_ejection_percent: 50}
+"#;
+    let p = proxy(yaml, &[("good", good.addr), ("silent", silent)]).await;
+    let mut c = Client::connect(p.local_addr("in").unwrap()).await;
+    let mut timeouts = 0;
+    for _ in 0..4 {
+        let r = c.call(&[], b"").await;
+        if frames::status(&r) == Status::Timeout as u8 {
+            timeouts += 1;
+        }
+    }
+    assert_eq!(
+        timeouts, 2,
+        "round robin sends every other request to the silent endpoint until it is ejected"
+    );
+    for i in 0..20 {
+        let r = c.call(&[], b"").await;
+        assert_eq!(
+            frames::status(&r),
+            Status::Ok as u8,
+            "request {i} after ejection"
+        );
+    }
+    let clusters = p.handle().clusters_json();
+    let endpoints = clusters[0]["endpoints"].as_array().unwrap();
+    let silent_state = endpoints
+        .iter()
+        .find(|e| e["address"] == silent.to_string())
+        .unwrap();
+    assert_eq!(silent_state["health"], "ejected", "{clusters}");
+    assert_eq!(endpoints.iter().filter(|e| e["ejected"] == true).count(), 1);
+    assert!(p
+        .handle()
+        .metrics_text()
+        .contains("metaproxy_outlier_ejections_total{cluster=\"c\"} 1"));
+}
