@@ -1,24 +1,25 @@
-//! Decodes the benchmark's typical request N times (default 100000): a steady loop for
+//! Runs one codec operation N times over the benchmark's frames: a steady loop for
 //! instruction counting (`valgrind --tool=callgrind`) and profiling (`perf record`),
 //! which give repeatable figures on a busy machine where wall-clock benches do not.
+//!
+//! `decode_loop N MODE`, MODE one of `typical` (default; 3 arguments, 6 attachments),
+//! `p100`, `p4k`, `p64k` (decode of a `byte[]` payload of that size), `rewrite`
+//! (encode with a new id), `mutate` (encode with a 2-key request mutation).
+//! Instructions per operation = (count at 2N - count at N) / N.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use meta_protocol::{Codec, Side, DEFAULT_MAX_FRAME_SIZE};
 use metaproxy_dubbo::frames::{Args, RequestFrame};
 use metaproxy_dubbo::hessian2::Writer;
 use metaproxy_dubbo::DubboCodec;
 
-fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(100_000);
+fn typical() -> Bytes {
     let mut args = BytesMut::new();
     Writer::new(&mut args)
         .write_int(42)
         .write_string("hello world")
         .write_binary(&[7u8; 100]);
-    let frame = RequestFrame {
+    RequestFrame {
         version: "1.0.0",
         group: Some("blue"),
         attachments: &[("timeout", "3000"), ("user", "alice")],
@@ -28,20 +29,74 @@ fn main() {
         },
         ..RequestFrame::new(1, "com.example.DemoService", "sayHello")
     }
-    .encode();
-    let mut buf = BytesMut::with_capacity(frame.len() * n);
-    for _ in 0..n {
-        buf.extend_from_slice(&frame);
+    .encode()
+}
+
+fn payload(n: usize) -> Bytes {
+    RequestFrame {
+        version: "1.0.0",
+        group: Some("blue"),
+        attachments: &[("timeout", "3000"), ("user", "alice")],
+        args: Args::Binary(n),
+        ..RequestFrame::new(1, "com.example.DemoService", "upload")
     }
+    .encode()
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100_000);
+    let mode = std::env::args().nth(2).unwrap_or_else(|| "typical".into());
     let mut codec = DubboCodec::new(Side::Downstream, DEFAULT_MAX_FRAME_SIZE);
-    let mut keys = 0;
     let start = std::time::Instant::now();
-    while let Ok(Some(msg)) = codec.decode(&mut buf) {
-        keys += msg.metadata().len();
+    let mut work = 0usize;
+    match mode.as_str() {
+        "rewrite" | "mutate" => {
+            let mut msg = codec
+                .decode(&mut BytesMut::from(&typical()[..]))
+                .unwrap()
+                .unwrap();
+            msg.set_request_id(99);
+            if mode == "mutate" {
+                msg.push_mutation("x-route".into(), "beta".into());
+                msg.push_mutation("user".into(), "bob".into());
+            }
+            let mut out = BytesMut::with_capacity(4096);
+            for _ in 0..n {
+                out.clear();
+                codec.encode(&msg, &mut out).unwrap();
+                work += out.len();
+            }
+        }
+        _ => {
+            let frame = match mode.as_str() {
+                "p100" => payload(100),
+                "p4k" => payload(4096),
+                "p64k" => payload(65536),
+                _ => typical(),
+            };
+            // Decode from one shared buffer, refilled in slices of 64 frames (the copy
+            // a socket read makes is part of the cost).
+            let mut buf = BytesMut::with_capacity(frame.len() * 64);
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(64);
+                buf.clear();
+                for _ in 0..k {
+                    buf.extend_from_slice(&frame);
+                }
+                while let Ok(Some(msg)) = codec.decode(&mut buf) {
+                    work += msg.metadata().len();
+                }
+                left -= k;
+            }
+        }
     }
     let took = start.elapsed();
     println!(
-        "{n} decodes, {keys} metadata entries, {:?} per decode",
-        took / n as u32
+        "{mode}: {n} operations ({work}), {:?} per operation",
+        took / n.max(1) as u32
     );
 }

@@ -294,11 +294,14 @@ impl DubboCodec {
                     match r.read_string_interned(well_known_key)? {
                         // Body fields win: skip their attachment without slicing it.
                         Some(k) if body_fields & body_field(&k) != 0 => r.skip_value()?,
-                        Some(k) => {
-                            if let Some(v) = r.read_string_or_skip()? {
-                                md.set_if_absent(k, v);
+                        // A later duplicate wins, as in the HashMap a Java peer reads
+                        // the attachments into (and as mutations rely on).
+                        Some(k) => match r.read_string_or_skip()? {
+                            Some(v) => md.set(k, v),
+                            None => {
+                                md.remove(&k);
                             }
-                        }
+                        },
                         None => r.skip_value()?,
                     }
                     Ok(())
@@ -357,7 +360,7 @@ impl DubboCodec {
             let map_start = r.position();
             let md = msg.metadata_mut();
             let first = r
-                .read_string_map(|k, v| md.set_if_absent(k, v))
+                .read_string_map(|k, v| md.set(k, v))
                 .map_err(|e| hessian(e, "response attachments"))?;
             layout.attachments = Some((map_start, first, r.position()));
         }
@@ -437,18 +440,32 @@ fn copy_entries(
     let walked: Result<(), HessianError> = (|| {
         while !r.is_at_end() {
             let entry = r.position();
-            let key = r.read_string_or_skip()?;
+            // Compare plain keys where they stand; decode only unusual encodings.
+            let key_at = r.position();
+            let is_string = matches!(
+                r.peek(),
+                Some(0x00..=0x1f | 0x30..=0x33 | code::STRING_FINAL | code::STRING_CHUNK)
+            );
+            let mutated_key = if is_string {
+                let span = r.read_str_span()?;
+                if span.plain {
+                    let k = &frame[span.data];
+                    mutations.iter().any(|(m, _)| m.as_bytes() == k)
+                } else {
+                    let k = Reader::with_range(frame, key_at, r.position()).read_string()?;
+                    mutations.iter().any(|(m, _)| *m == k)
+                }
+            } else {
+                r.skip_value()?;
+                false
+            };
             let scalar = matches!(
                 r.peek(),
                 Some(0x00..=0x1f | 0x30..=0x33 | b'S' | b'R' | b'N' | b'T' | b'F' | 0x80..=0xbf)
                     | Some(0xc0..=0xd7 | b'I')
             );
             r.skip_value()?;
-            let replaced = scalar
-                && key
-                    .as_ref()
-                    .is_some_and(|k| mutations.iter().any(|(m, _)| m == k));
-            if !replaced {
+            if !(scalar && mutated_key) {
                 dst.put_slice(&frame[entry..r.position()]);
             }
         }

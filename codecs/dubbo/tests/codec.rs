@@ -567,11 +567,16 @@ fn every_prefix_of_valid_frames_needs_more_bytes() {
     let frames = [
         typical_request(1),
         RequestFrame {
-            args: Args::Encoded { types: "Lcom/a/P;", values: &args },
+            args: Args::Encoded {
+                types: "Lcom/a/P;",
+                values: &args,
+            },
             ..RequestFrame::new(2, "svc", "m")
         }
         .encode(),
-        ResponseFrame::string(3, "v").with_attachments(&[("k", "v")]).encode(),
+        ResponseFrame::string(3, "v")
+            .with_attachments(&[("k", "v")])
+            .encode(),
         ResponseFrame::error(4, 60, "no route").encode(),
     ];
     for frame in frames {
@@ -593,4 +598,88 @@ fn every_prefix_of_valid_frames_needs_more_bytes() {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].frame(), &frame);
     }
+}
+
+/// Found by cargo-fuzz: an attachments map holding an object whose class is defined in
+/// the arguments cannot be walked on its own, so a mutation is appended after the
+/// existing entries (one of them with the same key); the decoder must let the later
+/// entry win, as Java does.
+const FUZZ_DUPLICATE_KEY_AFTER_UNWALKABLE_MAP: &[&str] = &[
+    "dabbc20000000000000000010000014305322e302e3210636f6d2e6578616d706c652e44656d6f05",
+    "312e302e300463616c6c30314c6a6176612f7574696c2f4c6973743b4c6a6176612f7574696c2f4d",
+    "61703b4c6a6176612f6c616e672f537472696e673b55025b784307636f6d2e612e50920178017360",
+    "9102eda0bdedb88000000000000001648051915adabb4d116a6176612e7574696c2e486173684d61",
+    "704c81000000000001000000000000000000000000005f00002fda07070707070606060606060606",
+    "06060606060606060606060606060606060616060606060606060606060606060606060606060606",
+    "06060606060606060606060606060606460606060606060606060606060606060606060606060606",
+    "06060606060606782d66757a7a060606070003000007074b07000707070000eda0bdedb880609102",
+    "eda0bdedb88051915adabb4d116a6176612e7574696c00000000",
+];
+
+#[test]
+fn fuzz_regression_mutation_over_an_unwalkable_map_wins() {
+    let frame: Vec<u8> = FUZZ_DUPLICATE_KEY_AFTER_UNWALKABLE_MAP
+        .concat()
+        .as_bytes()
+        .chunks(2)
+        .map(|h| u8::from_str_radix(std::str::from_utf8(h).unwrap(), 16).unwrap())
+        .collect();
+    let mut c = codec();
+    let mut buf = BytesMut::from(&frame[..]);
+    let mut msg = c.decode(&mut buf).unwrap().unwrap();
+    msg.push_mutation("x-fuzz".into(), "v".into());
+    let out = encode(&msg);
+    assert_eq!(decode_one(&out).metadata().get("x-fuzz"), Some("v"));
+}
+
+#[test]
+fn later_duplicate_attachments_win_and_non_strings_remove() {
+    let frame = raw_request(0xc2, 5, |w| {
+        w.write_string("2.0.2")
+            .write_string("svc")
+            .write_string("1")
+            .write_string("m");
+        w.write_string("");
+        w.write_map_start(None);
+        w.write_string("k").write_string("first");
+        w.write_string("k").write_string("second");
+        w.write_string("n").write_string("string");
+        w.write_string("n").write_int(3);
+        w.write_string("method").write_string("not-the-body");
+        w.write_end();
+    });
+    let md = decode_one(&frame).metadata().clone();
+    assert_eq!(md.get("k"), Some("second"));
+    assert_eq!(md.get("n"), None);
+    assert_eq!(md.get("method"), Some("m"));
+}
+
+#[test]
+fn mutation_over_a_map_with_an_object_of_an_argument_class() {
+    // The map's object uses the class defined in the arguments: the entries cannot be
+    // walked alone, so everything is kept and the mutation follows (and wins).
+    let frame = raw_request(0xc2, 5, |w| {
+        w.write_string("2.0.2")
+            .write_string("svc")
+            .write_string("1")
+            .write_string("m");
+        w.write_string("Lcom/a/P;");
+        let idx = w.write_class_def("com.a.P", &["x"]);
+        w.write_object_start(idx).write_int(1);
+        w.write_map_start(None);
+        w.write_string("user").write_string("old");
+        w.write_string("obj");
+        w.write_object_start(idx).write_int(2);
+        w.write_end();
+    });
+    let mut msg = decode_one(&frame);
+    assert_eq!(msg.metadata().get("user"), Some("old"));
+    msg.push_mutation("user".into(), "new".into());
+    let out = encode(&msg);
+    assert_eq!(decode_one(&out).metadata().get("user"), Some("new"));
+    let p = parse_request(&out).unwrap();
+    assert_eq!(
+        p.attachments.last(),
+        Some(&("user".to_string(), "new".to_string()))
+    );
 }

@@ -74,6 +74,7 @@ fn seeds() -> Vec<Bytes> {
             ..RequestFrame::new(5, "svc", "m")
         }
         .encode(),
+        object_in_attachments(),
         ResponseFrame::string(6, "ok")
             .with_attachments(&[("a", "b")])
             .encode(),
@@ -85,6 +86,34 @@ fn seeds() -> Vec<Bytes> {
         Bytes::from_static(b"\xda\xbb\xe2\x00\0\0\0\0\0\0\0\x05\0\0\0\x01N"),
         Bytes::from_static(b"\xda\xbb\xa2\x00\0\0\0\0\0\0\0\x05\0\0\0\x02\x01R"),
     ]
+}
+
+/// A request whose attachments hold an object of a class defined in the arguments.
+fn object_in_attachments() -> Bytes {
+    let mut b = BytesMut::new();
+    metaproxy_dubbo::header::Header {
+        flags: 0xc2,
+        status: 0,
+        id: 12,
+        body_len: 0,
+    }
+    .write(&mut b);
+    let mut w = Writer::new(&mut b);
+    w.write_string("2.0.2")
+        .write_string("svc")
+        .write_string("1")
+        .write_string("m");
+    w.write_string("Lcom/a/P;");
+    let idx = w.write_class_def("com.a.P", &["x"]);
+    w.write_object_start(idx).write_int(1);
+    w.write_map_start(None);
+    w.write_string("user").write_string("alice");
+    w.write_string("obj");
+    w.write_object_start(idx).write_int(2);
+    w.write_end();
+    let len = (b.len() - 16) as u32;
+    b[12..16].copy_from_slice(&len.to_be_bytes());
+    b.freeze()
 }
 
 const INTERESTING: &[u8] = &[
@@ -154,6 +183,8 @@ fn check(input: &[u8]) {
             _ => false,
         };
         msg.push_mutation("x-fuzz".into(), "\u{1F600}".into());
+        // A key the seeds already carry: the mutation must replace it.
+        msg.push_mutation("user".into(), "mutated".into());
         out.clear();
         c.encode(&msg, &mut out).unwrap();
         if mutable && msg.kind() != MessageKind::Response {
@@ -162,6 +193,7 @@ fn check(input: &[u8]) {
                 .expect("mutated frame decodes")
                 .expect("whole");
             assert_eq!(back.metadata().get("x-fuzz"), Some("\u{1F600}"));
+            assert_eq!(back.metadata().get("user"), Some("mutated"));
             assert_eq!(
                 back.metadata().get("interface"),
                 msg.metadata().get("interface")

@@ -106,13 +106,17 @@ fn expected_metadata(
     md.set("interface".into(), interface.into());
     md.set("method".into(), method.into());
     md.set("version".into(), version.into());
-    // RequestFrame writes path, interface, version, group, then the extras.
-    md.set_if_absent("path".into(), interface.into());
+    // RequestFrame writes path, interface, version, group, then the extras; body fields
+    // win over attachments, and among attachments a later duplicate wins (as in the
+    // HashMap a Java peer reads them into).
+    md.set("path".into(), interface.into());
     if let Some(g) = group {
-        md.set_if_absent("group".into(), g.into());
+        md.set("group".into(), g.into());
     }
     for (k, v) in atts {
-        md.set_if_absent(k.as_str().into(), v.as_str().into());
+        if !matches!(k.as_str(), "interface" | "method" | "version") {
+            md.set(k.as_str().into(), v.as_str().into());
+        }
     }
     md
 }

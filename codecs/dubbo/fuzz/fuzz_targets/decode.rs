@@ -20,7 +20,10 @@ fuzz_target!(|data: &[u8]| {
                 msg.push_mutation("x-fuzz".into(), "v".into());
                 out.clear();
                 codec.encode(&msg, &mut out).expect("encode mutated");
-                let back = codec.decode(&mut out).expect("mutated decodes").expect("whole");
+                let back = codec
+                    .decode(&mut out)
+                    .expect("mutated decodes")
+                    .expect("whole");
                 assert_eq!(back.metadata().get("x-fuzz"), Some("v"));
             }
         }
