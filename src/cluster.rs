@@ -148,6 +148,13 @@ impl ClusterRt {
         true
     }
 
+    /// A pending-request slot released when the guard drops (for requests whose
+    /// completion the upstream connection sees: mirror copies and one-way calls).
+    pub(crate) fn try_slot(self: &Arc<Self>) -> Option<PendingSlot> {
+        self.try_acquire_pending()
+            .then(|| PendingSlot(self.clone()))
+    }
+
     /// Releases a slot taken by [`ClusterRt::try_acquire_pending`].
     pub(crate) fn release_pending(&self) {
         self.pending.fetch_sub(1, Ordering::Relaxed);
@@ -236,6 +243,15 @@ impl EndpointView for ClusterRt {
 
     fn active_requests(&self, i: usize) -> u32 {
         self.endpoints.get(i).map_or(0, |e| e.active_requests())
+    }
+}
+
+/// A slot of a cluster's `max_pending_requests`, released on drop.
+pub(crate) struct PendingSlot(Arc<ClusterRt>);
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.0.release_pending();
     }
 }
 

@@ -400,7 +400,10 @@ impl Downstream {
 
     /// Sends a two-way request whose reply goes to `token`, retrying requests that were
     /// never sent (connect failure, connection gone) while `attempts_left` allows.
-    #[allow(clippy::result_large_err, reason = "the error hands the request back without a heap allocation")]
+    #[allow(
+        clippy::result_large_err,
+        reason = "the error hands the request back without a heap allocation"
+    )]
     fn send_two_way(
         &mut self,
         cluster: &Arc<ClusterRt>,
@@ -411,10 +414,15 @@ impl Downstream {
         attempts_left: &mut u32,
     ) -> Result<Arc<Endpoint>, NotSent> {
         loop {
-            let reply_to = ReplyTo { tx: self.tx.clone(), token };
+            let reply_to = ReplyTo {
+                tx: self.tx.clone(),
+                token,
+            };
             match self.send(cluster, msg, hash, Some(reply_to), deadline) {
                 Ok(endpoint) => return Ok(endpoint),
-                Err(not_sent) if not_sent.kind == LocalReplyKind::UpstreamFailure && *attempts_left > 0 => {
+                Err(not_sent)
+                    if not_sent.kind == LocalReplyKind::UpstreamFailure && *attempts_left > 0 =>
+                {
                     *attempts_left -= 1;
                     msg = not_sent.msg;
                 }
@@ -437,7 +445,17 @@ impl Downstream {
         deadline: Instant,
     ) -> Result<Arc<Endpoint>, NotSent> {
         let two_way = reply.is_some();
-        if two_way && !cluster.try_acquire_pending() {
+        // Two-way requests hold a pending slot until their reply reaches this connection;
+        // mirror copies and one-way calls hold one (a guard) inside the upstream
+        // connection, so a slow backend bounds them too.
+        let mut slot = None;
+        let acquired = if two_way {
+            cluster.try_acquire_pending()
+        } else {
+            slot = cluster.try_slot();
+            slot.is_some()
+        };
+        if !acquired {
             return Err(NotSent {
                 msg,
                 kind: LocalReplyKind::Overloaded,
@@ -465,6 +483,7 @@ impl Downstream {
             msg,
             reply,
             deadline,
+            slot,
         }) {
             Ok(()) => {
                 if two_way {
@@ -545,7 +564,14 @@ impl Downstream {
                     f.attempts_left -= 1;
                     let deadline = self.timers.deadline(&f.timer);
                     let mut attempts_left = f.attempts_left;
-                    if let Ok(endpoint) = self.send_two_way(&cluster, msg, f.hash, token, deadline, &mut attempts_left) {
+                    if let Ok(endpoint) = self.send_two_way(
+                        &cluster,
+                        msg,
+                        f.hash,
+                        token,
+                        deadline,
+                        &mut attempts_left,
+                    ) {
                         f.endpoint = endpoint;
                         f.attempts_left = attempts_left;
                         // `take` freed this slot and nothing was inserted since.

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::cluster::Endpoint;
+use crate::cluster::{Endpoint, PendingSlot};
 use crate::observe::metrics::ClusterMetrics;
 
 /// Requests in flight on one multiplexed connection before the pool opens another.
@@ -118,6 +118,9 @@ pub(crate) struct Outbound {
     /// `None` for one-way calls and mirror copies: the response (if any) is dropped.
     pub(crate) reply: Option<ReplyTo>,
     pub(crate) deadline: Instant,
+    /// For mirror copies and one-way calls: the cluster slot this request holds until
+    /// it is written (one-way) or answered or expired (mirror).
+    pub(crate) slot: Option<PendingSlot>,
 }
 
 impl Outbound {
@@ -284,6 +287,7 @@ impl Pool {
 struct Pending {
     reply: Option<ReplyTo>,
     deadline: Instant,
+    _slot: Option<PendingSlot>,
 }
 
 struct UpstreamConnection {
@@ -460,6 +464,7 @@ impl UpstreamConnection {
                 Pending {
                     reply: out.reply,
                     deadline: out.deadline,
+                    _slot: out.slot,
                 },
             );
         } else {

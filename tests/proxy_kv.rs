@@ -553,3 +553,52 @@ clusters:
         .metrics_text()
         .contains("metaproxy_outlier_ejections_total{cluster=\"c\"} 1"));
 }
+
+#[tokio::test]
+async fn a_slow_mirror_is_bounded_and_never_delays_clients() {
+    let v1 = backend("v1").await;
+    let silent = common::binary::silent_backend();
+    let yaml = r#"
+listeners:
+  - {name: in, address: "127.0.0.1:0", codec: kv, route_config: r}
+route_configs:
+  - name: r
+    routes:
+      - route: {cluster: v1, timeout: 300ms, mirror: [{cluster: shadow}]}
+clusters:
+  - {name: v1, endpoints: ["{v1}"]}
+  - {name: shadow, endpoints: ["{silent}"], max_pending_requests: 5}
+"#;
+    let p = proxy(yaml, &[("v1", v1.addr), ("silent", silent)]).await;
+    let mut c = Client::connect(p.local_addr("in").unwrap()).await;
+    let started = Instant::now();
+    for i in 0..20 {
+        let r = c.call(&[], format!("{i}").as_bytes()).await;
+        assert_eq!(frames::status(&r), Status::Ok as u8);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // The shadow never answers: five copies wait (its max_pending_requests), the rest are
+    // dropped and counted.
+    let metrics = p.handle().metrics_text();
+    assert!(
+        metrics.contains("metaproxy_mirror_requests_total{cluster=\"shadow\",result=\"sent\"} 5"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("metaproxy_mirror_requests_total{cluster=\"shadow\",result=\"dropped\"} 15"),
+        "{metrics}"
+    );
+    // Expired copies give their slots back (deadline + sweep grace), and mirroring resumes.
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    c.call(&[], b"again").await;
+    let metrics = p.handle().metrics_text();
+    assert!(
+        metrics.contains("metaproxy_mirror_requests_total{cluster=\"shadow\",result=\"sent\"} 6"),
+        "{metrics}"
+    );
+}
