@@ -476,6 +476,7 @@ impl Downstream {
         let key = PoolKey {
             protocol: self.ctx.protocol.id,
             wire: msg.wire(),
+            worker: crate::runtime::worker_id(),
         };
         let pool = endpoint.pool(key, &self.ctx.protocol, cluster);
         let conn = pool.pick(&endpoint);

@@ -132,10 +132,14 @@ fn run(path: &Path, takeover: bool) -> anyhow::Result<ExitCode> {
     if takeover {
         tracing::warn!("--takeover: no hot-restart socket support yet; binding fresh sockets");
     }
+    let threading = metaproxy::runtime::Threading::from_env().map_err(anyhow::Error::msg)?;
     let server = metaproxy::Server::from_file(path, metaproxy::default_registry())?;
-    let rt = metaproxy::runtime::build().context("cannot start the runtime")?;
+    let rt = threading
+        .build_runtime()
+        .context("cannot start the runtime")?;
     rt.block_on(async move {
-        let running = server.bind().await?;
+        let running = server.bind_with(threading).await?;
+        tracing::info!(?threading, "threading model");
         let handle = running.handle();
         let reload_handle = handle.clone();
         tokio::spawn(async move {

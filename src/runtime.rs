@@ -1,14 +1,92 @@
-//! The threading model, behind one function so it can change.
+//! The threading model, behind one place so it can change.
 //!
-//! Today: tokio's multi-threaded work-stealing runtime with one worker per core. The
-//! alternative (Envoy's model: one current-thread runtime per core, each owning its
-//! connections from accept to close, listeners shared with `SO_REUSEPORT`) fits behind
-//! the same function; the bench suite decides.
+//! Two models, selected by [`Threading`]:
+//!
+//! - **Work stealing** (the default): tokio's multi-threaded runtime, one worker per core.
+//!   A connection's task may move between workers; requests hop once, from the client
+//!   connection's task to the upstream connection's task.
+//! - **Per core** (Envoy's model): one single-threaded runtime per core. Each worker
+//!   accepts on its own `SO_REUSEPORT` socket, owns its client connections from accept to
+//!   close, and has its own upstream connection pools, so a request never crosses
+//!   threads.
+//!
+//! `metaproxy run` reads `METAPROXY_THREADING` (`work-stealing` or `per-core`) and
+//! `METAPROXY_WORKERS` (default: the number of cores). The bench suite compares them.
 
-/// Builds the runtime the proxy runs on.
+use std::cell::Cell;
+
+/// How the proxy's work is spread over threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Threading {
+    /// tokio's work-stealing runtime with this many workers.
+    WorkStealing {
+        /// Worker threads.
+        workers: usize,
+    },
+    /// This many single-threaded runtimes, each owning its connections and pools.
+    PerCore {
+        /// Worker threads.
+        workers: usize,
+    },
+}
+
+impl Threading {
+    /// From `METAPROXY_THREADING` and `METAPROXY_WORKERS`; work stealing on every core
+    /// when unset. An unknown value is an error message.
+    pub fn from_env() -> Result<Threading, String> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers =
+            match std::env::var("METAPROXY_WORKERS") {
+                Ok(v) => v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    format!("METAPROXY_WORKERS={v:?}: expected a positive integer")
+                })?,
+                Err(_) => cores,
+            };
+        match std::env::var("METAPROXY_THREADING").as_deref() {
+            Err(_) | Ok("work-stealing") => Ok(Threading::WorkStealing { workers }),
+            Ok("per-core") => Ok(Threading::PerCore { workers }),
+            Ok(other) => Err(format!(
+                "METAPROXY_THREADING={other:?}: expected work-stealing or per-core"
+            )),
+        }
+    }
+
+    /// Builds the runtime `metaproxy run` blocks on. With [`Threading::PerCore`] this is
+    /// a small single-threaded runtime for signals and the admin server; the workers
+    /// start their own when the server binds.
+    pub fn build_runtime(self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self {
+            Threading::WorkStealing { workers } => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .thread_name("metaproxy-worker")
+                .build(),
+            Threading::PerCore { .. } => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .thread_name("metaproxy-main")
+                .build(),
+        }
+    }
+}
+
+/// Builds the default runtime (work stealing on every core).
 pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("metaproxy-worker")
-        .build()
+    Threading::WorkStealing {
+        workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+    .build_runtime()
+}
+
+thread_local! {
+    static WORKER: Cell<u16> = const { Cell::new(0) };
+}
+
+/// The per-core worker this thread is (0 outside per-core workers). Upstream pools are
+/// kept per worker so that per-core workers never share connections.
+pub(crate) fn worker_id() -> u16 {
+    WORKER.with(Cell::get)
+}
+
+pub(crate) fn set_worker_id(id: u16) {
+    WORKER.with(|w| w.set(id));
 }

@@ -16,6 +16,7 @@ use crate::config::{self, Config, ConfigError, Problem, DEFAULT_DRAIN_TIMEOUT};
 use crate::listener::{self, ListenerCtx};
 use crate::observe::metrics::Metrics;
 use crate::observe::{AccessLogTarget, AccessLogger, AdminHandler};
+use crate::runtime::Threading;
 use crate::snapshot::{self, Snapshot};
 use crate::upstream::Protocol;
 
@@ -189,6 +190,21 @@ impl Server {
     /// Binds every listener (and the admin server), logging one `listening` line each.
     /// Must be called inside a tokio runtime.
     pub async fn bind(self) -> Result<RunningServer, BindError> {
+        self.bind_with(Threading::WorkStealing { workers: 0 }).await
+    }
+
+    /// Binds like [`Server::bind`] with an explicit threading model. With
+    /// [`Threading::WorkStealing`] connections run on the calling runtime (its worker
+    /// count is the caller's); with [`Threading::PerCore`] each listener gets one
+    /// `SO_REUSEPORT` socket per worker thread, and each worker runs its own
+    /// single-threaded runtime with its own connections and upstream pools.
+    pub async fn bind_with(self, threading: Threading) -> Result<RunningServer, BindError> {
+        let per_core = match threading {
+            Threading::PerCore { workers } => Some(workers.max(1)),
+            Threading::WorkStealing { .. } => None,
+        };
+        let mut per_worker: Vec<Vec<(std::net::TcpListener, Arc<ListenerCtx>)>> =
+            (0..per_core.unwrap_or(0)).map(|_| Vec::new()).collect();
         let shared = self.shared;
         let snap = shared.snapshot.load_full();
         let (drain_tx, drain_rx) = watch::channel(false);
@@ -202,7 +218,7 @@ impl Server {
                 address: l.address.clone(),
                 source: std::io::Error::other(e),
             })?;
-            let socket = listener::bind(addr).map_err(|source| BindError {
+            let socket = listener::bind(addr, per_core.is_some()).map_err(|source| BindError {
                 listener: l.name.clone(),
                 address: l.address.clone(),
                 source,
@@ -260,12 +276,40 @@ impl Server {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(l.name.clone(), fp);
             addrs.push((l.name.clone(), local));
-            accept_tasks.push(tokio::spawn(listener::accept_loop(
-                socket,
-                ctx,
-                drain_rx.clone(),
-                tracker.clone(),
-            )));
+            match per_core {
+                None => accept_tasks.push(tokio::spawn(listener::accept_loop(
+                    socket,
+                    ctx,
+                    drain_rx.clone(),
+                    tracker.clone(),
+                ))),
+                Some(workers) => {
+                    let bind_err = |source| BindError {
+                        listener: l.name.clone(),
+                        address: local.to_string(),
+                        source,
+                    };
+                    per_worker[0].push((socket.into_std().map_err(bind_err)?, ctx.clone()));
+                    for sockets in per_worker.iter_mut().take(workers).skip(1) {
+                        let extra = listener::bind(local, true).map_err(bind_err)?;
+                        sockets.push((extra.into_std().map_err(bind_err)?, ctx.clone()));
+                    }
+                }
+            }
+        }
+        let (stop_workers, stop_rx) = watch::channel(false);
+        for (i, sockets) in per_worker.into_iter().enumerate() {
+            let (drain, tracker, mut stop) = (drain_rx.clone(), tracker.clone(), stop_rx.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("metaproxy-worker-{i}"))
+                .spawn(move || run_worker(i, sockets, drain, tracker, &mut stop));
+            if let Err(source) = spawned {
+                return Err(BindError {
+                    listener: "worker".to_owned(),
+                    address: format!("worker {i}"),
+                    source,
+                });
+            }
         }
         let handle = ServerHandle {
             shared: shared.clone(),
@@ -302,8 +346,53 @@ impl Server {
             admin_stop,
             tracker,
             accept_tasks,
+            stop_workers,
         })
     }
+}
+
+/// One per-core worker: a single-threaded runtime accepting on its own sockets until
+/// the server stops.
+fn run_worker(
+    index: usize,
+    sockets: Vec<(std::net::TcpListener, Arc<ListenerCtx>)>,
+    drain: watch::Receiver<bool>,
+    tracker: TaskTracker,
+    stop: &mut watch::Receiver<bool>,
+) {
+    crate::runtime::set_worker_id(index as u16 + 1);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = index, error = %e, "cannot start worker runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        for (socket, ctx) in sockets {
+            match tokio::net::TcpListener::from_std(socket) {
+                Ok(l) => {
+                    tokio::spawn(listener::accept_loop(
+                        l,
+                        ctx,
+                        drain.clone(),
+                        tracker.clone(),
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!(worker = index, error = %e, "cannot adopt listener socket")
+                }
+            }
+        }
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
+                break;
+            }
+        }
+    });
 }
 
 /// A listener that could not be bound.
@@ -381,6 +470,7 @@ pub struct RunningServer {
     admin_stop: Option<tokio::sync::oneshot::Sender<()>>,
     tracker: TaskTracker,
     accept_tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop_workers: watch::Sender<bool>,
 }
 
 impl RunningServer {
@@ -430,6 +520,7 @@ impl RunningServer {
         if let Some(stop) = self.admin_stop {
             let _ = stop.send(());
         }
+        let _ = self.stop_workers.send(true);
         done
     }
 }

@@ -91,6 +91,8 @@ impl Protocol {
 pub(crate) struct PoolKey {
     pub(crate) protocol: u64,
     pub(crate) wire: WireFormat,
+    /// The per-core worker that owns the pool (0 with the work-stealing runtime).
+    pub(crate) worker: u16,
 }
 
 /// What a downstream connection hears back about a request it sent upstream.

@@ -6,7 +6,7 @@ mod common;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::binary::{backend_name, call, start_proxy};
+use common::binary::{backend_name, call, start_proxy_env};
 
 use common::binary::bin;
 
@@ -123,6 +123,18 @@ fn every_example_config_passes_check() {
 
 #[test]
 fn run_serves_reloads_on_sighup_and_drains_on_sigterm() {
+    serve_reload_drain(&[]);
+}
+
+#[test]
+fn per_core_threading_serves_reloads_and_drains_too() {
+    serve_reload_drain(&[
+        ("METAPROXY_THREADING", "per-core"),
+        ("METAPROXY_WORKERS", "2"),
+    ]);
+}
+
+fn serve_reload_drain(env: &[(&str, &str)]) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (v1, v2) = rt.block_on(async {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
@@ -163,8 +175,8 @@ clusters:
             v2.addr()
         )
     };
-    let path = temp_file("run.yaml", &config("v1"));
-    let (mut proxy, addr, logs) = start_proxy(&path);
+    let path = temp_file(&format!("run-{}.yaml", env.len()), &config("v1"));
+    let (mut proxy, addr, logs) = start_proxy_env(&path, env);
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let (status, att) = call(&mut s, 1, "com.example.Greeter");

@@ -602,3 +602,48 @@ clusters:
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn per_core_workers_serve_pipelined_clients_and_drain() {
+    let v1 = backend("v1").await;
+    let v2 = backend("v2").await;
+    let dead = dead_addr().await;
+    let threading = metaproxy::runtime::Threading::PerCore { workers: 2 };
+    let p = proxy_with(
+        BASIC,
+        &[("v1", v1.addr), ("v2", v2.addr), ("dead", dead)],
+        threading,
+    )
+    .await;
+    let addr = p.local_addr("kv-in").unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        tasks.spawn(async move {
+            let mut c = Client::connect(addr).await;
+            let mut expected = std::collections::HashMap::new();
+            for j in 0..5 {
+                let body = format!("{i}-{j}");
+                expected.insert(c.send(&[("service", "calc")], body.as_bytes()).await, body);
+            }
+            for _ in 0..5 {
+                let r = c
+                    .recv_timeout(Duration::from_secs(10))
+                    .await
+                    .expect("reply");
+                assert_eq!(
+                    frames::body(&r),
+                    expected.remove(&r.request_id()).unwrap().as_bytes()
+                );
+            }
+            // Local replies work on every worker too.
+            let r = c.call(&[("service", "dead")], b"").await;
+            assert_eq!(frames::status(&r), Status::UpstreamFailure as u8);
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    assert_eq!(v1.received(), 1000);
+    assert!(p.shutdown().await, "per-core drain should complete");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}

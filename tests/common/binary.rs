@@ -24,17 +24,28 @@ impl Drop for Proxy {
     }
 }
 
+/// Starts `metaproxy run --config CONFIG`; returns the process, the first listener's
+/// address and the stderr lines.
+pub fn start_proxy(
+    config: &std::path::Path,
+) -> (Proxy, SocketAddr, std::sync::mpsc::Receiver<String>) {
+    start_proxy_env(config, &[])
+}
+
+/// Like [`start_proxy`] with extra environment variables.
 #[allow(
     clippy::zombie_processes,
     reason = "the returned Proxy kills and waits on drop"
 )]
-pub fn start_proxy(
+pub fn start_proxy_env(
     config: &std::path::Path,
+    env: &[(&str, &str)],
 ) -> (Proxy, SocketAddr, std::sync::mpsc::Receiver<String>) {
     let mut child = bin()
         .args(["run", "--config"])
         .arg(config)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

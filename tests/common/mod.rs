@@ -169,13 +169,27 @@ pub fn registry() -> CodecRegistry {
 /// Starts a proxy from YAML text in which `{name}` placeholders are replaced by
 /// `addrs` (for example `{v1}` -> a backend address).
 pub async fn proxy(yaml: &str, addrs: &[(&str, SocketAddr)]) -> RunningServer {
+    proxy_with(
+        yaml,
+        addrs,
+        metaproxy::runtime::Threading::WorkStealing { workers: 0 },
+    )
+    .await
+}
+
+/// Like [`proxy`] with an explicit threading model.
+pub async fn proxy_with(
+    yaml: &str,
+    addrs: &[(&str, SocketAddr)],
+    threading: metaproxy::runtime::Threading,
+) -> RunningServer {
     let mut text = yaml.to_owned();
     for (name, addr) in addrs {
         text = text.replace(&format!("{{{name}}}"), &addr.to_string());
     }
     let config = metaproxy::config::parse(&text, "test.yaml".as_ref()).unwrap();
     let server = Server::new(config, registry()).unwrap();
-    server.bind().await.unwrap()
+    server.bind_with(threading).await.unwrap()
 }
 
 /// A kv client over one connection.
