@@ -117,18 +117,19 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
         }
     };
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut timers = DelayQueue::with_capacity(16);
+    // Buffers and tables grow on first use, so an idle connection costs little memory.
+    let mut timers = DelayQueue::new();
     timers.insert(SENTINEL, SENTINEL_DELAY);
     let mut conn = Downstream {
         idle_timeout: ctx.idle_timeout,
         ctx,
         codec,
-        inflight: Slab::with_capacity(16),
+        inflight: Slab::new(),
         timers,
         generation: 0,
         tx,
         rx,
-        wbuf: BytesMut::with_capacity(READ_CHUNK),
+        wbuf: BytesMut::new(),
         rng: SmallRng::from_rng(&mut rand::rng()),
         closing: false,
     };
@@ -155,7 +156,7 @@ struct Downstream {
 
 impl Downstream {
     async fn run(&mut self, stream: TcpStream, mut drain: watch::Receiver<bool>) {
-        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+        let mut rbuf = BytesMut::new();
         let mut reading = true;
         let mut draining = *drain.borrow();
         let idle = tokio::time::sleep(if draining {
@@ -335,7 +336,7 @@ impl Downstream {
         let cluster = route.pick_cluster_for(hash, &mut self.rng);
         let timeout = route.timeout();
         let attempts = route.retries();
-        msg.extend_mutations(route.request_mutations());
+        msg.add_shared_mutations(route.request_mutations());
         listener.requests[route_index][cluster].inc();
         if let Some(l) = &mut log {
             l.route = Some(route.name_shared().clone());
@@ -527,7 +528,7 @@ impl Downstream {
                 f.listener.responses[f.cluster].record(msg.status(), f.started.elapsed());
                 msg.set_request_id(f.reply.request_id);
                 if let Some(route) = f.listener.table.routes().get(f.route) {
-                    msg.extend_mutations(route.response_mutations());
+                    msg.add_shared_mutations(route.response_mutations());
                 }
                 let before = self.wbuf.len();
                 let log = f.log.take();

@@ -286,6 +286,9 @@ impl Pool {
     }
 }
 
+/// Pending requests by connection-local id (ids are small integers: a fast hasher).
+type PendingMap = HashMap<u64, Pending, ahash::RandomState>;
+
 struct Pending {
     reply: Option<ReplyTo>,
     deadline: Instant,
@@ -323,7 +326,8 @@ impl UpstreamConnection {
             }
         };
         self.metrics.upstream_connections_active.inc();
-        let mut pending: HashMap<u64, Pending> = HashMap::with_capacity(64);
+        let mut pending: PendingMap =
+            HashMap::with_capacity_and_hasher(64, ahash::RandomState::new());
         let reason = self.serve(stream, codec, &mut pending).await;
         self.metrics.upstream_connections_active.dec();
         self.handle.alive.store(false, Ordering::Relaxed);
@@ -360,7 +364,7 @@ impl UpstreamConnection {
         &mut self,
         stream: TcpStream,
         mut codec: Box<dyn Codec>,
-        pending: &mut HashMap<u64, Pending>,
+        pending: &mut PendingMap,
     ) -> &'static str {
         let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
         let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -441,7 +445,7 @@ impl UpstreamConnection {
     fn enqueue(
         &mut self,
         mut out: Outbound,
-        pending: &mut HashMap<u64, Pending>,
+        pending: &mut PendingMap,
         next_id: &mut u32,
         codec: &mut dyn Codec,
         wbuf: &mut BytesMut,
@@ -477,7 +481,7 @@ impl UpstreamConnection {
     fn on_message(
         &mut self,
         msg: Message,
-        pending: &mut HashMap<u64, Pending>,
+        pending: &mut PendingMap,
         codec: &mut dyn Codec,
         wbuf: &mut BytesMut,
     ) {

@@ -1,5 +1,7 @@
 //! The decoded message: what a codec hands to the runtime and takes back to encode.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::metadata::{MetaStr, Metadata, Mutations};
@@ -90,7 +92,7 @@ pub struct Message {
     request_id: u64,
     frame: Bytes,
     metadata: Metadata,
-    mutations: Mutations,
+    mutations: Option<Arc<Mutations>>,
     status: ResponseStatus,
     wire: WireFormat,
     layout: FrameLayout,
@@ -105,7 +107,7 @@ impl Message {
             request_id,
             frame,
             metadata: Metadata::new(),
-            mutations: Mutations::new(),
+            mutations: None,
             status: ResponseStatus::Ok,
             wire: WireFormat::default(),
             layout: FrameLayout::default(),
@@ -154,14 +156,26 @@ impl Message {
         &mut self.metadata
     }
 
-    /// Pending mutations, applied on encode.
-    pub fn mutations(&self) -> &Mutations {
-        &self.mutations
+    /// Pending mutations, applied on encode (a later pair with the same key wins).
+    pub fn mutations(&self) -> &[(MetaStr, MetaStr)] {
+        self.mutations.as_deref().map_or(&[], |m| m.as_slice())
+    }
+
+    /// Adds a shared set of mutations (a route's, built once). Sharing costs a
+    /// reference count, not a copy, when the message had none before.
+    pub fn add_shared_mutations(&mut self, shared: &Arc<Mutations>) {
+        if shared.is_empty() {
+            return;
+        }
+        match &mut self.mutations {
+            None => self.mutations = Some(shared.clone()),
+            Some(existing) => Arc::make_mut(existing).extend(shared.iter().cloned()),
+        }
     }
 
     /// Adds a mutation; a later one with the same key wins.
     pub fn push_mutation(&mut self, key: MetaStr, value: MetaStr) {
-        self.mutations.push((key, value));
+        Arc::make_mut(self.mutations.get_or_insert_with(Default::default)).push((key, value));
     }
 
     /// Adds several mutations in order.
@@ -169,7 +183,11 @@ impl Message {
     where
         I: IntoIterator<Item = &'a (MetaStr, MetaStr)>,
     {
-        self.mutations.extend(pairs.into_iter().cloned());
+        let mut pairs = pairs.into_iter().peekable();
+        if pairs.peek().is_some() {
+            Arc::make_mut(self.mutations.get_or_insert_with(Default::default))
+                .extend(pairs.cloned());
+        }
     }
 
     /// How a response ended (meaningful for [`MessageKind::Response`]).
@@ -238,6 +256,19 @@ mod tests {
         assert_eq!(ctx.wire, WireFormat(3));
         assert_eq!(&*ctx.name, "Calc:add");
         assert!(ctx.one_way);
+    }
+
+    #[test]
+    fn shared_mutations_are_not_copied() {
+        let shared: Arc<Mutations> = Arc::new([("k".into(), "v".into())].into_iter().collect());
+        let mut m = Message::new(MessageKind::Request, 1, Bytes::new());
+        m.add_shared_mutations(&shared);
+        assert_eq!(Arc::strong_count(&shared), 2);
+        assert_eq!(m.mutations().len(), 1);
+        // Adding more copies on write; the shared set is untouched.
+        m.push_mutation("k2".into(), "v2".into());
+        assert_eq!(m.mutations().len(), 2);
+        assert_eq!(shared.len(), 1);
     }
 
     #[test]

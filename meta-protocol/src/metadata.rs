@@ -6,8 +6,9 @@ use smallvec::SmallVec;
 /// Entries kept inline before [`Metadata`] spills to the heap.
 ///
 /// Typical RPC requests carry a handful of keys (interface, method, version, group and a
-/// few attachments); sixteen covers them without an allocation.
-pub const INLINE_METADATA_ENTRIES: usize = 16;
+/// few attachments); twelve covers them without an allocation while keeping a message
+/// small enough to move cheaply between tasks.
+pub const INLINE_METADATA_ENTRIES: usize = 12;
 
 /// A UTF-8 string shared with the frame it was read from.
 ///

@@ -113,8 +113,8 @@ pub struct Route {
     pub(crate) hash_policy: Box<[Box<str>]>,
     pub(crate) timeout: Duration,
     pub(crate) retries: u32,
-    pub(crate) request_mutations: Mutations,
-    pub(crate) response_mutations: Mutations,
+    pub(crate) request_mutations: Arc<Mutations>,
+    pub(crate) response_mutations: Arc<Mutations>,
 }
 
 impl Route {
@@ -235,16 +235,15 @@ impl Route {
         self.retries
     }
 
-    /// Mutations for the forwarded request. Built once; cloning them (for
-    /// `Message::extend_mutations`) only bumps reference counts while there are at most
-    /// four pairs (`Mutations` is a `SmallVec` of 4; more spill to the heap on clone).
-    pub fn request_mutations(&self) -> &Mutations {
+    /// Mutations for the forwarded request, built once and shared: hand them to a
+    /// message with `Message::add_shared_mutations` (a reference count, no copy).
+    pub fn request_mutations(&self) -> &Arc<Mutations> {
         &self.request_mutations
     }
 
     /// Mutations for the returned response (same cost rules as
     /// [`Route::request_mutations`]).
-    pub fn response_mutations(&self) -> &Mutations {
+    pub fn response_mutations(&self) -> &Arc<Mutations> {
         &self.response_mutations
     }
 }

@@ -355,8 +355,8 @@ fn compile_route(i: usize, r: &RouteSpec, interner: &mut Interner) -> Result<Rou
         hash_policy: r.hash_policy.iter().map(|k| k.as_str().into()).collect(),
         timeout: r.timeout,
         retries: r.retries,
-        request_mutations: build_mutations(&r.request_mutation),
-        response_mutations: build_mutations(&r.response_mutation),
+        request_mutations: Arc::new(build_mutations(&r.request_mutation)),
+        response_mutations: Arc::new(build_mutations(&r.response_mutation)),
     })
 }
 

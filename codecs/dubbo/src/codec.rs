@@ -4,8 +4,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use meta_protocol::{
     Codec, CodecContext, CodecError, CodecFactory, DecodeError, DecodeErrorKind, EncodeError,
-    FrameLayout, LocalReply, LocalReplyKind, Message, MessageKind, MetaStr, Mutations,
-    ReplyContext, ResponseStatus, Side,
+    FrameLayout, LocalReply, LocalReplyKind, Message, MessageKind, MetaStr, ReplyContext,
+    ResponseStatus, Side,
 };
 
 use crate::header::{
@@ -432,7 +432,7 @@ fn copy_entries(
     frame: &Bytes,
     first: usize,
     end: usize,
-    mutations: &Mutations,
+    mutations: &[(MetaStr, MetaStr)],
     dst: &mut BytesMut,
 ) {
     let mut r = Reader::with_range(frame, first, end);
