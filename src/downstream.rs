@@ -17,10 +17,11 @@ use meta_protocol::{
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use slab::Slab;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tokio_util::time::{delay_queue, DelayQueue};
 
 use crate::cluster::{ClusterRt, Endpoint};
 use crate::listener::ListenerCtx;
@@ -28,12 +29,8 @@ use crate::observe::{AccessLogEntry, AccessStatus, LoggedMetadata};
 use crate::snapshot::ListenerRt;
 use crate::upstream::{DownstreamEvent, Outbound, PoolKey, ReplyTo};
 
-/// Token of the timer entry that keeps the timer queue from ever being empty: an empty
-/// `DelayQueue` drops its boxed `Sleep` and boxes a new one on the next insert, which
-/// would be one heap allocation per request on a connection without pipelining.
-const SENTINEL: u64 = u64::MAX;
-/// How far ahead the sentinel lies.
-const SENTINEL_DELAY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// When no request is in flight the deadline timer is parked this far ahead.
+const PARKED: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// While draining, a connection with nothing in flight that stays quiet this long is
 /// closed (requests already sent by the client are read and answered first).
@@ -77,7 +74,7 @@ struct InFlight {
     log: Option<LogStart>,
     generation: u32,
     reply: ReplyContext,
-    timer: delay_queue::Key,
+    deadline: Instant,
     started: Instant,
     listener: Arc<ListenerRt>,
     route: usize,
@@ -116,19 +113,17 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
             return;
         }
     };
-    let (tx, rx) = mpsc::unbounded_channel();
-    // Buffers and tables grow on first use, so an idle connection costs little memory.
-    let mut timers = DelayQueue::new();
-    timers.insert(SENTINEL, SENTINEL_DELAY);
+    // Buffers, tables and the response channel are made on first use, so an idle
+    // connection costs little memory.
     let mut conn = Downstream {
         idle_timeout: ctx.idle_timeout,
         ctx,
         codec,
         inflight: Slab::new(),
-        timers,
+        deadlines: BinaryHeap::new(),
         generation: 0,
-        tx,
-        rx,
+        tx: None,
+        rx: None,
         wbuf: BytesMut::new(),
         rng: SmallRng::from_rng(&mut rand::rng()),
         closing: false,
@@ -144,10 +139,12 @@ struct Downstream {
     ctx: Arc<ListenerCtx>,
     codec: Box<dyn Codec>,
     inflight: Slab<InFlight>,
-    timers: DelayQueue<u64>,
+    /// Request deadlines, earliest first. Entries of answered requests are left in place
+    /// and skipped when they surface (or pruned when they outnumber live requests).
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     generation: u32,
-    tx: mpsc::UnboundedSender<DownstreamEvent>,
-    rx: mpsc::UnboundedReceiver<DownstreamEvent>,
+    tx: Option<mpsc::UnboundedSender<DownstreamEvent>>,
+    rx: Option<mpsc::UnboundedReceiver<DownstreamEvent>>,
     wbuf: BytesMut,
     rng: SmallRng,
     closing: bool,
@@ -165,17 +162,26 @@ impl Downstream {
             self.idle_timeout
         });
         tokio::pin!(idle);
+        let mut armed = Instant::now() + PARKED;
+        let deadline_timer = tokio::time::sleep_until(armed);
+        tokio::pin!(deadline_timer);
         loop {
             if self.closing && self.inflight.is_empty() && self.wbuf.is_empty() {
                 return;
             }
+            let next = self.deadlines.peek().map_or(armed, |Reverse((at, _))| *at);
+            if next != armed {
+                armed = next;
+                deadline_timer.as_mut().reset(armed);
+            }
             let read_allowed = reading && !self.closing && self.wbuf.len() < MAX_PENDING_OUTPUT;
             tokio::select! {
                 biased;
-                Some(ev) = self.rx.recv() => self.on_event(ev),
-                Some(expired) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)) => {
-                    self.on_timeout(expired.into_inner());
-                }
+                Some(ev) = std::future::poll_fn(|cx| match self.rx.as_mut() {
+                    Some(rx) => rx.poll_recv(cx),
+                    None => std::task::Poll::Pending,
+                }) => self.on_event(ev),
+                _ = &mut deadline_timer, if !self.deadlines.is_empty() => self.expire_due(),
                 ready = stream.writable(), if !self.wbuf.is_empty() => {
                     if ready.is_err() { return; }
                     match stream.try_write(&self.wbuf) {
@@ -377,12 +383,12 @@ impl Downstream {
         let target = listener.clusters[cluster].clone();
         match self.send_two_way(&target, msg, hash, token, deadline, &mut attempts_left) {
             Ok(endpoint) => {
-                let timer = self.timers.insert_at(token, deadline);
+                self.push_deadline(deadline, token);
                 self.inflight.insert(InFlight {
                     log,
                     generation: self.generation,
                     reply,
-                    timer,
+                    deadline,
                     started: Instant::now(),
                     listener,
                     route: route_index,
@@ -416,7 +422,7 @@ impl Downstream {
     ) -> Result<Arc<Endpoint>, NotSent> {
         loop {
             let reply_to = ReplyTo {
-                tx: self.tx.clone(),
+                tx: self.sender(),
                 token,
             };
             match self.send(cluster, msg, hash, Some(reply_to), deadline) {
@@ -521,7 +527,6 @@ impl Downstream {
                 let Some(mut f) = self.take(token) else {
                     return;
                 };
-                self.timers.remove(&f.timer);
                 f.release();
                 let cluster = f.cluster();
                 cluster.record_success(&f.endpoint);
@@ -564,7 +569,7 @@ impl Downstream {
                 cluster.record_failure(&f.endpoint);
                 if let (Some(msg), true) = (unsent, f.attempts_left > 0) {
                     f.attempts_left -= 1;
-                    let deadline = self.timers.deadline(&f.timer);
+                    let deadline = f.deadline;
                     let mut attempts_left = f.attempts_left;
                     if let Ok(endpoint) = self.send_two_way(
                         &cluster,
@@ -583,7 +588,6 @@ impl Downstream {
                         return;
                     }
                 }
-                self.timers.remove(&f.timer);
                 let text = format!("metaproxy: {reason}");
                 let endpoint = Some(f.endpoint.addr);
                 self.local_reply_logged(
@@ -597,14 +601,49 @@ impl Downstream {
         }
     }
 
-    fn on_timeout(&mut self, token: u64) {
-        if token == SENTINEL {
-            self.timers.insert(SENTINEL, SENTINEL_DELAY);
-            return;
+    /// The sender half of this connection's response channel, made on first use.
+    fn sender(&mut self) -> mpsc::UnboundedSender<DownstreamEvent> {
+        match &self.tx {
+            Some(tx) => tx.clone(),
+            None => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                self.rx = Some(rx);
+                self.tx = Some(tx.clone());
+                tx
+            }
         }
+    }
+
+    /// Remembers that request `token` times out at `at`.
+    fn push_deadline(&mut self, at: Instant, token: u64) {
+        self.deadlines.push(Reverse((at, token)));
+        // Answered requests leave their entries behind; prune when they dominate.
+        if self.deadlines.len() > 2 * self.inflight.len() + 64 {
+            let inflight = &self.inflight;
+            self.deadlines.retain(|Reverse((at, token))| {
+                matches!(inflight.get((token & 0xffff_ffff) as usize),
+                    Some(f) if f.generation == (token >> 32) as u32 && f.deadline == *at)
+            });
+        }
+    }
+
+    /// Times out every request whose deadline has passed.
+    fn expire_due(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, token))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            self.on_timeout(token, at);
+        }
+    }
+
+    fn on_timeout(&mut self, token: u64, at: Instant) {
         let key = (token & 0xffff_ffff) as usize;
         let generation = (token >> 32) as u32;
-        if !matches!(self.inflight.get(key), Some(f) if f.generation == generation) {
+        if !matches!(self.inflight.get(key), Some(f) if f.generation == generation && f.deadline == at)
+        {
             return;
         }
         let mut f = self.inflight.remove(key);
