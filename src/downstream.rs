@@ -1,7 +1,7 @@
 //! One client connection: decode requests, route them, send them upstream, and write
 //! back responses in whatever order they complete.
 //!
-//! The connection is a single task owning its socket, codec, in-flight table and timers,
+//! The connection is a single task owning its socket, codec, in-flight table and deadlines,
 //! so nothing on the request path is shared with other connections except the snapshot
 //! (read without a lock), the clusters' atomic counters and the upstream channels.
 
