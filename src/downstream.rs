@@ -37,7 +37,7 @@ const PARKED: Duration = Duration::from_secs(365 * 24 * 3600);
 const DRAIN_QUIET: Duration = Duration::from_millis(250);
 
 /// Read buffer reservation.
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 32 * 1024;
 /// Stop reading new requests while this much output waits for a slow client.
 const MAX_PENDING_OUTPUT: usize = 4 * 1024 * 1024;
 

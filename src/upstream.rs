@@ -30,7 +30,7 @@ use crate::observe::metrics::ClusterMetrics;
 /// Requests in flight on one multiplexed connection before the pool opens another.
 const MUX_SPREAD_THRESHOLD: u32 = 64;
 /// Read buffer reservation.
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
 /// Stop taking new requests while this much output waits for a backend that does not read.
 const MAX_PENDING_OUTPUT: usize = 4 * 1024 * 1024;
 /// How often expired pending entries are swept.
