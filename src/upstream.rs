@@ -138,6 +138,17 @@ impl Outbound {
     }
 }
 
+/// What [`Pool::choose`] found.
+enum Choice<'a> {
+    /// A usable connection with room.
+    Fit(&'a Arc<ConnHandle>),
+    /// Every usable connection is at the threshold.
+    Full {
+        least: Option<&'a Arc<ConnHandle>>,
+        usable: usize,
+    },
+}
+
 /// The pool's view of one upstream connection task.
 pub(crate) struct ConnHandle {
     tx: mpsc::UnboundedSender<Outbound>,
@@ -213,21 +224,28 @@ impl Pool {
             .count()
     }
 
-    fn best(conns: &[Arc<ConnHandle>]) -> (Option<&Arc<ConnHandle>>, usize) {
-        let mut best: Option<&Arc<ConnHandle>> = None;
+    /// First fit: the first usable connection below `threshold` in-flight requests, so
+    /// traffic concentrates on few connections and batches into few writes (spreading a
+    /// pipelined client over many idle connections costs a syscall per request). Also
+    /// the least-loaded usable connection and how many are usable, for when all are full.
+    fn choose(conns: &[Arc<ConnHandle>], threshold: u32) -> Choice<'_> {
+        let mut least: Option<&Arc<ConnHandle>> = None;
         let mut usable = 0;
         for c in conns.iter().filter(|c| c.usable()) {
+            let load = c.load.load(Ordering::Relaxed);
+            if load < threshold {
+                return Choice::Fit(c);
+            }
             usable += 1;
-            if best.is_none_or(|b| c.load.load(Ordering::Relaxed) < b.load.load(Ordering::Relaxed))
-            {
-                best = Some(c);
+            if least.is_none_or(|b| load < b.load.load(Ordering::Relaxed)) {
+                least = Some(c);
             }
         }
-        (best, usable)
+        Choice::Full { least, usable }
     }
 
-    /// A connection for the next request: the least loaded usable one, or a new one when
-    /// all are busy and the pool is below `max_connections`.
+    /// A connection for the next request: the first one with room, or a new one when
+    /// all are busy and the pool is below `max_connections`, or else the least loaded.
     pub(crate) fn pick(&self, endpoint: &Arc<Endpoint>) -> Arc<ConnHandle> {
         let threshold = if self.protocol.caps.multiplexing {
             MUX_SPREAD_THRESHOLD
@@ -237,20 +255,24 @@ impl Pool {
         let max = self.max_connections.load(Ordering::Relaxed);
         {
             let conns = self.conns.load();
-            let (best, usable) = Self::best(&conns);
-            if let Some(b) = best {
-                if b.load.load(Ordering::Relaxed) < threshold || usable >= max {
-                    return b.clone();
-                }
+            match Self::choose(&conns, threshold) {
+                Choice::Fit(c) => return c.clone(),
+                Choice::Full {
+                    least: Some(c),
+                    usable,
+                } if usable >= max => return c.clone(),
+                Choice::Full { .. } => {}
             }
         }
         let _guard = self.create_lock.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.conns.load_full();
-        let (best, usable) = Self::best(&current);
-        if let Some(b) = best {
-            if b.load.load(Ordering::Relaxed) < threshold || usable >= max {
-                return b.clone();
-            }
+        match Self::choose(&current, threshold) {
+            Choice::Fit(c) => return c.clone(),
+            Choice::Full {
+                least: Some(c),
+                usable,
+            } if usable >= max => return c.clone(),
+            Choice::Full { .. } => {}
         }
         let handle = self.spawn_connection(endpoint);
         let mut next: Vec<Arc<ConnHandle>> = current
