@@ -2,16 +2,22 @@
 //!
 //! Two models, selected by [`Threading`]:
 //!
-//! - **Work stealing** (the default): tokio's multi-threaded runtime, one worker per core.
-//!   A connection's task may move between workers; requests hop once, from the client
-//!   connection's task to the upstream connection's task.
-//! - **Per core** (Envoy's model): one single-threaded runtime per core. Each worker
-//!   accepts on its own `SO_REUSEPORT` socket, owns its client connections from accept to
-//!   close, and has its own upstream connection pools, so a request never crosses
-//!   threads.
+//! - **Per core** (Envoy's model, the default of `metaproxy run`): one single-threaded
+//!   runtime per core. Each worker accepts on its own `SO_REUSEPORT` socket, owns its
+//!   client connections from accept to close, and has its own upstream connection pools,
+//!   so a request never crosses threads.
+//! - **Work stealing**: tokio's multi-threaded runtime, one worker per core. A
+//!   connection's task may move between workers; requests hop once, from the client
+//!   connection's task to the upstream connection's task. This is what
+//!   [`crate::Server::bind`] uses inside an embedding program's own runtime.
 //!
-//! `metaproxy run` reads `METAPROXY_THREADING` (`work-stealing` or `per-core`) and
-//! `METAPROXY_WORKERS` (default: the number of cores). The bench suite compares them.
+//! Chosen by measurement: with the bench suite's quick matrix (`scripts/bench-e2e.sh
+//! --quick`, proxy pinned to one core), per core reached 0.90× HAProxy's throughput
+//! (geometric mean over 12 cases) at 1.46× its CPU per request, work stealing 0.74× at
+//! 1.69× (docs/PERFORMANCE.md).
+//!
+//! `metaproxy run` reads `METAPROXY_THREADING` (`per-core` or `work-stealing`) and
+//! `METAPROXY_WORKERS` (default: the cores this process may run on).
 
 use std::cell::Cell;
 
@@ -31,8 +37,8 @@ pub enum Threading {
 }
 
 impl Threading {
-    /// From `METAPROXY_THREADING` and `METAPROXY_WORKERS`; work stealing on every core
-    /// when unset. An unknown value is an error message.
+    /// From `METAPROXY_THREADING` and `METAPROXY_WORKERS`; per core on every core when
+    /// unset. An unknown value is an error message.
     pub fn from_env() -> Result<Threading, String> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers =
@@ -43,8 +49,8 @@ impl Threading {
                 Err(_) => cores,
             };
         match std::env::var("METAPROXY_THREADING").as_deref() {
-            Err(_) | Ok("work-stealing") => Ok(Threading::WorkStealing { workers }),
-            Ok("per-core") => Ok(Threading::PerCore { workers }),
+            Ok("work-stealing") => Ok(Threading::WorkStealing { workers }),
+            Err(_) | Ok("per-core") => Ok(Threading::PerCore { workers }),
             Ok(other) => Err(format!(
                 "METAPROXY_THREADING={other:?}: expected work-stealing or per-core"
             )),
