@@ -253,26 +253,23 @@ impl Pool {
             1
         };
         let max = self.max_connections.load(Ordering::Relaxed);
-        {
-            let conns = self.conns.load();
-            match Self::choose(&conns, threshold) {
-                Choice::Fit(c) => return c.clone(),
-                Choice::Full {
-                    least: Some(c),
-                    usable,
-                } if usable >= max => return c.clone(),
-                Choice::Full { .. } => {}
-            }
-        }
-        let _guard = self.create_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.conns.load_full();
-        match Self::choose(&current, threshold) {
-            Choice::Fit(c) => return c.clone(),
+        // A connection to use without opening one: one with room, or the least loaded
+        // when the pool is full.
+        let reuse = |conns: &[Arc<ConnHandle>]| match Self::choose(conns, threshold) {
+            Choice::Fit(c) => Some(c.clone()),
             Choice::Full {
                 least: Some(c),
                 usable,
-            } if usable >= max => return c.clone(),
-            Choice::Full { .. } => {}
+            } if usable >= max => Some(c.clone()),
+            Choice::Full { .. } => None,
+        };
+        if let Some(c) = reuse(&self.conns.load()) {
+            return c;
+        }
+        let _guard = self.create_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.conns.load_full();
+        if let Some(c) = reuse(&current) {
+            return c;
         }
         let handle = self.spawn_connection(endpoint);
         let mut next: Vec<Arc<ConnHandle>> = current
