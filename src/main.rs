@@ -138,28 +138,25 @@ fn run(path: &Path, takeover: bool) -> anyhow::Result<ExitCode> {
         .build_runtime()
         .context("cannot start the runtime")?;
     rt.block_on(async move {
+        // Install the signal handlers before binding: once `listening` is logged a
+        // SIGHUP must reload, not hit the default action (terminate).
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let running = server.bind_with(threading).await?;
         tracing::info!(?threading, "threading model");
-        let handle = running.handle();
-        let reload_handle = handle.clone();
+        let reload_handle = running.handle();
         tokio::spawn(async move {
-            let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                return;
-            };
             while hup.recv().await.is_some() {
                 let _ = reload_handle.reload().await;
             }
         });
         let drained = running
             .run_until(async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("SIGTERM handler");
                 tokio::select! {
                     _ = term.recv() => tracing::info!("SIGTERM: draining"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+                    _ = int.recv() => tracing::info!("SIGINT: draining"),
                 }
             })
             .await;

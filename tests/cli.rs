@@ -134,6 +134,14 @@ fn per_core_threading_serves_reloads_and_drains_too() {
     ]);
 }
 
+#[test]
+fn work_stealing_threading_serves_reloads_and_drains_too() {
+    serve_reload_drain(&[
+        ("METAPROXY_THREADING", "work-stealing"),
+        ("METAPROXY_WORKERS", "2"),
+    ]);
+}
+
 fn serve_reload_drain(env: &[(&str, &str)]) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (v1, v2) = rt.block_on(async {
@@ -175,7 +183,8 @@ clusters:
             v2.addr()
         )
     };
-    let path = temp_file(&format!("run-{}.yaml", env.len()), &config("v1"));
+    let name: Vec<&str> = env.iter().map(|(_, v)| *v).collect();
+    let path = temp_file(&format!("run-{}.yaml", name.join("-")), &config("v1"));
     let (mut proxy, addr, logs) = start_proxy_env(&path, env);
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
