@@ -3,39 +3,11 @@
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use meta_protocol::{Codec, Side, DEFAULT_MAX_FRAME_SIZE};
-use metaproxy_dubbo::frames::{Args, RequestFrame};
-use metaproxy_dubbo::hessian2::Writer;
 use metaproxy_dubbo::DubboCodec;
 
-fn typical_request() -> Bytes {
-    let mut args = BytesMut::new();
-    Writer::new(&mut args)
-        .write_int(42)
-        .write_string("hello world")
-        .write_binary(&[7u8; 100]);
-    RequestFrame {
-        version: "1.0.0",
-        group: Some("blue"),
-        attachments: &[("timeout", "3000"), ("user", "alice")],
-        args: Args::Encoded {
-            types: "ILjava/lang/String;[B",
-            values: &args,
-        },
-        ..RequestFrame::new(1, "com.example.DemoService", "sayHello")
-    }
-    .encode()
-}
-
-fn payload_request(n: usize) -> Bytes {
-    RequestFrame {
-        version: "1.0.0",
-        group: Some("blue"),
-        attachments: &[("timeout", "3000"), ("user", "alice")],
-        args: Args::Binary(n),
-        ..RequestFrame::new(1, "com.example.DemoService", "upload")
-    }
-    .encode()
-}
+#[path = "../tests/common/requests.rs"]
+mod requests;
+use requests::{payload_request, typical_request};
 
 /// A read buffer refilled with 64 copies of `frame` when empty, and reused (as a
 /// connection's read buffer is): each decode pays for one copy of its frame, as it would
@@ -64,7 +36,7 @@ impl Feed {
 fn decode(c: &mut Criterion) {
     let mut codec = DubboCodec::new(Side::Downstream, DEFAULT_MAX_FRAME_SIZE);
     let mut g = c.benchmark_group("decode");
-    let mut feed = Feed::new(typical_request());
+    let mut feed = Feed::new(typical_request(1));
     g.bench_function("typical_request_3_args_6_attachments", |b| {
         b.iter(|| {
             let msg = codec.decode(feed.next()).unwrap().unwrap();
@@ -76,7 +48,7 @@ fn decode(c: &mut Criterion) {
         ("payload_4KiB", 4096),
         ("payload_64KiB", 65536),
     ] {
-        let frame = payload_request(n);
+        let frame = payload_request(1, n);
         g.throughput(Throughput::Bytes(frame.len() as u64));
         let mut feed = Feed::new(frame);
         g.bench_function(name, |b| {
@@ -91,7 +63,7 @@ fn decode(c: &mut Criterion) {
 
 fn encode(c: &mut Criterion) {
     let mut codec = DubboCodec::new(Side::Upstream, DEFAULT_MAX_FRAME_SIZE);
-    let mut buf = BytesMut::from(&typical_request()[..]);
+    let mut buf = BytesMut::from(&typical_request(1)[..]);
     let mut msg = codec.decode(&mut buf).unwrap().unwrap();
     let mut g = c.benchmark_group("encode");
     msg.set_request_id(12345);
@@ -112,7 +84,7 @@ fn encode(c: &mut Criterion) {
         })
     });
     g.bench_function("decode_then_mutate_encode", |b| {
-        let frame = typical_request();
+        let frame = typical_request(1);
         b.iter_batched(
             || BytesMut::from(&frame[..]),
             |mut src| {

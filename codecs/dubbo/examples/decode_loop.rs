@@ -7,41 +7,13 @@
 //! (encode with a new id), `mutate` (encode with a 2-key request mutation).
 //! Instructions per operation = (count at 2N - count at N) / N.
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use meta_protocol::{Codec, Side, DEFAULT_MAX_FRAME_SIZE};
-use metaproxy_dubbo::frames::{Args, RequestFrame};
-use metaproxy_dubbo::hessian2::Writer;
 use metaproxy_dubbo::DubboCodec;
 
-fn typical() -> Bytes {
-    let mut args = BytesMut::new();
-    Writer::new(&mut args)
-        .write_int(42)
-        .write_string("hello world")
-        .write_binary(&[7u8; 100]);
-    RequestFrame {
-        version: "1.0.0",
-        group: Some("blue"),
-        attachments: &[("timeout", "3000"), ("user", "alice")],
-        args: Args::Encoded {
-            types: "ILjava/lang/String;[B",
-            values: &args,
-        },
-        ..RequestFrame::new(1, "com.example.DemoService", "sayHello")
-    }
-    .encode()
-}
-
-fn payload(n: usize) -> Bytes {
-    RequestFrame {
-        version: "1.0.0",
-        group: Some("blue"),
-        attachments: &[("timeout", "3000"), ("user", "alice")],
-        args: Args::Binary(n),
-        ..RequestFrame::new(1, "com.example.DemoService", "upload")
-    }
-    .encode()
-}
+#[path = "../tests/common/requests.rs"]
+mod requests;
+use requests::{payload_request, typical_request};
 
 fn main() {
     let n: usize = std::env::args()
@@ -55,7 +27,7 @@ fn main() {
     match mode.as_str() {
         "rewrite" | "mutate" => {
             let mut msg = codec
-                .decode(&mut BytesMut::from(&typical()[..]))
+                .decode(&mut BytesMut::from(&typical_request(1)[..]))
                 .unwrap()
                 .unwrap();
             msg.set_request_id(99);
@@ -72,10 +44,10 @@ fn main() {
         }
         _ => {
             let frame = match mode.as_str() {
-                "p100" => payload(100),
-                "p4k" => payload(4096),
-                "p64k" => payload(65536),
-                _ => typical(),
+                "p100" => payload_request(1, 100),
+                "p4k" => payload_request(1, 4096),
+                "p64k" => payload_request(1, 65536),
+                _ => typical_request(1),
             };
             // Decode from one shared buffer, refilled in slices of 64 frames (the copy
             // a socket read makes is part of the cost).
