@@ -116,7 +116,6 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
     // Buffers, tables and the response channel are made on first use, so an idle
     // connection costs little memory.
     let mut conn = Downstream {
-        idle_timeout: ctx.idle_timeout,
         ctx,
         codec,
         inflight: Slab::new(),
@@ -148,7 +147,6 @@ struct Downstream {
     wbuf: BytesMut,
     rng: SmallRng,
     closing: bool,
-    idle_timeout: Duration,
 }
 
 impl Downstream {
@@ -159,7 +157,7 @@ impl Downstream {
         let idle = tokio::time::sleep(if draining {
             DRAIN_QUIET
         } else {
-            self.idle_timeout
+            self.ctx.idle_timeout
         });
         tokio::pin!(idle);
         let mut armed = Instant::now() + PARKED;
@@ -198,7 +196,7 @@ impl Downstream {
                     match stream.try_read_buf(&mut rbuf) {
                         Ok(0) => { reading = false; self.closing = true; }
                         Ok(_) => {
-                            let quiet = if draining { DRAIN_QUIET } else { self.idle_timeout };
+                            let quiet = if draining { DRAIN_QUIET } else { self.ctx.idle_timeout };
                             idle.as_mut().reset(Instant::now() + quiet);
                             self.decode_all(&mut rbuf);
                         }
@@ -348,7 +346,8 @@ impl Downstream {
             l.route = Some(route.name_shared().clone());
             l.cluster = Some(listener.clusters[cluster].name.clone());
         }
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
 
         let mirrors: smallvec::SmallVec<[usize; 4]> = route
             .firing_mirrors(&mut self.rng)
@@ -389,7 +388,7 @@ impl Downstream {
                     generation: self.generation,
                     reply,
                     deadline,
-                    started: Instant::now(),
+                    started,
                     listener,
                     route: route_index,
                     cluster,

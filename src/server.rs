@@ -28,7 +28,6 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) config_path: Option<PathBuf>,
     pub(crate) ready: AtomicBool,
-    pub(crate) draining: AtomicBool,
     /// Listeners as bound at start: name -> (address, codec, options) fingerprint.
     pub(crate) bound: std::sync::Mutex<HashMap<String, String>>,
     reload_lock: tokio::sync::Mutex<()>,
@@ -180,7 +179,6 @@ impl Server {
                 metrics,
                 config_path: path,
                 ready: AtomicBool::new(false),
-                draining: AtomicBool::new(false),
                 bound: std::sync::Mutex::new(HashMap::new()),
                 reload_lock: tokio::sync::Mutex::new(()),
             }),
@@ -435,7 +433,6 @@ impl ServerHandle {
 
     /// Stops accepting and asks every connection to finish its requests and close.
     pub fn drain(&self) {
-        self.shared.draining.store(true, Ordering::Relaxed);
         self.shared.ready.store(false, Ordering::Relaxed);
         let _ = self.drain_tx.send(true);
     }
