@@ -15,14 +15,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use common::binary::{dead_addr, silent_backend, start_proxy};
+use common::binary::start_proxy;
+use common::net::{dead_addr, silent_backend};
 use meta_protocol::{Message, MessageKind};
-use metaproxy::backend::{self, Responder};
+use metaproxy_cli::backend::{self, Responder};
 use metaproxy_dubbo::frames::{echo_response, parse_request, ResponseFrame};
 use serde_json::Value;
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // The workspace root, one level above this crate.
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
 /// Runs the Python client; one JSON object per call.

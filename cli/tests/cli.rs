@@ -99,7 +99,7 @@ fn check_rejects_unknown_fields_and_bad_yaml_with_positions() {
 
 #[test]
 fn every_example_config_passes_check() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config");
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
@@ -146,19 +146,19 @@ fn serve_reload_drain(env: &[(&str, &str)]) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (v1, v2) = rt.block_on(async {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let v1 = metaproxy::backend::spawn(
+        let v1 = metaproxy_cli::backend::spawn(
             any,
-            metaproxy::backend::dubbo_factory(),
+            metaproxy_cli::backend::dubbo_factory(),
             Default::default(),
-            metaproxy::backend::dubbo_echo("v1"),
+            metaproxy_cli::backend::dubbo_echo("v1"),
         )
         .await
         .unwrap();
-        let v2 = metaproxy::backend::spawn(
+        let v2 = metaproxy_cli::backend::spawn(
             any,
-            metaproxy::backend::dubbo_factory(),
+            metaproxy_cli::backend::dubbo_factory(),
             Default::default(),
-            metaproxy::backend::dubbo_echo("v2"),
+            metaproxy_cli::backend::dubbo_echo("v2"),
         )
         .await
         .unwrap();

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use meta_protocol::{Message, MessageKind};
-use metaproxy::backend::{self, Backend, Responder};
-use metaproxy::loadgen::{
+use metaproxy_cli::backend::{self, Backend, Responder};
+use metaproxy_cli::loadgen::{
     run_bench, BenchArgs, BenchProtocol, ThriftProtocolArg, ThriftTransportArg,
 };
 use metaproxy_thrift::frames::FrameSpec;
