@@ -235,3 +235,33 @@ clusters:
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// A custom binary is `Cli::new(registry).main()`: its `check` knows the codecs it
+/// registered, and the stock binary's does not.
+#[test]
+fn check_in_a_custom_binary_sees_its_codec() {
+    use metaproxy_cli::Cli;
+    use std::process::ExitCode;
+
+    let kv_yaml = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/kvproto/kv.yaml");
+    let with_kv = || {
+        let mut codecs = metaproxy::default_registry();
+        codecs.register(std::sync::Arc::new(metaproxy_example_kv::KvCodecFactory));
+        Cli::new(codecs)
+    };
+    let check = |cli: Cli| cli.main_from(["my-proxy", "check", "--config", kv_yaml]);
+    assert_eq!(check(with_kv()), ExitCode::SUCCESS);
+    assert_eq!(
+        check(Cli::new(metaproxy::default_registry())),
+        ExitCode::FAILURE,
+        "without the kv codec registered the listener's codec is unknown"
+    );
+    // And through the stock binary, which has only dubbo and thrift.
+    let out = bin().args(["check", "--config", kv_yaml]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("kv"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,7 +1,7 @@
 //! A Python Dubbo client from PyPI (dubbo-ssl-python, the Dubbo TCP protocol with
 //! hessian2) calling through the real `metaproxy` binary to Dubbo backends: routing on
 //! interface, method, version, group and an attachment, a request mutation seen by the
-//! backend, canary split, and the error statuses of SPEC §5 at the client.
+//! backend, canary split, and the local-reply statuses of docs/CONFIG.md at the client.
 //! Needs `scripts/interop/dubbo.sh` (run by `scripts/test.sh`).
 #![cfg(feature = "interop")]
 
