@@ -8,7 +8,9 @@
 # BENCH_PROFILE=0|1 forces the profile off/on; BENCH_REPORT_DIR changes the output dir.
 # Extra arguments go to the harness (cli/benches/e2e.rs): --duration 3s, --protocols dubbo,
 # --serve (start backends + proxies, print addresses and pids, wait for stdin to close),
-# --no-pin, --idle-connections N, --out DIR. Installs Debian's haproxy when missing.
+# --no-pin, --idle-connections N, --out DIR, --only-multiplexing-cases (1 connection × 64
+# and 256 × 4 to one backend only), --no-syscalls (skip the perf syscall counts).
+# Installs Debian's haproxy when missing.
 # Writes target/bench-report/{report.md,results.json,*.svg}.
 set -euo pipefail
 cd "$(dirname "$0")/.."

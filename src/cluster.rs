@@ -310,3 +310,110 @@ impl EndpointRegistry {
         map.retain(|k, _| keep.contains(k));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigDuration;
+    use crate::observe::metrics::Metrics;
+    use metaproxy_router::{EndpointSpec, LbPolicy};
+
+    fn cluster(endpoints: &[&str], od: OutlierDetectionConfig) -> ClusterRt {
+        let mut config = ClusterConfig::new("c", endpoints);
+        config.outlier_detection = Some(od);
+        let addrs: Vec<SocketAddr> = endpoints.iter().map(|a| a.parse().unwrap()).collect();
+        let specs: Vec<EndpointSpec> = endpoints.iter().map(|a| EndpointSpec::new(*a, 1)).collect();
+        let lb = LoadBalancer::new(LbPolicy::RoundRobin, &specs).unwrap();
+        EndpointRegistry::default().build_cluster(&config, &addrs, lb, Metrics::new().cluster("c"))
+    }
+
+    fn detection(consecutive_failures: u32, max_ejection_percent: u32) -> OutlierDetectionConfig {
+        OutlierDetectionConfig {
+            consecutive_failures,
+            base_ejection_time: ConfigDuration::from_secs(10),
+            max_ejection_percent,
+        }
+    }
+
+    async fn advance_ms(ms: u64) {
+        tokio::time::advance(Duration::from_millis(ms)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_lasts_the_base_time_times_the_ejection_count() {
+        let c = cluster(&["127.0.0.1:1", "127.0.0.1:2"], detection(3, 100));
+        let e = &c.endpoints[0];
+        c.record_failure(e);
+        c.record_failure(e);
+        assert!(!e.is_ejected(), "two failures are below the threshold");
+        c.record_failure(e);
+        assert!(e.is_ejected());
+        assert!(!c.is_available(0) && c.is_available(1));
+        assert_eq!(c.metrics.outlier_ejections.get(), 1);
+
+        advance_ms(9_999).await;
+        assert!(e.is_ejected(), "still inside the 10 s base ejection time");
+        advance_ms(2).await;
+        assert!(!e.is_ejected() && c.is_available(0), "back after 10 s");
+
+        // A success breaks the streak.
+        c.record_failure(e);
+        c.record_failure(e);
+        c.record_success(e);
+        c.record_failure(e);
+        c.record_failure(e);
+        assert!(!e.is_ejected());
+        c.record_failure(e);
+        assert!(e.is_ejected(), "three in a row again");
+        assert_eq!(c.metrics.outlier_ejections.get(), 2);
+        // The second ejection lasts twice the base time.
+        advance_ms(19_999).await;
+        assert!(e.is_ejected());
+        advance_ms(2).await;
+        assert!(!e.is_ejected());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_ejection_percent_caps_how_many_are_out_at_once() {
+        let c = cluster(
+            &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"],
+            detection(2, 25),
+        );
+        let (a, b) = (&c.endpoints[0], &c.endpoints[1]);
+        c.record_failure(a);
+        c.record_failure(a);
+        assert!(a.is_ejected());
+        for _ in 0..5 {
+            c.record_failure(b);
+        }
+        assert!(!b.is_ejected(), "25 % of 4 endpoints: one at a time");
+        advance_ms(10_001).await;
+        assert!(!a.is_ejected());
+        c.record_failure(b);
+        assert!(b.is_ejected(), "room again once the first came back");
+        assert_eq!(c.metrics.outlier_ejections.get(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_outlier_detection_nothing_is_ejected() {
+        let mut config = ClusterConfig::new("c", ["127.0.0.1:1"]);
+        config.outlier_detection = None;
+        let specs = [EndpointSpec::new("127.0.0.1:1", 1)];
+        let lb = LoadBalancer::new(LbPolicy::RoundRobin, &specs).unwrap();
+        let c = EndpointRegistry::default().build_cluster(
+            &config,
+            &["127.0.0.1:1".parse().unwrap()],
+            lb,
+            Metrics::new().cluster("c"),
+        );
+        for _ in 0..100 {
+            c.record_failure(&c.endpoints[0]);
+        }
+        assert!(c.is_available(0));
+        // A refused connection makes the endpoint unavailable for a second.
+        c.endpoints[0].connect_failed();
+        assert!(!c.is_available(0));
+        advance_ms(UNREACHABLE_BACKOFF_MS + 1).await;
+        assert!(c.is_available(0));
+    }
+}

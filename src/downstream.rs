@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use crate::cluster::{ClusterRt, Endpoint};
 use crate::listener::ListenerCtx;
 use crate::observe::{AccessLogEntry, AccessStatus, LoggedMetadata};
+use crate::request_token::RequestToken;
 use crate::snapshot::ListenerRt;
 use crate::upstream::{DownstreamEvent, Outbound, PoolKey, ReplyTo};
 
@@ -140,7 +141,7 @@ struct Downstream {
     inflight: Slab<InFlight>,
     /// Request deadlines, earliest first. Entries of answered requests are left in place
     /// and skipped when they surface (or pruned when they outnumber live requests).
-    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    deadlines: BinaryHeap<Reverse<(Instant, RequestToken)>>,
     generation: u32,
     tx: Option<mpsc::UnboundedSender<DownstreamEvent>>,
     rx: Option<mpsc::UnboundedReceiver<DownstreamEvent>>,
@@ -377,7 +378,7 @@ impl Downstream {
         let reply = msg.reply_context();
         let key = self.inflight.vacant_key();
         self.generation = self.generation.wrapping_add(1);
-        let token = (u64::from(self.generation) << 32) | key as u64;
+        let token = RequestToken::new(key, self.generation);
         let mut attempts_left = attempts;
         let target = listener.clusters[cluster].clone();
         match self.send_two_way(&target, msg, hash, token, deadline, &mut attempts_left) {
@@ -415,7 +416,7 @@ impl Downstream {
         cluster: &Arc<ClusterRt>,
         mut msg: Message,
         hash: Option<u64>,
-        token: u64,
+        token: RequestToken,
         deadline: Instant,
         attempts_left: &mut u32,
     ) -> Result<Arc<Endpoint>, NotSent> {
@@ -511,11 +512,9 @@ impl Downstream {
         }
     }
 
-    fn take(&mut self, token: u64) -> Option<InFlight> {
-        let key = (token & 0xffff_ffff) as usize;
-        let generation = (token >> 32) as u32;
-        match self.inflight.get(key) {
-            Some(f) if f.generation == generation => Some(self.inflight.remove(key)),
+    fn take(&mut self, token: RequestToken) -> Option<InFlight> {
+        match self.inflight.get(token.slot()) {
+            Some(f) if token.is_for(f.generation) => Some(self.inflight.remove(token.slot())),
             _ => None,
         }
     }
@@ -582,7 +581,7 @@ impl Downstream {
                         f.attempts_left = attempts_left;
                         // `take` freed this slot and nothing was inserted since.
                         let entry = self.inflight.vacant_entry();
-                        debug_assert_eq!(entry.key() as u64, token & 0xffff_ffff);
+                        debug_assert_eq!(entry.key(), token.slot());
                         entry.insert(f);
                         return;
                     }
@@ -614,14 +613,14 @@ impl Downstream {
     }
 
     /// Remembers that request `token` times out at `at`.
-    fn push_deadline(&mut self, at: Instant, token: u64) {
+    fn push_deadline(&mut self, at: Instant, token: RequestToken) {
         self.deadlines.push(Reverse((at, token)));
         // Answered requests leave their entries behind; prune when they dominate.
         if self.deadlines.len() > 2 * self.inflight.len() + 64 {
             let inflight = &self.inflight;
             self.deadlines.retain(|Reverse((at, token))| {
-                matches!(inflight.get((token & 0xffff_ffff) as usize),
-                    Some(f) if f.generation == (token >> 32) as u32 && f.deadline == *at)
+                matches!(inflight.get(token.slot()),
+                    Some(f) if token.is_for(f.generation) && f.deadline == *at)
             });
         }
     }
@@ -638,14 +637,12 @@ impl Downstream {
         }
     }
 
-    fn on_timeout(&mut self, token: u64, at: Instant) {
-        let key = (token & 0xffff_ffff) as usize;
-        let generation = (token >> 32) as u32;
-        if !matches!(self.inflight.get(key), Some(f) if f.generation == generation && f.deadline == at)
+    fn on_timeout(&mut self, token: RequestToken, at: Instant) {
+        if !matches!(self.inflight.get(token.slot()), Some(f) if token.is_for(f.generation) && f.deadline == at)
         {
             return;
         }
-        let mut f = self.inflight.remove(key);
+        let mut f = self.inflight.remove(token.slot());
         f.release();
         f.cluster().record_failure(&f.endpoint);
         let text = format!(
@@ -676,5 +673,244 @@ fn no_route_message(msg: &Message) -> String {
             "metaproxy: no route matched the request ({})",
             what.join(", ")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Deadlines on tokio's paused clock, moved by hand: a blocking task held open for
+    //! the whole test keeps tokio from auto-advancing the clock while tasks wait on
+    //! sockets, so time passes only through `tokio::time::advance` and every timing is
+    //! exact (and takes no wall time).
+
+    use super::*;
+    use crate::runtime::Threading;
+    use crate::{RunningServer, Server};
+    use metaproxy_example_kv::{frames, KvCodec, KvCodecFactory, Status};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A kv backend that answers `service: echo` requests at once and never answers
+    /// any other.
+    async fn backend() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut codec = KvCodec::new(1 << 20);
+                    let mut buf = BytesMut::new();
+                    while matches!(stream.read_buf(&mut buf).await, Ok(n) if n > 0) {
+                        let mut out = BytesMut::new();
+                        while let Ok(Some(m)) = codec.decode(&mut buf) {
+                            if m.metadata().get("service") == Some("echo") {
+                                out.extend_from_slice(&frames::response(
+                                    m.request_id(),
+                                    0,
+                                    &[],
+                                    frames::body(&m),
+                                ));
+                            }
+                        }
+                        if stream.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// A proxy whose routes differ only by timeout: slow 3 s, fast 1 s, echo 2 s.
+    async fn proxy(backend: SocketAddr) -> RunningServer {
+        let yaml = format!(
+            r#"
+listeners:
+  - {{name: kv-in, address: "127.0.0.1:0", codec: kv, route_config: r}}
+route_configs:
+  - name: r
+    routes:
+      - name: slow
+        match: {{metadata: [{{key: service, exact: slow}}]}}
+        route: {{cluster: b, timeout: 3s}}
+      - name: fast
+        match: {{metadata: [{{key: service, exact: fast}}]}}
+        route: {{cluster: b, timeout: 1s}}
+      - name: echo
+        route: {{cluster: b, timeout: 2s}}
+clusters:
+  - {{name: b, endpoints: ["{backend}"]}}
+"#
+        );
+        let config = crate::config::parse(&yaml, "test.yaml".as_ref()).unwrap();
+        let mut codecs = crate::default_registry();
+        codecs.register(Arc::new(KvCodecFactory));
+        Server::new(config, codecs)
+            .unwrap()
+            .bind_with(Threading::WorkStealing { workers: 0 })
+            .await
+            .unwrap()
+    }
+
+    struct Client {
+        stream: TcpStream,
+        codec: KvCodec,
+        buf: BytesMut,
+    }
+
+    impl Client {
+        async fn connect(p: &RunningServer) -> Client {
+            Client {
+                stream: TcpStream::connect(p.local_addr("kv-in").unwrap())
+                    .await
+                    .unwrap(),
+                codec: KvCodec::new(1 << 20),
+                buf: BytesMut::new(),
+            }
+        }
+
+        async fn send(&mut self, requests: &[(u64, &str)]) {
+            let mut out = BytesMut::new();
+            for (id, service) in requests {
+                out.extend_from_slice(&frames::request(*id, &[("service", service)], b"x"));
+            }
+            self.stream.write_all(&out).await.unwrap();
+        }
+
+        /// The next reply (the clock stands still meanwhile).
+        async fn recv(&mut self) -> Message {
+            loop {
+                if let Some(m) = self.try_recv() {
+                    return m;
+                }
+                self.stream.readable().await.unwrap();
+            }
+        }
+    }
+
+    /// Freezes the paused clock until dropped: tokio does not auto-advance time while a
+    /// blocking task runs.
+    struct Frozen(Option<std::sync::mpsc::Sender<()>>);
+
+    fn freeze_clock() -> Frozen {
+        let (hold, release) = std::sync::mpsc::channel::<()>();
+        tokio::task::spawn_blocking(move || {
+            let _ = release.recv();
+        });
+        Frozen(Some(hold))
+    }
+
+    impl Drop for Frozen {
+        fn drop(&mut self) {
+            self.0.take();
+        }
+    }
+
+    /// Lets every task run and every socket event be seen, without moving the clock.
+    async fn settle() {
+        for _ in 0..64 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Moves the clock by `ms` and lets the proxy react.
+    async fn advance_ms(ms: u64) {
+        tokio::time::advance(Duration::from_millis(ms)).await;
+        settle().await;
+    }
+
+    impl Client {
+        /// A message that has already arrived, without waiting.
+        fn try_recv(&mut self) -> Option<Message> {
+            loop {
+                if let Some(m) = self.codec.decode(&mut self.buf).unwrap() {
+                    return Some(m);
+                }
+                match self.stream.try_read_buf(&mut self.buf) {
+                    Ok(n) if n > 0 => {}
+                    _ => return None,
+                }
+            }
+        }
+
+        /// Asserts that nothing has arrived.
+        fn assert_quiet(&mut self) {
+            if let Some(m) = self.try_recv() {
+                panic!(
+                    "unexpected reply to {} with status {}",
+                    m.request_id(),
+                    frames::status(&m)
+                );
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_fire_in_deadline_order_at_the_route_timeouts() {
+        let _frozen = freeze_clock();
+        let p = proxy(backend().await).await;
+        let mut c = Client::connect(&p).await;
+        c.send(&[(1, "slow"), (2, "fast"), (3, "echo")]).await;
+        let r = c.recv().await;
+        assert_eq!((r.request_id(), frames::status(&r)), (3, Status::Ok as u8));
+
+        advance_ms(999).await;
+        c.assert_quiet();
+        advance_ms(1).await;
+        let r = c.recv().await;
+        assert_eq!(
+            (r.request_id(), frames::status(&r)),
+            (2, Status::Timeout as u8),
+            "at 1 s"
+        );
+
+        // The answered request's deadline (2 s) passes without a reply.
+        advance_ms(1_999).await;
+        c.assert_quiet();
+        advance_ms(1).await;
+        let r = c.recv().await;
+        assert_eq!(
+            (r.request_id(), frames::status(&r)),
+            (1, Status::Timeout as u8),
+            "at 3 s"
+        );
+
+        advance_ms(60_000).await;
+        c.assert_quiet();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_of_answered_requests_never_fire_even_when_their_slot_is_reused() {
+        let _frozen = freeze_clock();
+        let p = proxy(backend().await).await;
+        let mut c = Client::connect(&p).await;
+        // 40 answered requests, then a slow one that reuses the first slot, then 40 more
+        // answered ones: their 80 stale deadlines (2 s) outnumber the one live request
+        // (more than 2 × 1 + 64), so the heap is pruned along the way.
+        let echo = |ids: std::ops::Range<u64>| -> Vec<(u64, &str)> {
+            ids.map(|id| (id, "echo")).collect()
+        };
+        c.send(&echo(10..50)).await;
+        for _ in 0..40 {
+            assert_eq!(frames::status(&c.recv().await), Status::Ok as u8);
+        }
+        c.send(&[(1, "slow")]).await;
+        c.send(&echo(50..90)).await;
+        for _ in 0..40 {
+            let r = c.recv().await;
+            assert!(r.request_id() >= 50, "{}", r.request_id());
+            assert_eq!(frames::status(&r), Status::Ok as u8);
+        }
+        // Past every answered request's deadline: nothing.
+        advance_ms(2_999).await;
+        c.assert_quiet();
+        // The slow request's timeout, at 3 s.
+        advance_ms(1).await;
+        let r = c.recv().await;
+        assert_eq!(
+            (r.request_id(), frames::status(&r)),
+            (1, Status::Timeout as u8)
+        );
     }
 }

@@ -27,6 +27,7 @@ pub mod config;
 mod downstream;
 mod listener;
 pub mod observe;
+mod request_token;
 pub mod runtime;
 mod server;
 mod snapshot;

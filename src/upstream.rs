@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::cluster::{Endpoint, PendingSlot};
 use crate::observe::metrics::ClusterMetrics;
+use crate::request_token::RequestToken;
 
 /// Requests in flight on one multiplexed connection before the pool opens another.
 const MUX_SPREAD_THRESHOLD: u32 = 64;
@@ -98,11 +99,11 @@ pub(crate) struct PoolKey {
 /// What a downstream connection hears back about a request it sent upstream.
 pub(crate) enum DownstreamEvent {
     /// The backend answered.
-    Response { token: u64, msg: Message },
+    Response { token: RequestToken, msg: Message },
     /// The request failed. `unsent` carries it back when it never reached the backend,
     /// so it may be retried elsewhere.
     Failed {
-        token: u64,
+        token: RequestToken,
         unsent: Option<Message>,
         reason: &'static str,
     },
@@ -111,7 +112,7 @@ pub(crate) enum DownstreamEvent {
 /// Where to deliver the response of a request.
 pub(crate) struct ReplyTo {
     pub(crate) tx: mpsc::UnboundedSender<DownstreamEvent>,
-    pub(crate) token: u64,
+    pub(crate) token: RequestToken,
 }
 
 /// A request on its way to an upstream connection.
@@ -535,5 +536,103 @@ impl UpstreamConnection {
                 tracing::debug!(addr = %self.addr, "ignoring a call sent by an upstream");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection handle with `load` requests in flight (no task behind it).
+    fn conn(load: u32, alive: bool) -> Arc<ConnHandle> {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        Arc::new(ConnHandle {
+            tx,
+            load: AtomicU32::new(load),
+            alive: AtomicBool::new(alive),
+            accepting: AtomicBool::new(true),
+        })
+    }
+
+    fn picked<'a>(conns: &'a [Arc<ConnHandle>], choice: Choice<'a>) -> Option<usize> {
+        match choice {
+            Choice::Fit(c) => conns.iter().position(|x| Arc::ptr_eq(x, c)),
+            Choice::Full { .. } => None,
+        }
+    }
+
+    #[test]
+    fn pick_is_first_fit_below_the_spread_threshold() {
+        let t = MUX_SPREAD_THRESHOLD;
+        // Not the least loaded (index 2): the first with room, so one pipelined client
+        // stays on one connection and its requests batch into few writes.
+        let conns = [conn(t, true), conn(t - 1, true), conn(0, true)];
+        assert_eq!(picked(&conns, Pool::choose(&conns, t)), Some(1));
+        let conns = [conn(3, true), conn(0, true)];
+        assert_eq!(picked(&conns, Pool::choose(&conns, t)), Some(0));
+    }
+
+    #[test]
+    fn dead_or_draining_connections_are_skipped() {
+        let t = MUX_SPREAD_THRESHOLD;
+        let draining = conn(0, true);
+        draining.accepting.store(false, Ordering::Relaxed);
+        let conns = [conn(0, false), draining, conn(5, true)];
+        assert_eq!(picked(&conns, Pool::choose(&conns, t)), Some(2));
+    }
+
+    #[test]
+    fn when_every_connection_is_full_the_least_loaded_is_offered() {
+        let t = MUX_SPREAD_THRESHOLD;
+        let conns = [
+            conn(t + 9, true),
+            conn(t + 2, true),
+            conn(0, false),
+            conn(t, true),
+        ];
+        match Pool::choose(&conns, t) {
+            Choice::Full { least, usable } => {
+                assert_eq!(usable, 3, "the dead one does not count");
+                let least = least.map(|c| conns.iter().position(|x| Arc::ptr_eq(x, c)));
+                assert_eq!(least, Some(Some(3)));
+            }
+            Choice::Fit(_) => panic!("no connection has room"),
+        }
+        match Pool::choose(&[], t) {
+            Choice::Full { least, usable } => assert!(least.is_none() && usable == 0),
+            Choice::Fit(_) => panic!("an empty pool has no connection"),
+        }
+        // Codecs that cannot multiplex use threshold 1: only an idle connection fits.
+        let conns = [conn(1, true), conn(0, true)];
+        assert_eq!(picked(&conns, Pool::choose(&conns, 1)), Some(1));
+    }
+
+    #[test]
+    fn a_send_counts_load_and_a_failed_send_gives_the_request_back() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = ConnHandle {
+            tx,
+            load: AtomicU32::new(0),
+            alive: AtomicBool::new(true),
+            accepting: AtomicBool::new(true),
+        };
+        let out = |id: u64| Outbound {
+            msg: Message::new(MessageKind::Request, id, bytes::Bytes::new()),
+            reply: None,
+            deadline: Instant::now(),
+            slot: None,
+        };
+        assert!(handle.send(out(1)).is_ok());
+        assert_eq!(handle.load.load(Ordering::Relaxed), 1);
+        drop(rx);
+        let back = handle
+            .send(out(2))
+            .expect_err("the connection task is gone");
+        assert_eq!(back.msg.request_id(), 2);
+        assert_eq!(
+            handle.load.load(Ordering::Relaxed),
+            1,
+            "the failed send is not counted"
+        );
     }
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use metaproxy_cli::backend::{self, Backend};
+use metaproxy_cli::backend::{self, Backend, BackendStats};
 use serde::Serialize;
 
 #[derive(Debug, Clone)]
@@ -38,6 +38,10 @@ struct Opts {
     perf: bool,
     callgrind: bool,
     serve: bool,
+    /// Count the proxies' read and write syscalls per run (`perf stat` tracepoints).
+    syscalls: bool,
+    /// Run only the two multiplexing cases (1 connection × 64, 256 × 4 to one backend).
+    only_multiplexing_cases: bool,
 }
 
 fn parse_opts() -> Result<Option<Opts>> {
@@ -55,6 +59,8 @@ fn parse_opts() -> Result<Option<Opts>> {
         perf: false,
         callgrind: false,
         serve: false,
+        syscalls: true,
+        only_multiplexing_cases: false,
     };
     while let Some(a) = args.next() {
         let mut val = || args.next().context(format!("{a} needs a value"));
@@ -72,6 +78,8 @@ fn parse_opts() -> Result<Option<Opts>> {
             "--perf" => o.perf = true,
             "--callgrind" => o.callgrind = true,
             "--serve" => o.serve = true,
+            "--no-syscalls" => o.syscalls = false,
+            "--only-multiplexing-cases" => o.only_multiplexing_cases = true,
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -104,30 +112,58 @@ struct Case {
     connections: usize,
     pipeline: usize,
     payload: usize,
+    /// Every request goes to backend v1 (a listener and a frontend without the split),
+    /// so the upstream connection count of one backend is visible.
+    single_backend: bool,
 }
 
 impl Case {
+    fn new(connections: usize, pipeline: usize, payload: usize) -> Self {
+        Case {
+            connections,
+            pipeline,
+            payload,
+            single_backend: false,
+        }
+    }
+
     fn label(&self) -> String {
         let p = if self.payload >= 1024 {
             format!("{}K", self.payload / 1024)
         } else {
             format!("{}B", self.payload)
         };
-        format!("{}c×{} {p}", self.connections, self.pipeline)
+        let to = if self.single_backend { " →v1" } else { "" };
+        format!("{}c×{} {p}{to}", self.connections, self.pipeline)
     }
 }
 
-fn matrix(quick: bool) -> Vec<Case> {
+/// The two multiplexing cases: one client connection with 64 requests in flight (a
+/// Dubbo consumer's default shape), and 256 client connections with 4 in flight each,
+/// all toward one backend (where an L7 proxy needs far fewer upstream connections and
+/// writes than an L4 one). They run first for each payload, before the 256 × 16 cases
+/// have grown metaproxy's upstream pools.
+fn multiplexing_cases(payload: usize) -> [Case; 2] {
+    [
+        Case::new(1, 64, payload),
+        Case {
+            single_backend: true,
+            ..Case::new(256, 4, payload)
+        },
+    ]
+}
+
+fn matrix(quick: bool, only_multiplexing: bool) -> Vec<Case> {
     let payloads: &[usize] = if quick { &[128] } else { &[128, 4096] };
     let mut v = Vec::new();
     for &payload in payloads {
+        v.extend(multiplexing_cases(payload));
+        if only_multiplexing {
+            continue;
+        }
         for connections in [1, 16, 256] {
             for pipeline in [1, 16] {
-                v.push(Case {
-                    connections,
-                    pipeline,
-                    payload,
-                });
+                v.push(Case::new(connections, pipeline, payload));
             }
         }
     }
@@ -167,6 +203,14 @@ struct Run {
     cpu_us_per_req: Option<f64>,
     /// Highest proxy RSS sampled during the run, KiB.
     rss_kib: Option<u64>,
+    /// Connections the backends accepted during the run.
+    upstream_connections_opened: u64,
+    /// Highest number of connections open at the backends, sampled every 100 ms.
+    upstream_connections_peak: u64,
+    /// The proxy's write syscalls (write, writev, sendto, sendmsg) per correct request.
+    writes_per_req: Option<f64>,
+    /// The proxy's read syscalls (read, readv, recvfrom, recvmsg) per correct request.
+    reads_per_req: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -194,6 +238,10 @@ struct Results {
     memory: Vec<Memory>,
     cases: Vec<CaseResult>,
     profile: Option<String>,
+    /// How syscalls were counted, when they were.
+    syscall_method: Option<String>,
+    /// Each proxy's RSS (KiB) 2 s after the last case, every client connection closed.
+    rss_after_load_kib: BTreeMap<&'static str, u64>,
 }
 
 /// Kills the child when dropped.
@@ -317,13 +365,39 @@ fn wait_listening(addr: SocketAddr, within: Duration) -> Result<()> {
     bail!("nothing listens on {addr} after {within:?}")
 }
 
+/// Per protocol: backend v1, backend v2, metaproxy listener, haproxy listener, and the
+/// metaproxy listener and haproxy frontend that send everything to v1.
+type Addrs = [SocketAddr; 6];
+
 struct Env {
-    /// Per protocol: backend v1, backend v2, metaproxy listener, haproxy listener.
-    addrs: BTreeMap<String, [SocketAddr; 4]>,
+    addrs: BTreeMap<String, Addrs>,
+    /// Per protocol: the stats of backends v1 and v2.
+    stats: BTreeMap<String, [Arc<BackendStats>; 2]>,
     _backends: Vec<Backend>,
 }
 
-fn metaproxy_config(addrs: &BTreeMap<String, [SocketAddr; 4]>) -> String {
+impl Env {
+    /// (direct, metaproxy, haproxy) addresses for `case` of `protocol`.
+    fn targets(&self, protocol: &str, case: &Case) -> Option<[SocketAddr; 3]> {
+        let a = self.addrs.get(protocol)?;
+        Some(if case.single_backend {
+            [a[0], a[4], a[5]]
+        } else {
+            [a[0], a[2], a[3]]
+        })
+    }
+
+    /// (connections accepted, connections open) summed over `protocol`'s backends.
+    fn upstream_connections(&self, protocol: &str) -> (u64, u64) {
+        self.stats.get(protocol).map_or((0, 0), |s| {
+            s.iter().fold((0, 0), |(a, o), s| {
+                (a + s.connections(), o + s.open_connections())
+            })
+        })
+    }
+}
+
+fn metaproxy_config(addrs: &BTreeMap<String, Addrs>) -> String {
     let mut listeners = String::new();
     let mut routes = String::new();
     let mut clusters = String::new();
@@ -343,8 +417,18 @@ fn metaproxy_config(addrs: &BTreeMap<String, [SocketAddr; 4]>) -> String {
             a[2]
         );
         let _ = write!(
+            listeners,
+            "  - name: {p}-single\n    address: {}\n    codec: {p}\n{options}    route_config: {p}-single-routes\n    max_connections: 30000\n",
+            a[4]
+        );
+        let _ = write!(
             routes,
             "  - name: {p}-routes\n    routes:\n      - name: canary\n        match:\n          metadata:\n{matcher}        route:\n          weighted_clusters:\n            - {{cluster: {p}-v1, weight: 90}}\n            - {{cluster: {p}-v2, weight: 10}}\n      - name: rest\n        route:\n          cluster: {p}-v1\n"
+        );
+        // The same metadata match, everything to v1 (the multiplexing case).
+        let _ = write!(
+            routes,
+            "  - name: {p}-single-routes\n    routes:\n      - name: v1\n        match:\n          metadata:\n{matcher}        route:\n          cluster: {p}-v1\n      - name: rest\n        route:\n          cluster: {p}-v1\n"
         );
         for (i, v) in ["v1", "v2"].iter().enumerate() {
             let _ = write!(
@@ -357,7 +441,7 @@ fn metaproxy_config(addrs: &BTreeMap<String, [SocketAddr; 4]>) -> String {
     format!("listeners:\n{listeners}route_configs:\n{routes}clusters:\n{clusters}")
 }
 
-fn haproxy_config(addrs: &BTreeMap<String, [SocketAddr; 4]>) -> String {
+fn haproxy_config(addrs: &BTreeMap<String, Addrs>) -> String {
     let mut s = String::from(
         "global\n    nbthread 1\n    maxconn 9000\n\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 300s\n    timeout server 300s\n\n",
     );
@@ -367,12 +451,18 @@ fn haproxy_config(addrs: &BTreeMap<String, [SocketAddr; 4]>) -> String {
             "frontend {p}_in\n    bind {}\n    default_backend {p}_servers\n\nbackend {p}_servers\n    balance roundrobin\n    server v1 {} weight 9\n    server v2 {} weight 1\n\n",
             a[3], a[0], a[1]
         );
+        let _ = write!(
+            s,
+            "frontend {p}_single\n    bind {}\n    default_backend {p}_v1\n\nbackend {p}_v1\n    server v1 {}\n\n",
+            a[5], a[0]
+        );
     }
     s
 }
 
 fn start_env(protocols: &[String], rt: &tokio::runtime::Runtime) -> Result<Env> {
     let mut addrs = BTreeMap::new();
+    let mut stats = BTreeMap::new();
     let mut backends = Vec::new();
     for p in protocols {
         let (factory, v1, v2) = match p.as_str() {
@@ -391,14 +481,20 @@ fn start_env(protocols: &[String], rt: &tokio::runtime::Runtime) -> Result<Env> 
         let any: SocketAddr = "127.0.0.1:0".parse()?;
         let b1 = rt.block_on(backend::spawn(any, factory.clone(), Default::default(), v1))?;
         let b2 = rt.block_on(backend::spawn(any, factory, Default::default(), v2))?;
-        let mp = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let ha = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        addrs.insert(p.clone(), [b1.addr(), b2.addr(), mp, ha]);
+        let port =
+            || -> Result<SocketAddr> { Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?))) };
+        let (mp, ha, mp_single, ha_single) = (port()?, port()?, port()?, port()?);
+        addrs.insert(
+            p.clone(),
+            [b1.addr(), b2.addr(), mp, ha, mp_single, ha_single],
+        );
+        stats.insert(p.clone(), [b1.stats().clone(), b2.stats().clone()]);
         backends.push(b1);
         backends.push(b2);
     }
     Ok(Env {
         addrs,
+        stats,
         _backends: backends,
     })
 }
@@ -456,19 +552,168 @@ fn run_loadgen(
     })
 }
 
-/// Samples a process's RSS until stopped; returns the highest value.
-fn rss_sampler(pid: u32) -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    let h = std::thread::spawn(move || {
-        let mut max = 0;
-        while !s.load(Ordering::Relaxed) {
-            max = max.max(rss_kib(pid).unwrap_or(0));
-            std::thread::sleep(Duration::from_millis(100));
+/// Highest values seen by a [`Sampler`].
+#[derive(Clone, Copy, Default)]
+struct Peaks {
+    rss_kib: u64,
+    open_upstream: u64,
+}
+
+/// Samples the proxy's RSS (when it has a pid) and the connections open at the backends
+/// every 100 ms until stopped.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Peaks>,
+}
+
+impl Sampler {
+    fn start(pid: Option<u32>, backends: Vec<Arc<BackendStats>>) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peaks = Peaks::default();
+            let sample = |peaks: &mut Peaks| {
+                if let Some(pid) = pid {
+                    peaks.rss_kib = peaks.rss_kib.max(rss_kib(pid).unwrap_or(0));
+                }
+                let open = backends.iter().map(|b| b.open_connections()).sum();
+                peaks.open_upstream = peaks.open_upstream.max(open);
+            };
+            while !s.load(Ordering::Relaxed) {
+                sample(&mut peaks);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            sample(&mut peaks);
+            peaks
+        });
+        Sampler { stop, thread }
+    }
+
+    fn finish(self) -> Peaks {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// The syscalls counted per run.
+const WRITE_SYSCALLS: [&str; 4] = ["write", "writev", "sendto", "sendmsg"];
+const READ_SYSCALLS: [&str; 4] = ["read", "readv", "recvfrom", "recvmsg"];
+
+/// How a proxy's read and write syscalls are counted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SyscallMethod {
+    /// `perf stat` on the `syscalls:sys_enter_*` tracepoints: every variant.
+    Perf,
+    /// `/proc/PID/io` `syscr`/`syscw`: only read/readv and write/writev, not the
+    /// socket calls (HAProxy's send/recv are missed).
+    ProcIo,
+}
+
+impl SyscallMethod {
+    fn detect() -> SyscallMethod {
+        let events: Vec<String> = WRITE_SYSCALLS
+            .iter()
+            .map(|n| format!("syscalls:sys_enter_{n}"))
+            .collect();
+        let ok = Command::new("perf")
+            .args(["stat", "-x", ",", "-e", &events.join(","), "true"])
+            .output()
+            .is_ok_and(|o| {
+                o.status.success() && !String::from_utf8_lossy(&o.stderr).contains("not supported")
+            });
+        if ok {
+            SyscallMethod::Perf
+        } else {
+            SyscallMethod::ProcIo
         }
-        max.max(rss_kib(pid).unwrap_or(0))
-    });
-    (stop, h)
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            SyscallMethod::Perf => "`perf stat -e syscalls:sys_enter_{write,writev,sendto,sendmsg,read,readv,recvfrom,recvmsg} -p PID` on the proxy during each run (tracepoint counts, no sampling)",
+            SyscallMethod::ProcIo => "`/proc/PID/io` syscw/syscr deltas: write/writev and read/readv only, not send/recv, so HAProxy's socket calls are not counted",
+        }
+    }
+}
+
+/// Counts one process's read and write syscalls between `start` and `finish`.
+enum SyscallCount {
+    Perf(Child),
+    ProcIo { pid: u32, before: (u64, u64) },
+}
+
+fn proc_io(pid: u32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((field("syscw:")?, field("syscr:")?))
+}
+
+impl SyscallCount {
+    fn start(method: SyscallMethod, pid: u32) -> Option<SyscallCount> {
+        match method {
+            SyscallMethod::Perf => {
+                let events: Vec<String> = WRITE_SYSCALLS
+                    .iter()
+                    .chain(READ_SYSCALLS.iter())
+                    .map(|n| format!("syscalls:sys_enter_{n}"))
+                    .collect();
+                let child = Command::new("perf")
+                    .args(["stat", "-x", ",", "-e", &events.join(","), "-p"])
+                    .arg(pid.to_string())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .ok()?;
+                // perf attaches asynchronously; give it a moment.
+                std::thread::sleep(Duration::from_millis(150));
+                Some(SyscallCount::Perf(child))
+            }
+            SyscallMethod::ProcIo => Some(SyscallCount::ProcIo {
+                pid,
+                before: proc_io(pid)?,
+            }),
+        }
+    }
+
+    /// (writes, reads) since `start`.
+    fn finish(self) -> Option<(u64, u64)> {
+        match self {
+            SyscallCount::Perf(child) => {
+                let _ = Command::new("kill")
+                    .args(["-INT", &child.id().to_string()])
+                    .status();
+                let out = child.wait_with_output().ok()?;
+                let text = String::from_utf8_lossy(&out.stderr);
+                let (mut writes, mut reads) = (0, 0);
+                for line in text.lines() {
+                    let f: Vec<&str> = line.split(',').collect();
+                    let (Some(count), Some(event)) = (f.first(), f.get(2)) else {
+                        continue;
+                    };
+                    let Ok(count) = count.trim().parse::<u64>() else {
+                        continue;
+                    };
+                    let name = event.trim().trim_start_matches("syscalls:sys_enter_");
+                    if WRITE_SYSCALLS.contains(&name) {
+                        writes += count;
+                    } else if READ_SYSCALLS.contains(&name) {
+                        reads += count;
+                    }
+                }
+                Some((writes, reads))
+            }
+            SyscallCount::ProcIo { pid, before } => {
+                let after = proc_io(pid)?;
+                Some((after.0 - before.0, after.1 - before.1))
+            }
+        }
+    }
 }
 
 fn measure_idle(
@@ -643,25 +888,26 @@ fn run(opts: Opts) -> Result<()> {
         None => None,
     };
 
-    let cases = matrix(opts.quick);
+    let cases = matrix(opts.quick, opts.only_multiplexing_cases);
+    let syscall_method = opts.syscalls.then(SyscallMethod::detect);
     let mut results = Vec::new();
     let total = cases.len() * env.addrs.len();
     let mut k = 0;
-    for (protocol, a) in &env.addrs {
-        let mut targets = vec![
-            (Target::Direct, a[0], None),
-            (Target::Metaproxy, a[2], Some(mp.pid())),
-        ];
+    for protocol in env.addrs.keys() {
+        let mut targets = vec![(Target::Direct, None), (Target::Metaproxy, Some(mp.pid()))];
         if let Some(h) = &ha {
-            targets.push((Target::Haproxy, a[3], Some(h.pid())));
+            targets.push((Target::Haproxy, Some(h.pid())));
         }
+        let backend_stats: Vec<Arc<BackendStats>> = env
+            .stats
+            .get(protocol)
+            .map(|s| s.to_vec())
+            .unwrap_or_default();
         // Warm up every path (upstream connections, page cache of the binaries).
-        for (_, addr, _) in &targets {
-            let warm = Case {
-                connections: 16,
-                pipeline: 4,
-                payload: 128,
-            };
+        let warm = Case::new(16, 4, 128);
+        let warm_addrs = env.targets(protocol, &warm).context("protocol")?;
+        for (i, _) in targets.iter().enumerate() {
+            let addr = &warm_addrs[i];
             let _ = run_loadgen(
                 &opts,
                 lg_cpu,
@@ -674,26 +920,39 @@ fn run(opts: Opts) -> Result<()> {
         for case in &cases {
             k += 1;
             let mut runs = Vec::new();
-            for (target, addr, pid) in &targets {
+            let addrs = env.targets(protocol, case).context("protocol")?;
+            for (i, (target, pid)) in targets.iter().enumerate() {
+                let addr = &addrs[i];
+                let syscalls = pid
+                    .zip(syscall_method)
+                    .and_then(|(p, m)| SyscallCount::start(m, p));
+                let (accepted0, _) = env.upstream_connections(protocol);
                 let cpu0 = pid.and_then(|p| cpu_seconds(p, tick));
-                let sampler = pid.map(rss_sampler);
+                let sampler = Sampler::start(*pid, backend_stats.clone());
                 let out = run_loadgen(&opts, lg_cpu, protocol, *addr, case, opts.duration)?;
                 let cpu1 = pid.and_then(|p| cpu_seconds(p, tick));
-                let rss = sampler.map(|(stop, h)| {
-                    stop.store(true, Ordering::Relaxed);
-                    h.join().unwrap_or(0)
-                });
+                let peaks = sampler.finish();
+                let (accepted1, _) = env.upstream_connections(protocol);
+                let per_req = |n: u64| (out.ok > 0).then(|| n as f64 / out.ok as f64);
+                let (writes, reads) = match syscalls.and_then(SyscallCount::finish) {
+                    Some((w, r)) => (per_req(w), per_req(r)),
+                    None => (None, None),
+                };
+                let rss = pid.map(|_| peaks.rss_kib);
                 let cpu = match (cpu0, cpu1) {
                     (Some(a), Some(b)) if out.ok > 0 => Some((b - a) * 1e6 / out.ok as f64),
                     _ => None,
                 };
                 eprintln!(
-                    "e2e: [{k}/{total}] {protocol} {} {}: {:.0} req/s p99 {:.0}us errors {}",
+                    "e2e: [{k}/{total}] {protocol} {} {}: {:.0} req/s p99 {:.0}us errors {} upstream conns opened {} peak {} writes/req {}",
                     case.label(),
                     target.name(),
                     out.rps,
                     out.p99,
-                    out.errors
+                    out.errors,
+                    accepted1 - accepted0,
+                    peaks.open_upstream,
+                    opt(writes, 3)
                 );
                 runs.push(Run {
                     target: *target,
@@ -707,6 +966,10 @@ fn run(opts: Opts) -> Result<()> {
                     max_us: out.max,
                     cpu_us_per_req: cpu,
                     rss_kib: rss,
+                    upstream_connections_opened: accepted1 - accepted0,
+                    upstream_connections_peak: peaks.open_upstream,
+                    writes_per_req: writes,
+                    reads_per_req: reads,
                 });
             }
             results.push(CaseResult {
@@ -715,6 +978,17 @@ fn run(opts: Opts) -> Result<()> {
                 runs,
             });
         }
+    }
+
+    // Memory once the load is over: client connections are closed, metaproxy's
+    // upstream pools stay open (idle), as they would between bursts.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut rss_after_load_kib = BTreeMap::new();
+    if let Some(k) = rss_kib(mp.pid()) {
+        rss_after_load_kib.insert("metaproxy", k);
+    }
+    if let Some(k) = ha.as_ref().and_then(|h| rss_kib(h.pid())) {
+        rss_after_load_kib.insert("haproxy", k);
     }
 
     let p = env.addrs.keys().next().cloned().unwrap_or_default();
@@ -729,10 +1003,14 @@ fn run(opts: Opts) -> Result<()> {
     } else if opts.callgrind {
         drop(mp);
         let mut v = Vec::new();
-        for payload in [128, 4096] {
-            match callgrind_metaproxy(&opts, lg_cpu, proxy_cpu, &cfg_path, &p, first[2], payload) {
+        for (pipeline, payload) in CALLGRIND_CASES {
+            match callgrind_metaproxy(
+                &opts, lg_cpu, proxy_cpu, &cfg_path, &p, first[2], pipeline, payload,
+            ) {
                 Ok(t) => v.push(t),
-                Err(e) => v.push(format!("callgrind profile ({payload} B) failed: {e:#}")),
+                Err(e) => v.push(format!(
+                    "callgrind profile (pipeline {pipeline}, {payload} B) failed: {e:#}"
+                )),
             }
         }
         Some(v.join("\n\n"))
@@ -747,6 +1025,8 @@ fn run(opts: Opts) -> Result<()> {
         memory,
         cases: results,
         profile,
+        syscall_method: syscall_method.map(|m| m.describe().to_owned()),
+        rss_after_load_kib,
     };
     std::fs::write(
         opts.out.join("results.json"),
@@ -791,11 +1071,7 @@ fn profile_metaproxy(
         .spawn()
         .context("perf record")?;
     std::thread::sleep(Duration::from_millis(300));
-    let case = Case {
-        connections: 16,
-        pipeline: 16,
-        payload,
-    };
+    let case = Case::new(16, 16, payload);
     let _ = run_loadgen(
         opts,
         lg_cpu,
@@ -837,8 +1113,12 @@ fn profile_metaproxy(
     )))
 }
 
+/// (pipeline, payload) of the callgrind profiles, each over 16 client connections.
+const CALLGRIND_CASES: [(usize, usize); 3] = [(1, 128), (16, 128), (16, 4096)];
+
 /// Runs a separate metaproxy under `valgrind --tool=callgrind` for a short fixed load
 /// and returns the top functions by self cost (instructions).
+#[allow(clippy::too_many_arguments)]
 fn callgrind_metaproxy(
     opts: &Opts,
     lg_cpu: Option<&str>,
@@ -846,11 +1126,13 @@ fn callgrind_metaproxy(
     cfg: &Path,
     protocol: &str,
     addr: SocketAddr,
+    pipeline: usize,
     payload: usize,
 ) -> Result<String> {
-    let outfile = opts.out.join(format!("callgrind-{payload}.out"));
+    let name = format!("callgrind-p{pipeline}-{payload}");
+    let outfile = opts.out.join(format!("{name}.out"));
     let _ = std::fs::remove_file(&outfile);
-    let log = std::fs::File::create(opts.out.join(format!("callgrind-{payload}.log")))?;
+    let log = std::fs::File::create(opts.out.join(format!("{name}.log")))?;
     let mut c = pinned(proxy_cpu, Path::new("valgrind"));
     c.arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", outfile.display()))
@@ -869,14 +1151,10 @@ fn callgrind_metaproxy(
     let out = lg
         .args(["bench", "--protocol", protocol, "--target"])
         .arg(addr.to_string())
-        .args([
-            "--connections",
-            "16",
-            "--pipeline",
-            "16",
-            "--payload",
-            "128",
-        ])
+        .args(["--connections", "16", "--pipeline"])
+        .arg(pipeline.to_string())
+        .arg("--payload")
+        .arg(payload.to_string())
         .args([
             "--requests",
             &requests.to_string(),
@@ -910,10 +1188,7 @@ fn callgrind_metaproxy(
         .output()
         .context("callgrind_annotate")?;
     let text = String::from_utf8_lossy(&ann.stdout);
-    std::fs::write(
-        opts.out.join(format!("callgrind-{payload}-top.txt")),
-        text.as_bytes(),
-    )?;
+    std::fs::write(opts.out.join(format!("{name}-top.txt")), text.as_bytes())?;
     let mut lines = Vec::new();
     let mut total = String::new();
     let mut in_table = false;
@@ -934,8 +1209,18 @@ fn callgrind_metaproxy(
         }
     }
     let bench: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let instructions: f64 = total
+        .split_whitespace()
+        .next()
+        .map(|n| n.replace(',', ""))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(f64::NAN);
+    let per_request = bench["ok"]
+        .as_f64()
+        .filter(|ok| *ok > 0.0)
+        .map_or(f64::NAN, |ok| instructions / ok);
     Ok(format!(
-        "valgrind --tool=callgrind on metaproxy, {protocol} 16 connections × pipeline 16, {payload} B, {} requests answered ({} errors); instructions by function (self cost), top 25:\n\n{total}\n\n{}",
+        "valgrind --tool=callgrind on metaproxy, {protocol} 16 connections × pipeline {pipeline}, {payload} B, {} requests answered ({} errors), {per_request:.0} instructions per request (start-up and shut-down included); instructions by function (self cost), top 25:\n\n{total}\n\n{}",
         bench["ok"], bench["errors"], lines.join("\n")
     ))
 }
@@ -985,7 +1270,10 @@ fn render_markdown(r: &Results, opts: &Opts, haproxy_version: &str) -> String {
         r.duration_s,
         if opts.quick { " (quick mode)" } else { "" }
     );
-    let _ = writeln!(s, "(a) direct = the echo backend; (b) metaproxy = `metaproxy run`, route with a metadata match and a weighted 90/10 split over two backends; (c) haproxy = HAProxy TCP mode, `nbthread 1`, the same two backends weighted 9/1 per connection.\n");
+    let _ = writeln!(s, "(a) direct = the echo backend; (b) metaproxy = `metaproxy run`, route with a metadata match and a weighted 90/10 split over two backends; (c) haproxy = HAProxy TCP mode, `nbthread 1`, the same two backends weighted 9/1 per connection. Cases marked →v1 send everything to backend v1 (metaproxy: a route with the same match and no split; HAProxy: a frontend with only v1).\n");
+    if let Some(m) = &r.syscall_method {
+        let _ = writeln!(s, "Syscalls counted with {m}.\n");
+    }
 
     // Goals.
     let mut thr = Vec::new();
@@ -1019,7 +1307,7 @@ fn render_markdown(r: &Results, opts: &Opts, haproxy_version: &str) -> String {
             }
         }
     }
-    let _ = writeln!(s, "## Goals (issue 7)\n");
+    let _ = writeln!(s, "## Goals (issues 7 and 11)\n");
     let _ = writeln!(s, "| goal | result | margin |\n|---|---|---|");
     if n > 0 {
         let g = geomean(&thr);
@@ -1044,6 +1332,20 @@ fn render_markdown(r: &Results, opts: &Opts, haproxy_version: &str) -> String {
             cpu_ratios.len(),
             cg
         );
+        let _ = writeln!(
+            s,
+            "| throughput ≥ 1.3× HAProxy TCP, geometric mean (issue 11) | {} | {:.2}× ({:+.2} vs the goal) |",
+            if g >= 1.3 { "met" } else { "not met" },
+            g,
+            g - 1.3
+        );
+        let _ = writeln!(
+            s,
+            "| CPU per request ≤ 0.8× HAProxy's, geometric mean (issue 11) | {} | {:.2}× ({:+.2} vs the goal) |",
+            if cg <= 0.8 { "met" } else { "not met" },
+            cg,
+            cg - 0.8
+        );
     } else {
         let _ = writeln!(
             s,
@@ -1059,6 +1361,16 @@ fn render_markdown(r: &Results, opts: &Opts, haproxy_version: &str) -> String {
             idle_mib,
             idle_mib - 10.0
         );
+        if let Some(k) = r.rss_after_load_kib.get("metaproxy") {
+            let mib = *k as f64 / 1024.0;
+            let _ = writeln!(
+                s,
+                "| RSS ≤ 12 MiB after the load, connections closed (issue 11) | {} | {:.2} MiB ({:+.2} MiB vs the goal) |",
+                if mib <= 12.0 { "met" } else { "not met" },
+                mib,
+                mib - 12.0
+            );
+        }
         let kib = m.per_connection_bytes / 1024.0;
         let _ = writeln!(
             s,
@@ -1085,6 +1397,18 @@ fn render_markdown(r: &Results, opts: &Opts, haproxy_version: &str) -> String {
         );
     }
     let _ = writeln!(s, "\nHAProxy in TCP mode opens one server connection per client connection, so its idle test uses a quarter of the connections to stay within the file-descriptor limit.\n");
+    if !r.rss_after_load_kib.is_empty() {
+        let after: Vec<String> = r
+            .rss_after_load_kib
+            .iter()
+            .map(|(p, k)| format!("{p} {:.2} MiB", *k as f64 / 1024.0))
+            .collect();
+        let _ = writeln!(
+            s,
+            "RSS 2 s after the last case (client connections closed, upstream pools idle): {}.\n",
+            after.join(", ")
+        );
+    }
 
     for p in &opts.protocols {
         let rows: Vec<&CaseResult> = r.cases.iter().filter(|c| &c.protocol == p).collect();
@@ -1170,6 +1494,36 @@ fn render_markdown(r: &Results, opts: &Opts, haproxy_version: &str) -> String {
                 ratio(cb.unwrap_or(f64::NAN), ch.unwrap_or(f64::NAN)),
                 rss(b),
                 rss(h)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nUpstream connections (accepted by the echo backends during the run, and the most open at once) and the proxy's syscalls per request:\n"
+        );
+        let _ = writeln!(s, "| case | opened a/b/c | peak open a/b/c | writes/req metaproxy | writes/req haproxy | reads/req metaproxy | reads/req haproxy |\n|---|---|---|---|---|---|---|");
+        for c in &rows {
+            let a = get(c, Target::Direct);
+            let b = get(c, Target::Metaproxy);
+            let h = get(c, Target::Haproxy);
+            let n = |x: Option<&Run>, f: fn(&Run) -> u64| {
+                x.map(|r| f(r).to_string()).unwrap_or_else(|| "–".into())
+            };
+            let opened = |x| n(x, |r| r.upstream_connections_opened);
+            let peak = |x| n(x, |r| r.upstream_connections_peak);
+            let _ = writeln!(
+                s,
+                "| {} | {}/{}/{} | {}/{}/{} | {} | {} | {} | {} |",
+                c.case.label(),
+                opened(a),
+                opened(b),
+                opened(h),
+                peak(a),
+                peak(b),
+                peak(h),
+                opt(b.and_then(|r| r.writes_per_req), 3),
+                opt(h.and_then(|r| r.writes_per_req), 3),
+                opt(b.and_then(|r| r.reads_per_req), 3),
+                opt(h.and_then(|r| r.reads_per_req), 3),
             );
         }
         let _ = writeln!(s);

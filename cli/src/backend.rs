@@ -35,12 +35,33 @@ pub struct BackendStats {
     pub one_way: AtomicU64,
     /// Connections accepted.
     pub connections: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicU64,
 }
 
 impl BackendStats {
     /// Two-way requests answered so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a connection as open until dropped.
+struct OpenGuard(Arc<BackendStats>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -124,6 +145,7 @@ pub async fn spawn(
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
                     s.connections.fetch_add(1, Ordering::Relaxed);
+                    s.open.fetch_add(1, Ordering::Relaxed);
                     conns.spawn(serve(stream, factory.clone(), options.clone(), responder.clone(), s.clone()));
                 }
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -140,6 +162,7 @@ async fn serve(
     responder: Responder,
     stats: Arc<BackendStats>,
 ) {
+    let _open = OpenGuard(stats.clone());
     let _ = stream.set_nodelay(true);
     let ctx = CodecContext {
         side: Side::Downstream,

@@ -2,17 +2,27 @@
 //!
 //! Label lookups happen once, when a listener, route or cluster is set up (config load,
 //! connection accept); they return cheap cloneable handles ([`Counter`], [`Gauge`],
-//! [`Histogram`]) around shared atomics. The per-request path only does atomic adds:
-//! no lock, no allocation, no label hashing. Handles for the same label values share
-//! the same atomics, so a series survives a config reload that re-registers it.
+//! [`Histogram`]). Handles for the same label values share the same storage, so a series
+//! survives a config reload that re-registers it.
+//!
+//! Counters and histograms, which the per-request path updates, are sharded per thread:
+//! each series holds [`SHARDS`] cache-line-aligned cells, a thread writes only its own
+//! cell, and a scrape sums them. The first `SHARDS - 1` threads that touch a metric (the
+//! per-core workers start first) each own a cell outright and update it with a plain
+//! load and store, no locked instruction and no cache line shared with another worker;
+//! later threads share the last cell and use atomic adds. So the request path takes no
+//! lock, allocates nothing, hashes no label and shares no atomic with another worker.
+//! Gauges (connections open) change per connection, not per request, and stay one
+//! shared atomic.
 //!
 //! Series are never removed: a counter of a listener or cluster that a reload dropped
 //! keeps its last value (Prometheus handles stale series; removing them would make
 //! counters go backwards when the name comes back).
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -40,9 +50,68 @@ pub const DURATION_BUCKETS: [(u64, &str); 14] = [
 /// Number of histogram slots: one per finite bucket plus `+Inf`.
 const SLOTS: usize = DURATION_BUCKETS.len() + 1;
 
-/// A monotonically increasing count. Cloning shares the count.
-#[derive(Clone, Debug, Default)]
-pub struct Counter(Arc<AtomicU64>);
+/// Cells per counter or histogram: one per thread for the first `SHARDS - 1` threads
+/// that update metrics, the last one shared by any further threads.
+pub const SHARDS: usize = 16;
+
+/// Threads that have been given a shard so far.
+static THREADS_SEEN: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's shard; `usize::MAX` until its first metric update.
+    static THREAD_SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// This thread's shard index, assigned on first use.
+#[inline]
+fn thread_shard() -> usize {
+    THREAD_SHARD.with(|cell| {
+        let shard = cell.get();
+        if shard != usize::MAX {
+            return shard;
+        }
+        let seen = THREADS_SEEN.fetch_add(1, Ordering::Relaxed);
+        let shard = seen.min(SHARDS - 1);
+        cell.set(shard);
+        shard
+    })
+}
+
+/// Whether only one thread ever writes `shard`.
+#[inline]
+fn is_owned(shard: usize) -> bool {
+    shard < SHARDS - 1
+}
+
+/// Adds `n` to this thread's cell: a plain load and store when the thread owns the
+/// cell, an atomic add on the shared last cell.
+#[inline]
+fn add_to(cell: &AtomicU64, shard: usize, n: u64) {
+    if is_owned(shard) {
+        cell.store(
+            cell.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    } else {
+        cell.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// One thread's cell of a counter, on its own cache line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct CounterShard(AtomicU64);
+
+/// A monotonically increasing count, sharded per thread (see the module docs).
+/// Cloning shares the count.
+#[derive(Clone, Debug)]
+pub struct Counter(Arc<[CounterShard; SHARDS]>);
+
+impl Default for Counter {
+    fn default() -> Self {
+        Counter(Arc::new(std::array::from_fn(|_| CounterShard::default())))
+    }
+}
 
 impl Counter {
     /// A counter not registered anywhere (for tests and for disabled paths).
@@ -53,18 +122,23 @@ impl Counter {
     /// Adds one.
     #[inline]
     pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.add(1);
     }
 
     /// Adds `n`.
     #[inline]
     pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        let shard = thread_shard();
+        if let Some(cell) = self.0.get(shard) {
+            add_to(&cell.0, shard, n);
+        }
     }
 
-    /// The current count.
+    /// The current count: the sum of every thread's cell.
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0
+            .iter()
+            .fold(0u64, |sum, c| sum.wrapping_add(c.0.load(Ordering::Relaxed)))
     }
 }
 
@@ -121,18 +195,27 @@ impl Drop for GaugeGuard {
     }
 }
 
+/// One thread's cells of a histogram, on cache lines of their own.
 #[derive(Debug, Default)]
-struct HistogramCore {
+#[repr(align(64))]
+struct HistogramShard {
     /// Non-cumulative counts per slot (the last one is `+Inf`).
     slots: [AtomicU64; SLOTS],
     /// Sum of all observations in nanoseconds.
     sum_nanos: AtomicU64,
 }
 
-/// A latency histogram with the [`DURATION_BUCKETS`]. Observing is two relaxed atomic
-/// adds. Cloning shares the buckets.
-#[derive(Clone, Debug, Default)]
-pub struct Histogram(Arc<HistogramCore>);
+/// A latency histogram with the [`DURATION_BUCKETS`], sharded per thread like
+/// [`Counter`]. Observing updates two cells of the thread's shard. Cloning shares the
+/// buckets.
+#[derive(Clone, Debug)]
+pub struct Histogram(Arc<[HistogramShard; SHARDS]>);
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram(Arc::new(std::array::from_fn(|_| HistogramShard::default())))
+    }
+}
 
 /// A consistent-enough copy of a histogram's state (see [`Histogram::snapshot`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,26 +249,38 @@ impl Histogram {
     pub fn observe(&self, elapsed: Duration) {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let slot = DURATION_BUCKETS.partition_point(|&(bound, _)| bound < nanos);
+        let index = thread_shard();
+        let Some(shard) = self.0.get(index) else {
+            return;
+        };
         // `slot` is at most DURATION_BUCKETS.len() == SLOTS - 1.
-        if let Some(cell) = self.0.slots.get(slot) {
-            cell.fetch_add(1, Ordering::Relaxed);
+        if let Some(cell) = shard.slots.get(slot) {
+            add_to(cell, index, 1);
         }
-        self.0.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        add_to(&shard.sum_nanos, index, nanos);
     }
 
     /// The cumulative bucket counts and the sum. Taken without a lock, so under
     /// concurrent observation the sum may be a few observations ahead of or behind
     /// the counts; the counts are always consistent with each other.
     pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut counts = [0u64; SLOTS];
+        let mut sum_nanos = 0u64;
+        for shard in self.0.iter() {
+            for (count, cell) in counts.iter_mut().zip(shard.slots.iter()) {
+                *count = count.wrapping_add(cell.load(Ordering::Relaxed));
+            }
+            sum_nanos = sum_nanos.wrapping_add(shard.sum_nanos.load(Ordering::Relaxed));
+        }
         let mut cumulative = [0u64; SLOTS];
         let mut total = 0u64;
-        for (out, cell) in cumulative.iter_mut().zip(self.0.slots.iter()) {
-            total = total.wrapping_add(cell.load(Ordering::Relaxed));
+        for (out, count) in cumulative.iter_mut().zip(counts) {
+            total = total.wrapping_add(count);
             *out = total;
         }
         HistogramSnapshot {
             cumulative,
-            sum_nanos: self.0.sum_nanos.load(Ordering::Relaxed),
+            sum_nanos,
         }
     }
 }
@@ -1077,5 +1172,76 @@ mod tests {
             let _ = m.request("l", "r", "new-cluster");
         });
         assert!(info.count_total > 0);
+    }
+
+    #[test]
+    fn threads_beyond_the_owned_shards_still_count_exactly() {
+        // More threads than shards: the first ones own a cell, the rest share the last
+        // one with atomic adds. Every increment must show up in the scrape.
+        const THREADS: usize = 2 * SHARDS + 3;
+        const PER_THREAD: u64 = 5_000;
+        let m = Metrics::new();
+        let counter = m.request("l", "r", "c");
+        let up = m.upstream("l", "c");
+        std::thread::scope(|scope| {
+            for _ in 0..THREADS {
+                let (counter, up) = (&counter, &up);
+                scope.spawn(move || {
+                    for _ in 0..PER_THREAD {
+                        counter.inc();
+                        up.duration.observe(Duration::from_micros(700));
+                    }
+                    counter.add(2);
+                });
+            }
+        });
+        let total = THREADS as u64 * (PER_THREAD + 2);
+        assert_eq!(counter.get(), total);
+        let scrape = parse(&m.render());
+        assert_eq!(
+            find(
+                &scrape,
+                "metaproxy_requests_total",
+                &[("listener", "l"), ("route", "r"), ("cluster", "c")]
+            ),
+            &prometheus_parse::Value::Counter(total as f64)
+        );
+        let snap = up.duration.snapshot();
+        let observations = THREADS as u64 * PER_THREAD;
+        assert_eq!(snap.count(), observations);
+        assert_eq!(snap.cumulative[0], 0, "700 us is above 0.5 ms");
+        assert_eq!(snap.cumulative[1], observations, "and within 1 ms");
+        assert_eq!(snap.sum_nanos, observations * 700_000);
+    }
+
+    #[test]
+    fn concurrent_threads_write_separate_cache_lines() {
+        // Threads running at the same time get different cells (or the shared last
+        // one), each on its own cache line, so per-core workers never write the same
+        // line.
+        assert_eq!(std::mem::align_of::<CounterShard>(), 64);
+        assert_eq!(std::mem::size_of::<CounterShard>(), 64);
+        assert_eq!(std::mem::align_of::<HistogramShard>(), 64);
+        let barrier = std::sync::Barrier::new(4);
+        let shards: Vec<usize> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        let shard = thread_shard();
+                        assert_eq!(thread_shard(), shard, "stable per thread");
+                        barrier.wait();
+                        shard
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let owned: Vec<usize> = shards.iter().copied().filter(|s| is_owned(*s)).collect();
+        let mut distinct = owned.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), owned.len(), "{shards:?}");
+        assert!(shards.iter().all(|s| *s < SHARDS));
     }
 }
