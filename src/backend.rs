@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use meta_protocol::{CodecContext, CodecFactory, CodecOptions, Message, MessageKind, Side};
+use meta_protocol::{CodecContext, CodecFactory, CodecOptions, Message, MessageKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -141,13 +141,11 @@ async fn serve(
     stats: Arc<BackendStats>,
 ) {
     let _ = stream.set_nodelay(true);
-    let ctx = CodecContext {
-        side: Side::Downstream,
-        options: &options,
-        max_frame_size: meta_protocol::DEFAULT_MAX_FRAME_SIZE,
-        wire: None,
-    };
-    let Ok(mut codec) = factory.new_codec(&ctx) else {
+    let ctx = CodecContext::downstream(meta_protocol::DEFAULT_MAX_FRAME_SIZE);
+    let Ok(mut codec) = factory
+        .configure(&options)
+        .and_then(|protocol| protocol.new_codec(&ctx))
+    else {
         return;
     };
     let mut rbuf = BytesMut::with_capacity(64 * 1024);

@@ -20,4 +20,4 @@
 mod codec;
 pub mod frames;
 
-pub use codec::{KvCodec, KvCodecFactory, Status, HEAD_LEN};
+pub use codec::{KvCodec, KvCodecFactory, KvLayout, Status, HEAD_LEN};
