@@ -70,7 +70,7 @@ pub struct DubboLayout {
 
 /// Stored as six words: arguments, first argument end, attachments map start, first
 /// entry and end (all three the body end when there is no map), and flags
-/// ([`LF_HAS_MAP`], and in bits 8-15 the response type + 1).
+/// (bit 0: a map is present; bits 8-15: the response type + 1).
 impl FrameLayout for DubboLayout {
     fn to_words(self) -> LayoutWords {
         let (m, e, z) = self.attachments.unwrap_or((0, 0, 0));

@@ -14,7 +14,7 @@
 //!
 //! Every header of a request is routable metadata; mutations set headers.
 //!
-//! [`line`] is the same idea as a text protocol with one frame per line (`kvline`): the
+//! [`line`](mod@line) is the same idea as a text protocol with one frame per line (`kvline`): the
 //! example of framing without a length header.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
