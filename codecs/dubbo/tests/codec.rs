@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use common::{codec, decode_one, encode, typical_request};
+use meta_protocol::testing::{check_decode_any_split, check_roundtrip};
 use meta_protocol::{
     Codec, CodecContext, CodecError, CodecRegistry, DecodeErrorKind, LocalReply, LocalReplyKind,
     MessageKind, ReplyContext, ResponseStatus, Side,
@@ -175,6 +176,45 @@ fn one_way_requests_are_marked_one_way() {
     assert_eq!(msg.kind(), MessageKind::OneWay);
     let ctx = msg.reply_context();
     assert!(ctx.one_way);
+}
+
+/// The checks offered to codec authors, on the reference codec: a stream of every kind
+/// decodes the same however it is split, and requests and responses survive an id
+/// rewrite to the edges of the 31-bit range.
+#[test]
+fn streams_decode_the_same_in_any_split_and_ids_round_trip() {
+    let one_way = RequestFrame {
+        one_way: true,
+        ..RequestFrame::new(3, "svc", "m")
+    }
+    .encode();
+    let mut heartbeat = BytesMut::new();
+    codec().encode_heartbeat(4, &mut heartbeat).unwrap();
+    let stream = [&typical_request(1)[..], &one_way[..], &heartbeat[..]].concat();
+    let kinds: Vec<MessageKind> = check_decode_any_split(codec, &stream)
+        .iter()
+        .map(|m| m.kind())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            MessageKind::Request,
+            MessageKind::OneWay,
+            MessageKind::Heartbeat
+        ]
+    );
+    check_roundtrip(codec, &typical_request(1));
+    check_roundtrip(codec, &one_way);
+    let upstream = || DubboCodec::new(Side::Upstream, meta_protocol::DEFAULT_MAX_FRAME_SIZE);
+    let attachments = [("x-trace", "t1")];
+    let response = ResponseFrame {
+        attachments: Some(&attachments[..]),
+        ..ResponseFrame::string(1, "hello")
+    }
+    .encode();
+    let m = check_roundtrip(upstream, &response);
+    assert_eq!(m.metadata().get("x-trace"), Some("t1"));
+    check_decode_any_split(upstream, &response);
 }
 
 #[test]
