@@ -27,6 +27,7 @@ mod codecs;
 pub mod config;
 pub mod demo;
 mod downstream;
+pub mod hot_restart;
 mod listener;
 pub mod loadgen;
 pub mod observe;
@@ -36,6 +37,7 @@ mod snapshot;
 mod upstream;
 
 pub use codecs::default_registry;
+pub use hot_restart::HotRestartError;
 pub use server::{BindError, ReloadOutcome, RunningServer, Server, ServerHandle};
 
 pub use meta_protocol;

@@ -365,7 +365,7 @@ fn escape_label_value(out: &mut String, value: &str) {
 }
 
 /// The metric names of SPEC §8, without the `metaproxy_` prefix, in rendering order.
-pub const METRIC_NAMES: [&str; 11] = [
+pub const METRIC_NAMES: [&str; 12] = [
     "downstream_connections_total",
     "downstream_connections_active",
     "requests_total",
@@ -377,6 +377,7 @@ pub const METRIC_NAMES: [&str; 11] = [
     "decode_errors_total",
     "outlier_ejections_total",
     "config_reloads_total",
+    "hot_restart_epoch",
 ];
 
 /// Every metric of the proxy. Create one with [`Metrics::new`] and share it.
@@ -393,8 +394,10 @@ pub struct Metrics {
     decode_errors_total: Family,
     outlier_ejections_total: Family,
     config_reloads_total: Family,
+    hot_restart_epoch_family: Family,
     reload_ok: Counter,
     reload_error: Counter,
+    hot_restart_epoch: Gauge,
 }
 
 /// Per-listener handles, looked up once per listener (or per accepted connection).
@@ -481,6 +484,13 @@ impl Metrics {
         );
         let reload_ok = config_reloads_total.counter(&["ok"]);
         let reload_error = config_reloads_total.counter(&["error"]);
+        let hot_restart_epoch_family = Family::new(
+            "metaproxy_hot_restart_epoch",
+            "Hot restarts behind this process: 0 for a fresh start, +1 per takeover.",
+            Kind::Gauge,
+            &[],
+        );
+        let hot_restart_epoch = hot_restart_epoch_family.gauge(&[]);
         Arc::new(Metrics {
             downstream_connections_total: Family::new(
                 "metaproxy_downstream_connections_total",
@@ -543,12 +553,14 @@ impl Metrics {
                 &["cluster"],
             ),
             config_reloads_total,
+            hot_restart_epoch_family,
             reload_ok,
             reload_error,
+            hot_restart_epoch,
         })
     }
 
-    fn families(&self) -> [&Family; 11] {
+    fn families(&self) -> [&Family; 12] {
         [
             &self.downstream_connections_total,
             &self.downstream_connections_active,
@@ -561,6 +573,7 @@ impl Metrics {
             &self.decode_errors_total,
             &self.outlier_ejections_total,
             &self.config_reloads_total,
+            &self.hot_restart_epoch_family,
         ]
     }
 
@@ -613,6 +626,12 @@ impl Metrics {
         } else {
             self.reload_error.inc();
         }
+    }
+
+    /// Sets `hot_restart_epoch` (0 for a fresh start, +1 per takeover).
+    pub fn set_hot_restart_epoch(&self, epoch: u64) {
+        self.hot_restart_epoch
+            .set(i64::try_from(epoch).unwrap_or(i64::MAX));
     }
 
     /// The whole registry in the Prometheus text exposition format (version 0.0.4):
