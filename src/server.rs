@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use crate::cluster::EndpointRegistry;
 use crate::config::{self, Config, ConfigError, Problem, DEFAULT_DRAIN_TIMEOUT};
 use crate::hot_restart::{
-    self, HandoverHandle, HotRestartError, Inherited, Offer, OfferedListener,
+    self, DrainRequest, HandoverHandle, HotRestartError, Inherited, Offer, OfferedListener,
 };
 use crate::listener::{self, ListenerCtx};
 use crate::observe::metrics::Metrics;
@@ -307,7 +307,7 @@ impl Server {
             Threading::PerCore { workers } => Some(workers.max(1)),
             Threading::WorkStealing { .. } => None,
         };
-        let mut per_worker: Vec<Vec<(std::net::TcpListener, Arc<ListenerCtx>)>> =
+        let mut per_worker: Vec<Vec<WorkerSocket>> =
             (0..per_core.unwrap_or(0)).map(|_| Vec::new()).collect();
         let shared = self.shared;
         let snap = shared.snapshot.load_full();
@@ -326,16 +326,12 @@ impl Server {
             None => None,
             Some(path) => {
                 let path = Path::new(path);
-                let adopted = inherited_control.map(std::os::unix::net::UnixListener::from);
-                let same_path = adopted.as_ref().is_some_and(|l| {
-                    l.local_addr()
-                        .ok()
-                        .and_then(|a| a.as_pathname().map(|p| p == path))
-                        .unwrap_or(false)
-                });
-                let result = match adopted {
-                    Some(l) if same_path => hot_restart::adopt_control(path, l.into()),
-                    _ => hot_restart::bind_control(path),
+                // A received control socket is the one listening on this very path
+                // (take_over connected through it); it was bound under a temporary
+                // name and renamed, so its own address cannot tell.
+                let result = match inherited_control {
+                    Some(fd) => hot_restart::adopt_control(path, fd),
+                    None => hot_restart::bind_control(path),
                 };
                 Some(result.map_err(|e| BindError {
                     listener: "hot_restart".to_owned(),
@@ -350,7 +346,7 @@ impl Server {
         let mut addrs = Vec::new();
         let mut offered = Vec::new();
         let mut protocol_ids: HashMap<String, u64> = HashMap::new();
-        let mut accept_tasks = Vec::new();
+        let accepting = TaskTracker::new();
         for l in &snap.config.listeners {
             let bind_err = |source: std::io::Error| BindError {
                 listener: l.name.clone(),
@@ -421,12 +417,12 @@ impl Server {
                 None => {
                     for socket in sockets {
                         let socket = TcpListener::from_std(socket).map_err(bind_err)?;
-                        accept_tasks.push(tokio::spawn(listener::accept_loop(
+                        accepting.spawn(listener::accept_loop(
                             socket,
                             ctx.clone(),
                             drain_rx.clone(),
                             tracker.clone(),
-                        )));
+                        ));
                     }
                 }
                 Some(workers) => {
@@ -438,7 +434,11 @@ impl Server {
                         sockets.push(shared_socket);
                     }
                     for (j, socket) in sockets.into_iter().enumerate() {
-                        per_worker[j % workers].push((socket, ctx.clone()));
+                        per_worker[j % workers].push(WorkerSocket {
+                            socket,
+                            ctx: ctx.clone(),
+                            accepting: accepting.token(),
+                        });
                     }
                 }
             }
@@ -532,7 +532,7 @@ impl Server {
             admin_addr,
             admin_stop,
             tracker,
-            accept_tasks,
+            accepting,
             stop_workers,
         })
     }
@@ -553,11 +553,19 @@ fn bind_fresh(
     Ok(sockets)
 }
 
+/// A listening socket a per-core worker accepts on.
+struct WorkerSocket {
+    socket: std::net::TcpListener,
+    ctx: Arc<ListenerCtx>,
+    /// Held while the worker's accept loop runs (see [`RunningServer::stop_accepting`]).
+    accepting: tokio_util::task::task_tracker::TaskTrackerToken,
+}
+
 /// One per-core worker: a single-threaded runtime accepting on its own sockets until
 /// the server stops.
 fn run_worker(
     index: usize,
-    sockets: Vec<(std::net::TcpListener, Arc<ListenerCtx>)>,
+    sockets: Vec<WorkerSocket>,
     drain: watch::Receiver<bool>,
     tracker: TaskTracker,
     stop: &mut watch::Receiver<bool>,
@@ -574,15 +582,19 @@ fn run_worker(
         }
     };
     rt.block_on(async move {
-        for (socket, ctx) in sockets {
+        for WorkerSocket {
+            socket,
+            ctx,
+            accepting,
+        } in sockets
+        {
             match tokio::net::TcpListener::from_std(socket) {
                 Ok(l) => {
-                    tokio::spawn(listener::accept_loop(
-                        l,
-                        ctx,
-                        drain.clone(),
-                        tracker.clone(),
-                    ));
+                    let (drain, tracker) = (drain.clone(), tracker.clone());
+                    tokio::spawn(async move {
+                        listener::accept_loop(l, ctx, drain, tracker).await;
+                        drop(accepting);
+                    });
                 }
                 Err(e) => {
                     tracing::error!(worker = index, error = %e, "cannot adopt listener socket")
@@ -672,7 +684,8 @@ pub struct RunningServer {
     admin_addr: Option<SocketAddr>,
     admin_stop: Option<tokio::sync::oneshot::Sender<()>>,
     tracker: TaskTracker,
-    accept_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Tracks every accept loop (on this runtime and on per-core workers).
+    accepting: TaskTracker,
     stop_workers: watch::Sender<bool>,
 }
 
@@ -703,28 +716,38 @@ impl RunningServer {
     /// whether the drain completed in time.
     pub async fn run_until(mut self, shutdown: impl std::future::Future<Output = ()>) -> bool {
         tokio::pin!(shutdown);
-        let taken_over = match self.handover.as_mut() {
+        let taken_over: Option<DrainRequest> = match self.handover.as_mut() {
             None => {
                 shutdown.await;
-                false
+                None
             }
             Some(handover) => tokio::select! {
-                () = &mut shutdown => false,
-                taken = &mut handover.taken_over => {
-                    if taken.is_err() {
+                () = &mut shutdown => None,
+                request = handover.taken_over.recv() => {
+                    if request.is_none() {
                         shutdown.await;
                     }
-                    taken.is_ok()
+                    request
                 }
             },
         };
-        if taken_over {
+        if let Some(stopped) = taken_over {
+            tracing::info!("taken over by a new process: draining");
             // The new process accepts on the listeners and the admin socket now.
             if let Some(stop) = self.admin_stop.take() {
                 let _ = stop.send(());
             }
+            self.stop_accepting().await;
+            let _ = stopped.send(());
         }
         self.shutdown().await
+    }
+
+    /// Starts the drain and waits until no accept loop is left.
+    async fn stop_accepting(&self) {
+        self.handle.drain();
+        self.accepting.close();
+        self.accepting.wait().await;
     }
 
     /// Drains now (see [`RunningServer::run_until`]).
@@ -739,10 +762,7 @@ impl RunningServer {
             .as_ref()
             .map_or(DEFAULT_DRAIN_TIMEOUT, |h| h.drain_timeout)
             .get();
-        self.handle.drain();
-        for t in self.accept_tasks {
-            let _ = t.await;
-        }
+        self.stop_accepting().await;
         self.tracker.close();
         let done = tokio::time::timeout(timeout, self.tracker.wait())
             .await

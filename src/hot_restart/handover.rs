@@ -56,10 +56,14 @@ pub(crate) struct Offer {
     pub(crate) control: OwnedFd,
 }
 
+/// Asks the running server to stop accepting; the sender is answered once no accept
+/// loop is left, and only then is the new process told `draining`.
+pub(crate) type DrainRequest = oneshot::Sender<()>;
+
 /// Controls the handover server of a running process.
 pub(crate) struct HandoverHandle {
-    /// Completes when a new process has taken the sockets over and asked for a drain.
-    pub(crate) taken_over: oneshot::Receiver<()>,
+    /// Yields once a new process has taken the sockets over and asked for a drain.
+    pub(crate) taken_over: mpsc::Receiver<DrainRequest>,
     stop: Option<oneshot::Sender<()>>,
     file: ControlFile,
     handed_over: Arc<AtomicBool>,
@@ -85,7 +89,7 @@ pub(crate) fn spawn_handover(
 ) -> std::io::Result<HandoverHandle> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(listener)?;
-    let (taken_tx, taken_over) = oneshot::channel();
+    let (taken_tx, taken_over) = mpsc::channel(1);
     let (stop_tx, stop_rx) = oneshot::channel();
     let handed_over = Arc::new(AtomicBool::new(false));
     tokio::spawn(serve(
@@ -106,7 +110,7 @@ pub(crate) fn spawn_handover(
 async fn serve(
     listener: tokio::net::UnixListener,
     offer: Arc<Mutex<Option<Offer>>>,
-    taken_over: oneshot::Sender<()>,
+    taken_over: mpsc::Sender<DrainRequest>,
     mut stop: oneshot::Receiver<()>,
     handed_over: Arc<AtomicBool>,
 ) {
@@ -117,14 +121,11 @@ async fn serve(
             _ = &mut stop => return,
             Some(handed) = done_rx.recv() => {
                 if handed {
-                    handed_over.store(true, Ordering::Release);
-                    // Our duplicates of the sockets close here; the accept loops drop
-                    // theirs as the drain begins.
+                    // Our duplicates of the sockets close here; the accept loops have
+                    // dropped theirs.
                     offer.lock().unwrap_or_else(|e| e.into_inner()).take();
-                    let _ = taken_over.send(());
                     return;
                 }
-                busy.store(false, Ordering::Release);
             }
             accepted = listener.accept() => {
                 let stream = match accepted.and_then(|(s, _)| s.into_std()) {
@@ -142,8 +143,10 @@ async fn serve(
                     continue;
                 }
                 let (offer, done) = (offer.clone(), done_tx.clone());
+                let (taken_over, handed_over) = (taken_over.clone(), handed_over.clone());
+                let busy = busy.clone();
                 tokio::task::spawn_blocking(move || {
-                    let handed = exchange(stream, &offer);
+                    let handed = exchange(stream, &offer, &taken_over, &handed_over, &busy);
                     let _ = done.blocking_send(handed);
                 });
             }
@@ -176,12 +179,23 @@ fn prepare(stream: &UnixStream) -> std::io::Result<()> {
 
 /// One takeover conversation; returns whether the sockets were handed over and the new
 /// process asked for the drain.
-fn exchange(mut stream: UnixStream, offer: &Mutex<Option<Offer>>) -> bool {
+fn exchange(
+    mut stream: UnixStream,
+    offer: &Mutex<Option<Offer>>,
+    taken_over: &mpsc::Sender<DrainRequest>,
+    handed_over: &AtomicBool,
+    busy: &AtomicBool,
+) -> bool {
+    // Whenever this conversation ends without a handover, the next takeover may start
+    // at once: released before the last word is said.
+    let release = || busy.store(false, Ordering::Release);
     if let Err(e) = prepare(&stream) {
+        release();
         tracing::warn!(error = %e, "hot restart: cannot set up the connection");
         return false;
     }
     let refuse_with = |stream: &mut UnixStream, reason: String| {
+        release();
         tracing::warn!("hot restart: refusing a takeover: {reason}; this process keeps serving");
         let _ = write_message(
             stream,
@@ -204,6 +218,7 @@ fn exchange(mut stream: UnixStream, offer: &Mutex<Option<Offer>>) -> bool {
             return refuse_with(&mut stream, e.to_string())
         }
         Err(e) => {
+            release();
             tracing::warn!("hot restart: no hello from the new process: {e}");
             return false;
         }
@@ -250,6 +265,7 @@ fn exchange(mut stream: UnixStream, offer: &Mutex<Option<Offer>>) -> bool {
         admin,
     };
     if let Err(e) = write_message(&mut stream, &reply).and_then(|()| fds::send_fds(&stream, &fds)) {
+        release();
         tracing::warn!(error = %e, new_pid = pid, "hot restart: cannot send the sockets; this process keeps serving");
         return false;
     }
@@ -265,6 +281,7 @@ fn exchange(mut stream: UnixStream, offer: &Mutex<Option<Offer>>) -> bool {
             return refuse_with(&mut stream, format!("expected drain, got {other:?}"));
         }
         Err(e) => {
+            release();
             tracing::warn!(new_pid = pid, "hot restart: the takeover by pid {pid} was abandoned ({e}); this process keeps serving");
             return false;
         }
@@ -273,6 +290,14 @@ fn exchange(mut stream: UnixStream, offer: &Mutex<Option<Offer>>) -> bool {
         if !*taken {
             tracing::info!(listener = %o.name, address = %o.local, "hot restart: the new config has no listener on {}; closing it", o.local);
         }
+    }
+    // From here on the sockets belong to the new process: the socket file is its too.
+    handed_over.store(true, Ordering::Release);
+    let (stopped_tx, stopped_rx) = oneshot::channel();
+    if taken_over.blocking_send(stopped_tx).is_ok() {
+        // Answered once this process accepts no more, so that every connection made
+        // after the new process hears `draining` reaches the new process.
+        let _ = stopped_rx.blocking_recv();
     }
     let _ = write_message(
         &mut stream,

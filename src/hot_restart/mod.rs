@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) use handover::{spawn_handover, HandoverHandle, Offer, OfferedListener};
+pub(crate) use handover::{spawn_handover, DrainRequest, HandoverHandle, Offer, OfferedListener};
 pub(crate) use takeover::{request_sockets, Inherited};
 
 /// The version of the protocol between an old and a new process. Both must speak the
