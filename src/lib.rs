@@ -20,16 +20,13 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
-pub mod backend;
 mod clock;
 mod cluster;
 mod codecs;
 pub mod config;
-pub mod demo;
 mod downstream;
 pub mod hot_restart;
 mod listener;
-pub mod loadgen;
 pub mod observe;
 pub mod runtime;
 mod server;
@@ -41,6 +38,8 @@ pub use hot_restart::HotRestartError;
 pub use server::{BindError, ReloadOutcome, RunningServer, Server, ServerHandle};
 
 pub use meta_protocol;
+#[cfg(feature = "dubbo")]
 pub use metaproxy_dubbo as dubbo;
 pub use metaproxy_router as router;
+#[cfg(feature = "thrift")]
 pub use metaproxy_thrift as thrift;

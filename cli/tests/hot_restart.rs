@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use meta_protocol::Codec;
-use metaproxy::backend;
+use metaproxy_cli::backend;
 use metaproxy_dubbo::frames::{parse_response, Args, RequestFrame};
 use metaproxy_thrift::frames::{write_call, FrameSpec, Reply};
 use metaproxy_thrift::{Protocol, ThriftCodec, Transport};
