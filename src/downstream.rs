@@ -37,6 +37,13 @@ const PARKED: Duration = Duration::from_secs(365 * 24 * 3600);
 /// and stayed quiet this long (requests already sent are read and answered first).
 const DRAIN_QUIET: Duration = Duration::from_millis(250);
 
+/// The response mutation added while draining on connections whose protocol cannot
+/// tell a client to move: codecs that carry response headers (the Thrift header
+/// transport's info headers, for example) write `metaproxy-drain: 1`, so a client that
+/// looks for it can open a new connection (which reaches the new process) at its own
+/// pace. The connection itself stays open until the client closes it.
+pub(crate) const DRAIN_HEADER: (&str, &str) = ("metaproxy-drain", "1");
+
 /// Read buffer reservation.
 const READ_CHUNK: usize = 32 * 1024;
 /// Stop reading new requests while this much output waits for a slow client.
@@ -127,6 +134,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
         wbuf: BytesMut::new(),
         rng: SmallRng::from_rng(&mut rand::rng()),
         closing: false,
+        drain_notice: None,
     };
     conn.run(stream, drain).await;
     // Requests still in flight when the connection ends release their slots.
@@ -148,6 +156,8 @@ struct Downstream {
     wbuf: BytesMut,
     rng: SmallRng,
     closing: bool,
+    /// While draining without a go-away: [`DRAIN_HEADER`], added to every response.
+    drain_notice: Option<Arc<meta_protocol::Mutations>>,
 }
 
 impl Downstream {
@@ -223,6 +233,11 @@ impl Downstream {
                         told_to_move = self.codec.encode_go_away(&mut self.wbuf).unwrap_or(false);
                         if told_to_move {
                             idle.as_mut().reset(Instant::now() + DRAIN_QUIET);
+                        } else {
+                            let (key, value) = DRAIN_HEADER;
+                            self.drain_notice = Some(Arc::new(
+                                [(key.into(), value.into())].into_iter().collect(),
+                            ));
                         }
                     }
                 }
@@ -541,6 +556,9 @@ impl Downstream {
                 msg.set_request_id(f.reply.request_id);
                 if let Some(route) = f.listener.table.routes().get(f.route) {
                     msg.add_shared_mutations(route.response_mutations());
+                }
+                if let Some(notice) = &self.drain_notice {
+                    msg.add_shared_mutations(notice);
                 }
                 let before = self.wbuf.len();
                 let log = f.log.take();

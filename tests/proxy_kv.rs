@@ -447,6 +447,8 @@ async fn drain_answers_everything_and_keeps_a_connection_that_cannot_be_told_to_
     tokio::time::sleep(Duration::from_millis(400)).await;
     let r = c.call(&[("service", "calc")], b"after a pause").await;
     assert_eq!(frames::status(&r), Status::Ok as u8);
+    // Replies written while draining carry the drain header, for clients that look.
+    assert_eq!(common::header(&r, "metaproxy-drain").as_deref(), Some("1"));
     // Once the client closes, the drain completes in time.
     drop(c);
     assert!(

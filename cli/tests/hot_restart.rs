@@ -270,6 +270,7 @@ struct Conn {
     stream: TcpStream,
     rbuf: BytesMut,
     thrift: ThriftCodec,
+    transport: Transport,
     proto: Proto,
 }
 
@@ -277,17 +278,24 @@ struct Conn {
 struct Answer {
     backend: Option<String>,
     told_to_move: bool,
+    /// The Thrift header transport's `metaproxy-drain` header.
+    drain_header: Option<String>,
 }
 
 impl Conn {
     fn connect(addr: SocketAddr, proto: Proto) -> std::io::Result<Conn> {
+        Conn::connect_with(addr, proto, Transport::Framed)
+    }
+
+    fn connect_with(addr: SocketAddr, proto: Proto, transport: Transport) -> std::io::Result<Conn> {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         Ok(Conn {
             stream,
             rbuf: BytesMut::new(),
-            thrift: ThriftCodec::new(Some(Transport::Framed), Some(Protocol::Binary), 1 << 20),
+            thrift: ThriftCodec::new(Some(transport), Some(Protocol::Binary), 1 << 20),
+            transport,
             proto,
         })
     }
@@ -355,6 +363,7 @@ impl Conn {
                 return Ok(Answer {
                     backend,
                     told_to_move,
+                    drain_header: None,
                 });
             }
             self.fill()?;
@@ -365,7 +374,7 @@ impl Conn {
         let seqid = (id & 0x7fff_ffff) as i32;
         let mut out = BytesMut::new();
         write_call(
-            &FrameSpec::new(Transport::Framed, Protocol::Binary, "echo", seqid),
+            &FrameSpec::new(self.transport, Protocol::Binary, "echo", seqid),
             text.as_bytes(),
             &mut out,
         )
@@ -390,6 +399,7 @@ impl Conn {
                 return Ok(Answer {
                     backend: None,
                     told_to_move: false,
+                    drain_header: reply.metadata().get("metaproxy-drain").map(str::to_owned),
                 });
             }
             self.fill()?;
@@ -575,7 +585,7 @@ admin: {{address: "127.0.0.1:0"}}
 hot_restart: {{socket: "{sock}", drain_timeout: {drain}s}}
 listeners:
   - {{name: dubbo-in, address: "127.0.0.1:0", codec: dubbo, route_config: d}}
-  - {{name: thrift-in, address: "127.0.0.1:0", codec: thrift, options: {{transport: framed, protocol: binary}}, route_config: t}}
+  - {{name: thrift-in, address: "127.0.0.1:0", codec: thrift, route_config: t}}
 route_configs:
   - {{name: d, routes: [{{route: {{cluster: {dubbo_cluster}}}}}]}}
   - {{name: t, routes: [{{route: {{cluster: thrift}}}}]}}
@@ -705,9 +715,12 @@ fn requests_follow_new_routes_once_the_new_process_accepts() {
         c.call(n, &format!("r{n}")).unwrap().backend.unwrap()
     };
     assert_eq!(backend_of(1), "v1");
-    // A long-lived connection to the old process, open across the handover.
+    // Long-lived connections to the old process, open across the handover.
     let mut kept = Conn::connect(dubbo, Proto::Dubbo).unwrap();
     assert_eq!(kept.call(2, "kept").unwrap().backend.as_deref(), Some("v1"));
+    let mut header =
+        Conn::connect_with(old.listeners["thrift-in"], Proto::Thrift, Transport::Header).unwrap();
+    assert_eq!(header.call(1, "before").unwrap().drain_header, None);
 
     let (new, _) = take_over(&v2, &[("METAPROXY_WORKERS", "1")]);
     // Every connection made from now on reaches the new process and its routes.
@@ -729,6 +742,14 @@ fn requests_follow_new_routes_once_the_new_process_accepts() {
         "the old process keeps the connection"
     );
     drop(kept);
+    // Thrift cannot say so unprompted: the old process keeps serving the connection, and
+    // on the header transport every reply carries the drain header.
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        header.call(2, "after").unwrap().drain_header.as_deref(),
+        Some("1")
+    );
+    drop(header);
     assert_eq!(epoch(new.admin), 1);
     let status = old.wait_exit(DRAIN_TIMEOUT + EXIT_MARGIN).unwrap();
     assert!(status.success());

@@ -935,8 +935,9 @@ mod tests {
     }
 
     #[test]
-    fn empty_registry_lists_every_family_and_both_reload_results() {
-        let text = Metrics::new().render();
+    fn empty_registry_lists_every_family_both_reload_results_and_the_epoch() {
+        let m = Metrics::new();
+        let text = m.render();
         let scrape = parse(&text);
         assert_eq!(scrape.docs.len(), METRIC_NAMES.len());
         let reloads: Vec<_> = scrape
@@ -945,7 +946,10 @@ mod tests {
             .filter(|s| s.metric == "metaproxy_config_reloads_total")
             .collect();
         assert_eq!(reloads.len(), 2);
-        assert_eq!(scrape.samples.len(), 2, "{text}");
+        assert!(text.contains("\nmetaproxy_hot_restart_epoch 0\n"), "{text}");
+        assert_eq!(scrape.samples.len(), 3, "{text}");
+        m.set_hot_restart_epoch(3);
+        assert!(m.render().contains("\nmetaproxy_hot_restart_epoch 3\n"));
     }
 
     #[test]
