@@ -576,10 +576,10 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// A config with a Dubbo and a Thrift listener on port 0 (handed over by name) and the
-/// Dubbo route to `dubbo_cluster`.
-fn config(dir: &Path, file: &str, b: &Backends, dubbo_cluster: &str) -> PathBuf {
-    let text = format!(
+/// A config with a Dubbo and a Thrift listener on port 0 (handed over by name), the
+/// Dubbo route to `dubbo_cluster`, and with `legacy` one more Dubbo listener.
+fn config(dir: &Path, file: &str, b: &Backends, dubbo_cluster: &str, legacy: bool) -> PathBuf {
+    let mut text = format!(
         r#"
 admin: {{address: "127.0.0.1:0"}}
 hot_restart: {{socket: "{sock}", drain_timeout: {drain}s}}
@@ -600,6 +600,12 @@ clusters:
         v2 = b.dubbo_v2.addr(),
         t = b.thrift.addr(),
     );
+    if legacy {
+        text = text.replace(
+            "listeners:\n",
+            "listeners:\n  - {name: legacy-in, address: \"127.0.0.1:0\", codec: dubbo, route_config: d}\n",
+        );
+    }
     let path = dir.join(file);
     std::fs::write(&path, text).unwrap();
     path
@@ -628,7 +634,7 @@ fn listening(p: &Proc) -> BTreeSet<u64> {
 fn three_hot_restarts_under_load_refuse_and_fail_nothing() {
     let b = backends();
     let dir = temp_dir("three");
-    let cfg = config(&dir, "proxy.yaml", &b, "dubbo-v1");
+    let cfg = config(&dir, "proxy.yaml", &b, "dubbo-v1", false);
     // Different worker counts each time: 2 sockets per listener are handed from 2
     // workers to 3, to 1 and back to 2.
     let mut old = start(&cfg, false, &[("METAPROXY_WORKERS", "2")]);
@@ -700,8 +706,9 @@ fn three_hot_restarts_under_load_refuse_and_fail_nothing() {
 fn requests_follow_new_routes_once_the_new_process_accepts() {
     let b = backends();
     let dir = temp_dir("routes");
-    let v1 = config(&dir, "v1.yaml", &b, "dubbo-v1");
-    let v2 = config(&dir, "v2.yaml", &b, "dubbo-v2");
+    // v2 routes Dubbo elsewhere and no longer has the legacy listener.
+    let v1 = config(&dir, "v1.yaml", &b, "dubbo-v1", true);
+    let v2 = config(&dir, "v2.yaml", &b, "dubbo-v2", false);
     // No running process: --takeover binds fresh sockets and says so.
     let mut old = start(&v1, true, &[("METAPROXY_WORKERS", "2")]);
     assert!(old
@@ -721,8 +728,13 @@ fn requests_follow_new_routes_once_the_new_process_accepts() {
     let mut header =
         Conn::connect_with(old.listeners["thrift-in"], Proto::Thrift, Transport::Header).unwrap();
     assert_eq!(header.call(1, "before").unwrap().drain_header, None);
+    // And one that stays open and quiet until the drain timeout closes it.
+    let mut idle = Conn::connect(old.listeners["thrift-in"], Proto::Thrift).unwrap();
+    idle.call(1, "then quiet").unwrap();
+    let legacy = old.listeners["legacy-in"];
 
     let (new, _) = take_over(&v2, &[("METAPROXY_WORKERS", "1")]);
+    let took_over = Instant::now();
     // Every connection made from now on reaches the new process and its routes.
     for n in 10..30 {
         assert_eq!(backend_of(n), "v2", "request {n}");
@@ -751,8 +763,24 @@ fn requests_follow_new_routes_once_the_new_process_accepts() {
     );
     drop(header);
     assert_eq!(epoch(new.admin), 1);
+    // The listener the new config does not have was closed by the old process.
+    assert!(!new.listeners.contains_key("legacy-in"));
+    assert!(
+        TcpStream::connect(legacy).is_err(),
+        "legacy listener still open"
+    );
+    assert!(old
+        .drain_log()
+        .iter()
+        .any(|l| l.contains("the new config has no listener")));
+    // What is left at drain_timeout is closed, and the old process exits 0.
     let status = old.wait_exit(DRAIN_TIMEOUT + EXIT_MARGIN).unwrap();
     assert!(status.success());
+    assert!(
+        took_over.elapsed() >= DRAIN_TIMEOUT - Duration::from_millis(500),
+        "exited before drain_timeout with a connection open"
+    );
+    assert!(matches!(idle.stream.read(&mut [0u8; 1]), Ok(0) | Err(_)));
 }
 
 /// Sends a raw protocol frame.
@@ -773,7 +801,7 @@ fn read_frame(s: &mut UnixStream) -> serde_json::Value {
 fn failed_takeovers_leave_the_running_process_serving() {
     let b = backends();
     let dir = temp_dir("failed");
-    let cfg = config(&dir, "proxy.yaml", &b, "dubbo-v1");
+    let cfg = config(&dir, "proxy.yaml", &b, "dubbo-v1", false);
     let sock = dir.join("hr.sock");
     // A socket file left by a crashed process is detected and replaced.
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());

@@ -121,9 +121,6 @@ async fn serve(
             _ = &mut stop => return,
             Some(handed) = done_rx.recv() => {
                 if handed {
-                    // Our duplicates of the sockets close here; the accept loops have
-                    // dropped theirs.
-                    offer.lock().unwrap_or_else(|e| e.into_inner()).take();
                     return;
                 }
             }
@@ -223,7 +220,7 @@ fn exchange(
             return false;
         }
     };
-    let guard = offer.lock().unwrap_or_else(|e| e.into_inner());
+    let mut guard = offer.lock().unwrap_or_else(|e| e.into_inner());
     let Some(offer) = guard.as_ref() else {
         return refuse_with(
             &mut stream,
@@ -292,7 +289,10 @@ fn exchange(
         }
     }
     // From here on the sockets belong to the new process: the socket file is its too.
+    // Our duplicates close now, so that a listener the new process did not take is
+    // closed once the accept loops have stopped.
     handed_over.store(true, Ordering::Release);
+    guard.take();
     let (stopped_tx, stopped_rx) = oneshot::channel();
     if taken_over.blocking_send(stopped_tx).is_ok() {
         // Answered once this process accepts no more, so that every connection made
