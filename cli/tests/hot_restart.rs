@@ -831,6 +831,8 @@ fn failed_takeovers_leave_the_running_process_serving() {
     );
 
     // An invalid config never reaches the running process.
+    std::thread::sleep(Duration::from_millis(100));
+    let logged = old.drain_log().len();
     let bad = dir.join("bad.yaml");
     std::fs::write(
         &bad,
@@ -847,6 +849,12 @@ fn failed_takeovers_leave_the_running_process_serving() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.yaml") && err.contains("nowhere"), "{err}");
+    std::thread::sleep(Duration::from_millis(100));
+    let after = &old.drain_log()[logged..];
+    assert!(
+        !after.iter().any(|l| l.contains("hot restart")),
+        "the running process heard of an invalid config: {after:#?}"
+    );
 
     // A new binary that dies after receiving the sockets, before asking for the drain.
     let (mut dying, _lines) = spawn(

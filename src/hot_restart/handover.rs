@@ -214,6 +214,13 @@ fn exchange(
         Err(e @ (ReadError::Version(_) | ReadError::Malformed(_))) => {
             return refuse_with(&mut stream, e.to_string())
         }
+        Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            // A process checking whether the socket is alive (a plain `run` that will
+            // refuse to start), not a takeover.
+            release();
+            tracing::debug!("hot restart: a process probed the socket and left");
+            return false;
+        }
         Err(e) => {
             release();
             tracing::warn!("hot restart: no hello from the new process: {e}");
