@@ -321,7 +321,12 @@ impl Server {
         let snap = shared.snapshot.load_full();
         let (epoch, mut inherited_listeners, mut inherited_admin, inherited_control) =
             match inherited {
-                Some(i) => (i.old_epoch + 1, i.listeners, i.admin, Some(i.control)),
+                Some(i) => (
+                    i.old_epoch.saturating_add(1),
+                    i.listeners,
+                    i.admin,
+                    Some(i.control),
+                ),
                 None => (0, HashMap::new(), None, None),
             };
         // The hot-restart socket first: a second process refuses before binding anything.
