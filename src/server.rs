@@ -330,6 +330,7 @@ impl Server {
                 None => (0, HashMap::new(), None, None),
             };
         // The hot-restart socket first: a second process refuses before binding anything.
+        let mut created_control = None;
         let control = match snap
             .config
             .hot_restart
@@ -342,15 +343,21 @@ impl Server {
                 // A received control socket is the one listening on this very path
                 // (take_over connected through it); it was bound under a temporary
                 // name and renamed, so its own address cannot tell.
+                let fresh = inherited_control.is_none();
                 let result = match inherited_control {
                     Some(fd) => hot_restart::adopt_control(path, fd),
                     None => hot_restart::bind_control(path),
                 };
-                Some(result.map_err(|e| BindError {
+                let (listener, file) = result.map_err(|e| BindError {
                     listener: "hot_restart".to_owned(),
                     address: path.display().to_string(),
                     source: std::io::Error::other(e),
-                })?)
+                })?;
+                if fresh {
+                    // Should a listener fail to bind below, the file created here goes.
+                    created_control = Some(hot_restart::RemoveOnDrop::new(&file));
+                }
+                Some((listener, file))
             }
         };
         shared.metrics.set_hot_restart_epoch(epoch);
@@ -509,6 +516,9 @@ impl Server {
             }));
             admin_addr = Some(local);
             admin_stop = Some(stop_tx);
+        }
+        if let Some(created) = created_control.as_mut() {
+            hot_restart::RemoveOnDrop::keep(created);
         }
         let handover = match control {
             None => None,

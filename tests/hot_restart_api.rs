@@ -112,3 +112,22 @@ async fn take_over_moves_the_sockets_and_the_old_server_drains() {
     assert!(new.shutdown().await);
     assert!(!socket.exists(), "removed by its owner at a clean stop");
 }
+
+#[tokio::test]
+async fn a_start_that_fails_leaves_no_socket_file() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = std::env::temp_dir().join(format!("metaproxy-hr-api-fail-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("hr.sock");
+    let _ = std::fs::remove_file(&socket);
+    let text = yaml(&socket, "127.0.0.1:1".parse().unwrap()).replace(
+        "address: \"127.0.0.1:0\"",
+        &format!("address: \"{}\"", busy.local_addr().unwrap()),
+    );
+    let err = server(&text).bind().await.err().expect("the port is taken");
+    assert_eq!(err.listener, "kv-in");
+    assert!(
+        !socket.exists(),
+        "the hot-restart socket of a failed start was left behind"
+    );
+}

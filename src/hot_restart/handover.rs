@@ -133,12 +133,6 @@ async fn serve(
                         continue;
                     }
                 };
-                if busy.swap(true, Ordering::AcqRel) {
-                    tokio::task::spawn_blocking(move || {
-                        refuse(stream, "another takeover is already in progress");
-                    });
-                    continue;
-                }
                 let (offer, done) = (offer.clone(), done_tx.clone());
                 let (taken_over, handed_over) = (taken_over.clone(), handed_over.clone());
                 let busy = busy.clone();
@@ -149,23 +143,6 @@ async fn serve(
             }
         }
     }
-}
-
-/// Reads the hello (so that closing never resets a connection with unread data), then
-/// refuses with `reason`.
-fn refuse(mut stream: UnixStream, reason: &str) {
-    if prepare(&stream).is_err() {
-        return;
-    }
-    let _ = read_message(&mut stream);
-    tracing::warn!("hot restart: refusing a takeover: {reason}");
-    let _ = write_message(
-        &mut stream,
-        &Message::Refused {
-            version: PROTOCOL_VERSION,
-            reason: reason.to_owned(),
-        },
-    );
 }
 
 fn prepare(stream: &UnixStream) -> std::io::Result<()> {
@@ -183,16 +160,11 @@ fn exchange(
     handed_over: &AtomicBool,
     busy: &AtomicBool,
 ) -> bool {
-    // Whenever this conversation ends without a handover, the next takeover may start
-    // at once: released before the last word is said.
-    let release = || busy.store(false, Ordering::Release);
     if let Err(e) = prepare(&stream) {
-        release();
         tracing::warn!(error = %e, "hot restart: cannot set up the connection");
         return false;
     }
-    let refuse_with = |stream: &mut UnixStream, reason: String| {
-        release();
+    let refuse = |stream: &mut UnixStream, reason: String| {
         tracing::warn!("hot restart: refusing a takeover: {reason}; this process keeps serving");
         let _ = write_message(
             stream,
@@ -203,6 +175,8 @@ fn exchange(
         );
         false
     };
+    // Every connection is read until its hello, so that a mere probe of the socket
+    // (a plain `run` checking whether a process is alive) never blocks a takeover.
     let (pid, wanted, wanted_admin) = match read_message(&mut stream) {
         Ok(Message::Hello {
             pid,
@@ -210,22 +184,31 @@ fn exchange(
             admin,
             ..
         }) => (pid, listeners, admin),
-        Ok(other) => return refuse_with(&mut stream, format!("expected hello, got {other:?}")),
+        Ok(other) => return refuse(&mut stream, format!("expected hello, got {other:?}")),
         Err(e @ (ReadError::Version(_) | ReadError::Malformed(_))) => {
-            return refuse_with(&mut stream, e.to_string())
+            return refuse(&mut stream, e.to_string())
         }
         Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            // A process checking whether the socket is alive (a plain `run` that will
-            // refuse to start), not a takeover.
-            release();
             tracing::debug!("hot restart: a process probed the socket and left");
             return false;
         }
         Err(e) => {
-            release();
             tracing::warn!("hot restart: no hello from the new process: {e}");
             return false;
         }
+    };
+    if busy.swap(true, Ordering::AcqRel) {
+        return refuse(
+            &mut stream,
+            "another takeover is already in progress".to_owned(),
+        );
+    }
+    // This conversation owns the takeover now. Whenever it ends without a handover,
+    // the next takeover may start at once: released before the last word is said.
+    let release = || busy.store(false, Ordering::Release);
+    let refuse_with = |stream: &mut UnixStream, reason: String| {
+        release();
+        refuse(stream, reason)
     };
     let mut guard = offer.lock().unwrap_or_else(|e| e.into_inner());
     let Some(offer) = guard.as_ref() else {

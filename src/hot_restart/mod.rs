@@ -200,7 +200,7 @@ fn parse_message(body: &[u8]) -> Result<Message, ReadError> {
 
 /// The hot-restart socket file this process created, to remove at exit if it is still
 /// ours (same inode) and was not handed over.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct ControlFile {
     path: PathBuf,
     dev: u64,
@@ -224,6 +224,30 @@ impl ControlFile {
             dev: meta.dev(),
             ino: meta.ino(),
         })
+    }
+}
+
+/// Removes a freshly created socket file when dropped, unless told to keep it (a start
+/// that fails after creating the socket leaves no file behind).
+pub(crate) struct RemoveOnDrop(Option<ControlFile>);
+
+impl RemoveOnDrop {
+    /// Guards `file`.
+    pub(crate) fn new(file: &ControlFile) -> Self {
+        RemoveOnDrop(Some(file.clone()))
+    }
+
+    /// The start succeeded: the file stays.
+    pub(crate) fn keep(guard: &mut Self) {
+        guard.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(file) = self.0.take() {
+            file.remove_if_ours();
+        }
     }
 }
 
