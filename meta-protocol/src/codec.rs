@@ -164,9 +164,9 @@ impl Default for CodecCapabilities {
 
 /// A protocol configured with one listener's options: it makes that listener's codecs.
 ///
-/// Made once per listener by [`CodecFactory::configure`] (and again on a reload that
-/// changes the options), then shared by every connection of the listener, downstream and
-/// upstream; so it must be cheap to call and hold only parsed, immutable settings.
+/// Made once per listener by [`CodecFactory::configure`] when the listener is bound,
+/// then shared by every connection of the listener, downstream and upstream; so it must
+/// be cheap to call and hold only parsed, immutable settings.
 pub trait ConfiguredProtocol: Send + Sync + 'static {
     /// What the runtime may do with this protocol as configured.
     ///
@@ -202,8 +202,10 @@ pub fn reject_options(options: &CodecOptions) -> Result<(), CodecError> {
 /// Configures a protocol from a listener's options. Registered by name in a
 /// [`CodecRegistry`].
 ///
-/// The runtime calls [`CodecFactory::configure`] once per listener (and `check` once
-/// more, to report bad options), never per connection.
+/// The runtime calls [`CodecFactory::configure`] once per listener when it binds it,
+/// never per connection. Config validation (`check`, start and every reload) calls it
+/// too, to report bad options, and drops the result; a listener whose options change
+/// keeps its protocol until a restart.
 pub trait CodecFactory: Send + Sync + 'static {
     /// The name used in a listener's `codec:` field.
     fn name(&self) -> &str;

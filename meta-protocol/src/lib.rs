@@ -101,9 +101,9 @@
 //! - Local replies are what a stock client of the protocol understands as an error.
 //!
 //! ## What the runtime guarantees a codec
-//! - **Options are parsed once.** [`CodecFactory::configure`] runs once per listener
-//!   (and once more when `check` validates a config, or a reload changes the options);
-//!   connections only get a [`CodecContext`] (side, `max_frame_size`, wire format).
+//! - **Options are parsed once.** [`CodecFactory::configure`] runs once per listener,
+//!   when it is bound (config validation by `check`, at start and on reload calls it
+//!   too, to report bad options); connections only get a [`CodecContext`] (side, `max_frame_size`, wire format).
 //!   [`ConfiguredProtocol::capabilities`] is optional: by default it returns
 //!   [`CodecCapabilities::default()`], which is `multiplexing: true, mutations: true`.
 //!   A codec without options calls [`reject_options`], so an option given to it is
