@@ -365,7 +365,7 @@ fn escape_label_value(out: &mut String, value: &str) {
 }
 
 /// The metric names of SPEC §8, without the `metaproxy_` prefix, in rendering order.
-pub const METRIC_NAMES: [&str; 11] = [
+pub const METRIC_NAMES: [&str; 12] = [
     "downstream_connections_total",
     "downstream_connections_active",
     "requests_total",
@@ -377,6 +377,7 @@ pub const METRIC_NAMES: [&str; 11] = [
     "decode_errors_total",
     "outlier_ejections_total",
     "config_reloads_total",
+    "xds_updates_total",
 ];
 
 /// Every metric of the proxy. Create one with [`Metrics::new`] and share it.
@@ -393,6 +394,7 @@ pub struct Metrics {
     decode_errors_total: Family,
     outlier_ejections_total: Family,
     config_reloads_total: Family,
+    xds_updates_total: Family,
     reload_ok: Counter,
     reload_error: Counter,
 }
@@ -543,12 +545,18 @@ impl Metrics {
                 &["cluster"],
             ),
             config_reloads_total,
+            xds_updates_total: Family::new(
+                "metaproxy_xds_updates_total",
+                "xDS updates by resource type (cluster, endpoint, route) and result (ack, nack).",
+                Kind::Counter,
+                &["type", "result"],
+            ),
             reload_ok,
             reload_error,
         })
     }
 
-    fn families(&self) -> [&Family; 11] {
+    fn families(&self) -> [&Family; 12] {
         [
             &self.downstream_connections_total,
             &self.downstream_connections_active,
@@ -561,6 +569,7 @@ impl Metrics {
             &self.decode_errors_total,
             &self.outlier_ejections_total,
             &self.config_reloads_total,
+            &self.xds_updates_total,
         ]
     }
 
@@ -613,6 +622,16 @@ impl Metrics {
         } else {
             self.reload_error.inc();
         }
+    }
+
+    /// Counts an xDS update of resource type `type_label` by result
+    /// (`xds_updates_total{type,result}`, result `ack` or `nack`). Called once per
+    /// discovery response, not on the request path.
+    pub fn xds_update(&self, type_label: &str, accepted: bool) {
+        let result = if accepted { "ack" } else { "nack" };
+        self.xds_updates_total
+            .counter(&[type_label, result])
+            .inc();
     }
 
     /// The whole registry in the Prometheus text exposition format (version 0.0.4):
@@ -691,6 +710,9 @@ mod tests {
         c.outlier_ejections.inc();
         c.mirror_sent.add(9);
         c.mirror_dropped.add(2);
+        m.xds_update("cluster", true);
+        m.xds_update("cluster", true);
+        m.xds_update("route", false);
         m.config_reload(true);
         m.config_reload(false);
         m.config_reload(false);
@@ -873,6 +895,22 @@ mod tests {
                 &[("result", "error")]
             ),
             &Counter(2.0)
+        );
+        assert_eq!(
+            find(
+                &scrape,
+                "metaproxy_xds_updates_total",
+                &[("type", "cluster"), ("result", "ack")]
+            ),
+            &Counter(2.0)
+        );
+        assert_eq!(
+            find(
+                &scrape,
+                "metaproxy_xds_updates_total",
+                &[("type", "route"), ("result", "nack")]
+            ),
+            &Counter(1.0)
         );
 
         // The parser silently skips lines it cannot read: check that none were skipped.
