@@ -231,7 +231,10 @@ mod tests {
         let mut distinct = std::collections::HashSet::new();
         for _ in 0..200 {
             let d = jittered(Duration::from_secs(8));
-            assert!(d >= Duration::from_secs(4) && d <= Duration::from_secs(8), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(4) && d <= Duration::from_secs(8),
+                "{d:?}"
+            );
             distinct.insert(d);
         }
         assert!(distinct.len() > 100, "jitter draws should differ");

@@ -173,11 +173,9 @@ pub fn endpoints(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointConfig>, Str
             };
             let port = match &socket.port_specifier {
                 Some(socket_address::PortSpecifier::PortValue(p)) if *p > 0 && *p <= 65535 => *p,
-                _ => {
-                    return Err(format!(
-                        "{at}.endpoint.address.socket_address: a port_value in 1..=65535 is required"
-                    ))
-                }
+                _ => return Err(format!(
+                    "{at}.endpoint.address.socket_address: a port_value in 1..=65535 is required"
+                )),
             };
             if socket.address.is_empty() {
                 return Err(format!(
@@ -196,7 +194,10 @@ pub fn endpoints(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointConfig>, Str
             if !usable {
                 continue;
             }
-            let slot = match by_priority.iter().position(|(p, _)| *p == locality.priority) {
+            let slot = match by_priority
+                .iter()
+                .position(|(p, _)| *p == locality.priority)
+            {
                 Some(k) => k,
                 None => {
                     by_priority.push((locality.priority, Vec::new()));
@@ -337,7 +338,11 @@ pub fn route_config(rc: &aeraki::RouteConfiguration) -> Result<RouteConfig, Stri
                 }
                 (None, Some(split))
             }
-            None => return Err(format!("{at}.route: a cluster or weighted_clusters is required")),
+            None => {
+                return Err(format!(
+                    "{at}.route: a cluster or weighted_clusters is required"
+                ))
+            }
         };
         let kv = |list: &[aeraki::KeyValue]| {
             list.iter()

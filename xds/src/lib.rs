@@ -10,9 +10,9 @@
 #![warn(missing_docs)]
 
 pub mod aeraki;
+mod client;
 pub mod convert;
 pub mod state;
-mod client;
 
 pub use client::{XdsClient, REQUEST_QUEUE};
 

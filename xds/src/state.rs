@@ -272,13 +272,15 @@ impl AdsState {
                 Change::Clusters(clusters)
             }
             ResourceType::Endpoint => {
-                let wanted: HashSet<&String> =
-                    self.types[kind.index()].names.iter().collect();
+                let wanted: HashSet<&String> = self.types[kind.index()].names.iter().collect();
                 let mut assignments = BTreeMap::new();
                 for any in &response.resources {
                     let cla: ClusterLoadAssignment = decode(kind, any).map_err(refuse)?;
                     let endpoints = convert::endpoints(&cla).map_err(|e| {
-                        refuse(format!("cluster load assignment {:?}: {e}", cla.cluster_name))
+                        refuse(format!(
+                            "cluster load assignment {:?}: {e}",
+                            cla.cluster_name
+                        ))
                     })?;
                     if !seen.insert(cla.cluster_name.clone()) {
                         return Err(refuse(format!(
@@ -299,15 +301,17 @@ impl AdsState {
                 Change::Endpoints(assignments)
             }
             ResourceType::Route => {
-                let wanted: HashSet<&String> =
-                    self.types[kind.index()].names.iter().collect();
+                let wanted: HashSet<&String> = self.types[kind.index()].names.iter().collect();
                 let mut routes = BTreeMap::new();
                 for any in &response.resources {
                     let rc: aeraki::RouteConfiguration = decode(kind, any).map_err(refuse)?;
                     let converted = convert::route_config(&rc)
                         .map_err(|e| refuse(format!("route config {:?}: {e}", rc.name)))?;
                     if !seen.insert(rc.name.clone()) {
-                        return Err(refuse(format!("route config {:?} is listed twice", rc.name)));
+                        return Err(refuse(format!(
+                            "route config {:?} is listed twice",
+                            rc.name
+                        )));
                     }
                     if wanted.contains(&rc.name) {
                         routes.insert(
