@@ -173,9 +173,11 @@ pub fn endpoints(cla: &ClusterLoadAssignment) -> Result<Vec<EndpointConfig>, Str
             };
             let port = match &socket.port_specifier {
                 Some(socket_address::PortSpecifier::PortValue(p)) if *p > 0 && *p <= 65535 => *p,
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "{at}.endpoint.address.socket_address: a port_value in 1..=65535 is required"
-                )),
+                ))
+                }
             };
             if socket.address.is_empty() {
                 return Err(format!(
