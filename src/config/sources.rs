@@ -148,7 +148,13 @@ pub fn merge(base: &Config, base_source: &str, dynamic: &DynamicResources) -> Me
             let names = action
                 .cluster
                 .iter()
-                .chain(action.weighted_clusters.iter().flatten().map(|w| &w.cluster))
+                .chain(
+                    action
+                        .weighted_clusters
+                        .iter()
+                        .flatten()
+                        .map(|w| &w.cluster),
+                )
                 .chain(action.mirror.iter().map(|m| &m.cluster));
             for name in names {
                 if !provenance.clusters.contains_key(name) && !missing.contains(name) {
@@ -245,7 +251,10 @@ clusters:
             .map(|c| c.name.as_str())
             .collect();
         assert_eq!(names, ["c", "d", "later"]);
-        assert_eq!(merged.config.clusters[0].endpoints[0].address(), "127.0.0.1:1");
+        assert_eq!(
+            merged.config.clusters[0].endpoints[0].address(),
+            "127.0.0.1:1"
+        );
         assert_eq!(merged.shadowed.len(), 1, "{:?}", merged.shadowed);
         let p = &merged.provenance;
         assert_eq!(p.clusters["c"].source, "file");

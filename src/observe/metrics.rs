@@ -629,9 +629,7 @@ impl Metrics {
     /// discovery response, not on the request path.
     pub fn xds_update(&self, type_label: &str, accepted: bool) {
         let result = if accepted { "ack" } else { "nack" };
-        self.xds_updates_total
-            .counter(&[type_label, result])
-            .inc();
+        self.xds_updates_total.counter(&[type_label, result]).inc();
     }
 
     /// The whole registry in the Prometheus text exposition format (version 0.0.4):
