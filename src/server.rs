@@ -49,7 +49,7 @@ struct Layers {
 /// What a swap replaces.
 enum Change {
     /// A new base config (reload of the file, or [`ServerHandle::apply`]).
-    Base(Config),
+    Base(Box<Config>),
     /// New resources from a control plane.
     Dynamic(DynamicResources),
 }
@@ -96,7 +96,7 @@ impl Shared {
     /// Validates `config` as the new base config, merges the control plane's resources
     /// into it and swaps the result in. In-flight requests finish on the old snapshot.
     pub(crate) async fn apply(&self, config: Config) -> Result<ReloadOutcome, Vec<Problem>> {
-        self.swap(Change::Base(config)).await
+        self.swap(Change::Base(Box::new(config))).await
     }
 
     /// Merges `change` with the other source, validates, compiles and swaps the result
@@ -107,7 +107,7 @@ impl Shared {
         let (base, dynamic) = {
             let layers = self.layers.lock().unwrap_or_else(|e| e.into_inner());
             match change {
-                Change::Base(base) => (base, layers.dynamic.clone()),
+                Change::Base(base) => (*base, layers.dynamic.clone()),
                 Change::Dynamic(dynamic) => (layers.base.clone(), dynamic),
             }
         };

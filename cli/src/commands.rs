@@ -205,7 +205,9 @@ fn start_xds(handle: &metaproxy::ServerHandle) -> Option<metaproxy_xds::XdsClien
 #[cfg(not(feature = "xds"))]
 fn start_xds(handle: &metaproxy::ServerHandle) -> Option<NoXds> {
     if handle.config().xds.is_some() {
-        tracing::warn!("xds: this binary was built without the xds feature; the section is ignored");
+        tracing::warn!(
+            "xds: this binary was built without the xds feature; the section is ignored"
+        );
     }
     None
 }

@@ -373,3 +373,62 @@ async fn an_unreachable_control_plane_is_retried_while_the_proxy_serves() {
     assert_eq!(kv.call("canary").await.unwrap(), (OK, "v1".to_owned()));
     client.shutdown().await;
 }
+
+/// Fifty route updates in a row, each ACKed with its own version and nonce while kv
+/// traffic runs; prints the update-to-ACK latency (the client ACKs only after the swap)
+/// for docs/XDS.md. Run with `--nocapture` to see the figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_updates_are_each_acked_in_order_under_load() {
+    let mut s = setup().await;
+    let (v1, v2) = (backend("v1").await, backend("v2").await);
+    serve_v1(&mut s, &v1, &v2).await;
+    let listener = s.proxy.local_addr("kv-in").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut kv = KvClient::connect(listener).await;
+            let (mut sent, mut failed) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                sent += 1;
+                if !matches!(kv.call("canary").await, Some((OK, b)) if !b.is_empty()) {
+                    failed += 1;
+                }
+            }
+            (sent, failed)
+        })
+    };
+    let mut latencies = Vec::new();
+    for i in 0..50u32 {
+        let version = format!("u{i}");
+        let split = if i % 2 == 0 {
+            [("v1", 0), ("v2", 1)]
+        } else {
+            [("v1", 1), ("v2", 0)]
+        };
+        let started = std::time::Instant::now();
+        let nonce = s
+            .stream
+            .respond(Route, &version, vec![route_config("kv-routes", &split)]);
+        let ack = s.stream.request_of(Route).await;
+        latencies.push(started.elapsed());
+        assert_eq!(
+            (ack.version_info.as_str(), ack.response_nonce.as_str()),
+            (version.as_str(), nonce.as_str())
+        );
+        assert!(ack.error_detail.is_none());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, failed) = load.await.unwrap();
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} requests failed during the updates"
+    );
+    assert!(sent > 0);
+    latencies.sort();
+    println!(
+        "50 route updates under load: update-to-ACK p50 {:?}, p90 {:?}, max {:?}; {sent} requests, {failed} failed",
+        latencies[25], latencies[45], latencies[49]
+    );
+    s.client.shutdown().await;
+}
