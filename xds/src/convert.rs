@@ -374,3 +374,263 @@ pub fn route_config(rc: &aeraki::RouteConfiguration) -> Result<RouteConfig, Stri
         routes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::{circuit_breakers, CircuitBreakers};
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress};
+    use envoy_types::pb::envoy::config::endpoint::v3::{Endpoint, LbEndpoint, LocalityLbEndpoints};
+    use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher};
+    use envoy_types::pb::envoy::r#type::v3::Int64Range;
+    use envoy_types::pb::google::protobuf::UInt32Value;
+    use header_matcher::HeaderMatchSpecifier as Spec;
+
+    fn lb(ip: &str, port: u32, health: HealthStatus, weight: Option<u32>) -> LbEndpoint {
+        LbEndpoint {
+            health_status: health as i32,
+            load_balancing_weight: weight.map(|value| UInt32Value { value }),
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: ip.to_owned(),
+                        port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+                        ..SocketAddress::default()
+                    })),
+                }),
+                ..Endpoint::default()
+            })),
+            ..LbEndpoint::default()
+        }
+    }
+
+    fn addresses(list: &[EndpointConfig]) -> Vec<(String, u32)> {
+        list.iter()
+            .map(|e| (e.address().to_owned(), e.weight()))
+            .collect()
+    }
+
+    #[test]
+    fn endpoints_keep_the_lowest_usable_priority_skip_unhealthy_and_merge_duplicates() {
+        let cla = ClusterLoadAssignment {
+            cluster_name: "c".into(),
+            endpoints: vec![
+                LocalityLbEndpoints {
+                    priority: 1,
+                    lb_endpoints: vec![lb("10.0.0.9", 9, HealthStatus::Healthy, None)],
+                    ..LocalityLbEndpoints::default()
+                },
+                LocalityLbEndpoints {
+                    priority: 0,
+                    lb_endpoints: vec![
+                        lb("10.0.0.1", 80, HealthStatus::Healthy, Some(3)),
+                        lb("10.0.0.2", 80, HealthStatus::Draining, None),
+                        lb("::1", 81, HealthStatus::Unknown, None),
+                        lb("10.0.0.1", 80, HealthStatus::Degraded, Some(2)),
+                    ],
+                    ..LocalityLbEndpoints::default()
+                },
+            ],
+            ..ClusterLoadAssignment::default()
+        };
+        assert_eq!(
+            addresses(&endpoints(&cla).unwrap()),
+            [("10.0.0.1:80".to_owned(), 5), ("[::1]:81".to_owned(), 1)]
+        );
+        // With priority 0 all unhealthy, priority 1 serves.
+        let mut only_unhealthy = cla.clone();
+        for e in &mut only_unhealthy.endpoints[1].lb_endpoints {
+            e.health_status = HealthStatus::Unhealthy as i32;
+        }
+        assert_eq!(
+            addresses(&endpoints(&only_unhealthy).unwrap()),
+            [("10.0.0.9:9".to_owned(), 1)]
+        );
+        let mut zero = cla.clone();
+        zero.endpoints[1].lb_endpoints[0].load_balancing_weight = Some(UInt32Value { value: 0 });
+        assert_eq!(
+            endpoints(&zero).unwrap_err(),
+            "endpoints[1].lb_endpoints[0].load_balancing_weight: must be at least 1"
+        );
+    }
+
+    #[test]
+    fn clusters_map_discovery_type_policy_timeouts_and_limits() {
+        let c = Cluster {
+            name: "outbound|20880||demo.svc".into(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32,
+            )),
+            eds_cluster_config: Some(cluster::EdsClusterConfig {
+                service_name: "demo-eds".into(),
+                ..Default::default()
+            }),
+            lb_policy: cluster::LbPolicy::Maglev as i32,
+            connect_timeout: Some(ProtoDuration {
+                seconds: 0,
+                nanos: 250_000_000,
+            }),
+            circuit_breakers: Some(CircuitBreakers {
+                thresholds: vec![circuit_breakers::Thresholds {
+                    max_requests: Some(UInt32Value { value: 77 }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Cluster::default()
+        };
+        let converted = cluster(&c).unwrap();
+        assert_eq!(converted.endpoints, Endpoints::Eds("demo-eds".into()));
+        assert_eq!(converted.config.lb_policy, LbPolicyName::Maglev);
+        assert_eq!(
+            converted.config.connect_timeout.get(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(converted.config.max_pending_requests, 77);
+
+        let mut original_dst = c.clone();
+        original_dst.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::OriginalDst as i32,
+        ));
+        assert_eq!(
+            cluster(&original_dst).unwrap_err(),
+            "type: ORIGINAL_DST is not supported"
+        );
+        let mut provided = c.clone();
+        provided.lb_policy = cluster::LbPolicy::ClusterProvided as i32;
+        assert!(cluster(&provided).unwrap_err().contains("CLUSTER_PROVIDED"));
+    }
+
+    fn header(spec: Option<Spec>, invert: bool) -> HeaderMatcher {
+        HeaderMatcher {
+            name: "method".into(),
+            invert_match: invert,
+            header_match_specifier: spec,
+            ..HeaderMatcher::default()
+        }
+    }
+
+    fn string_match(pattern: MatchPattern, ignore_case: bool) -> Option<Spec> {
+        Some(Spec::StringMatch(StringMatcher {
+            ignore_case,
+            match_pattern: Some(pattern),
+        }))
+    }
+
+    /// (exact, prefix, suffix, regex, present, invert) of a converted matcher.
+    type Fields = (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<bool>,
+        bool,
+    );
+
+    fn fields(h: HeaderMatcher) -> Fields {
+        let m = metadata_match(&h).unwrap();
+        (m.exact, m.prefix, m.suffix, m.regex, m.present, m.invert)
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn header_matchers_become_metadata_conditions() {
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(
+            fields(header(None, false)),
+            (None, None, None, None, Some(true), false)
+        );
+        assert_eq!(
+            fields(header(Some(Spec::ExactMatch("get".into())), true)),
+            (s("get"), None, None, None, None, true)
+        );
+        assert_eq!(
+            fields(header(Some(Spec::PresentMatch(false)), false)),
+            (None, None, None, None, Some(true), true)
+        );
+        assert_eq!(
+            fields(header(
+                Some(Spec::SafeRegexMatch(RegexMatcher {
+                    regex: "get|list".into(),
+                    ..Default::default()
+                })),
+                false
+            )),
+            (None, None, None, s("^(?:get|list)$"), None, false)
+        );
+        assert_eq!(
+            fields(header(
+                string_match(MatchPattern::Prefix("li".into()), false),
+                false
+            )),
+            (None, s("li"), None, None, None, false)
+        );
+        assert_eq!(
+            fields(header(
+                string_match(MatchPattern::Exact("a.b".into()), true),
+                false
+            )),
+            (None, None, None, s("(?i)^a\\.b$"), None, false)
+        );
+        assert_eq!(
+            fields(header(
+                string_match(MatchPattern::Contains("x+".into()), false),
+                false
+            )),
+            (None, None, None, s("x\\+"), None, false)
+        );
+        let range = header(
+            Some(Spec::RangeMatch(Int64Range { start: 0, end: 1 })),
+            false,
+        );
+        assert_eq!(
+            metadata_match(&range).unwrap_err(),
+            "range_match is not supported"
+        );
+    }
+
+    #[test]
+    fn route_configs_convert_and_errors_name_the_field() {
+        let rc = aeraki::RouteConfiguration {
+            name: "r".into(),
+            routes: vec![aeraki::Route {
+                name: String::new(),
+                r#match: None,
+                route: Some(aeraki::RouteAction {
+                    cluster_specifier: Some(aeraki::ClusterSpecifier::Cluster("c".into())),
+                    hash_policy: vec!["user".into()],
+                }),
+                request_mutation: vec![aeraki::KeyValue {
+                    key: "x-route".into(),
+                    value: "xds".into(),
+                }],
+                response_mutation: Vec::new(),
+            }],
+        };
+        let converted = route_config(&rc).unwrap();
+        let route = &converted.routes[0];
+        assert_eq!(route.name, None);
+        assert_eq!(route.route.cluster.as_deref(), Some("c"));
+        assert_eq!(route.route.hash_policy, ["user"]);
+        assert_eq!(route.route.timeout.get(), DEFAULT_ROUTE_TIMEOUT);
+        assert_eq!(route.request_mutation[0].value, "xds");
+
+        let mut no_target = rc.clone();
+        no_target.routes[0].route = None;
+        assert_eq!(
+            route_config(&no_target).unwrap_err(),
+            "routes[0].route: required"
+        );
+        let mut bad_match = rc.clone();
+        bad_match.routes[0].r#match = Some(aeraki::RouteMatch {
+            metadata: vec![header(
+                Some(Spec::RangeMatch(Int64Range { start: 0, end: 1 })),
+                false,
+            )],
+        });
+        assert_eq!(
+            route_config(&bad_match).unwrap_err(),
+            "routes[0].match.metadata[0].range_match is not supported"
+        );
+    }
+}

@@ -429,3 +429,134 @@ fn decode<M: Message + Default>(
     }
     M::decode(&*any.value).map_err(|e| format!("cannot decode {}: {e}", kind.type_url()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::cluster;
+    use envoy_types::pb::google::protobuf::Any;
+
+    fn cds(version: &str, nonce: &str, eds_clusters: &[&str]) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: version.into(),
+            nonce: nonce.into(),
+            type_url: ResourceType::Cluster.type_url().into(),
+            resources: eds_clusters
+                .iter()
+                .map(|name| Any {
+                    type_url: ResourceType::Cluster.type_url().into(),
+                    value: Cluster {
+                        name: (*name).into(),
+                        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                            cluster::DiscoveryType::Eds as i32,
+                        )),
+                        ..Cluster::default()
+                    }
+                    .encode_to_vec(),
+                })
+                .collect(),
+            ..DiscoveryResponse::default()
+        }
+    }
+
+    /// `Type version nonce [names]`, plus ` NACK` with an error_detail.
+    fn summary(r: &DiscoveryRequest) -> String {
+        format!(
+            "{} {:?} {:?} {:?}{}",
+            r.type_url.rsplit('.').next().unwrap_or_default(),
+            r.version_info,
+            r.response_nonce,
+            r.resource_names,
+            if r.error_detail.is_some() {
+                " NACK"
+            } else {
+                ""
+            }
+        )
+    }
+
+    fn summaries(requests: Vec<DiscoveryRequest>) -> Vec<String> {
+        requests.iter().map(summary).collect()
+    }
+
+    #[test]
+    fn eds_follows_the_accepted_clusters_and_is_never_an_accidental_wildcard() {
+        let mut state = AdsState::new("n", "c");
+        let first = summaries(state.start_stream(&[]));
+        assert_eq!(
+            first,
+            [r#"Cluster "" "" []"#],
+            "no empty EDS or route request"
+        );
+
+        let pending = state.prepare(&cds("1", "a", &["x", "y"])).unwrap().unwrap();
+        let out = summaries(state.accept(pending));
+        assert_eq!(
+            out,
+            [
+                r#"Cluster "1" "a" []"#,
+                r#"ClusterLoadAssignment "" "" ["x", "y"]"#,
+            ]
+        );
+        // All EDS clusters removed: an explicit empty subscription is sent.
+        let pending = state.prepare(&cds("2", "b", &[])).unwrap().unwrap();
+        let out = summaries(state.accept(pending));
+        assert_eq!(
+            out,
+            [r#"Cluster "2" "b" []"#, r#"ClusterLoadAssignment "" "" []"#,]
+        );
+    }
+
+    #[test]
+    fn a_rejected_update_keeps_the_previous_version_and_resources() {
+        let mut state = AdsState::new("n", "c");
+        state.start_stream(&["r".to_owned()]);
+        let pending = state.prepare(&cds("1", "a", &["x"])).unwrap().unwrap();
+        state.accept(pending);
+        let pending = state.prepare(&cds("2", "b", &["x", "z"])).unwrap().unwrap();
+        assert_eq!(state.resources(Some(&pending)).clusters.len(), 2);
+        let nack = state.reject(pending, "no");
+        assert_eq!(
+            summary(&nack),
+            r#"Cluster "1" "b" [] NACK"#,
+            "NACK: old version, new nonce"
+        );
+        assert_eq!(nack.error_detail.unwrap().message, "no");
+        assert_eq!(state.version(ResourceType::Cluster), "1");
+        let kept = state.resources(None);
+        assert_eq!(kept.clusters.len(), 1);
+        assert_eq!(kept.clusters[0].version, "1");
+        // A reconnect asks again with the accepted versions and no nonce.
+        let again = summaries(state.start_stream(&["r".to_owned()]));
+        assert_eq!(
+            again,
+            [
+                r#"Cluster "1" "" []"#,
+                r#"ClusterLoadAssignment "" "" ["x"]"#,
+                r#"RouteConfiguration "" "" ["r"]"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_names_and_foreign_types_are_refused() {
+        let mut state = AdsState::new("n", "c");
+        state.start_stream(&[]);
+        let refused = state.prepare(&cds("1", "a", &["x", "x"])).unwrap_err();
+        assert_eq!(refused.reason, "cluster \"x\" is listed twice");
+        let mut foreign = cds("1", "b", &["x"]);
+        foreign.resources[0].type_url = ResourceType::Route.type_url().into();
+        let refused = state.prepare(&foreign).unwrap_err();
+        assert!(
+            refused.reason.contains("RouteConfiguration"),
+            "{}",
+            refused.reason
+        );
+        assert_eq!(refused.nonce, "b");
+        let unknown = DiscoveryResponse {
+            type_url: "type.googleapis.com/envoy.config.listener.v3.Listener".into(),
+            ..DiscoveryResponse::default()
+        };
+        assert!(state.prepare(&unknown).unwrap().is_none());
+    }
+}
