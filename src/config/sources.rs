@@ -102,37 +102,24 @@ pub fn merge(base: &Config, base_source: &str, dynamic: &DynamicResources) -> Me
             .clusters
             .insert(c.name.clone(), Origin::of(base_source));
     }
-    let dynamic_origin = |version: &str| Origin {
-        source: XDS_SOURCE.to_owned(),
-        version: Some(version.to_owned()),
-        pending: false,
-    };
-    for rc in &dynamic.route_configs {
-        if provenance.route_configs.contains_key(&rc.resource.name) {
-            shadowed.push(format!(
-                "route config {:?} from xds is ignored: the {base_source} config defines it",
-                rc.resource.name
-            ));
-            continue;
-        }
-        provenance
-            .route_configs
-            .insert(rc.resource.name.clone(), dynamic_origin(&rc.version));
-        config.route_configs.push(rc.resource.clone());
-    }
-    for c in &dynamic.clusters {
-        if provenance.clusters.contains_key(&c.resource.name) {
-            shadowed.push(format!(
-                "cluster {:?} from xds is ignored: the {base_source} config defines it",
-                c.resource.name
-            ));
-            continue;
-        }
-        provenance
-            .clusters
-            .insert(c.resource.name.clone(), dynamic_origin(&c.version));
-        config.clusters.push(c.resource.clone());
-    }
+    add_dynamic(
+        &dynamic.route_configs,
+        |rc| &rc.name,
+        "route config",
+        base_source,
+        &mut provenance.route_configs,
+        &mut config.route_configs,
+        &mut shadowed,
+    );
+    add_dynamic(
+        &dynamic.clusters,
+        |c| &c.name,
+        "cluster",
+        base_source,
+        &mut provenance.clusters,
+        &mut config.clusters,
+        &mut shadowed,
+    );
     let dynamic_routes: HashSet<&str> = dynamic
         .route_configs
         .iter()
@@ -178,6 +165,37 @@ pub fn merge(base: &Config, base_source: &str, dynamic: &DynamicResources) -> Me
         config,
         provenance,
         shadowed,
+    }
+}
+
+/// Appends the dynamic resources whose names `origins` does not know yet to `into`,
+/// recording their origin; reports the others in `shadowed`.
+fn add_dynamic<T: Clone>(
+    resources: &[Versioned<T>],
+    name: impl Fn(&T) -> &String,
+    what: &str,
+    base_source: &str,
+    origins: &mut BTreeMap<String, Origin>,
+    into: &mut Vec<T>,
+    shadowed: &mut Vec<String>,
+) {
+    for r in resources {
+        let name = name(&r.resource);
+        if origins.contains_key(name) {
+            shadowed.push(format!(
+                "{what} {name:?} from xds is ignored: the {base_source} config defines it"
+            ));
+            continue;
+        }
+        origins.insert(
+            name.clone(),
+            Origin {
+                source: XDS_SOURCE.to_owned(),
+                version: Some(r.version.clone()),
+                pending: false,
+            },
+        );
+        into.push(r.resource.clone());
     }
 }
 

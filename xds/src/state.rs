@@ -250,81 +250,45 @@ impl AdsState {
             reason,
         };
         let version = response.version_info.clone();
-        let mut seen = HashSet::new();
+        // CDS is a wildcard subscription; EDS and route responses may carry names the
+        // client did not ask for (a subscription change in flight): those are skipped.
+        let wanted: Option<HashSet<&String>> = (kind != ResourceType::Cluster)
+            .then(|| self.types[kind.index()].names.iter().collect());
+        let keep = |name: &String| wanted.as_ref().is_none_or(|w| w.contains(name));
         let change = match kind {
-            ResourceType::Cluster => {
-                let mut clusters = BTreeMap::new();
-                for any in &response.resources {
-                    let c: Cluster = decode(kind, any).map_err(refuse)?;
-                    let converted = convert::cluster(&c)
-                        .map_err(|e| refuse(format!("cluster {:?}: {e}", c.name)))?;
-                    if !seen.insert(c.name.clone()) {
-                        return Err(refuse(format!("cluster {:?} is listed twice", c.name)));
-                    }
-                    clusters.insert(
-                        c.name.clone(),
-                        Versioned {
-                            resource: converted,
-                            version: version.clone(),
-                        },
-                    );
-                }
-                Change::Clusters(clusters)
-            }
-            ResourceType::Endpoint => {
-                let wanted: HashSet<&String> = self.types[kind.index()].names.iter().collect();
-                let mut assignments = BTreeMap::new();
-                for any in &response.resources {
-                    let cla: ClusterLoadAssignment = decode(kind, any).map_err(refuse)?;
-                    let endpoints = convert::endpoints(&cla).map_err(|e| {
-                        refuse(format!(
-                            "cluster load assignment {:?}: {e}",
-                            cla.cluster_name
-                        ))
-                    })?;
-                    if !seen.insert(cla.cluster_name.clone()) {
-                        return Err(refuse(format!(
-                            "cluster load assignment {:?} is listed twice",
-                            cla.cluster_name
-                        )));
-                    }
-                    if wanted.contains(&cla.cluster_name) {
-                        assignments.insert(
-                            cla.cluster_name.clone(),
-                            Versioned {
-                                resource: endpoints,
-                                version: version.clone(),
-                            },
-                        );
-                    }
-                }
-                Change::Endpoints(assignments)
-            }
-            ResourceType::Route => {
-                let wanted: HashSet<&String> = self.types[kind.index()].names.iter().collect();
-                let mut routes = BTreeMap::new();
-                for any in &response.resources {
-                    let rc: aeraki::RouteConfiguration = decode(kind, any).map_err(refuse)?;
-                    let converted = convert::route_config(&rc)
-                        .map_err(|e| refuse(format!("route config {:?}: {e}", rc.name)))?;
-                    if !seen.insert(rc.name.clone()) {
-                        return Err(refuse(format!(
-                            "route config {:?} is listed twice",
-                            rc.name
-                        )));
-                    }
-                    if wanted.contains(&rc.name) {
-                        routes.insert(
-                            rc.name.clone(),
-                            Versioned {
-                                resource: converted,
-                                version: version.clone(),
-                            },
-                        );
-                    }
-                }
-                Change::Routes(routes)
-            }
+            ResourceType::Cluster => Change::Clusters(
+                decode_all(
+                    kind,
+                    response,
+                    "cluster",
+                    |c: &Cluster| &c.name,
+                    convert::cluster,
+                    keep,
+                )
+                .map_err(refuse)?,
+            ),
+            ResourceType::Endpoint => Change::Endpoints(
+                decode_all(
+                    kind,
+                    response,
+                    "cluster load assignment",
+                    |c: &ClusterLoadAssignment| &c.cluster_name,
+                    convert::endpoints,
+                    keep,
+                )
+                .map_err(refuse)?,
+            ),
+            ResourceType::Route => Change::Routes(
+                decode_all(
+                    kind,
+                    response,
+                    "route config",
+                    |r: &aeraki::RouteConfiguration| &r.name,
+                    convert::route_config,
+                    keep,
+                )
+                .map_err(refuse)?,
+            ),
         };
         Ok(Some(Pending {
             kind,
@@ -414,6 +378,38 @@ fn sorted(names: &[String]) -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// Decodes and converts every resource of `response`, refusing a name listed twice,
+/// and keeps those whose name `keep` accepts, each with the response's version.
+fn decode_all<M: Message + Default, T>(
+    kind: ResourceType,
+    response: &DiscoveryResponse,
+    what: &str,
+    name: impl Fn(&M) -> &String,
+    convert: impl Fn(&M) -> Result<T, String>,
+    keep: impl Fn(&String) -> bool,
+) -> Result<BTreeMap<String, Versioned<T>>, String> {
+    let mut seen = HashSet::new();
+    let mut out = BTreeMap::new();
+    for any in &response.resources {
+        let message: M = decode(kind, any)?;
+        let name = name(&message);
+        let resource = convert(&message).map_err(|e| format!("{what} {name:?}: {e}"))?;
+        if !seen.insert(name.clone()) {
+            return Err(format!("{what} {name:?} is listed twice"));
+        }
+        if keep(name) {
+            out.insert(
+                name.clone(),
+                Versioned {
+                    resource,
+                    version: response.version_info.clone(),
+                },
+            );
+        }
+    }
+    Ok(out)
 }
 
 fn decode<M: Message + Default>(
