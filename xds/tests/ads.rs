@@ -74,20 +74,14 @@ async fn serve_v1(s: &mut Setup, v1: &Backend, v2: &Backend) {
         vec![assignment("v1", &[v1.addr]), assignment("v2", &[v2.addr])],
     );
     let ack = s.stream.request_of(Endpoint).await;
-    assert_eq!(
-        (ack.version_info.as_str(), ack.response_nonce.as_str()),
-        ("e1", nonce.as_str())
-    );
+    assert_answer(&ack, "e1", &nonce);
     let nonce = s.stream.respond(
         Route,
         "r1",
         vec![route_config("kv-routes", &[("v1", 100), ("v2", 0)])],
     );
     let ack = s.stream.request_of(Route).await;
-    assert_eq!(
-        (ack.version_info.as_str(), ack.response_nonce.as_str()),
-        ("r1", nonce.as_str())
-    );
+    assert_answer(&ack, "r1", &nonce);
     assert!(ack.error_detail.is_none());
 }
 
@@ -150,10 +144,7 @@ async fn an_invalid_update_is_nacked_with_its_reason_and_the_previous_version_ke
     let bad = assignment("v1", &["127.0.0.1:0".parse().unwrap()]);
     let nonce = s.stream.respond(Endpoint, "e2", vec![bad]);
     let nack = s.stream.request_of(Endpoint).await;
-    assert_eq!(
-        (nack.version_info.as_str(), nack.response_nonce.as_str()),
-        ("e1", nonce.as_str())
-    );
+    assert_answer(&nack, "e1", &nonce);
     let detail = nack.error_detail.unwrap().message;
     assert!(detail.contains("port_value"), "{detail}");
 
@@ -162,10 +153,7 @@ async fn an_invalid_update_is_nacked_with_its_reason_and_the_previous_version_ke
         .stream
         .respond(Cluster, "c2", vec![assignment("v1", &[v1.addr])]);
     let nack = s.stream.request_of(Cluster).await;
-    assert_eq!(
-        (nack.version_info.as_str(), nack.response_nonce.as_str()),
-        ("c1", nonce.as_str())
-    );
+    assert_answer(&nack, "c1", &nonce);
     assert!(nack
         .error_detail
         .unwrap()
@@ -193,10 +181,7 @@ async fn an_invalid_update_is_nacked_with_its_reason_and_the_previous_version_ke
         vec![route_config("kv-routes", &[("v1", 0), ("v2", 1)])],
     );
     let ack = s.stream.request_of(Route).await;
-    assert_eq!(
-        (ack.version_info.as_str(), ack.response_nonce.as_str()),
-        ("r3", nonce.as_str())
-    );
+    assert_answer(&ack, "r3", &nonce);
     assert!(ack.error_detail.is_none());
     assert_eq!(kv.call("canary").await.unwrap(), (OK, "v2".to_owned()));
     s.client.shutdown().await;
@@ -257,10 +242,7 @@ async fn routes_arriving_before_their_clusters_are_served_once_the_clusters_arri
         .stream
         .respond(Route, "r1", vec![route_config("kv-routes", &[("v1", 1)])]);
     let ack = s.stream.request_of(Route).await;
-    assert_eq!(
-        (ack.version_info.as_str(), ack.response_nonce.as_str()),
-        ("r1", nonce.as_str())
-    );
+    assert_answer(&ack, "r1", &nonce);
     assert!(ack.error_detail.is_none(), "{ack:?}");
     assert!(s.proxy.handle().provenance().clusters["v1"].pending);
     let (status, _) = kv.call("canary").await.unwrap();
@@ -334,10 +316,7 @@ async fn a_lost_stream_keeps_the_config_and_reconnects_with_the_accepted_version
     // A new update on the new stream is applied.
     let nonce = stream.respond(Route, "r2", vec![route_config("kv-routes", &[("v2", 1)])]);
     let ack = stream.request_of(Route).await;
-    assert_eq!(
-        (ack.version_info.as_str(), ack.response_nonce.as_str()),
-        ("r2", nonce.as_str())
-    );
+    assert_answer(&ack, "r2", &nonce);
     assert_eq!(
         eventually(&mut kv, "canary", |r| r.1 == "v2").await,
         (OK, "v2".to_owned())
@@ -412,10 +391,7 @@ async fn consecutive_updates_are_each_acked_in_order_under_load() {
             .respond(Route, &version, vec![route_config("kv-routes", &split)]);
         let ack = s.stream.request_of(Route).await;
         latencies.push(started.elapsed());
-        assert_eq!(
-            (ack.version_info.as_str(), ack.response_nonce.as_str()),
-            (version.as_str(), nonce.as_str())
-        );
+        assert_answer(&ack, version.as_str(), &nonce);
         assert!(ack.error_detail.is_none());
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -411,6 +411,16 @@ impl Drop for AdsServer {
     }
 }
 
+/// Asserts that `r` answers the response with `nonce` and carries `version` (the new
+/// one for an ACK, the previous one for a NACK).
+pub fn assert_answer(r: &DiscoveryRequest, version: &str, nonce: &str) {
+    assert_eq!(
+        (r.version_info.as_str(), r.response_nonce.as_str()),
+        (version, nonce),
+        "{r:?}"
+    );
+}
+
 /// Calls `service` until `want` holds for a reply, for up to 5 s.
 pub async fn eventually(
     client: &mut KvClient,
