@@ -44,11 +44,19 @@ pub struct ConvertedCluster {
     pub endpoints: Endpoints,
 }
 
+/// The longest duration taken from a control plane (one day); longer ones are refused
+/// so that no timer arithmetic on them can overflow.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
 fn duration(d: &ProtoDuration, field: &str) -> Result<Duration, String> {
     if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
         return Err(format!("{field}: negative or malformed duration"));
     }
-    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+    let value = Duration::new(d.seconds as u64, d.nanos as u32);
+    if value > MAX_DURATION {
+        return Err(format!("{field}: longer than one day"));
+    }
+    Ok(value)
 }
 
 /// Converts a CDS cluster. Honoured: name, discovery type (EDS, STATIC, STRICT_DNS,
@@ -495,6 +503,15 @@ mod tests {
         assert_eq!(
             cluster(&original_dst).unwrap_err(),
             "type: ORIGINAL_DST is not supported"
+        );
+        let mut forever = c.clone();
+        forever.connect_timeout = Some(ProtoDuration {
+            seconds: i64::MAX,
+            nanos: 0,
+        });
+        assert_eq!(
+            cluster(&forever).unwrap_err(),
+            "connect_timeout: longer than one day"
         );
         let mut provided = c.clone();
         provided.lb_policy = cluster::LbPolicy::ClusterProvided as i32;
