@@ -18,13 +18,15 @@ Driven over stdin/stdout with one JSON object per line.
     {"event": "listening", "port": N}
     {"event": "request", "type": URL, "version": V, "nonce": N, "names": [...], "error": MSG|null}
     {"event": "sent", "type": URL, "version": V, "nonce": N}
-Usage: ads_server.py [PORT]   (0 or absent: any free port)
+Usage: ads_server.py [PORT]   (0 or absent: any free port). The server starts listening
+after the first command, which sets the state it serves from the start.
 """
 
 import asyncio
 import itertools
 import json
 import sys
+import time
 
 import betterproto2
 from grpclib.server import Server
@@ -75,6 +77,7 @@ class MetaRouteConfiguration(betterproto2.Message):
 
 
 def emit(**event):
+    event["t"] = round(time.monotonic(), 4)
     sys.stdout.write(json.dumps(event) + "\n")
     sys.stdout.flush()
 
@@ -219,27 +222,40 @@ async def push(types):
             await queue.put(type_url)
 
 
+async def read_command():
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    return json.loads(line) if line else None
+
+
 async def control():
-    loop = asyncio.get_running_loop()
     while True:
-        line = await loop.run_in_executor(None, sys.stdin.readline)
-        if not line:
+        command = await read_command()
+        if command is None:
             return
-        command = json.loads(line)
-        STATE.version = command["version"]
-        if command["cmd"] == "set":
-            STATE.clusters = command["clusters"]
-            STATE.endpoints = command["endpoints"]
-            STATE.routes = command["routes"]
-            STATE.bad_routes = False
-            await push([CLUSTER, ENDPOINT, ROUTE])
-        elif command["cmd"] == "bad_route":
-            STATE.bad_routes = True
-            await push([ROUTE])
+        await apply(command)
+
+
+async def apply(command):
+    STATE.version = command["version"]
+    if command["cmd"] == "set":
+        STATE.clusters = command["clusters"]
+        STATE.endpoints = command["endpoints"]
+        STATE.routes = command["routes"]
+        STATE.bad_routes = False
+        await push([CLUSTER, ENDPOINT, ROUTE])
+    elif command["cmd"] == "bad_route":
+        STATE.bad_routes = True
+        await push([ROUTE])
 
 
 async def main():
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    # The first command is the state to serve from the start, as a control plane that
+    # restarts serves what its sources say rather than nothing.
+    first = await read_command()
+    if first is None:
+        return
+    await apply(first)
     server = Server([Ads()])
     await server.start("127.0.0.1", port)
     bound = server._server.sockets[0].getsockname()[1]

@@ -37,7 +37,9 @@ struct ControlPlane {
 }
 
 impl ControlPlane {
-    async fn start(port: u16) -> ControlPlane {
+    /// Starts the server on `port` (0: any) serving `state` (a `set` command) from the
+    /// start.
+    async fn start(port: u16, state: Value) -> ControlPlane {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let python = root.join("../.interop/xds/venv/bin/python");
         assert!(
@@ -62,6 +64,7 @@ impl ControlPlane {
             log: Vec::new(),
             port: 0,
         };
+        cp.command(state).await;
         let first = cp.event(Duration::from_secs(20)).await;
         assert_eq!(first["event"], "listening", "{first}");
         cp.port = first["port"].as_u64().unwrap() as u16;
@@ -83,29 +86,29 @@ impl ControlPlane {
         self.stdin.flush().await.unwrap();
     }
 
-    /// Waits for the proxy's answer to `type_url` at `version`: Ok for an ACK, Err with
-    /// the reason for a NACK. Events of other types read meanwhile are kept for later.
-    async fn answer(&mut self, type_url: &str, version: &str) -> Result<(), String> {
+    /// Waits for the proxy's answer to `type_url` at `version`: Ok with the time from the
+    /// response sent to the ACK received (on the server's clock) for an ACK, Err with the
+    /// reason for a NACK. Events of other types read meanwhile are kept for later.
+    async fn answer(&mut self, type_url: &str, version: &str) -> Result<Duration, String> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let sent: Vec<&str> = self
+            let sent: Vec<&Value> = self
                 .log
                 .iter()
                 .filter(|e| {
                     e["event"] == "sent" && e["type"] == type_url && e["version"] == version
                 })
-                .filter_map(|e| e["nonce"].as_str())
                 .collect();
-            let reply = self.log.iter().find(|e| {
-                e["event"] == "request"
-                    && e["type"] == type_url
-                    && sent.contains(&e["nonce"].as_str().unwrap_or_default())
+            let reply = self.log.iter().find_map(|e| {
+                let answered = sent.iter().find(|s| s["nonce"] == e["nonce"])?;
+                (e["event"] == "request" && e["type"] == type_url).then_some((e, *answered))
             });
-            if let Some(e) = reply {
+            if let Some((e, answered)) = reply {
                 return match e["error"].as_str() {
                     None => {
                         assert_eq!(e["version"], version, "an ACK carries the new version");
-                        Ok(())
+                        let seconds = e["t"].as_f64().unwrap() - answered["t"].as_f64().unwrap();
+                        Ok(Duration::from_secs_f64(seconds.max(0.0)))
                     }
                     Some(reason) => Err(reason.to_owned()),
                 };
@@ -212,15 +215,8 @@ async fn an_independent_control_plane_drives_the_proxy_under_load() {
         backend("b1").await,
     );
     let addr = |b: &Backend| b.addr.to_string();
-    let mut cp = ControlPlane::start(0).await;
-    let proxy = proxy(&proxy_yaml(
-        format!("127.0.0.1:{}", cp.port).parse().unwrap(),
-    ))
-    .await;
-    let handle = proxy.handle();
-    let client = metaproxy_xds::spawn_if_configured(&handle).unwrap();
-    let listener = proxy.local_addr("kv-in").unwrap();
-    let mut latencies: Vec<(String, Duration)> = Vec::new();
+    // (step, command written -> ACK read, response sent -> ACK received)
+    let mut latencies: Vec<(&str, Duration, Duration)> = Vec::new();
 
     // Version 1: cluster v1 = [a1], v2 = [b1], canary 90/10.
     let state = |version: &str, v1: Vec<String>, split: (u32, u32)| {
@@ -228,7 +224,14 @@ async fn an_independent_control_plane_drives_the_proxy_under_load() {
                "endpoints": {"v1": v1, "v2": [addr(&b1)]},
                "routes": {"kv-routes": [["v1", split.0], ["v2", split.1]]}})
     };
-    cp.command(state("1", vec![addr(&a1)], (90, 10))).await;
+    let mut cp = ControlPlane::start(0, state("1", vec![addr(&a1)], (90, 10))).await;
+    let proxy = proxy(&proxy_yaml(
+        format!("127.0.0.1:{}", cp.port).parse().unwrap(),
+    ))
+    .await;
+    let handle = proxy.handle();
+    let client = metaproxy_xds::spawn_if_configured(&handle).unwrap();
+    let listener = proxy.local_addr("kv-in").unwrap();
     for url in [CLUSTER_URL, ENDPOINT_URL, ROUTE_URL] {
         cp.answer(url, "1").await.unwrap();
     }
@@ -243,15 +246,15 @@ async fn an_independent_control_plane_drives_the_proxy_under_load() {
     let t = Instant::now();
     cp.command(state("2", vec![addr(&a1), addr(&a2), addr(&a3)], (90, 10)))
         .await;
-    cp.answer(ENDPOINT_URL, "2").await.unwrap();
-    latencies.push(("endpoints added (ACK)".into(), t.elapsed()));
+    let applied = cp.answer(ENDPOINT_URL, "2").await.unwrap();
+    latencies.push(("two endpoints added", t.elapsed(), applied));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(a2.hits() > 0 && a3.hits() > 0, "new endpoints take traffic");
     let t = Instant::now();
     cp.command(state("3", vec![addr(&a2), addr(&a3)], (90, 10)))
         .await;
-    cp.answer(ENDPOINT_URL, "3").await.unwrap();
-    latencies.push(("endpoint removed (ACK)".into(), t.elapsed()));
+    let applied = cp.answer(ENDPOINT_URL, "3").await.unwrap();
+    latencies.push(("one endpoint removed", t.elapsed(), applied));
     tokio::time::sleep(Duration::from_millis(100)).await;
     let a1_after_removal = a1.hits();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -273,8 +276,8 @@ async fn an_independent_control_plane_drives_the_proxy_under_load() {
     let t = Instant::now();
     cp.command(state("4", vec![addr(&a2), addr(&a3)], (10, 90)))
         .await;
-    cp.answer(ROUTE_URL, "4").await.unwrap();
-    latencies.push(("canary 90/10 -> 10/90 (ACK)".into(), t.elapsed()));
+    let applied = cp.answer(ROUTE_URL, "4").await.unwrap();
+    latencies.push(("canary 90/10 -> 10/90", t.elapsed(), applied));
     load.take();
     tokio::time::sleep(Duration::from_millis(800)).await;
     let after = load.take();
@@ -304,15 +307,25 @@ async fn an_independent_control_plane_drives_the_proxy_under_load() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     let while_down = load.take();
     assert!(while_down.by_backend.values().sum::<u64>() > 0);
-    let mut cp = ControlPlane::start(port).await;
+    // It comes back serving what it served before it died (as a control plane that
+    // rebuilds its state from its sources does).
+    let mut cp = ControlPlane::start(port, state("4", vec![addr(&a2), addr(&a3)], (10, 90))).await;
+    let t = Instant::now();
+    let reconnect = cp.event(Duration::from_secs(5)).await;
+    assert_eq!(reconnect["event"], "request", "{reconnect}");
+    assert_eq!(
+        reconnect["nonce"], "",
+        "a new stream starts without a nonce"
+    );
+    println!(
+        "xds interop: control plane back -> first request of the new stream: {:.1} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
     let t = Instant::now();
     cp.command(state("6", vec![addr(&a2), addr(&a3)], (50, 50)))
         .await;
-    cp.answer(ROUTE_URL, "6").await.unwrap();
-    latencies.push((
-        "after restart, new route (ACK, includes reconnect)".into(),
-        t.elapsed(),
-    ));
+    let applied = cp.answer(ROUTE_URL, "6").await.unwrap();
+    latencies.push(("after restart, canary -> 50/50", t.elapsed(), applied));
     load.take();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after_restart = load.take();
@@ -321,8 +334,12 @@ async fn an_independent_control_plane_drives_the_proxy_under_load() {
 
     let (sent, failed) = load.stop().await;
     println!("xds interop: {sent} requests over 4 connections, {failed} failed");
-    for (what, d) in &latencies {
-        println!("xds interop: {what}: {:.1} ms", d.as_secs_f64() * 1000.0);
+    for (what, command_to_ack, sent_to_ack) in &latencies {
+        println!(
+            "xds interop: {what}: command -> ACK {:.1} ms, response sent -> ACK {:.1} ms",
+            command_to_ack.as_secs_f64() * 1000.0,
+            sent_to_ack.as_secs_f64() * 1000.0
+        );
     }
     println!(
         "xds interop: whole scenario {:.1} s",
