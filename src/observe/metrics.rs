@@ -365,7 +365,7 @@ fn escape_label_value(out: &mut String, value: &str) {
 }
 
 /// The metric names of docs/METRICS.md, without the `metaproxy_` prefix, in rendering order.
-pub const METRIC_NAMES: [&str; 12] = [
+pub const METRIC_NAMES: [&str; 13] = [
     "downstream_connections_total",
     "downstream_connections_active",
     "requests_total",
@@ -377,6 +377,7 @@ pub const METRIC_NAMES: [&str; 12] = [
     "decode_errors_total",
     "outlier_ejections_total",
     "config_reloads_total",
+    "hot_restart_epoch",
     "xds_updates_total",
 ];
 
@@ -394,9 +395,11 @@ pub struct Metrics {
     decode_errors_total: Family,
     outlier_ejections_total: Family,
     config_reloads_total: Family,
+    hot_restart_epoch_family: Family,
     xds_updates_total: Family,
     reload_ok: Counter,
     reload_error: Counter,
+    hot_restart_epoch: Gauge,
 }
 
 /// Per-listener handles, looked up once per listener (or per accepted connection).
@@ -483,6 +486,13 @@ impl Metrics {
         );
         let reload_ok = config_reloads_total.counter(&["ok"]);
         let reload_error = config_reloads_total.counter(&["error"]);
+        let hot_restart_epoch_family = Family::new(
+            "metaproxy_hot_restart_epoch",
+            "Hot restarts behind this process: 0 for a fresh start, +1 per takeover.",
+            Kind::Gauge,
+            &[],
+        );
+        let hot_restart_epoch = hot_restart_epoch_family.gauge(&[]);
         Arc::new(Metrics {
             downstream_connections_total: Family::new(
                 "metaproxy_downstream_connections_total",
@@ -545,6 +555,7 @@ impl Metrics {
                 &["cluster"],
             ),
             config_reloads_total,
+            hot_restart_epoch_family,
             xds_updates_total: Family::new(
                 "metaproxy_xds_updates_total",
                 "xDS updates by resource type (cluster, endpoint, route) and result (ack, nack).",
@@ -553,10 +564,11 @@ impl Metrics {
             ),
             reload_ok,
             reload_error,
+            hot_restart_epoch,
         })
     }
 
-    fn families(&self) -> [&Family; 12] {
+    fn families(&self) -> [&Family; 13] {
         [
             &self.downstream_connections_total,
             &self.downstream_connections_active,
@@ -569,6 +581,7 @@ impl Metrics {
             &self.decode_errors_total,
             &self.outlier_ejections_total,
             &self.config_reloads_total,
+            &self.hot_restart_epoch_family,
             &self.xds_updates_total,
         ]
     }
@@ -622,6 +635,12 @@ impl Metrics {
         } else {
             self.reload_error.inc();
         }
+    }
+
+    /// Sets `hot_restart_epoch` (0 for a fresh start, +1 per takeover).
+    pub fn set_hot_restart_epoch(&self, epoch: u64) {
+        self.hot_restart_epoch
+            .set(i64::try_from(epoch).unwrap_or(i64::MAX));
     }
 
     /// Counts an xDS update of resource type `type_label` by result
@@ -952,8 +971,9 @@ mod tests {
     }
 
     #[test]
-    fn empty_registry_lists_every_family_and_both_reload_results() {
-        let text = Metrics::new().render();
+    fn empty_registry_lists_every_family_both_reload_results_and_the_epoch() {
+        let m = Metrics::new();
+        let text = m.render();
         let scrape = parse(&text);
         assert_eq!(scrape.docs.len(), METRIC_NAMES.len());
         let reloads: Vec<_> = scrape
@@ -962,7 +982,10 @@ mod tests {
             .filter(|s| s.metric == "metaproxy_config_reloads_total")
             .collect();
         assert_eq!(reloads.len(), 2);
-        assert_eq!(scrape.samples.len(), 2, "{text}");
+        assert!(text.contains("\nmetaproxy_hot_restart_epoch 0\n"), "{text}");
+        assert_eq!(scrape.samples.len(), 3, "{text}");
+        m.set_hot_restart_epoch(3);
+        assert!(m.render().contains("\nmetaproxy_hot_restart_epoch 3\n"));
     }
 
     #[test]
