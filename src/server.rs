@@ -111,11 +111,14 @@ impl Shared {
     async fn swap(&self, change: Change) -> Result<ReloadOutcome, Vec<Problem>> {
         let _guard = self.reload_lock.lock().await;
         let is_reload = matches!(change, Change::Base(_));
-        let (base, dynamic) = {
+        let (base, dynamic, xds_changed) = {
             let layers = self.layers.lock().unwrap_or_else(|e| e.into_inner());
             match change {
-                Change::Base(base) => (*base, layers.dynamic.clone()),
-                Change::Dynamic(dynamic) => (layers.base.clone(), dynamic),
+                Change::Base(base) => {
+                    let xds_changed = base.xds != layers.base.xds;
+                    (*base, layers.dynamic.clone(), xds_changed)
+                }
+                Change::Dynamic(dynamic) => (layers.base.clone(), dynamic, false),
             }
         };
         let merged = config::merge(&base, self.base_source, &dynamic);
@@ -135,6 +138,12 @@ impl Shared {
             message,
         }));
         let mut restart_required = Vec::new();
+        if xds_changed {
+            restart_required.push(
+                "the xds section changed; the control plane client keeps its settings until restart"
+                    .to_owned(),
+            );
+        }
         {
             let bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
             let old = self.snapshot.load();

@@ -408,3 +408,29 @@ async fn consecutive_updates_are_each_acked_in_order_under_load() {
     );
     s.client.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reload_of_the_base_config_keeps_the_xds_resources() {
+    let mut s = setup().await;
+    let (v1, v2) = (backend("v1").await, backend("v2").await);
+    serve_v1(&mut s, &v1, &v2).await;
+    let handle = s.proxy.handle();
+    let mut kv = KvClient::connect(s.proxy.local_addr("kv-in").unwrap()).await;
+    // A new base: one more file route config, and different xds settings.
+    let yaml = proxy_yaml(s.ads.addr).replace("backoff_max: 200ms", "backoff_max: 300ms")
+        + "route_configs:\n  - {name: unused, routes: []}\n";
+    let base = metaproxy::config::parse(&yaml, "reload.yaml".as_ref()).unwrap();
+    let outcome = handle.apply(base).await.unwrap();
+    assert!(
+        outcome
+            .restart_required
+            .iter()
+            .any(|r| r.contains("xds section changed")),
+        "{outcome:?}"
+    );
+    assert_eq!(kv.call("canary").await.unwrap(), (OK, "v1".to_owned()));
+    let p = handle.provenance();
+    assert_eq!(p.route_configs["unused"].source, "static");
+    assert_eq!(p.route_configs["kv-routes"].version.as_deref(), Some("r1"));
+    s.client.shutdown().await;
+}
