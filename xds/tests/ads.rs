@@ -434,3 +434,29 @@ async fn a_reload_of_the_base_config_keeps_the_xds_resources() {
     assert_eq!(p.route_configs["kv-routes"].version.as_deref(), Some("r1"));
     s.client.shutdown().await;
 }
+
+#[tokio::test]
+async fn responses_sent_back_to_back_are_answered_in_order_each_with_its_own_nonce() {
+    let mut s = setup().await;
+    let (v1, v2) = (backend("v1").await, backend("v2").await);
+    serve_v1(&mut s, &v1, &v2).await;
+    let bad = route_config("kv-routes", &[("v1", 0), ("v2", 0)]);
+    let n2 = s
+        .stream
+        .respond(Route, "r2", vec![route_config("kv-routes", &[("v2", 1)])]);
+    let n3 = s.stream.respond(Route, "r3", vec![bad]);
+    let n4 = s
+        .stream
+        .respond(Route, "r4", vec![route_config("kv-routes", &[("v1", 1)])]);
+    let ack2 = s.stream.request_of(Route).await;
+    assert_answer(&ack2, "r2", &n2);
+    let nack3 = s.stream.request_of(Route).await;
+    assert_answer(&nack3, "r2", &n3);
+    assert!(nack3.error_detail.is_some());
+    let ack4 = s.stream.request_of(Route).await;
+    assert_answer(&ack4, "r4", &n4);
+    assert!(ack4.error_detail.is_none());
+    let mut kv = KvClient::connect(s.proxy.local_addr("kv-in").unwrap()).await;
+    assert_eq!(kv.call("canary").await.unwrap(), (OK, "v1".to_owned()));
+    s.client.shutdown().await;
+}
