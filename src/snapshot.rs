@@ -13,7 +13,7 @@ use metaproxy_router::{
 };
 
 use crate::cluster::{ClusterRt, EndpointRegistry};
-use crate::config::{self, Config, LbPolicyName, Problem, RouteConfig};
+use crate::config::{self, Config, LbPolicyName, Problem, Provenance, RouteConfig};
 use crate::observe::metrics::{Counter, Metrics, ResponseMetrics};
 
 /// A listener's routing state in one snapshot.
@@ -35,6 +35,8 @@ pub(crate) struct Snapshot {
     /// Routing state per running listener, by listener name.
     pub(crate) listeners: HashMap<String, Arc<ListenerRt>>,
     pub(crate) clusters: Vec<Arc<ClusterRt>>,
+    /// Where each resource came from (`GET /config`).
+    pub(crate) provenance: Provenance,
 }
 
 impl Snapshot {
@@ -257,6 +259,7 @@ pub(crate) fn build(
             config,
             listeners,
             clusters,
+            provenance: Provenance::default(),
         },
         validated.warnings,
     ))

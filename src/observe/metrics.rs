@@ -460,7 +460,7 @@ fn escape_label_value(out: &mut String, value: &str) {
 }
 
 /// The metric names of docs/METRICS.md, without the `metaproxy_` prefix, in rendering order.
-pub const METRIC_NAMES: [&str; 11] = [
+pub const METRIC_NAMES: [&str; 13] = [
     "downstream_connections_total",
     "downstream_connections_active",
     "requests_total",
@@ -472,6 +472,8 @@ pub const METRIC_NAMES: [&str; 11] = [
     "decode_errors_total",
     "outlier_ejections_total",
     "config_reloads_total",
+    "hot_restart_epoch",
+    "xds_updates_total",
 ];
 
 /// Every metric of the proxy. Create one with [`Metrics::new`] and share it.
@@ -488,8 +490,11 @@ pub struct Metrics {
     decode_errors_total: Family,
     outlier_ejections_total: Family,
     config_reloads_total: Family,
+    hot_restart_epoch_family: Family,
+    xds_updates_total: Family,
     reload_ok: Counter,
     reload_error: Counter,
+    hot_restart_epoch: Gauge,
 }
 
 /// Per-listener handles, looked up once per listener (or per accepted connection).
@@ -576,6 +581,13 @@ impl Metrics {
         );
         let reload_ok = config_reloads_total.counter(&["ok"]);
         let reload_error = config_reloads_total.counter(&["error"]);
+        let hot_restart_epoch_family = Family::new(
+            "metaproxy_hot_restart_epoch",
+            "Hot restarts behind this process: 0 for a fresh start, +1 per takeover.",
+            Kind::Gauge,
+            &[],
+        );
+        let hot_restart_epoch = hot_restart_epoch_family.gauge(&[]);
         Arc::new(Metrics {
             downstream_connections_total: Family::new(
                 "metaproxy_downstream_connections_total",
@@ -638,12 +650,20 @@ impl Metrics {
                 &["cluster"],
             ),
             config_reloads_total,
+            hot_restart_epoch_family,
+            xds_updates_total: Family::new(
+                "metaproxy_xds_updates_total",
+                "xDS updates by resource type (cluster, endpoint, route) and result (ack, nack).",
+                Kind::Counter,
+                &["type", "result"],
+            ),
             reload_ok,
             reload_error,
+            hot_restart_epoch,
         })
     }
 
-    fn families(&self) -> [&Family; 11] {
+    fn families(&self) -> [&Family; 13] {
         [
             &self.downstream_connections_total,
             &self.downstream_connections_active,
@@ -656,6 +676,8 @@ impl Metrics {
             &self.decode_errors_total,
             &self.outlier_ejections_total,
             &self.config_reloads_total,
+            &self.hot_restart_epoch_family,
+            &self.xds_updates_total,
         ]
     }
 
@@ -708,6 +730,20 @@ impl Metrics {
         } else {
             self.reload_error.inc();
         }
+    }
+
+    /// Sets `hot_restart_epoch` (0 for a fresh start, +1 per takeover).
+    pub fn set_hot_restart_epoch(&self, epoch: u64) {
+        self.hot_restart_epoch
+            .set(i64::try_from(epoch).unwrap_or(i64::MAX));
+    }
+
+    /// Counts an xDS update of resource type `type_label` by result
+    /// (`xds_updates_total{type,result}`, result `ack` or `nack`). Called once per
+    /// discovery response, not on the request path.
+    pub fn xds_update(&self, type_label: &str, accepted: bool) {
+        let result = if accepted { "ack" } else { "nack" };
+        self.xds_updates_total.counter(&[type_label, result]).inc();
     }
 
     /// The whole registry in the Prometheus text exposition format (version 0.0.4):
@@ -786,6 +822,9 @@ mod tests {
         c.outlier_ejections.inc();
         c.mirror_sent.add(9);
         c.mirror_dropped.add(2);
+        m.xds_update("cluster", true);
+        m.xds_update("cluster", true);
+        m.xds_update("route", false);
         m.config_reload(true);
         m.config_reload(false);
         m.config_reload(false);
@@ -969,6 +1008,22 @@ mod tests {
             ),
             &Counter(2.0)
         );
+        assert_eq!(
+            find(
+                &scrape,
+                "metaproxy_xds_updates_total",
+                &[("type", "cluster"), ("result", "ack")]
+            ),
+            &Counter(2.0)
+        );
+        assert_eq!(
+            find(
+                &scrape,
+                "metaproxy_xds_updates_total",
+                &[("type", "route"), ("result", "nack")]
+            ),
+            &Counter(1.0)
+        );
 
         // The parser silently skips lines it cannot read: check that none were skipped.
         let sample_lines = text.lines().filter(|l| !l.starts_with('#')).count();
@@ -1011,8 +1066,9 @@ mod tests {
     }
 
     #[test]
-    fn empty_registry_lists_every_family_and_both_reload_results() {
-        let text = Metrics::new().render();
+    fn empty_registry_lists_every_family_both_reload_results_and_the_epoch() {
+        let m = Metrics::new();
+        let text = m.render();
         let scrape = parse(&text);
         assert_eq!(scrape.docs.len(), METRIC_NAMES.len());
         let reloads: Vec<_> = scrape
@@ -1021,7 +1077,10 @@ mod tests {
             .filter(|s| s.metric == "metaproxy_config_reloads_total")
             .collect();
         assert_eq!(reloads.len(), 2);
-        assert_eq!(scrape.samples.len(), 2, "{text}");
+        assert!(text.contains("\nmetaproxy_hot_restart_epoch 0\n"), "{text}");
+        assert_eq!(scrape.samples.len(), 3, "{text}");
+        m.set_hot_restart_epoch(3);
+        assert!(m.render().contains("\nmetaproxy_hot_restart_epoch 3\n"));
     }
 
     #[test]
