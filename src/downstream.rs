@@ -207,7 +207,7 @@ impl Downstream {
                     if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
                         rbuf.reserve(READ_CHUNK);
                     }
-                    match stream.try_read_buf(&mut rbuf) {
+                    match crate::socket_io::read_once(&stream, &mut rbuf) {
                         Ok(0) => {
                             reading = false;
                             self.closing = true;

@@ -32,6 +32,7 @@ mod request_token;
 pub mod runtime;
 mod server;
 mod snapshot;
+mod socket_io;
 mod upstream;
 
 pub use codecs::default_registry;

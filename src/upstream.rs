@@ -405,7 +405,7 @@ impl UpstreamConnection {
                 ready = stream.readable() => {
                     if let Err(e) = ready { tracing::debug!(error = %e, "upstream readable"); return "read error"; }
                     if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 { rbuf.reserve(READ_CHUNK); }
-                    match stream.try_read_buf(&mut rbuf) {
+                    match crate::socket_io::read_once(&stream, &mut rbuf) {
                         Ok(0) => return "closed by upstream",
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,

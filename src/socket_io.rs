@@ -1,0 +1,81 @@
+//! Socket reads with one `read` call per wake-up.
+
+use std::io;
+
+use bytes::BytesMut;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// Reads what the socket has into `buf` with one `read` call. After a short read (fewer
+/// bytes than `buf` had room for) the socket is drained, so tokio is told to wait for
+/// the next readiness event instead of the caller finding out with a second `read` that
+/// returns `EAGAIN`. Data that arrives in between raises a new event, which tokio keeps
+/// (it clears only the readiness it saw before the read).
+pub(crate) fn read_once(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let mut read = None;
+    let result = stream.try_io(Interest::READABLE, || {
+        let room = buf.capacity() - buf.len();
+        let n = stream.try_read_buf(buf)?;
+        read = Some(n);
+        if n > 0 && n < room {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    match (result, read) {
+        (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
+        (result, _) => result,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn a_short_read_returns_the_data_and_waits_for_more() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut buf = BytesMut::with_capacity(1024);
+
+        client.write_all(b"hello").await.unwrap();
+        server.readable().await.unwrap();
+        assert_eq!(read_once(&server, &mut buf).unwrap(), 5);
+        assert_eq!(&buf[..], b"hello");
+        // Drained: the next call does not read, it reports that nothing is ready.
+        let again = read_once(&server, &mut buf).unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::WouldBlock);
+
+        // New data raises readiness again and is read.
+        client.write_all(b" world").await.unwrap();
+        server.readable().await.unwrap();
+        assert_eq!(read_once(&server, &mut buf).unwrap(), 6);
+        assert_eq!(&buf[..], b"hello world");
+
+        // A full buffer keeps the readiness: more may be waiting.
+        let mut small = BytesMut::with_capacity(4);
+        client.write_all(b"abcdefgh").await.unwrap();
+        server.readable().await.unwrap();
+        let n = read_once(&server, &mut small).unwrap();
+        assert_eq!(n, small.capacity().min(8));
+        // End of stream reads as 0.
+        drop(client);
+        let mut rest = BytesMut::with_capacity(64);
+        loop {
+            server.readable().await.unwrap();
+            match read_once(&server, &mut rest) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(small.len() + rest.len(), 8);
+    }
+}
