@@ -28,13 +28,30 @@ pub(crate) struct Endpoint {
     ejected_until_ms: AtomicU64,
     ejections: AtomicU32,
     unreachable_until_ms: AtomicU64,
+    /// The cluster's `max_connections`: upstream connections to this endpoint over
+    /// every pool and worker together.
+    max_connections: AtomicUsize,
+    connect_timeout_ms: AtomicU64,
+    /// Upstream connections open or opening, over every pool and worker.
+    open: Arc<AtomicUsize>,
     pools: ArcSwap<Vec<Arc<Pool>>>,
     pools_lock: Mutex<()>,
+    metrics: ClusterMetrics,
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr, address: &str, weight: u32) -> Self {
+    fn new(
+        addr: SocketAddr,
+        address: &str,
+        weight: u32,
+        config: &ClusterConfig,
+        metrics: &ClusterMetrics,
+    ) -> Self {
         Endpoint {
+            metrics: metrics.clone(),
+            max_connections: AtomicUsize::new(config.max_connections.max(1)),
+            connect_timeout_ms: AtomicU64::new(config.connect_timeout.get().as_millis() as u64),
+            open: Arc::new(AtomicUsize::new(0)),
             addr,
             address: address.into(),
             weight,
@@ -82,13 +99,50 @@ impl Endpoint {
         self.unreachable_until_ms.store(0, Ordering::Relaxed);
     }
 
-    /// The pool for `key`, created on first use.
-    pub(crate) fn pool(
-        &self,
+    /// The connect timeout in force.
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Whether another connection may be opened without going over `max_connections`.
+    pub(crate) fn may_open(&self) -> bool {
+        self.open.load(Ordering::Relaxed) < self.max_connections.load(Ordering::Relaxed)
+    }
+
+    /// Counts a new connection against `max_connections`; `None` when at the limit.
+    /// The returned counter is decremented by the connection when it ends.
+    pub(crate) fn reserve_connection(&self) -> Option<Arc<AtomicUsize>> {
+        let max = self.max_connections.load(Ordering::Relaxed);
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| self.open.clone())
+    }
+
+    /// A connection for a request of `key`: from this worker's pool, or, when the
+    /// endpoint's `max_connections` are all open elsewhere (other workers or wire
+    /// formats of the same protocol), the least loaded one of a sibling pool.
+    pub(crate) fn connection(
+        self: &Arc<Self>,
         key: PoolKey,
         protocol: &Arc<Protocol>,
-        cluster: &ClusterRt,
-    ) -> Arc<Pool> {
+    ) -> Option<Arc<crate::upstream::ConnHandle>> {
+        let pool = self.pool(key, protocol);
+        if let Some(c) = pool.pick(self) {
+            return Some(c);
+        }
+        self.pools
+            .load()
+            .iter()
+            .filter(|p| p.key != key && p.key.protocol == key.protocol && p.key.wire == key.wire)
+            .filter_map(|p| p.least_loaded())
+            .min_by_key(|c| c.load())
+    }
+
+    /// The pool for `key`, created on first use.
+    fn pool(&self, key: PoolKey, protocol: &Arc<Protocol>) -> Arc<Pool> {
         if let Some(p) = self.pools.load().iter().find(|p| p.key == key) {
             return p.clone();
         }
@@ -101,9 +155,7 @@ impl Endpoint {
             key,
             self.addr,
             protocol.clone(),
-            cluster.connect_timeout,
-            cluster.max_connections,
-            cluster.metrics.clone(),
+            self.metrics.clone(),
         ));
         let mut next = (*current).clone();
         next.push(pool.clone());
@@ -111,11 +163,13 @@ impl Endpoint {
         pool
     }
 
-    /// Updates the pool limits after a reload.
+    /// Updates the connection limits after a reload (called only once the whole new
+    /// config compiled).
     fn reconfigure(&self, connect_timeout: Duration, max_connections: usize) {
-        for p in self.pools.load().iter() {
-            p.reconfigure(connect_timeout, max_connections);
-        }
+        self.connect_timeout_ms
+            .store(connect_timeout.as_millis() as u64, Ordering::Relaxed);
+        self.max_connections
+            .store(max_connections.max(1), Ordering::Relaxed);
     }
 
     /// Open upstream connections to this endpoint.
@@ -129,8 +183,6 @@ pub(crate) struct ClusterRt {
     pub(crate) name: Arc<str>,
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
     pub(crate) lb: LoadBalancer,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) max_connections: usize,
     pub(crate) max_pending: usize,
     pending: AtomicUsize,
     outlier: Option<OutlierDetectionConfig>,
@@ -219,6 +271,8 @@ impl ClusterRt {
                     "consecutive_failures": e.consecutive_failures.load(Ordering::Relaxed),
                     "active_requests": e.active_requests(),
                     "upstream_connections": e.open_connections(),
+                    "max_connections": e.max_connections.load(Ordering::Relaxed),
+                    "connect_timeout_ms": e.connect_timeout_ms.load(Ordering::Relaxed),
                 })
             })
             .collect();
@@ -281,10 +335,24 @@ impl EndpointRegistry {
                     .entry(key)
                     .and_modify(|old| {
                         if old.addr != *addr || old.weight != e.weight() {
-                            *old = Arc::new(Endpoint::new(*addr, e.address(), e.weight()));
+                            *old = Arc::new(Endpoint::new(
+                                *addr,
+                                e.address(),
+                                e.weight(),
+                                config,
+                                &metrics,
+                            ));
                         }
                     })
-                    .or_insert_with(|| Arc::new(Endpoint::new(*addr, e.address(), e.weight())))
+                    .or_insert_with(|| {
+                        Arc::new(Endpoint::new(
+                            *addr,
+                            e.address(),
+                            e.weight(),
+                            config,
+                            &metrics,
+                        ))
+                    })
                     .clone();
                 ep.reconfigure(config.connect_timeout.get(), config.max_connections);
                 ep
@@ -294,8 +362,6 @@ impl EndpointRegistry {
             name: config.name.as_str().into(),
             endpoints,
             lb,
-            connect_timeout: config.connect_timeout.get(),
-            max_connections: config.max_connections,
             max_pending: config.max_pending_requests,
             pending: AtomicUsize::new(0),
             outlier: config.outlier_detection.clone(),

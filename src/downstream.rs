@@ -484,14 +484,21 @@ impl Downstream {
             wire: msg.wire(),
             worker: crate::runtime::worker_id(),
         };
-        let pool = endpoint.pool(key, &self.ctx.protocol, cluster);
-        let conn = pool.pick(&endpoint);
-        match conn.send(Outbound {
-            msg,
-            reply,
-            deadline,
-            slot,
-        }) {
+        let sent = match endpoint.connection(key, &self.ctx.protocol) {
+            Some(conn) => conn.send(Outbound {
+                msg,
+                reply,
+                deadline,
+                slot,
+            }),
+            None => Err(Outbound {
+                msg,
+                reply,
+                deadline,
+                slot,
+            }),
+        };
+        match sent {
             Ok(()) => {
                 if two_way {
                     endpoint.request_started();

@@ -63,26 +63,20 @@ fn listener_fingerprint(l: &config::ListenerConfig) -> String {
 }
 
 impl Shared {
-    fn compile(&self, config: Config) -> Result<(Snapshot, Vec<Problem>), Vec<Problem>> {
-        snapshot::build(
-            Arc::new(config),
-            &self.codecs,
-            &self.endpoints,
-            &self.metrics,
-        )
-    }
-
     /// Validates `config` and swaps it in. In-flight requests finish on the old snapshot.
+    /// Everything is compiled before anything live (pools, endpoints, metrics) is
+    /// touched, so a rejected config changes nothing.
     pub(crate) async fn apply(&self, config: Config) -> Result<ReloadOutcome, Vec<Problem>> {
         let _guard = self.reload_lock.lock().await;
-        let result = self.compile(config);
-        let (mut snap, warnings) = match result {
-            Ok(ok) => ok,
+        let mut compiled = match snapshot::compile(Arc::new(config), &self.codecs) {
+            Ok(compiled) => compiled,
             Err(problems) => {
                 self.metrics.config_reload(false);
                 return Err(problems);
             }
         };
+        let warnings = std::mem::take(&mut compiled.warnings);
+        let mut snap = compiled.commit(&self.endpoints, &self.metrics);
         let mut restart_required = Vec::new();
         {
             let bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
@@ -163,17 +157,18 @@ impl Server {
         let metrics = Metrics::new();
         let endpoints = EndpointRegistry::default();
         let origin = path.clone().unwrap_or_else(|| PathBuf::from("<config>"));
-        let (snap, warnings) = snapshot::build(Arc::new(config), &codecs, &endpoints, &metrics)
-            .map_err(|problems| ConfigError::Invalid {
+        let compiled = snapshot::compile(Arc::new(config), &codecs).map_err(|problems| {
+            ConfigError::Invalid {
                 path: origin,
                 problems,
-            })?;
-        for w in &warnings {
+            }
+        })?;
+        for w in &compiled.warnings {
             tracing::warn!("config: {w}");
         }
         Ok(Server {
             shared: Arc::new(Shared {
-                snapshot: ArcSwap::from_pointee(snap),
+                snapshot: ArcSwap::from_pointee(compiled.commit(&endpoints, &metrics)),
                 codecs,
                 endpoints,
                 metrics,

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -143,10 +143,7 @@ enum Choice<'a> {
     /// A usable connection with room.
     Fit(&'a Arc<ConnHandle>),
     /// Every usable connection is at the threshold.
-    Full {
-        least: Option<&'a Arc<ConnHandle>>,
-        usable: usize,
-    },
+    Full { least: Option<&'a Arc<ConnHandle>> },
 }
 
 /// The pool's view of one upstream connection task.
@@ -160,6 +157,11 @@ pub(crate) struct ConnHandle {
 impl ConnHandle {
     fn usable(&self) -> bool {
         self.alive.load(Ordering::Relaxed) && self.accepting.load(Ordering::Relaxed)
+    }
+
+    /// Requests queued or in flight on this connection.
+    pub(crate) fn load(&self) -> u32 {
+        self.load.load(Ordering::Relaxed)
     }
 
     /// Queues `out`; gives it back when the connection is gone.
@@ -181,8 +183,6 @@ pub(crate) struct Pool {
     pub(crate) key: PoolKey,
     addr: SocketAddr,
     protocol: Arc<Protocol>,
-    connect_timeout_ms: AtomicU64,
-    max_connections: AtomicUsize,
     conns: ArcSwap<Vec<Arc<ConnHandle>>>,
     create_lock: Mutex<()>,
     metrics: ClusterMetrics,
@@ -193,27 +193,26 @@ impl Pool {
         key: PoolKey,
         addr: SocketAddr,
         protocol: Arc<Protocol>,
-        connect_timeout: Duration,
-        max_connections: usize,
         metrics: ClusterMetrics,
     ) -> Self {
         Pool {
             key,
             addr,
             protocol,
-            connect_timeout_ms: AtomicU64::new(connect_timeout.as_millis() as u64),
-            max_connections: AtomicUsize::new(max_connections.max(1)),
             conns: ArcSwap::from_pointee(Vec::new()),
             create_lock: Mutex::new(()),
             metrics,
         }
     }
 
-    pub(crate) fn reconfigure(&self, connect_timeout: Duration, max_connections: usize) {
-        self.connect_timeout_ms
-            .store(connect_timeout.as_millis() as u64, Ordering::Relaxed);
-        self.max_connections
-            .store(max_connections.max(1), Ordering::Relaxed);
+    /// The least loaded usable connection, if any.
+    pub(crate) fn least_loaded(&self) -> Option<Arc<ConnHandle>> {
+        self.conns
+            .load()
+            .iter()
+            .filter(|c| c.usable())
+            .min_by_key(|c| c.load())
+            .cloned()
     }
 
     pub(crate) fn open_connections(&self) -> usize {
@@ -227,51 +226,53 @@ impl Pool {
     /// First fit: the first usable connection below `threshold` in-flight requests, so
     /// traffic concentrates on few connections and batches into few writes (spreading a
     /// pipelined client over many idle connections costs a syscall per request). Also
-    /// the least-loaded usable connection and how many are usable, for when all are full.
+    /// the least-loaded usable connection, for when all are full.
     fn choose(conns: &[Arc<ConnHandle>], threshold: u32) -> Choice<'_> {
         let mut least: Option<&Arc<ConnHandle>> = None;
-        let mut usable = 0;
         for c in conns.iter().filter(|c| c.usable()) {
             let load = c.load.load(Ordering::Relaxed);
             if load < threshold {
                 return Choice::Fit(c);
             }
-            usable += 1;
             if least.is_none_or(|b| load < b.load.load(Ordering::Relaxed)) {
                 least = Some(c);
             }
         }
-        Choice::Full { least, usable }
+        Choice::Full { least }
     }
 
     /// A connection for the next request: the first one with room, or a new one when
-    /// all are busy and the pool is below `max_connections`, or else the least loaded.
-    pub(crate) fn pick(&self, endpoint: &Arc<Endpoint>) -> Arc<ConnHandle> {
+    /// all are busy and the endpoint is below `max_connections` (counted over every
+    /// worker's pool), or else the least loaded. `None` when this pool has no usable
+    /// connection and the endpoint may not open another.
+    pub(crate) fn pick(&self, endpoint: &Arc<Endpoint>) -> Option<Arc<ConnHandle>> {
         let threshold = if self.protocol.caps.multiplexing {
             MUX_SPREAD_THRESHOLD
         } else {
             1
         };
-        let max = self.max_connections.load(Ordering::Relaxed);
         // A connection to use without opening one: one with room, or the least loaded
-        // when the pool is full.
+        // when the endpoint is at its limit.
         let reuse = |conns: &[Arc<ConnHandle>]| match Self::choose(conns, threshold) {
             Choice::Fit(c) => Some(c.clone()),
-            Choice::Full {
-                least: Some(c),
-                usable,
-            } if usable >= max => Some(c.clone()),
+            Choice::Full { least: Some(c), .. } if !endpoint.may_open() => Some(c.clone()),
             Choice::Full { .. } => None,
         };
         if let Some(c) = reuse(&self.conns.load()) {
-            return c;
+            return Some(c);
         }
         let _guard = self.create_lock.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.conns.load_full();
         if let Some(c) = reuse(&current) {
-            return c;
+            return Some(c);
         }
-        let handle = self.spawn_connection(endpoint);
+        let Some(open) = endpoint.reserve_connection() else {
+            return match Self::choose(&current, threshold) {
+                Choice::Fit(c) => Some(c.clone()),
+                Choice::Full { least, .. } => least.cloned(),
+            };
+        };
+        let handle = self.spawn_connection(endpoint, open);
         let mut next: Vec<Arc<ConnHandle>> = current
             .iter()
             .filter(|c| c.alive.load(Ordering::Relaxed))
@@ -279,10 +280,14 @@ impl Pool {
             .collect();
         next.push(handle.clone());
         self.conns.store(Arc::new(next));
-        handle
+        Some(handle)
     }
 
-    fn spawn_connection(&self, endpoint: &Arc<Endpoint>) -> Arc<ConnHandle> {
+    fn spawn_connection(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        open: Arc<AtomicUsize>,
+    ) -> Arc<ConnHandle> {
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = Arc::new(ConnHandle {
             tx,
@@ -296,8 +301,9 @@ impl Pool {
             addr: self.addr,
             protocol: self.protocol.clone(),
             wire: self.key.wire,
-            connect_timeout: Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed)),
+            connect_timeout: endpoint.connect_timeout(),
             endpoint: Arc::downgrade(endpoint),
+            _open: OpenConnection(open),
             metrics: self.metrics.clone(),
         };
         tokio::spawn(conn.run());
@@ -314,7 +320,17 @@ struct Pending {
     _slot: Option<PendingSlot>,
 }
 
+/// One count of an endpoint's open connections, given back when the connection ends.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 struct UpstreamConnection {
+    _open: OpenConnection,
     handle: Arc<ConnHandle>,
     rx: mpsc::UnboundedReceiver<Outbound>,
     addr: SocketAddr,

@@ -11,9 +11,22 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
+use meta_protocol::CodecRegistry;
+
 pub use duration::ConfigDuration;
 pub use model::*;
-pub use validate::{resolve as resolve_address, validate, Problem, Validated};
+pub(crate) use validate::validate_fields;
+pub use validate::{resolve as resolve_address, Problem, Validated};
+
+/// Checks everything that can be checked without binding: names, references, values,
+/// codec options, and the compilation of every route table and load balancer, exactly
+/// as start-up and reload compile them (the same code). Returns every problem found,
+/// each with the path of the offending field, or the warnings.
+pub fn validate(config: &Config, codecs: &CodecRegistry) -> Result<Validated, Vec<Problem>> {
+    crate::snapshot::compile(std::sync::Arc::new(config.clone()), codecs).map(|c| Validated {
+        warnings: c.warnings,
+    })
+}
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]

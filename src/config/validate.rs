@@ -78,9 +78,12 @@ fn check_unique<'a>(r: &mut Report, what: &str, names: impl Iterator<Item = &'a 
     }
 }
 
-/// Checks everything that can be checked without binding: names, references, values,
-/// codec options. Returns every problem found, not just the first.
-pub fn validate(config: &Config, codecs: &CodecRegistry) -> Result<Validated, Vec<Problem>> {
+/// Checks names, references, values and codec options field by field; the route
+/// tables and balancers are compiled by [`super::validate`], which calls this first.
+pub(crate) fn validate_fields(
+    config: &Config,
+    codecs: &CodecRegistry,
+) -> Result<Validated, Vec<Problem>> {
     let mut r = Report {
         problems: Vec::new(),
         warnings: Vec::new(),
@@ -348,7 +351,7 @@ mod tests {
 
     fn problems(yaml: &str) -> Vec<String> {
         let c = crate::config::parse(yaml, Path::new("t.yaml")).unwrap();
-        match validate(&c, &registry()) {
+        match crate::config::validate(&c, &registry()) {
             Ok(_) => vec![],
             Err(p) => p.iter().map(|p| p.to_string()).collect(),
         }
