@@ -17,6 +17,26 @@ use crate::upstream::{Pool, PoolKey, Protocol};
 /// How long an endpoint that refused a connection is skipped by load balancing.
 const UNREACHABLE_BACKOFF_MS: u64 = 1_000;
 
+/// Timeouts of an upstream connection, from its cluster's config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConnectionSettings {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) write_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) heartbeat_interval: Duration,
+}
+
+impl ConnectionSettings {
+    fn of(config: &ClusterConfig) -> Self {
+        ConnectionSettings {
+            connect_timeout: config.connect_timeout.get(),
+            write_timeout: config.write_timeout.get(),
+            idle_timeout: config.idle_timeout.get(),
+            heartbeat_interval: config.heartbeat_interval.get(),
+        }
+    }
+}
+
 /// One upstream address of one cluster. Kept across config reloads while the cluster
 /// still lists the address, so its connection pools and health survive.
 pub(crate) struct Endpoint {
@@ -31,7 +51,7 @@ pub(crate) struct Endpoint {
     /// The cluster's `max_connections`: upstream connections to this endpoint over
     /// every pool and worker together.
     max_connections: AtomicUsize,
-    connect_timeout_ms: AtomicU64,
+    settings: ArcSwap<ConnectionSettings>,
     /// Upstream connections open or opening, over every pool and worker.
     open: Arc<AtomicUsize>,
     pools: ArcSwap<Vec<Arc<Pool>>>,
@@ -50,7 +70,7 @@ impl Endpoint {
         Endpoint {
             metrics: metrics.clone(),
             max_connections: AtomicUsize::new(config.max_connections.max(1)),
-            connect_timeout_ms: AtomicU64::new(config.connect_timeout.get().as_millis() as u64),
+            settings: ArcSwap::from_pointee(ConnectionSettings::of(config)),
             open: Arc::new(AtomicUsize::new(0)),
             addr,
             address: address.into(),
@@ -99,9 +119,9 @@ impl Endpoint {
         self.unreachable_until_ms.store(0, Ordering::Relaxed);
     }
 
-    /// The connect timeout in force.
-    pub(crate) fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed))
+    /// The timeouts new upstream connections get.
+    pub(crate) fn settings(&self) -> ConnectionSettings {
+        **self.settings.load()
     }
 
     /// Whether another connection may be opened without going over `max_connections`.
@@ -165,11 +185,11 @@ impl Endpoint {
 
     /// Updates the connection limits after a reload (called only once the whole new
     /// config compiled).
-    fn reconfigure(&self, connect_timeout: Duration, max_connections: usize) {
-        self.connect_timeout_ms
-            .store(connect_timeout.as_millis() as u64, Ordering::Relaxed);
+    fn reconfigure(&self, config: &ClusterConfig) {
+        self.settings
+            .store(Arc::new(ConnectionSettings::of(config)));
         self.max_connections
-            .store(max_connections.max(1), Ordering::Relaxed);
+            .store(config.max_connections.max(1), Ordering::Relaxed);
     }
 
     /// Open upstream connections to this endpoint.
@@ -272,7 +292,7 @@ impl ClusterRt {
                     "active_requests": e.active_requests(),
                     "upstream_connections": e.open_connections(),
                     "max_connections": e.max_connections.load(Ordering::Relaxed),
-                    "connect_timeout_ms": e.connect_timeout_ms.load(Ordering::Relaxed),
+                    "connect_timeout_ms": e.settings().connect_timeout.as_millis() as u64,
                 })
             })
             .collect();
@@ -354,7 +374,7 @@ impl EndpointRegistry {
                         ))
                     })
                     .clone();
-                ep.reconfigure(config.connect_timeout.get(), config.max_connections);
+                ep.reconfigure(config);
                 ep
             })
             .collect();
@@ -364,7 +384,10 @@ impl EndpointRegistry {
             lb,
             max_pending: config.max_pending_requests,
             pending: AtomicUsize::new(0),
-            outlier: config.outlier_detection.clone(),
+            outlier: config
+                .outlier_detection
+                .enabled
+                .then(|| config.outlier_detection.clone()),
             metrics,
         }
     }

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::cluster::{ClusterRt, Endpoint};
 use crate::listener::ListenerCtx;
+use crate::observe::metrics::ClosedReason;
 use crate::observe::{AccessLogEntry, AccessStatus, LoggedMetadata};
 use crate::snapshot::ListenerRt;
 use crate::upstream::{DownstreamEvent, Outbound, PoolKey, ReplyTo};
@@ -38,8 +39,6 @@ const DRAIN_QUIET: Duration = Duration::from_millis(250);
 
 /// Read buffer reservation.
 const READ_CHUNK: usize = 32 * 1024;
-/// Stop reading new requests while this much output waits for a slow client.
-const MAX_PENDING_OUTPUT: usize = 4 * 1024 * 1024;
 
 /// What an access log entry needs from the start of a request.
 struct LogStart {
@@ -82,6 +81,10 @@ struct InFlight {
     endpoint: Arc<Endpoint>,
     attempts_left: u32,
     hash: Option<u64>,
+    /// Size of the request frame, counted in the connection's buffered bytes.
+    bytes: usize,
+    /// Whether the free retry after a stale connection was used.
+    stale_retried: bool,
 }
 
 impl InFlight {
@@ -126,12 +129,25 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
         wbuf: BytesMut::new(),
         rng: SmallRng::from_rng(&mut rand::rng()),
         closing: false,
+        inflight_bytes: 0,
+        accounted: 0,
+        abort: None,
     };
-    conn.run(stream, drain).await;
+    let mut rbuf = BytesMut::new();
+    if let Some(reason) = conn.run(stream, drain, &mut rbuf).await {
+        conn.ctx.metrics.closed(reason).inc();
+        crate::observe::rate_limited!(
+            tracing::Level::INFO,
+            listener = %conn.ctx.name,
+            reason = reason.as_str(),
+            "closing a client connection"
+        );
+    }
     // Requests still in flight when the connection ends release their slots.
     for f in conn.inflight.drain() {
         f.release();
     }
+    conn.ctx.shared.budget.update(conn.accounted, 0);
 }
 
 struct Downstream {
@@ -147,12 +163,31 @@ struct Downstream {
     wbuf: BytesMut,
     rng: SmallRng,
     closing: bool,
+    /// Bytes of the two-way requests in `inflight`.
+    inflight_bytes: usize,
+    /// What this connection counts in the process-wide buffer budget.
+    accounted: usize,
+    /// Set when the connection must close at once.
+    abort: Option<ClosedReason>,
 }
 
 impl Downstream {
-    async fn run(&mut self, stream: TcpStream, mut drain: watch::Receiver<bool>) {
-        let mut rbuf = BytesMut::new();
+    /// Serves until the connection ends; returns why when the proxy closed it on its
+    /// own for misbehaviour (write timeout, frame timeout, output limit).
+    async fn run(
+        &mut self,
+        stream: TcpStream,
+        mut drain: watch::Receiver<bool>,
+        rbuf: &mut BytesMut,
+    ) -> Option<ClosedReason> {
+        let limit = self.ctx.max_buffered_bytes;
         let mut reading = true;
+        // When the oldest unwritten reply started waiting / the partial frame started.
+        let mut write_stalled: Option<Instant> = None;
+        let mut frame_started: Option<Instant> = None;
+        let mut guard_at = Instant::now() + PARKED;
+        let guard_timer = tokio::time::sleep_until(guard_at);
+        tokio::pin!(guard_timer);
         let mut draining = *drain.borrow();
         let idle = tokio::time::sleep(if draining {
             DRAIN_QUIET
@@ -165,14 +200,43 @@ impl Downstream {
         tokio::pin!(deadline_timer);
         loop {
             if self.closing && self.inflight.is_empty() && self.wbuf.is_empty() {
-                return;
+                return None;
             }
+            if self.wbuf.len() > 2 * limit {
+                self.abort = Some(ClosedReason::OutputLimit);
+            }
+            if let Some(reason) = self.abort {
+                return Some(reason);
+            }
+            self.sync_budget(rbuf.len());
             let next = self.deadlines.peek().map_or(armed, |Reverse((at, _))| *at);
             if next != armed {
                 armed = next;
                 deadline_timer.as_mut().reset(armed);
             }
-            let read_allowed = reading && !self.closing && self.wbuf.len() < MAX_PENDING_OUTPUT;
+            let read_allowed =
+                reading && !self.closing && self.wbuf.len() < limit && self.inflight_bytes < limit;
+            if self.wbuf.is_empty() {
+                write_stalled = None;
+            } else if write_stalled.is_none() {
+                write_stalled = Some(Instant::now());
+            }
+            if !read_allowed {
+                // Our own back-pressure is not the client's slowness.
+                frame_started = None;
+            }
+            let next_guard = [
+                write_stalled.map(|t| t + self.ctx.write_timeout),
+                frame_started.map(|t| t + self.ctx.frame_timeout),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(Instant::now() + PARKED);
+            if next_guard != guard_at {
+                guard_at = next_guard;
+                guard_timer.as_mut().reset(guard_at);
+            }
             tokio::select! {
                 biased;
                 Some(ev) = std::future::poll_fn(|cx| match self.rx.as_mut() {
@@ -180,33 +244,53 @@ impl Downstream {
                     None => std::task::Poll::Pending,
                 }) => self.on_event(ev),
                 _ = &mut deadline_timer, if !self.deadlines.is_empty() => self.expire_due(),
+                _ = &mut guard_timer, if write_stalled.is_some() || frame_started.is_some() => {
+                    let now = Instant::now();
+                    if write_stalled.is_some_and(|t| t + self.ctx.write_timeout <= now) {
+                        return Some(ClosedReason::WriteTimeout);
+                    }
+                    if frame_started.is_some_and(|t| t + self.ctx.frame_timeout <= now) {
+                        return Some(ClosedReason::FrameTimeout);
+                    }
+                }
                 ready = stream.writable(), if !self.wbuf.is_empty() => {
-                    if ready.is_err() { return; }
+                    if ready.is_err() { return None; }
                     match stream.try_write(&self.wbuf) {
-                        Ok(n) => bytes::Buf::advance(&mut self.wbuf, n),
+                        Ok(n) => {
+                            bytes::Buf::advance(&mut self.wbuf, n);
+                            if n > 0 {
+                                write_stalled = None;
+                            }
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => return,
+                        Err(_) => return None,
                     }
                 }
                 ready = stream.readable(), if read_allowed => {
-                    if ready.is_err() { return; }
+                    if ready.is_err() { return None; }
                     if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
                         rbuf.reserve(READ_CHUNK);
                     }
-                    match stream.try_read_buf(&mut rbuf) {
+                    match stream.try_read_buf(rbuf) {
                         Ok(0) => { reading = false; self.closing = true; }
                         Ok(_) => {
                             let quiet = if draining { DRAIN_QUIET } else { self.ctx.idle_timeout };
-                            idle.as_mut().reset(Instant::now() + quiet);
-                            self.decode_all(&mut rbuf);
+                            let now = Instant::now();
+                            idle.as_mut().reset(now + quiet);
+                            let decoded = self.decode_all(rbuf);
+                            if rbuf.is_empty() {
+                                frame_started = None;
+                            } else if decoded > 0 || frame_started.is_none() {
+                                frame_started = Some(now);
+                            }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => return,
+                        Err(_) => return None,
                     }
                 }
                 _ = &mut idle, if self.inflight.is_empty() && self.wbuf.is_empty() => {
                     tracing::debug!(listener = %self.ctx.name, draining, "closing idle connection");
-                    return;
+                    return None;
                 }
                 changed = drain.changed(), if !draining => {
                     draining = true;
@@ -222,18 +306,40 @@ impl Downstream {
         }
     }
 
-    fn decode_all(&mut self, rbuf: &mut BytesMut) {
+    /// Brings this connection's share of the process-wide buffer budget up to date.
+    #[inline]
+    fn sync_budget(&mut self, read_buffered: usize) {
+        let now = self.inflight_bytes + self.wbuf.len() + read_buffered;
+        self.ctx.shared.budget.update(self.accounted, now);
+        self.accounted = now;
+    }
+
+    /// Decodes and handles every complete frame in `rbuf`; returns how many.
+    fn decode_all(&mut self, rbuf: &mut BytesMut) -> usize {
+        let mut decoded = 0;
         while !self.closing {
             match self.codec.decode(rbuf) {
-                Ok(Some(msg)) => self.on_message(msg),
-                Ok(None) => return,
-                Err(e) => return self.on_decode_error(e, rbuf),
+                Ok(Some(msg)) => {
+                    decoded += 1;
+                    self.on_message(msg);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.on_decode_error(e, rbuf);
+                    break;
+                }
             }
         }
+        decoded
     }
 
     fn on_decode_error(&mut self, e: DecodeError, rbuf: &mut BytesMut) {
-        tracing::info!(listener = %self.ctx.name, error = %e, "bad frame from client; closing the connection");
+        crate::observe::rate_limited!(
+            tracing::Level::INFO,
+            listener = %self.ctx.name,
+            error = %e,
+            "bad frame from client; closing the connection"
+        );
         self.ctx.metrics.decode_errors.inc();
         if let Some(ctx) = &e.reply {
             let message = format!("metaproxy: bad request: {e}");
@@ -375,6 +481,16 @@ impl Downstream {
         }
 
         let reply = msg.reply_context();
+        let bytes = msg.frame().len();
+        if !self.ctx.shared.budget.has_room(bytes) {
+            return self.local_reply_logged(
+                &reply,
+                LocalReplyKind::Overloaded,
+                "metaproxy: overloaded: the proxy's buffer budget is used up",
+                log,
+                None,
+            );
+        }
         let key = self.inflight.vacant_key();
         self.generation = self.generation.wrapping_add(1);
         let token = (u64::from(self.generation) << 32) | key as u64;
@@ -395,7 +511,10 @@ impl Downstream {
                     endpoint,
                     attempts_left,
                     hash,
+                    bytes,
+                    stale_retried: false,
                 });
+                self.inflight_bytes += bytes;
             }
             Err(NotSent { kind, reason, .. }) => {
                 let text = format!("metaproxy: {reason}");
@@ -522,7 +641,11 @@ impl Downstream {
         let key = (token & 0xffff_ffff) as usize;
         let generation = (token >> 32) as u32;
         match self.inflight.get(key) {
-            Some(f) if f.generation == generation => Some(self.inflight.remove(key)),
+            Some(f) if f.generation == generation => {
+                let f = self.inflight.remove(key);
+                self.inflight_bytes -= f.bytes;
+                Some(f)
+            }
             _ => None,
         }
     }
@@ -550,7 +673,7 @@ impl Downstream {
                         self.access(log, AccessStatus::Response(msg.status()), endpoint, bytes);
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot encode response for client");
+                        crate::observe::rate_limited!(tracing::Level::WARN, error = %e, "cannot encode response for client");
                         let text = format!("metaproxy: response could not be forwarded: {e}");
                         self.local_reply_logged(
                             &f.reply,
@@ -566,15 +689,25 @@ impl Downstream {
                 token,
                 unsent,
                 reason,
+                stale,
             } => {
                 let Some(mut f) = self.take(token) else {
                     return;
                 };
                 f.release();
                 let cluster = f.cluster().clone();
-                cluster.record_failure(&f.endpoint);
-                if let (Some(msg), true) = (unsent, f.attempts_left > 0) {
-                    f.attempts_left -= 1;
+                // A connection the backend closed between requests is no sign of a
+                // failing endpoint, and its unwritten request gets one free retry.
+                let stale_retry = stale && !f.stale_retried;
+                if !stale {
+                    cluster.record_failure(&f.endpoint);
+                }
+                if let (Some(msg), true) = (unsent, stale_retry || f.attempts_left > 0) {
+                    if stale_retry {
+                        f.stale_retried = true;
+                    } else {
+                        f.attempts_left -= 1;
+                    }
                     let deadline = f.deadline;
                     let mut attempts_left = f.attempts_left;
                     if let Ok(endpoint) = self.send_two_way(
@@ -590,6 +723,7 @@ impl Downstream {
                         // `take` freed this slot and nothing was inserted since.
                         let entry = self.inflight.vacant_entry();
                         debug_assert_eq!(entry.key() as u64, token & 0xffff_ffff);
+                        self.inflight_bytes += f.bytes;
                         entry.insert(f);
                         return;
                     }
@@ -653,6 +787,7 @@ impl Downstream {
             return;
         }
         let mut f = self.inflight.remove(key);
+        self.inflight_bytes -= f.bytes;
         f.release();
         f.cluster().record_failure(&f.endpoint);
         let text = format!(

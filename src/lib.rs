@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+mod budget;
 mod clock;
 mod cluster;
 mod codecs;

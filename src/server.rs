@@ -11,6 +11,7 @@ use meta_protocol::CodecRegistry;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+use crate::budget::BufferBudget;
 use crate::cluster::EndpointRegistry;
 use crate::config::{self, Config, ConfigError, Problem, DEFAULT_DRAIN_TIMEOUT};
 use crate::listener::{self, ListenerCtx};
@@ -28,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) config_path: Option<PathBuf>,
     pub(crate) ready: AtomicBool,
+    /// `limits.max_buffered_bytes` and its use.
+    pub(crate) budget: BufferBudget,
     /// Listeners as bound at start: name -> (address, codec, options) fingerprint.
     pub(crate) bound: std::sync::Mutex<HashMap<String, String>>,
     reload_lock: tokio::sync::Mutex<()>,
@@ -77,6 +80,7 @@ impl Shared {
         };
         let warnings = std::mem::take(&mut compiled.warnings);
         let mut snap = compiled.commit(&self.endpoints, &self.metrics);
+        self.budget.set_max(snap.config.limits.max_buffered_bytes);
         let mut restart_required = Vec::new();
         {
             let bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
@@ -163,6 +167,10 @@ impl Server {
                 problems,
             }
         })?;
+        let budget = BufferBudget::new(
+            compiled.config().limits.max_buffered_bytes,
+            metrics.buffered_bytes(),
+        );
         for w in &compiled.warnings {
             tracing::warn!("config: {w}");
         }
@@ -174,6 +182,7 @@ impl Server {
                 metrics,
                 config_path: path,
                 ready: AtomicBool::new(false),
+                budget,
                 bound: std::sync::Mutex::new(HashMap::new()),
                 reload_lock: tokio::sync::Mutex::new(()),
             }),
@@ -259,6 +268,9 @@ impl Server {
                 shared: shared.clone(),
                 metrics: shared.metrics.listener(&l.name),
                 idle_timeout: l.idle_timeout.get(),
+                write_timeout: l.write_timeout.get(),
+                frame_timeout: l.frame_timeout.get(),
+                max_buffered_bytes: l.max_buffered_bytes,
                 max_connections: l.max_connections,
                 active: AtomicUsize::new(0),
             });

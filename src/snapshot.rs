@@ -216,6 +216,11 @@ pub(crate) fn compile(
 }
 
 impl Compiled {
+    /// The config compiled.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Connects the compiled config to live state: reuses (and reconfigures) endpoints
     /// the registry knows, forgets those no cluster lists any more, and registers the
     /// metric series. Nothing here can fail.

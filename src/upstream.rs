@@ -7,7 +7,7 @@
 //! the token it gave. Codecs that cannot multiplex get one request per connection at a
 //! time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -24,16 +24,19 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::cluster::{Endpoint, PendingSlot};
+use crate::cluster::{ConnectionSettings, Endpoint, PendingSlot};
 use crate::observe::metrics::ClusterMetrics;
 
 /// Requests in flight on one multiplexed connection before the pool opens another.
 const MUX_SPREAD_THRESHOLD: u32 = 64;
 /// Read buffer reservation.
 const READ_CHUNK: usize = 64 * 1024;
-/// Stop taking new requests while this much output waits for a backend that does not read.
-const MAX_PENDING_OUTPUT: usize = 4 * 1024 * 1024;
-/// How often expired pending entries are swept.
+/// Requests are encoded into the write buffer only while it holds less than this; the
+/// rest wait in the connection's queue, where a request whose deadline passes is
+/// dropped instead of being written late.
+const WRITE_BATCH: usize = 256 * 1024;
+/// How often expired entries are swept and timeouts checked (at most; shorter
+/// configured timeouts check more often).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Pending entries are dropped this long after their deadline.
 const SWEEP_GRACE: Duration = Duration::from_secs(1);
@@ -100,11 +103,14 @@ pub(crate) enum DownstreamEvent {
     /// The backend answered.
     Response { token: u64, msg: Message },
     /// The request failed. `unsent` carries it back when it never reached the backend,
-    /// so it may be retried elsewhere.
+    /// so it may be retried elsewhere. `stale` says the connection went away (closed by
+    /// the backend, idle, drained) before the request was written: a retry on a fresh
+    /// connection that does not count against the route's retries.
     Failed {
         token: u64,
         unsent: Option<Message>,
         reason: &'static str,
+        stale: bool,
     },
 }
 
@@ -127,12 +133,22 @@ pub(crate) struct Outbound {
 
 impl Outbound {
     fn fail(self, sent: bool, reason: &'static str) {
+        self.fail_as(sent, false, reason);
+    }
+
+    /// Fails a request never written because its connection went away.
+    fn fail_stale(self, reason: &'static str) {
+        self.fail_as(false, true, reason);
+    }
+
+    fn fail_as(self, sent: bool, stale: bool, reason: &'static str) {
         if let Some(reply) = self.reply {
             let unsent = if sent { None } else { Some(self.msg) };
             let _ = reply.tx.send(DownstreamEvent::Failed {
                 token: reply.token,
                 unsent,
                 reason,
+                stale,
             });
         }
     }
@@ -301,7 +317,7 @@ impl Pool {
             addr: self.addr,
             protocol: self.protocol.clone(),
             wire: self.key.wire,
-            connect_timeout: endpoint.connect_timeout(),
+            settings: endpoint.settings(),
             endpoint: Arc::downgrade(endpoint),
             _open: OpenConnection(open),
             metrics: self.metrics.clone(),
@@ -320,6 +336,67 @@ struct Pending {
     _slot: Option<PendingSlot>,
 }
 
+impl Pending {
+    /// Hands a request that was never written back for a retry on a fresh connection.
+    fn fail_stale(self, msg: Message, reason: &'static str) {
+        if let Some(reply) = self.reply {
+            let _ = reply.tx.send(DownstreamEvent::Failed {
+                token: reply.token,
+                unsent: Some(msg),
+                reason,
+                stale: true,
+            });
+        }
+    }
+}
+
+/// What one upstream connection holds besides its socket and codec.
+struct ConnState {
+    /// Requests written (or being written), by connection-local id.
+    pending: PendingMap,
+    /// Requests taken from the pool, not yet encoded (see [`WRITE_BATCH`]).
+    queue: VecDeque<Outbound>,
+    /// Two-way requests encoded but not completely written: (end offset in the
+    /// output stream, id, request), oldest first. Kept for a retry should the
+    /// connection go away before they are written.
+    unwritten: VecDeque<(u64, u64, Message)>,
+    /// Bytes encoded into / written from the output stream so far.
+    encoded: u64,
+    written: u64,
+    next_id: u32,
+}
+
+impl ConnState {
+    /// Records `n` more bytes written; requests written in full are sent.
+    fn wrote(&mut self, n: usize) {
+        self.written += n as u64;
+        while self
+            .unwritten
+            .front()
+            .is_some_and(|(end, _, _)| *end <= self.written)
+        {
+            self.unwritten.pop_front();
+        }
+    }
+
+    /// Drops queued requests whose deadline passed (never written late) and pending
+    /// entries long past theirs.
+    fn sweep(&mut self, now: Instant, handle: &ConnHandle) {
+        let mut dropped = 0u32;
+        self.queue.retain(|out| {
+            let keep = out.deadline > now;
+            dropped += u32::from(!keep);
+            keep
+        });
+        let before = self.pending.len();
+        self.pending.retain(|_, p| p.deadline + SWEEP_GRACE > now);
+        dropped += (before - self.pending.len()) as u32;
+        if dropped > 0 {
+            handle.load.fetch_sub(dropped, Ordering::Relaxed);
+        }
+    }
+}
+
 /// One count of an endpoint's open connections, given back when the connection ends.
 struct OpenConnection(Arc<AtomicUsize>);
 
@@ -336,19 +413,19 @@ struct UpstreamConnection {
     addr: SocketAddr,
     protocol: Arc<Protocol>,
     wire: WireFormat,
-    connect_timeout: Duration,
+    settings: ConnectionSettings,
     endpoint: Weak<Endpoint>,
     metrics: ClusterMetrics,
 }
 
 impl UpstreamConnection {
     async fn run(mut self) {
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return self.connect_failed(&e.to_string()),
-                Err(_) => return self.connect_failed("connect timeout"),
-            };
+        let connect = TcpStream::connect(self.addr);
+        let stream = match tokio::time::timeout(self.settings.connect_timeout, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return self.connect_failed(&e.to_string()),
+            Err(_) => return self.connect_failed("connect timeout"),
+        };
         let _ = stream.set_nodelay(true);
         if let Some(ep) = self.endpoint.upgrade() {
             ep.connected();
@@ -361,25 +438,44 @@ impl UpstreamConnection {
             }
         };
         self.metrics.upstream_connections_active.inc();
-        let mut pending: PendingMap =
-            HashMap::with_capacity_and_hasher(64, ahash::RandomState::new());
-        let reason = self.serve(stream, codec, &mut pending).await;
+        let mut state = ConnState {
+            pending: HashMap::with_capacity_and_hasher(64, ahash::RandomState::new()),
+            queue: VecDeque::new(),
+            unwritten: VecDeque::new(),
+            encoded: 0,
+            written: 0,
+            next_id: 0,
+        };
+        let reason = self.serve(stream, codec, &mut state).await;
         self.metrics.upstream_connections_active.dec();
         self.handle.alive.store(false, Ordering::Relaxed);
-        tracing::debug!(addr = %self.addr, reason, pending = pending.len(), "upstream connection closed");
-        for (_, p) in pending.drain() {
+        tracing::debug!(addr = %self.addr, reason, pending = state.pending.len(), "upstream connection closed");
+        // Requests encoded but never written go back for a retry on a fresh connection.
+        let mut retried = 0u32;
+        for (_, id, msg) in state.unwritten.drain(..) {
+            if let Some(p) = state.pending.remove(&id) {
+                retried += 1;
+                p.fail_stale(msg, reason);
+            }
+        }
+        for (_, p) in state.pending.drain() {
             self.handle.load.fetch_sub(1, Ordering::Relaxed);
             if let Some(reply) = p.reply {
                 let _ = reply.tx.send(DownstreamEvent::Failed {
                     token: reply.token,
                     unsent: None,
                     reason: "upstream connection closed before replying",
+                    stale: false,
                 });
             }
         }
+        self.handle.load.fetch_sub(retried, Ordering::Relaxed);
+        for out in state.queue.drain(..) {
+            out.fail_stale("upstream connection closed");
+        }
         self.rx.close();
         while let Ok(out) = self.rx.try_recv() {
-            out.fail(false, "upstream connection closed");
+            out.fail_stale("upstream connection closed");
         }
     }
 
@@ -399,30 +495,52 @@ impl UpstreamConnection {
         &mut self,
         stream: TcpStream,
         mut codec: Box<dyn Codec>,
-        pending: &mut PendingMap,
+        st: &mut ConnState,
     ) -> &'static str {
+        let settings = self.settings;
         let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
         let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
-        let mut next_id: u32 = 0;
-        let mut sweep = tokio::time::interval(SWEEP_EVERY);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let tick_every = [
+            SWEEP_EVERY,
+            settings.write_timeout / 2,
+            settings.idle_timeout / 2,
+            settings.heartbeat_interval / 2,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(SWEEP_EVERY)
+        .max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let multiplexing = self.protocol.caps.multiplexing;
         let mut rx_open = true;
+        let mut last_read = Instant::now();
+        let mut last_busy = Instant::now();
+        let mut write_stalled: Option<Instant> = None;
+        let mut heartbeat_sent: Option<Instant> = None;
+        let mut has_heartbeat = true;
         loop {
             if !self.handle.accepting.load(Ordering::Relaxed)
-                && pending.is_empty()
+                && st.pending.is_empty()
                 && wbuf.is_empty()
             {
-                // The backend said go away and everything it owed us has arrived.
-                self.rx.close();
-                while let Ok(out) = self.rx.try_recv() {
-                    self.handle.load.fetch_sub(1, Ordering::Relaxed);
-                    out.fail(false, "upstream connection is going away");
-                }
-                return "drained by upstream";
+                // Told to go away (or idle) and everything owed has arrived.
+                return "drained";
             }
-            let may_take =
-                rx_open && (multiplexing || pending.is_empty()) && wbuf.len() < MAX_PENDING_OUTPUT;
+            // Encode queued requests while the write buffer has room (and the backend
+            // still takes requests on this connection).
+            let accepting = self.handle.accepting.load(Ordering::Relaxed);
+            while accepting && wbuf.len() < WRITE_BATCH && (multiplexing || st.pending.is_empty()) {
+                let Some(out) = st.queue.pop_front() else {
+                    break;
+                };
+                self.enqueue(out, st, &mut *codec, &mut wbuf);
+            }
+            if wbuf.is_empty() {
+                write_stalled = None;
+            } else if write_stalled.is_none() {
+                write_stalled = Some(Instant::now());
+            }
             tokio::select! {
                 biased;
                 ready = stream.readable() => {
@@ -430,48 +548,78 @@ impl UpstreamConnection {
                     if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 { rbuf.reserve(READ_CHUNK); }
                     match stream.try_read_buf(&mut rbuf) {
                         Ok(0) => return "closed by upstream",
-                        Ok(_) => {}
+                        Ok(_) => {
+                            last_read = Instant::now();
+                            heartbeat_sent = None;
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                         Err(_) => return "read error",
                     }
                     loop {
                         match codec.decode(&mut rbuf) {
-                            Ok(Some(msg)) => self.on_message(msg, pending, &mut *codec, &mut wbuf),
+                            Ok(Some(msg)) => self.on_message(msg, &mut st.pending, &mut *codec, &mut wbuf),
                             Ok(None) => break,
                             Err(e) => {
-                                tracing::warn!(addr = %self.addr, error = %e, "bad frame from upstream");
+                                crate::observe::rate_limited!(tracing::Level::WARN, addr = %self.addr, error = %e, "bad frame from upstream");
                                 return "decode error";
                             }
                         }
                     }
                 }
-                out = self.rx.recv(), if may_take => {
-                    let Some(out) = out else { rx_open = false; if pending.is_empty() { return "pool closed"; } continue };
-                    self.enqueue(out, pending, &mut next_id, &mut *codec, &mut wbuf);
-                    // Batch whatever else is queued into the same write.
-                    while multiplexing || pending.is_empty() {
-                        match self.rx.try_recv() {
-                            Ok(out) => self.enqueue(out, pending, &mut next_id, &mut *codec, &mut wbuf),
-                            Err(_) => break,
-                        }
-                        if wbuf.len() > 256 * 1024 { break; }
+                out = self.rx.recv(), if rx_open => {
+                    let Some(out) = out else {
+                        rx_open = false;
+                        if st.pending.is_empty() && st.queue.is_empty() { return "pool closed"; }
+                        continue;
+                    };
+                    st.queue.push_back(out);
+                    while let Ok(out) = self.rx.try_recv() {
+                        st.queue.push_back(out);
                     }
                 }
                 ready = stream.writable(), if !wbuf.is_empty() => {
                     if ready.is_err() { return "write error"; }
                     match stream.try_write(&wbuf) {
-                        Ok(n) => bytes::Buf::advance(&mut wbuf, n),
+                        Ok(n) => {
+                            bytes::Buf::advance(&mut wbuf, n);
+                            if n > 0 {
+                                write_stalled = None;
+                                st.wrote(n);
+                            }
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(_) => return "write error",
                     }
                 }
-                _ = sweep.tick() => {
+                _ = tick.tick() => {
                     let now = Instant::now();
-                    let before = pending.len();
-                    pending.retain(|_, p| p.deadline + SWEEP_GRACE > now);
-                    let swept = before - pending.len();
-                    if swept > 0 { self.handle.load.fetch_sub(swept as u32, Ordering::Relaxed); }
-                    if !rx_open && pending.is_empty() { return "pool closed"; }
+                    st.sweep(now, &self.handle);
+                    if !rx_open && st.pending.is_empty() && st.queue.is_empty() { return "pool closed"; }
+                    if write_stalled.is_some_and(|t| now.duration_since(t) >= settings.write_timeout) {
+                        return "write timeout: the backend stopped reading";
+                    }
+                    if !st.pending.is_empty() || !st.queue.is_empty() || !wbuf.is_empty() {
+                        last_busy = now;
+                    } else if now.duration_since(last_busy) >= settings.idle_timeout {
+                        // Stop taking requests; the drained check above closes it.
+                        self.handle.accepting.store(false, Ordering::Relaxed);
+                        continue;
+                    }
+                    match heartbeat_sent {
+                        Some(at) if now.duration_since(at) >= settings.heartbeat_interval => {
+                            return "heartbeat unanswered";
+                        }
+                        None if has_heartbeat
+                            && now.duration_since(last_read) >= settings.heartbeat_interval =>
+                        {
+                            st.next_id = st.next_id.wrapping_add(1) & 0x7fff_ffff;
+                            match codec.encode_heartbeat(u64::from(st.next_id), &mut wbuf) {
+                                Ok(true) => heartbeat_sent = Some(now),
+                                Ok(false) | Err(_) => has_heartbeat = false,
+                            }
+                        }
+                        _ => {}
+                    }
                 }
             }
         }
@@ -480,27 +628,37 @@ impl UpstreamConnection {
     fn enqueue(
         &mut self,
         mut out: Outbound,
-        pending: &mut PendingMap,
-        next_id: &mut u32,
+        st: &mut ConnState,
         codec: &mut dyn Codec,
         wbuf: &mut BytesMut,
     ) {
+        if out.deadline <= Instant::now() {
+            // The client already got its timeout reply; never write it late.
+            self.handle.load.fetch_sub(1, Ordering::Relaxed);
+            return out.fail(false, "request expired before it was written");
+        }
         let two_way = out.msg.kind() == MessageKind::Request;
         let id = loop {
-            *next_id = next_id.wrapping_add(1) & 0x7fff_ffff;
-            if !pending.contains_key(&u64::from(*next_id)) {
-                break u64::from(*next_id);
+            st.next_id = st.next_id.wrapping_add(1) & 0x7fff_ffff;
+            if !st.pending.contains_key(&u64::from(st.next_id)) {
+                break u64::from(st.next_id);
             }
         };
         out.msg.set_request_id(id);
+        let before = wbuf.len();
         if let Err(e) = codec.encode(&out.msg, wbuf) {
-            tracing::warn!(error = %e, "cannot encode request for upstream");
+            crate::observe::rate_limited!(tracing::Level::WARN, error = %e, "cannot encode request for upstream");
+            wbuf.truncate(before);
             self.handle.load.fetch_sub(1, Ordering::Relaxed);
             out.fail(true, "request could not be encoded for upstream");
             return;
         }
+        st.encoded += (wbuf.len() - before) as u64;
         if two_way {
-            pending.insert(
+            if out.reply.is_some() {
+                st.unwritten.push_back((st.encoded, id, out.msg));
+            }
+            st.pending.insert(
                 id,
                 Pending {
                     reply: out.reply,

@@ -106,9 +106,29 @@ pub(crate) fn validate_fields(
     let clusters: HashSet<&str> = config.clusters.iter().map(|c| c.name.as_str()).collect();
 
     if let Some(admin) = &config.admin {
-        if let Err(e) = resolve(&admin.address) {
-            r.err("admin.address", e);
+        match resolve(&admin.address) {
+            Err(e) => r.err("admin.address", e),
+            Ok(addr) if !addr.ip().is_loopback() => r.warn(
+                "admin.address",
+                format!(
+                    "{addr} is reachable beyond this host: anyone who can connect can read the config and reload it{}",
+                    if admin.token_file.is_some() { " (with the token)" } else { "; set admin.token_file" }
+                ),
+            ),
+            Ok(_) => {}
         }
+        if let Some(path) = &admin.token_file {
+            match std::fs::read_to_string(path) {
+                Ok(t) if t.trim().is_empty() => {
+                    r.err("admin.token_file", format!("{path}: the file is empty"))
+                }
+                Ok(_) => {}
+                Err(e) => r.err("admin.token_file", format!("{path}: cannot read: {e}")),
+            }
+        }
+    }
+    if config.limits.max_buffered_bytes < 65536 {
+        r.err("limits.max_buffered_bytes", "must be at least 65536 bytes");
     }
     if config.listeners.is_empty() {
         r.err("listeners", "at least one listener is required");
@@ -145,8 +165,20 @@ pub(crate) fn validate_fields(
         if l.max_connections == 0 {
             r.err(format!("{at}.max_connections"), "must be greater than 0");
         }
-        if l.idle_timeout.get().is_zero() {
-            r.err(format!("{at}.idle_timeout"), "must be greater than 0");
+        for (field, d) in [
+            ("idle_timeout", l.idle_timeout),
+            ("write_timeout", l.write_timeout),
+            ("frame_timeout", l.frame_timeout),
+        ] {
+            if d.get().is_zero() {
+                r.err(format!("{at}.{field}"), "must be greater than 0");
+            }
+        }
+        if l.max_buffered_bytes < 4096 {
+            r.err(
+                format!("{at}.max_buffered_bytes"),
+                "must be at least 4096 bytes",
+            );
         }
         if let Some(log) = &l.access_log {
             if log.path.trim().is_empty() {
@@ -217,7 +249,17 @@ pub(crate) fn validate_fields(
         if c.connect_timeout.get().is_zero() {
             r.err(format!("{at}.connect_timeout"), "must be greater than 0");
         }
-        if let Some(od) = &c.outlier_detection {
+        for (field, d) in [
+            ("write_timeout", c.write_timeout),
+            ("idle_timeout", c.idle_timeout),
+            ("heartbeat_interval", c.heartbeat_interval),
+        ] {
+            if d.get().is_zero() {
+                r.err(format!("{at}.{field}"), "must be greater than 0");
+            }
+        }
+        {
+            let od = &c.outlier_detection;
             if od.consecutive_failures == 0 {
                 r.err(
                     format!("{at}.outlier_detection.consecutive_failures"),

@@ -90,6 +90,12 @@ impl Gauge {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Adds `delta` (which may be negative).
+    #[inline]
+    pub fn add(&self, delta: i64) {
+        self.0.fetch_add(delta, Ordering::Relaxed);
+    }
+
     /// Sets the value.
     #[inline]
     pub fn set(&self, value: i64) {
@@ -365,7 +371,7 @@ fn escape_label_value(out: &mut String, value: &str) {
 }
 
 /// The metric names of SPEC §8, without the `metaproxy_` prefix, in rendering order.
-pub const METRIC_NAMES: [&str; 11] = [
+pub const METRIC_NAMES: [&str; 13] = [
     "downstream_connections_total",
     "downstream_connections_active",
     "requests_total",
@@ -377,6 +383,8 @@ pub const METRIC_NAMES: [&str; 11] = [
     "decode_errors_total",
     "outlier_ejections_total",
     "config_reloads_total",
+    "buffered_bytes",
+    "connections_closed_total",
 ];
 
 /// Every metric of the proxy. Create one with [`Metrics::new`] and share it.
@@ -395,6 +403,8 @@ pub struct Metrics {
     config_reloads_total: Family,
     reload_ok: Counter,
     reload_error: Counter,
+    buffered_bytes: Family,
+    connections_closed_total: Family,
 }
 
 /// Per-listener handles, looked up once per listener (or per accepted connection).
@@ -407,6 +417,36 @@ pub struct ListenerMetrics {
     /// `decode_errors_total{listener}`.
     pub decode_errors: Counter,
     local_replies: [Counter; 5],
+    closed: [Counter; ClosedReason::ALL.len()],
+}
+
+/// Why the proxy closed a client connection on its own (`connections_closed_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClosedReason {
+    /// Replies waited longer than `write_timeout` without the client reading any.
+    WriteTimeout,
+    /// A frame was started but not finished within `frame_timeout`.
+    FrameTimeout,
+    /// Replies waiting for the client passed twice `max_buffered_bytes`.
+    OutputLimit,
+}
+
+impl ClosedReason {
+    /// Every reason, in metric order.
+    pub const ALL: [ClosedReason; 3] = [
+        ClosedReason::WriteTimeout,
+        ClosedReason::FrameTimeout,
+        ClosedReason::OutputLimit,
+    ];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClosedReason::WriteTimeout => "write_timeout",
+            ClosedReason::FrameTimeout => "frame_timeout",
+            ClosedReason::OutputLimit => "output_limit",
+        }
+    }
 }
 
 impl ListenerMetrics {
@@ -421,6 +461,11 @@ impl ListenerMetrics {
             LocalReplyKind::BadRequest => 4,
         };
         &self.local_replies[index]
+    }
+
+    /// `connections_closed_total{listener,reason}` for `reason`.
+    pub fn closed(&self, reason: ClosedReason) -> &Counter {
+        &self.closed[reason as usize]
     }
 
     /// Counts an accepted connection and tracks it as active until the guard drops.
@@ -545,10 +590,27 @@ impl Metrics {
             config_reloads_total,
             reload_ok,
             reload_error,
+            buffered_bytes: Family::new(
+                "metaproxy_buffered_bytes",
+                "Bytes of requests in flight and replies waiting for clients, over the whole process.",
+                Kind::Gauge,
+                &[],
+            ),
+            connections_closed_total: Family::new(
+                "metaproxy_connections_closed_total",
+                "Client connections the proxy closed on its own, by reason (write_timeout, frame_timeout, output_limit).",
+                Kind::Counter,
+                &["listener", "reason"],
+            ),
         })
     }
 
-    fn families(&self) -> [&Family; 11] {
+    /// `buffered_bytes`: the process-wide buffer budget in use.
+    pub fn buffered_bytes(&self) -> Gauge {
+        self.buffered_bytes.gauge(&[])
+    }
+
+    fn families(&self) -> [&Family; 13] {
         [
             &self.downstream_connections_total,
             &self.downstream_connections_active,
@@ -561,6 +623,8 @@ impl Metrics {
             &self.decode_errors_total,
             &self.outlier_ejections_total,
             &self.config_reloads_total,
+            &self.buffered_bytes,
+            &self.connections_closed_total,
         ]
     }
 
@@ -572,6 +636,10 @@ impl Metrics {
             decode_errors: self.decode_errors_total.counter(&[name]),
             local_replies: LocalReplyKind::ALL
                 .map(|kind| self.local_replies_total.counter(&[name, kind.as_str()])),
+            closed: ClosedReason::ALL.map(|reason| {
+                self.connections_closed_total
+                    .counter(&[name, reason.as_str()])
+            }),
         }
     }
 
@@ -694,6 +762,8 @@ mod tests {
         m.config_reload(true);
         m.config_reload(false);
         m.config_reload(false);
+        m.buffered_bytes().add(4096);
+        l.closed(ClosedReason::FrameTimeout).inc();
         m
     }
 
