@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod hostile;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
