@@ -336,7 +336,26 @@ impl Server {
             let local = socket.local_addr().map_err(bind_err)?;
             tracing::info!(address = %local, "admin listening on {local}");
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let bridge: Arc<dyn AdminHandler> = Arc::new(AdminBridge(handle.clone()));
+            let token = match &admin.token_file {
+                None => None,
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| {
+                            bind_err(std::io::Error::other(format!(
+                                "admin.token_file {path}: {e}"
+                            )))
+                        })?
+                        .trim()
+                        .to_owned(),
+                ),
+            };
+            if !local.ip().is_loopback() {
+                tracing::warn!(address = %local, token = token.is_some(), "the admin server is reachable beyond this host");
+            }
+            let bridge: Arc<dyn AdminHandler> = Arc::new(AdminBridge {
+                handle: handle.clone(),
+                token,
+            });
             tokio::spawn(crate::observe::serve(socket, bridge, async move {
                 let _ = stop_rx.await;
             }));
@@ -530,27 +549,35 @@ impl RunningServer {
 }
 
 /// Serves the admin endpoints from a [`ServerHandle`].
-struct AdminBridge(ServerHandle);
+struct AdminBridge {
+    handle: ServerHandle,
+    /// `admin.token_file`'s content, read at start.
+    token: Option<String>,
+}
 
 #[async_trait::async_trait]
 impl AdminHandler for AdminBridge {
     fn metrics(&self) -> String {
-        self.0.metrics_text()
+        self.handle.metrics_text()
     }
 
     fn ready(&self) -> bool {
-        self.0.is_ready()
+        self.handle.is_ready()
     }
 
     fn config(&self) -> serde_json::Value {
-        serde_json::to_value(&*self.0.config()).unwrap_or(serde_json::Value::Null)
+        serde_json::to_value(&*self.handle.config()).unwrap_or(serde_json::Value::Null)
     }
 
     fn clusters(&self) -> serde_json::Value {
-        self.0.clusters_json()
+        self.handle.clusters_json()
     }
 
     async fn reload(&self) -> Result<String, String> {
-        self.0.reload().await.map(|o| o.to_string())
+        self.handle.reload().await.map(|o| o.to_string())
+    }
+
+    fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 }

@@ -441,3 +441,76 @@ limits: {max_buffered_bytes: 131072}
     assert_eq!(overloaded as usize, outcome.count(Status::Overloaded));
     assert_quiescent(&p).await;
 }
+
+/// Sends one HTTP/1.1 request with `headers` to the admin server; returns the status.
+async fn admin_status(addr: std::net::SocketAddr, method: &str, path: &str, headers: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\n{headers}content-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&raw)[9..12].parse().unwrap()
+}
+
+#[tokio::test]
+async fn admin_needs_the_token_and_refuses_cross_origin_reloads() {
+    let v1 = backend("v1").await;
+    let dir = std::env::temp_dir().join(format!("metaproxy-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    let cfg = dir.join("proxy.yaml");
+    let text = format!(
+        "admin: {{address: \"127.0.0.1:0\", token_file: \"{}\"}}\n{}",
+        token.display(),
+        ONE_AT_A_TIME.replace("{v1}", &v1.addr.to_string())
+    );
+    std::fs::write(&cfg, &text).unwrap();
+    let p = metaproxy::Server::from_file(&cfg, registry())
+        .unwrap()
+        .bind()
+        .await
+        .unwrap();
+    let admin = p.admin_addr().unwrap();
+    let auth = "authorization: Bearer s3cret-token\r\n";
+    assert_eq!(admin_status(admin, "GET", "/config", "").await, 401);
+    assert_eq!(
+        admin_status(admin, "GET", "/config", "authorization: Bearer wrong\r\n").await,
+        401
+    );
+    assert_eq!(admin_status(admin, "POST", "/reload", "").await, 401);
+    assert_eq!(admin_status(admin, "GET", "/config", auth).await, 200);
+    // A page on another origin, even with the token (say, from a stolen cookie jar).
+    let evil = format!("{auth}origin: http://evil.example\r\n");
+    assert_eq!(admin_status(admin, "POST", "/reload", &evil).await, 403);
+    let evil = format!("{auth}sec-fetch-site: cross-site\r\n");
+    assert_eq!(admin_status(admin, "POST", "/reload", &evil).await, 403);
+    // The same origin, or no browser at all (curl), may reload.
+    let same = format!("{auth}origin: http://{admin}\r\n");
+    assert_eq!(admin_status(admin, "POST", "/reload", &same).await, 200);
+    assert_eq!(admin_status(admin, "POST", "/reload", auth).await, 200);
+    let reloads = metric(
+        &p.handle().metrics_text(),
+        "metaproxy_config_reloads_total",
+        Some("result=\"ok\""),
+    );
+    assert_eq!(reloads, 2.0);
+
+    // Bound beyond loopback: `check` (the same validation) warns.
+    let mut open = (*p.handle().config()).clone();
+    open.admin.as_mut().unwrap().address = "0.0.0.0:0".into();
+    let warnings = metaproxy::config::validate(&open, &registry())
+        .unwrap()
+        .warnings;
+    assert!(
+        warnings.iter().any(|w| w.field == "admin.address"),
+        "{warnings:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
