@@ -147,7 +147,7 @@ impl ThriftCodec {
         };
         let len = len as usize;
         if len > self.max_frame_size {
-            return Err(DecodeError::too_large(len as u64, self.max_frame_size));
+            return Err(self.over_limit(src, len, 4, Transport::Framed));
         }
         let b0 = match src.get(4) {
             Some(&b) => b,
@@ -197,7 +197,14 @@ impl ThriftCodec {
         }
         match skip_struct(&mut c, protocol) {
             Ok(()) => {}
-            Err(Fault::Incomplete(n)) => return self.incomplete(n),
+            Err(Fault::Incomplete(n)) => {
+                return self.incomplete(n).map_err(|e| {
+                    match reply_ctx(view, &head, Transport::Unframed, protocol) {
+                        Some(r) if head.mtype != mtype::REPLY => e.with_reply(r),
+                        _ => e,
+                    }
+                })
+            }
             Err(f) => {
                 let e = fault(f);
                 return Err(
@@ -221,6 +228,31 @@ impl ThriftCodec {
             0,
         ];
         build(frame, &head, Transport::Unframed, protocol, status, layout)
+    }
+
+    /// The error for a frame of `len` bytes over the limit, answerable (with a
+    /// `TApplicationException` PROTOCOL_ERROR) when the bytes already buffered hold
+    /// the message header with the method name and seqid of a call. The frame body
+    /// is never waited for.
+    fn over_limit(&self, src: &[u8], len: usize, start: usize, t: Transport) -> DecodeError {
+        let e = DecodeError::too_large(len as u64, self.max_frame_size);
+        let Some(protocol) = src
+            .get(start)
+            .and_then(|&b0| sniff_protocol(b0).ok())
+            .filter(|p| self.protocol.is_none_or(|want| want == *p))
+        else {
+            return e;
+        };
+        let view = src.get(..src.len().min(start + len)).unwrap_or_default();
+        match read_msg_head(&mut Cursor::at(view, start), protocol) {
+            Ok(head) if head.mtype == mtype::CALL || head.mtype == mtype::ONEWAY => {
+                match reply_ctx(view, &head, t, protocol) {
+                    Some(r) => e.with_reply(r),
+                    None => e,
+                }
+            }
+            _ => e,
+        }
     }
 
     /// An unframed message needs at least `n` bytes in all.
@@ -1005,10 +1037,50 @@ mod tests {
         )
         .unwrap();
         b.truncate(40);
-        assert!(matches!(
-            codec.decode(&mut b).unwrap_err().kind,
-            DecodeErrorKind::FrameTooLarge { .. }
-        ));
+        let e = codec.decode(&mut b).unwrap_err();
+        assert!(matches!(e.kind, DecodeErrorKind::FrameTooLarge { .. }));
+        // The call's name and seqid were read: the error is answerable.
+        let r = e.reply.expect("an answerable error");
+        assert_eq!((r.request_id, &*r.name), (1, "m"));
+    }
+
+    #[test]
+    fn an_over_limit_frame_whose_header_arrived_gets_a_protocol_error_reply() {
+        for p in Protocol::ALL {
+            let mut codec = ThriftCodec::new(Some(Transport::Framed), None, 100);
+            let mut b = BytesMut::new();
+            frames::write_call(
+                &FrameSpec::new(Transport::Framed, p, "getUser", 42),
+                &[7; 1000],
+                &mut b,
+            )
+            .unwrap();
+            b.truncate(64);
+            let e = codec.decode(&mut b).unwrap_err();
+            assert!(
+                matches!(e.kind, DecodeErrorKind::FrameTooLarge { .. }),
+                "{p:?}"
+            );
+            let ctx = e.reply.expect("answerable");
+            assert_eq!((ctx.request_id, &*ctx.name), (42, "getUser"), "{p:?}");
+            let mut out = BytesMut::new();
+            codec
+                .encode_local_reply(
+                    &ctx,
+                    &LocalReply::new(LocalReplyKind::BadRequest, "too large"),
+                    &mut out,
+                )
+                .unwrap();
+            let mut reader = ThriftCodec::new(Some(Transport::Framed), Some(p), 1 << 20);
+            let reply = reader.decode(&mut out).unwrap().unwrap();
+            assert_eq!(reply.request_id(), 42);
+            assert_eq!(
+                reply.status(),
+                meta_protocol::ResponseStatus::Error,
+                "{p:?}"
+            );
+            assert!(reply.frame().windows(9).any(|w| w == b"too large"));
+        }
     }
 
     #[test]
