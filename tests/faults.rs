@@ -514,3 +514,70 @@ async fn admin_needs_the_token_and_refuses_cross_origin_reloads() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+const DUBBO_HEARTBEATS: &str = r#"
+listeners:
+  - {name: in, address: "127.0.0.1:0", codec: dubbo, route_config: r}
+route_configs:
+  - {name: r, routes: [{route: {cluster: b}}]}
+clusters:
+  - {name: b, endpoints: ["{b}"], heartbeat_interval: 100ms}
+"#;
+
+#[tokio::test]
+async fn dubbo_upstream_heartbeats_keep_live_connections_and_replace_dead_ones() {
+    // A backend that answers heartbeats keeps its one connection.
+    let alive = dubbo_heartbeat_backend(true).await;
+    let p = proxy(DUBBO_HEARTBEATS, &[("b", alive.addr)]).await;
+    let mut client = tokio::net::TcpStream::connect(p.local_addr("in").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(dubbo_call(&mut client, 1).await, 20);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(alive.heartbeats.load(Ordering::SeqCst) >= 2);
+    assert_eq!(alive.closed.load(Ordering::SeqCst), 0);
+    // Heartbeat answers were consumed, not routed: the next call's reply is its own.
+    assert_eq!(dubbo_call(&mut client, 2).await, 20);
+    assert_eq!(alive.connections.load(Ordering::SeqCst), 1);
+
+    // A backend that stops answering heartbeats has its connection closed and replaced.
+    let deaf = dubbo_heartbeat_backend(false).await;
+    let p = proxy(DUBBO_HEARTBEATS, &[("b", deaf.addr)]).await;
+    let mut client = tokio::net::TcpStream::connect(p.local_addr("in").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(dubbo_call(&mut client, 1).await, 20);
+    let closed = eventually(Duration::from_secs(2), || {
+        deaf.closed.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    assert!(
+        closed,
+        "an upstream connection with unanswered heartbeats stays open"
+    );
+    assert_eq!(dubbo_call(&mut client, 2).await, 20);
+    assert_eq!(deaf.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_and_the_next_request_opens_one() {
+    let v1 = backend("v1").await;
+    let yaml = r#"
+listeners:
+  - {name: in, address: "127.0.0.1:0", codec: kv, route_config: r}
+route_configs:
+  - {name: r, routes: [{route: {cluster: v1}}]}
+clusters:
+  - {name: v1, endpoints: ["{v1}"], idle_timeout: 200ms}
+"#;
+    let p = proxy(yaml, &[("v1", v1.addr)]).await;
+    let mut c = Client::connect(p.local_addr("in").unwrap()).await;
+    assert_eq!(frames::status(&c.call(&[], b"a").await), Status::Ok as u8);
+    let closed = eventually(Duration::from_secs(2), || {
+        endpoint_json(&p, "v1", 0)["upstream_connections"] == 0
+    })
+    .await;
+    assert!(closed, "{}", endpoint_json(&p, "v1", 0));
+    assert_eq!(frames::status(&c.call(&[], b"b").await), Status::Ok as u8);
+    assert_eq!(v1.connections.load(Ordering::SeqCst), 2);
+}

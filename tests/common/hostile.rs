@@ -315,3 +315,103 @@ pub fn rss_kib() -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap()
 }
+
+/// A Dubbo backend that answers calls (echo) and counts the heartbeats it gets;
+/// answers them only when `answer_heartbeats`.
+pub struct DubboHeartbeatBackend {
+    pub addr: SocketAddr,
+    pub heartbeats: Arc<AtomicUsize>,
+    pub connections: Arc<AtomicUsize>,
+    /// Connections the proxy closed.
+    pub closed: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for DubboHeartbeatBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn dubbo_heartbeat_backend(answer_heartbeats: bool) -> DubboHeartbeatBackend {
+    use meta_protocol::{CodecContext, CodecFactory, Side};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heartbeats = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (h, c, x) = (heartbeats.clone(), connections.clone(), closed.clone());
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let (h, x) = (h.clone(), x.clone());
+            conns.spawn(async move {
+                let options = Default::default();
+                let ctx = CodecContext {
+                    side: Side::Downstream,
+                    options: &options,
+                    max_frame_size: 1 << 20,
+                    wire: None,
+                };
+                let mut codec = metaproxy::dubbo::DubboCodecFactory.new_codec(&ctx).unwrap();
+                let mut buf = BytesMut::new();
+                loop {
+                    match stream.read_buf(&mut buf).await {
+                        Ok(0) | Err(_) => {
+                            x.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        Ok(_) => {}
+                    }
+                    let mut out = BytesMut::new();
+                    while let Ok(Some(msg)) = codec.decode(&mut buf) {
+                        if msg.kind() == MessageKind::Heartbeat {
+                            h.fetch_add(1, Ordering::SeqCst);
+                            if !answer_heartbeats {
+                                continue;
+                            }
+                        }
+                        if let Some(reply) = metaproxy::dubbo::frames::echo_response(&msg) {
+                            out.extend_from_slice(&reply);
+                        }
+                    }
+                    if !out.is_empty() && stream.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    DubboHeartbeatBackend {
+        addr,
+        heartbeats,
+        connections,
+        closed,
+        task,
+    }
+}
+
+/// One Dubbo call through `addr`; returns the reply's status byte.
+pub async fn dubbo_call(stream: &mut TcpStream, id: u64) -> u8 {
+    let frame =
+        metaproxy::dubbo::frames::RequestFrame::new(id, "com.example.Echo", "echo").encode();
+    stream.write_all(&frame).await.unwrap();
+    let mut buf = BytesMut::new();
+    loop {
+        if buf.len() >= 16 {
+            let len = u32::from_be_bytes([buf[12], buf[13], buf[14], buf[15]]) as usize;
+            if buf.len() >= 16 + len {
+                let reply = buf.split_to(16 + len).freeze();
+                let parsed = metaproxy::dubbo::frames::parse_response(&reply).unwrap();
+                assert_eq!(parsed.header.id, id);
+                return parsed.header.status;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read_buf(&mut buf))
+            .await
+            .expect("no Dubbo reply within 5 s")
+            .unwrap();
+        assert!(n > 0, "proxy closed the Dubbo connection");
+    }
+}
