@@ -581,3 +581,42 @@ clusters:
     assert_eq!(frames::status(&c.call(&[], b"b").await), Status::Ok as u8);
     assert_eq!(v1.connections.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn an_over_limit_thrift_frame_gets_a_protocol_error_then_the_close() {
+    use metaproxy::thrift::frames::{write_call, FrameSpec};
+    use metaproxy::thrift::{Protocol, Transport};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let v1 = backend("v1").await;
+    let yaml = r#"
+listeners:
+  - {name: in, address: "127.0.0.1:0", codec: thrift, route_config: r, max_frame_size: 256}
+route_configs:
+  - {name: r, routes: [{route: {cluster: v1}}]}
+clusters:
+  - {name: v1, endpoints: ["{v1}"]}
+"#;
+    let p = proxy(yaml, &[("v1", v1.addr)]).await;
+    let mut s = tokio::net::TcpStream::connect(p.local_addr("in").unwrap())
+        .await
+        .unwrap();
+    let mut frame = bytes::BytesMut::new();
+    let spec = FrameSpec::new(Transport::Framed, Protocol::Binary, "getUser", 42);
+    write_call(&spec, &[7; 4096], &mut frame).unwrap();
+    s.write_all(&frame).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
+        .await
+        .expect("the proxy closes after its reply")
+        .unwrap();
+    let mut codec = metaproxy::thrift::ThriftCodec::new(None, None, 1 << 20);
+    let mut buf = bytes::BytesMut::from(&raw[..]);
+    let reply = meta_protocol::Codec::decode(&mut codec, &mut buf)
+        .unwrap()
+        .expect("a TApplicationException reply");
+    assert_eq!(reply.request_id(), 42);
+    assert_eq!(reply.status(), meta_protocol::ResponseStatus::Error);
+    // TApplicationException type 7 (PROTOCOL_ERROR): field 2, i32, value 7.
+    assert!(reply.frame().windows(7).any(|w| w == [8, 0, 2, 0, 0, 0, 7]));
+    assert!(buf.is_empty());
+}
