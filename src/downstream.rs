@@ -39,6 +39,9 @@ const DRAIN_QUIET: Duration = Duration::from_millis(250);
 
 /// Read buffer reservation.
 const READ_CHUNK: usize = 32 * 1024;
+/// A connection's share of the process-wide buffer budget is brought up to date when it
+/// changed by this much (or dropped to zero).
+const BUDGET_STEP: usize = 16 * 1024;
 
 /// What an access log entry needs from the start of a request.
 struct LogStart {
@@ -306,12 +309,16 @@ impl Downstream {
         }
     }
 
-    /// Brings this connection's share of the process-wide buffer budget up to date.
+    /// Brings this connection's share of the process-wide buffer budget up to date, in
+    /// steps of [`BUDGET_STEP`] (or to exactly zero) so that connections do not contend
+    /// on the shared counter for every small request.
     #[inline]
     fn sync_budget(&mut self, read_buffered: usize) {
         let now = self.inflight_bytes + self.wbuf.len() + read_buffered;
-        self.ctx.shared.budget.update(self.accounted, now);
-        self.accounted = now;
+        if now.abs_diff(self.accounted) >= BUDGET_STEP || (now == 0 && self.accounted != 0) {
+            self.ctx.shared.budget.update(self.accounted, now);
+            self.accounted = now;
+        }
     }
 
     /// Decodes and handles every complete frame in `rbuf`; returns how many.
