@@ -116,7 +116,9 @@ impl Shared {
     /// Re-reads the config file and applies it.
     pub(crate) async fn reload_file(&self) -> Result<ReloadOutcome, String> {
         let Some(path) = &self.config_path else {
-            return Err("the server was not started from a config file".to_owned());
+            return Err(
+                "the server was built from a value (Server::new), not a file: there is nothing to re-read; use ServerHandle::apply".to_owned(),
+            );
         };
         let config = match config::load(path) {
             Ok(c) => c,
@@ -143,6 +145,12 @@ pub struct Server {
 impl Server {
     /// Validates `config` and prepares the server. `codecs` must hold every codec the
     /// listeners name.
+    ///
+    /// A server built from a value has no file to re-read: change its config with
+    /// [`ServerHandle::apply`]; [`ServerHandle::reload`], SIGHUP and `POST /reload`
+    /// answer with an error and change nothing. Build the config in code or from text
+    /// with [`Config::from_yaml_str`]; listeners on port 0 bind ephemeral ports, which
+    /// [`RunningServer::local_addr`] reports.
     pub fn new(config: Config, codecs: CodecRegistry) -> Result<Server, ConfigError> {
         Self::build(config, codecs, None)
     }
@@ -440,6 +448,10 @@ pub struct ServerHandle {
 
 impl ServerHandle {
     /// Re-reads the config file and swaps routes and clusters atomically.
+    ///
+    /// Only for a server made by [`Server::from_file`]: for one made by [`Server::new`]
+    /// there is no file, so this returns an error and changes nothing; use
+    /// [`ServerHandle::apply`] instead.
     pub async fn reload(&self) -> Result<ReloadOutcome, String> {
         let r = self.shared.reload_file().await;
         match &r {
@@ -452,7 +464,10 @@ impl ServerHandle {
         r
     }
 
-    /// Applies `config` (validated first) as a reload would.
+    /// Applies `config` (validated first) as a reload would: routes and clusters are
+    /// swapped atomically, requests in flight finish on the old ones, and an invalid
+    /// config is rejected whole with every problem and changes nothing. The way to
+    /// reconfigure a server built from a value ([`Server::new`]).
     pub async fn apply(&self, config: Config) -> Result<ReloadOutcome, Vec<Problem>> {
         self.shared.apply(config).await
     }

@@ -508,7 +508,7 @@ clusters:
 #[tokio::test]
 async fn outlier_detection_ejects_an_endpoint_that_keeps_failing() {
     let good = backend("good").await;
-    let silent = common::binary::silent_backend();
+    let silent = common::net::silent_backend();
     let yaml = r#"
 listeners:
   - {name: in, address: "127.0.0.1:0", codec: kv, route_config: r}
@@ -557,7 +557,7 @@ clusters:
 #[tokio::test]
 async fn a_slow_mirror_is_bounded_and_never_delays_clients() {
     let v1 = backend("v1").await;
-    let silent = common::binary::silent_backend();
+    let silent = common::net::silent_backend();
     let yaml = r#"
 listeners:
   - {name: in, address: "127.0.0.1:0", codec: kv, route_config: r}

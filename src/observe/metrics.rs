@@ -1,4 +1,4 @@
-//! The metrics registry of SPEC §8, rendered in the Prometheus text exposition format.
+//! The metrics registry (names in docs/METRICS.md), rendered in the Prometheus text exposition format.
 //!
 //! Label lookups happen once, when a listener, route or cluster is set up (config load,
 //! connection accept); they return cheap cloneable handles ([`Counter`], [`Gauge`],
@@ -370,7 +370,7 @@ fn escape_label_value(out: &mut String, value: &str) {
     }
 }
 
-/// The metric names of SPEC §8, without the `metaproxy_` prefix, in rendering order.
+/// The metric names of docs/METRICS.md, without the `metaproxy_` prefix, in rendering order.
 pub const METRIC_NAMES: [&str; 13] = [
     "downstream_connections_total",
     "downstream_connections_active",
@@ -516,7 +516,7 @@ pub struct ClusterMetrics {
 }
 
 impl Metrics {
-    /// The registry with every family of SPEC §8 and both `config_reloads_total` series.
+    /// The registry with every documented family and both `config_reloads_total` series.
     pub fn new() -> Arc<Metrics> {
         let config_reloads_total = Family::new(
             "metaproxy_config_reloads_total",
@@ -684,7 +684,7 @@ impl Metrics {
     }
 
     /// The whole registry in the Prometheus text exposition format (version 0.0.4):
-    /// families in SPEC order, each with `# HELP` and `# TYPE` (also when it has no
+    /// families in documented order, each with `# HELP` and `# TYPE` (also when it has no
     /// series yet), series sorted by label values.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
@@ -976,7 +976,7 @@ mod tests {
                 assert!(name.starts_with(family), "{name} outside {family}");
             }
         }
-        // Families appear in SPEC order.
+        // Families appear in documented order.
         let order: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE metaproxy_"))

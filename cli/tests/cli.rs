@@ -99,7 +99,7 @@ fn check_rejects_unknown_fields_and_bad_yaml_with_positions() {
 
 #[test]
 fn every_example_config_passes_check() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config");
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
@@ -146,19 +146,19 @@ fn serve_reload_drain(env: &[(&str, &str)]) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (v1, v2) = rt.block_on(async {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let v1 = metaproxy::backend::spawn(
+        let v1 = metaproxy_cli::backend::spawn(
             any,
-            metaproxy::backend::dubbo_factory(),
+            metaproxy_cli::backend::dubbo_factory(),
             Default::default(),
-            metaproxy::backend::dubbo_echo("v1"),
+            metaproxy_cli::backend::dubbo_echo("v1"),
         )
         .await
         .unwrap();
-        let v2 = metaproxy::backend::spawn(
+        let v2 = metaproxy_cli::backend::spawn(
             any,
-            metaproxy::backend::dubbo_factory(),
+            metaproxy_cli::backend::dubbo_factory(),
             Default::default(),
-            metaproxy::backend::dubbo_echo("v2"),
+            metaproxy_cli::backend::dubbo_echo("v2"),
         )
         .await
         .unwrap();
@@ -234,4 +234,34 @@ clusters:
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
+}
+
+/// A custom binary is `Cli::new(registry).main()`: its `check` knows the codecs it
+/// registered, and the stock binary's does not.
+#[test]
+fn check_in_a_custom_binary_sees_its_codec() {
+    use metaproxy_cli::Cli;
+    use std::process::ExitCode;
+
+    let kv_yaml = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/kvproto/kv.yaml");
+    let with_kv = || {
+        let mut codecs = metaproxy::default_registry();
+        codecs.register(std::sync::Arc::new(metaproxy_example_kv::KvCodecFactory));
+        Cli::new(codecs)
+    };
+    let check = |cli: Cli| cli.main_from(["my-proxy", "check", "--config", kv_yaml]);
+    assert_eq!(check(with_kv()), ExitCode::SUCCESS);
+    assert_eq!(
+        check(Cli::new(metaproxy::default_registry())),
+        ExitCode::FAILURE,
+        "without the kv codec registered the listener's codec is unknown"
+    );
+    // And through the stock binary, which has only dubbo and thrift.
+    let out = bin().args(["check", "--config", kv_yaml]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("kv"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
