@@ -39,6 +39,9 @@ const DRAIN_QUIET: Duration = Duration::from_millis(250);
 
 /// Read buffer reservation.
 const READ_CHUNK: usize = 32 * 1024;
+/// Free retries of a request whose connections kept going away before writing it
+/// (each one had served other requests, or was retired by the proxy).
+const MAX_STALE_RETRIES: u8 = 16;
 /// A connection's share of the process-wide buffer budget is brought up to date when it
 /// changed by this much (or dropped to zero).
 const BUDGET_STEP: usize = 16 * 1024;
@@ -86,8 +89,8 @@ struct InFlight {
     hash: Option<u64>,
     /// Size of the request frame, counted in the connection's buffered bytes.
     bytes: usize,
-    /// Whether the free retry after a stale connection was used.
-    stale_retried: bool,
+    /// Free retries used after stale connections (at most [`MAX_STALE_RETRIES`]).
+    stale_retries: u8,
 }
 
 impl InFlight {
@@ -519,7 +522,7 @@ impl Downstream {
                     attempts_left,
                     hash,
                     bytes,
-                    stale_retried: false,
+                    stale_retries: 0,
                 });
                 self.inflight_bytes += bytes;
             }
@@ -704,14 +707,14 @@ impl Downstream {
                 f.release();
                 let cluster = f.cluster().clone();
                 // A connection the backend closed between requests is no sign of a
-                // failing endpoint, and its unwritten request gets one free retry.
-                let stale_retry = stale && !f.stale_retried;
+                // failing endpoint, and its unwritten request gets a free retry.
+                let stale_retry = stale && f.stale_retries < MAX_STALE_RETRIES;
                 if !stale {
                     cluster.record_failure(&f.endpoint);
                 }
                 if let (Some(msg), true) = (unsent, stale_retry || f.attempts_left > 0) {
                     if stale_retry {
-                        f.stale_retried = true;
+                        f.stale_retries += 1;
                     } else {
                         f.attempts_left -= 1;
                     }

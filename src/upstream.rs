@@ -35,6 +35,8 @@ const READ_CHUNK: usize = 64 * 1024;
 /// rest wait in the connection's queue, where a request whose deadline passes is
 /// dropped instead of being written late.
 const WRITE_BATCH: usize = 256 * 1024;
+/// Why a connection that the backend told to go away, or that was idle, closed.
+const DRAINED: &str = "drained";
 /// How often expired entries are swept and timeouts checked (at most; shorter
 /// configured timeouts check more often).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -103,9 +105,10 @@ pub(crate) enum DownstreamEvent {
     /// The backend answered.
     Response { token: u64, msg: Message },
     /// The request failed. `unsent` carries it back when it never reached the backend,
-    /// so it may be retried elsewhere. `stale` says the connection went away (closed by
-    /// the backend, idle, drained) before the request was written: a retry on a fresh
-    /// connection that does not count against the route's retries.
+    /// so it may be retried elsewhere. `stale` says it was never written because its
+    /// connection went away between requests (closed by the backend after answering
+    /// others, idle, drained): a retry on a fresh connection that does not count
+    /// against the route's retries nor as an endpoint failure.
     Failed {
         token: u64,
         unsent: Option<Message>,
@@ -134,11 +137,6 @@ pub(crate) struct Outbound {
 impl Outbound {
     fn fail(self, sent: bool, reason: &'static str) {
         self.fail_as(sent, false, reason);
-    }
-
-    /// Fails a request never written because its connection went away.
-    fn fail_stale(self, reason: &'static str) {
-        self.fail_as(false, true, reason);
     }
 
     fn fail_as(self, sent: bool, stale: bool, reason: &'static str) {
@@ -319,7 +317,7 @@ impl Pool {
             wire: self.key.wire,
             settings: endpoint.settings(),
             endpoint: Arc::downgrade(endpoint),
-            _open: OpenConnection(open),
+            open: Some(OpenConnection(open)),
             metrics: self.metrics.clone(),
         };
         tokio::spawn(conn.run());
@@ -337,14 +335,14 @@ struct Pending {
 }
 
 impl Pending {
-    /// Hands a request that was never written back for a retry on a fresh connection.
-    fn fail_stale(self, msg: Message, reason: &'static str) {
+    /// Hands a request that was never written back for a retry.
+    fn fail_unwritten(self, msg: Message, stale: bool, reason: &'static str) {
         if let Some(reply) = self.reply {
             let _ = reply.tx.send(DownstreamEvent::Failed {
                 token: reply.token,
                 unsent: Some(msg),
                 reason,
-                stale: true,
+                stale,
             });
         }
     }
@@ -364,6 +362,8 @@ struct ConnState {
     encoded: u64,
     written: u64,
     next_id: u32,
+    /// Responses received on this connection.
+    answered: u64,
 }
 
 impl ConnState {
@@ -407,7 +407,9 @@ impl Drop for OpenConnection {
 }
 
 struct UpstreamConnection {
-    _open: OpenConnection,
+    /// Counts against the endpoint's `max_connections`; given back as soon as the
+    /// connection is gone, before its requests are handed back for retries.
+    open: Option<OpenConnection>,
     handle: Arc<ConnHandle>,
     rx: mpsc::UnboundedReceiver<Outbound>,
     addr: SocketAddr,
@@ -445,17 +447,22 @@ impl UpstreamConnection {
             encoded: 0,
             written: 0,
             next_id: 0,
+            answered: 0,
         };
         let reason = self.serve(stream, codec, &mut state).await;
         self.metrics.upstream_connections_active.dec();
         self.handle.alive.store(false, Ordering::Relaxed);
+        drop(self.open.take());
         tracing::debug!(addr = %self.addr, reason, pending = state.pending.len(), "upstream connection closed");
-        // Requests encoded but never written go back for a retry on a fresh connection.
+        // Requests never written go back for a retry. When the connection had served
+        // requests (the backend closed it between requests) or the proxy retired it
+        // (idle, go-away), the retry is on the house.
+        let stale = state.answered > 0 || reason == DRAINED;
         let mut retried = 0u32;
         for (_, id, msg) in state.unwritten.drain(..) {
             if let Some(p) = state.pending.remove(&id) {
                 retried += 1;
-                p.fail_stale(msg, reason);
+                p.fail_unwritten(msg, stale, reason);
             }
         }
         for (_, p) in state.pending.drain() {
@@ -471,17 +478,18 @@ impl UpstreamConnection {
         }
         self.handle.load.fetch_sub(retried, Ordering::Relaxed);
         for out in state.queue.drain(..) {
-            out.fail_stale("upstream connection closed");
+            out.fail_as(false, stale, "upstream connection closed");
         }
         self.rx.close();
         while let Ok(out) = self.rx.try_recv() {
-            out.fail_stale("upstream connection closed");
+            out.fail_as(false, stale, "upstream connection closed");
         }
     }
 
     fn connect_failed(mut self, why: &str) {
         tracing::debug!(addr = %self.addr, why, "upstream connect failed");
         self.handle.alive.store(false, Ordering::Relaxed);
+        drop(self.open.take());
         if let Some(ep) = self.endpoint.upgrade() {
             ep.connect_failed();
         }
@@ -525,7 +533,7 @@ impl UpstreamConnection {
                 && wbuf.is_empty()
             {
                 // Told to go away (or idle) and everything owed has arrived.
-                return "drained";
+                return DRAINED;
             }
             // Encode queued requests while the write buffer has room (and the backend
             // still takes requests on this connection).
@@ -557,7 +565,10 @@ impl UpstreamConnection {
                     }
                     loop {
                         match codec.decode(&mut rbuf) {
-                            Ok(Some(msg)) => self.on_message(msg, &mut st.pending, &mut *codec, &mut wbuf),
+                            Ok(Some(msg)) => {
+                                st.answered += u64::from(msg.kind() == MessageKind::Response);
+                                self.on_message(msg, &mut st.pending, &mut *codec, &mut wbuf);
+                            }
                             Ok(None) => break,
                             Err(e) => {
                                 crate::observe::rate_limited!(tracing::Level::WARN, addr = %self.addr, error = %e, "bad frame from upstream");

@@ -620,3 +620,32 @@ clusters:
     assert!(reply.frame().windows(7).any(|w| w == [8, 0, 2, 0, 0, 0, 7]));
     assert!(buf.is_empty());
 }
+
+#[tokio::test]
+async fn a_request_queued_behind_a_connection_the_backend_closes_is_retried_on_a_fresh_one() {
+    // One request per connection at a time, one connection: the second request waits
+    // in the connection's queue while the backend answers the first and closes.
+    let closing = hostile_backend(Fault::CloseAfterReply).await;
+    let yaml = r#"
+listeners:
+  - {name: in, address: "127.0.0.1:0", codec: kv, options: {multiplexing: "false"}, route_config: r}
+route_configs:
+  - {name: r, routes: [{route: {cluster: c, timeout: 2s}}]}
+clusters:
+  - {name: c, endpoints: ["{c}"], max_connections: 1, outlier_detection: {enabled: false}}
+"#;
+    let p = proxy(yaml, &[("c", closing.addr)]).await;
+    let outcome = drive(
+        p.local_addr("in").unwrap(),
+        "any",
+        1,
+        10,
+        10,
+        64,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(outcome.count(Status::Ok), 10, "{outcome:?}");
+    assert_eq!(outcome.wrong_bodies, 0);
+    assert_eq!(closing.received.load(Ordering::SeqCst), 10);
+}
