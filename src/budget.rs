@@ -3,6 +3,7 @@
 //! local reply `overloaded`, so memory stays bounded however many peers misbehave.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::observe::metrics::Gauge;
 
@@ -37,5 +38,32 @@ impl BufferBudget {
         if before != after {
             self.used.add(after as i64 - before as i64);
         }
+    }
+}
+
+/// Bytes of a mirror copy or one-way call held by an upstream connection until it is
+/// written (one-way) or answered or expired (mirror); given back on drop.
+pub(crate) struct BudgetCharge {
+    budget: Arc<BufferBudget>,
+    bytes: usize,
+}
+
+impl BufferBudget {
+    /// Charges `bytes` to the budget until the returned guard drops; `None` when they
+    /// do not fit.
+    pub(crate) fn charge(self: &Arc<Self>, bytes: usize) -> Option<BudgetCharge> {
+        self.has_room(bytes).then(|| {
+            self.update(0, bytes);
+            BudgetCharge {
+                budget: self.clone(),
+                bytes,
+            }
+        })
+    }
+}
+
+impl Drop for BudgetCharge {
+    fn drop(&mut self) {
+        self.budget.update(self.bytes, 0);
     }
 }

@@ -597,6 +597,22 @@ impl Downstream {
                 reason: "overloaded: too many pending requests",
             });
         }
+        // Copies and one-way calls outlive this connection's accounting: they carry
+        // their bytes in the budget themselves.
+        let charge = if two_way {
+            None
+        } else {
+            match self.ctx.shared.budget.charge(msg.frame().len()) {
+                Some(c) => Some(c),
+                None => {
+                    return Err(NotSent {
+                        msg,
+                        kind: LocalReplyKind::Overloaded,
+                        reason: "overloaded: the proxy's buffer budget is used up",
+                    })
+                }
+            }
+        };
         let Some(index) = cluster.lb.pick(hash, &mut self.rng, &**cluster) else {
             if two_way {
                 cluster.release_pending();
@@ -619,12 +635,14 @@ impl Downstream {
                 reply,
                 deadline,
                 slot,
+                charge,
             }),
             None => Err(Outbound {
                 msg,
                 reply,
                 deadline,
                 slot,
+                charge,
             }),
         };
         match sent {

@@ -30,7 +30,7 @@ pub(crate) struct Shared {
     pub(crate) config_path: Option<PathBuf>,
     pub(crate) ready: AtomicBool,
     /// `limits.max_buffered_bytes` and its use.
-    pub(crate) budget: BufferBudget,
+    pub(crate) budget: Arc<BufferBudget>,
     /// Listeners as bound at start: name -> (address, codec, options) fingerprint.
     pub(crate) bound: std::sync::Mutex<HashMap<String, String>>,
     reload_lock: tokio::sync::Mutex<()>,
@@ -175,10 +175,10 @@ impl Server {
                 problems,
             }
         })?;
-        let budget = BufferBudget::new(
+        let budget = Arc::new(BufferBudget::new(
             compiled.config().limits.max_buffered_bytes,
             metrics.buffered_bytes(),
-        );
+        ));
         for w in &compiled.warnings {
             tracing::warn!("config: {w}");
         }

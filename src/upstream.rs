@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::budget::BudgetCharge;
 use crate::cluster::{ConnectionSettings, Endpoint, PendingSlot};
 use crate::observe::metrics::ClusterMetrics;
 
@@ -132,6 +133,9 @@ pub(crate) struct Outbound {
     /// For mirror copies and one-way calls: the cluster slot this request holds until
     /// it is written (one-way) or answered or expired (mirror).
     pub(crate) slot: Option<PendingSlot>,
+    /// For mirror copies and one-way calls: their bytes in the process-wide budget,
+    /// held as long as the slot.
+    pub(crate) charge: Option<BudgetCharge>,
 }
 
 impl Outbound {
@@ -332,6 +336,7 @@ struct Pending {
     reply: Option<ReplyTo>,
     deadline: Instant,
     _slot: Option<PendingSlot>,
+    _charge: Option<BudgetCharge>,
 }
 
 impl Pending {
@@ -675,6 +680,7 @@ impl UpstreamConnection {
                     reply: out.reply,
                     deadline: out.deadline,
                     _slot: out.slot,
+                    _charge: out.charge,
                 },
             );
         } else {

@@ -649,3 +649,44 @@ clusters:
     assert_eq!(outcome.wrong_bodies, 0);
     assert_eq!(closing.received.load(Ordering::SeqCst), 10);
 }
+
+#[tokio::test]
+async fn one_way_calls_to_a_stuck_backend_stay_within_the_budget() {
+    use tokio::io::AsyncWriteExt;
+    let stuck = hostile_backend(Fault::NeverRead).await;
+    let yaml = r#"
+listeners:
+  - {name: in, address: "127.0.0.1:0", codec: kv, route_config: r}
+route_configs:
+  - {name: r, routes: [{route: {cluster: c}}]}
+clusters:
+  - {name: c, endpoints: ["{c}"], max_pending_requests: 100000, write_timeout: 60s}
+limits: {max_buffered_bytes: 131072}
+"#;
+    let p = proxy(yaml, &[("c", stuck.addr)]).await;
+    let mut s = tokio::net::TcpStream::connect(p.local_addr("in").unwrap())
+        .await
+        .unwrap();
+    // 400 one-way calls of 30 KB (12 MB) that the backend never reads.
+    let body = vec![b'o'; 30_000];
+    for i in 0..400 {
+        s.write_all(&frames::one_way(i + 1, &[("service", "fire")], &body))
+            .await
+            .unwrap();
+    }
+    let handle = p.handle();
+    let dropped = eventually(Duration::from_secs(3), || {
+        metric(
+            &handle.metrics_text(),
+            "metaproxy_local_replies_total",
+            Some("reason=\"overloaded\""),
+        ) > 0.0
+    })
+    .await;
+    assert!(dropped, "{}", handle.metrics_text());
+    let buffered = metric(&handle.metrics_text(), "metaproxy_buffered_bytes", None);
+    assert!(
+        buffered <= 131_072.0 + 16_384.0,
+        "{buffered} bytes buffered against a 128 KiB budget"
+    );
+}
