@@ -137,7 +137,6 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
         closing: false,
         inflight_bytes: 0,
         accounted: 0,
-        abort: None,
     };
     let mut rbuf = BytesMut::new();
     if let Some(reason) = conn.run(stream, drain, &mut rbuf).await {
@@ -173,8 +172,6 @@ struct Downstream {
     inflight_bytes: usize,
     /// What this connection counts in the process-wide buffer budget.
     accounted: usize,
-    /// Set when the connection must close at once.
-    abort: Option<ClosedReason>,
 }
 
 impl Downstream {
@@ -209,10 +206,7 @@ impl Downstream {
                 return None;
             }
             if self.wbuf.len() > 2 * limit {
-                self.abort = Some(ClosedReason::OutputLimit);
-            }
-            if let Some(reason) = self.abort {
-                return Some(reason);
+                return Some(ClosedReason::OutputLimit);
             }
             self.sync_budget(rbuf.len());
             let next = self.deadlines.peek().map_or(armed, |Reverse((at, _))| *at);

@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use crate::clock::now_ms;
 
 /// Lines one call site may log per second.
-pub const LINES_PER_SECOND: u32 = 5;
+pub(crate) const LINES_PER_SECOND: u32 = 5;
 
 /// The budget of one call site (see [`rate_limited!`](crate::observe::rate_limited)).
 #[derive(Debug, Default)]
-pub struct LogLimiter {
+pub(crate) struct LogLimiter {
     window_start_ms: AtomicU64,
     in_window: AtomicU32,
     suppressed: AtomicU64,
@@ -20,7 +20,7 @@ pub struct LogLimiter {
 
 impl LogLimiter {
     /// A limiter with a full budget.
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         LogLimiter {
             window_start_ms: AtomicU64::new(0),
             in_window: AtomicU32::new(0),
@@ -30,7 +30,7 @@ impl LogLimiter {
 
     /// Whether a line may be logged now: `Some(n)` with the number of lines suppressed
     /// since the last one logged, or `None` to suppress this one.
-    pub fn allow(&self) -> Option<u64> {
+    pub(crate) fn allow(&self) -> Option<u64> {
         self.allow_at(now_ms())
     }
 

@@ -7,7 +7,7 @@
 
 pub mod access_log;
 pub mod admin;
-pub mod log_limit;
+pub(crate) mod log_limit;
 pub mod metrics;
 
 pub(crate) use log_limit::rate_limited;
