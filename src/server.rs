@@ -311,17 +311,21 @@ impl Server {
             }
         }
         let (stop_workers, stop_rx) = watch::channel(false);
+        let mut worker_threads = Vec::new();
         for (i, sockets) in per_worker.into_iter().enumerate() {
             let (drain, tracker, mut stop) = (drain_rx.clone(), tracker.clone(), stop_rx.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("metaproxy-worker-{i}"))
                 .spawn(move || run_worker(i, sockets, drain, tracker, &mut stop));
-            if let Err(source) = spawned {
-                return Err(BindError {
-                    listener: "worker".to_owned(),
-                    address: format!("worker {i}"),
-                    source,
-                });
+            match spawned {
+                Ok(thread) => worker_threads.push(thread),
+                Err(source) => {
+                    return Err(BindError {
+                        listener: "worker".to_owned(),
+                        address: format!("worker {i}"),
+                        source,
+                    })
+                }
             }
         }
         let handle = ServerHandle {
@@ -379,6 +383,7 @@ impl Server {
             tracker,
             accept_tasks,
             stop_workers,
+            worker_threads,
         })
     }
 }
@@ -509,6 +514,9 @@ pub struct RunningServer {
     tracker: TaskTracker,
     accept_tasks: Vec<tokio::task::JoinHandle<()>>,
     stop_workers: watch::Sender<bool>,
+    /// Per-core worker threads; joined at shutdown so their sockets are closed when
+    /// it returns.
+    worker_threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -559,6 +567,13 @@ impl RunningServer {
             let _ = stop.send(());
         }
         let _ = self.stop_workers.send(true);
+        let threads = self.worker_threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
         done
     }
 }
