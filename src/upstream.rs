@@ -728,3 +728,66 @@ impl UpstreamConnection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn state() -> ConnState {
+        ConnState {
+            pending: HashMap::with_hasher(ahash::RandomState::new()),
+            queue: VecDeque::new(),
+            unwritten: VecDeque::new(),
+            encoded: 0,
+            written: 0,
+            next_id: 0,
+            answered: 0,
+        }
+    }
+
+    fn request(id: u64) -> Message {
+        Message::new(MessageKind::Request, id, Bytes::from_static(b"frame"))
+    }
+
+    #[test]
+    fn a_request_is_unwritten_until_its_last_byte_is_written() {
+        let mut st = state();
+        for (end, id) in [(100, 1), (200, 2), (300, 3)] {
+            st.unwritten.push_back((end, id, request(id)));
+        }
+        st.wrote(150);
+        let left: Vec<u64> = st.unwritten.iter().map(|(_, id, _)| *id).collect();
+        assert_eq!(left, [2, 3], "request 2 is half written: still unwritten");
+        st.wrote(50);
+        assert_eq!(st.unwritten.len(), 1);
+        st.wrote(100);
+        assert!(st.unwritten.is_empty());
+    }
+
+    #[test]
+    fn sweeping_drops_queued_requests_past_their_deadline_and_their_load() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let handle = ConnHandle {
+            tx,
+            load: AtomicU32::new(2),
+            alive: AtomicBool::new(true),
+            accepting: AtomicBool::new(true),
+        };
+        let now = Instant::now();
+        let mut st = state();
+        for (id, deadline) in [(1, now - Duration::from_millis(1)), (2, now + SWEEP_EVERY)] {
+            st.queue.push_back(Outbound {
+                msg: request(id),
+                reply: None,
+                deadline,
+                slot: None,
+                charge: None,
+            });
+        }
+        st.sweep(now, &handle);
+        assert_eq!(st.queue.len(), 1);
+        assert_eq!(st.queue[0].msg.request_id(), 2);
+        assert_eq!(handle.load(), 1);
+    }
+}
