@@ -33,9 +33,17 @@ use crate::upstream::{DownstreamEvent, Outbound, PoolKey, ReplyTo};
 /// When no request is in flight the deadline timer is parked this far ahead.
 const PARKED: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// While draining, a connection with nothing in flight that stays quiet this long is
-/// closed (requests already sent by the client are read and answered first).
+/// While draining, a connection whose client was told to move (a protocol with a
+/// go-away, such as Dubbo's read-only event) is closed once it has had nothing in flight
+/// and stayed quiet this long (requests already sent are read and answered first).
 const DRAIN_QUIET: Duration = Duration::from_millis(250);
+
+/// The response mutation added while draining on connections whose protocol cannot
+/// tell a client to move: codecs that carry response headers (the Thrift header
+/// transport's info headers, for example) write `metaproxy-drain: 1`, so a client that
+/// looks for it can open a new connection (which reaches the new process) at its own
+/// pace. The connection itself stays open until the client closes it.
+pub(crate) const DRAIN_HEADER: (&str, &str) = ("metaproxy-drain", "1");
 
 /// Read buffer reservation.
 const READ_CHUNK: usize = 32 * 1024;
@@ -137,6 +145,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
         closing: false,
         inflight_bytes: 0,
         accounted: 0,
+        drain_notice: None,
     };
     let mut rbuf = BytesMut::new();
     if let Some(reason) = conn.run(stream, drain, &mut rbuf).await {
@@ -172,6 +181,8 @@ struct Downstream {
     inflight_bytes: usize,
     /// What this connection counts in the process-wide buffer budget.
     accounted: usize,
+    /// While draining without a go-away: [`DRAIN_HEADER`], added to every response.
+    drain_notice: Option<Arc<meta_protocol::Mutations>>,
 }
 
 impl Downstream {
@@ -191,12 +202,14 @@ impl Downstream {
         let mut guard_at = Instant::now() + PARKED;
         let guard_timer = tokio::time::sleep_until(guard_at);
         tokio::pin!(guard_timer);
-        let mut draining = *drain.borrow();
-        let idle = tokio::time::sleep(if draining {
-            DRAIN_QUIET
-        } else {
-            self.ctx.idle_timeout
-        });
+        // A connection accepted as the drain begins learns it on the first poll of
+        // `drain.changed()`, like every other.
+        if *drain.borrow() {
+            drain.mark_changed();
+        }
+        let mut draining = false;
+        let mut told_to_move = false;
+        let idle = tokio::time::sleep(self.ctx.idle_timeout);
         tokio::pin!(idle);
         let mut armed = Instant::now() + PARKED;
         let deadline_timer = tokio::time::sleep_until(armed);
@@ -274,7 +287,7 @@ impl Downstream {
                     match stream.try_read_buf(rbuf) {
                         Ok(0) => { reading = false; self.closing = true; }
                         Ok(_) => {
-                            let quiet = if draining { DRAIN_QUIET } else { self.ctx.idle_timeout };
+                            let quiet = if told_to_move { DRAIN_QUIET } else { self.ctx.idle_timeout };
                             let now = Instant::now();
                             idle.as_mut().reset(now + quiet);
                             let decoded = self.decode_all(rbuf);
@@ -297,9 +310,19 @@ impl Downstream {
                     if changed.is_ok() {
                         // Tell the client to move where the protocol can say so; keep
                         // answering what it already sent, and close once the connection
-                        // has been quiet with nothing in flight.
-                        let _ = self.codec.encode_go_away(&mut self.wbuf);
-                        idle.as_mut().reset(Instant::now() + DRAIN_QUIET);
+                        // has been quiet with nothing in flight. A protocol that cannot
+                        // announce it keeps its connection until the client closes it
+                        // (or idle_timeout, or the drain timeout): closing between two
+                        // requests would fail the client's next one.
+                        told_to_move = self.codec.encode_go_away(&mut self.wbuf).unwrap_or(false);
+                        if told_to_move {
+                            idle.as_mut().reset(Instant::now() + DRAIN_QUIET);
+                        } else {
+                            let (key, value) = DRAIN_HEADER;
+                            self.drain_notice = Some(Arc::new(
+                                [(key.into(), value.into())].into_iter().collect(),
+                            ));
+                        }
                     }
                 }
             }
@@ -685,6 +708,9 @@ impl Downstream {
                 msg.set_request_id(f.reply.request_id);
                 if let Some(route) = f.listener.table.routes().get(f.route) {
                     msg.add_shared_mutations(route.response_mutations());
+                }
+                if let Some(notice) = &self.drain_notice {
+                    msg.add_shared_mutations(notice);
                 }
                 let before = self.wbuf.len();
                 let log = f.log.take();

@@ -26,6 +26,7 @@ mod cluster;
 mod codecs;
 pub mod config;
 mod downstream;
+pub mod hot_restart;
 mod listener;
 pub mod observe;
 pub mod runtime;
@@ -34,6 +35,7 @@ mod snapshot;
 mod upstream;
 
 pub use codecs::default_registry;
+pub use hot_restart::HotRestartError;
 pub use server::{BindError, ReloadOutcome, RunningServer, Server, ServerHandle};
 
 pub use meta_protocol;

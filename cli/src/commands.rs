@@ -192,9 +192,6 @@ fn summary(path: &Path, config: &metaproxy::config::Config) -> String {
 }
 
 fn run(path: &Path, takeover: bool, codecs: CodecRegistry) -> anyhow::Result<ExitCode> {
-    if takeover {
-        tracing::warn!("--takeover: no hot-restart socket support yet; binding fresh sockets");
-    }
     let threading = metaproxy::runtime::Threading::from_env().map_err(anyhow::Error::msg)?;
     let server = metaproxy::Server::from_file(path, codecs)?;
     let rt = threading
@@ -207,7 +204,13 @@ fn run(path: &Path, takeover: bool, codecs: CodecRegistry) -> anyhow::Result<Exi
         let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
         let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-        let running = server.bind_with(threading).await?;
+        // The config is validated above (`from_file`): a bad one never reaches the
+        // running process.
+        let running = if takeover {
+            server.take_over(threading).await?
+        } else {
+            server.bind_with(threading).await?
+        };
         tracing::info!(?threading, "threading model");
         let reload_handle = running.handle();
         tokio::spawn(async move {

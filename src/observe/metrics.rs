@@ -371,7 +371,7 @@ fn escape_label_value(out: &mut String, value: &str) {
 }
 
 /// The metric names of docs/METRICS.md, without the `metaproxy_` prefix, in rendering order.
-pub const METRIC_NAMES: [&str; 13] = [
+pub const METRIC_NAMES: [&str; 14] = [
     "downstream_connections_total",
     "downstream_connections_active",
     "requests_total",
@@ -383,6 +383,7 @@ pub const METRIC_NAMES: [&str; 13] = [
     "decode_errors_total",
     "outlier_ejections_total",
     "config_reloads_total",
+    "hot_restart_epoch",
     "buffered_bytes",
     "connections_closed_total",
 ];
@@ -401,8 +402,10 @@ pub struct Metrics {
     decode_errors_total: Family,
     outlier_ejections_total: Family,
     config_reloads_total: Family,
+    hot_restart_epoch_family: Family,
     reload_ok: Counter,
     reload_error: Counter,
+    hot_restart_epoch: Gauge,
     buffered_bytes: Family,
     connections_closed_total: Family,
 }
@@ -526,6 +529,13 @@ impl Metrics {
         );
         let reload_ok = config_reloads_total.counter(&["ok"]);
         let reload_error = config_reloads_total.counter(&["error"]);
+        let hot_restart_epoch_family = Family::new(
+            "metaproxy_hot_restart_epoch",
+            "Hot restarts behind this process: 0 for a fresh start, +1 per takeover.",
+            Kind::Gauge,
+            &[],
+        );
+        let hot_restart_epoch = hot_restart_epoch_family.gauge(&[]);
         Arc::new(Metrics {
             downstream_connections_total: Family::new(
                 "metaproxy_downstream_connections_total",
@@ -588,8 +598,10 @@ impl Metrics {
                 &["cluster"],
             ),
             config_reloads_total,
+            hot_restart_epoch_family,
             reload_ok,
             reload_error,
+            hot_restart_epoch,
             buffered_bytes: Family::new(
                 "metaproxy_buffered_bytes",
                 "Bytes of requests in flight and replies waiting for clients, over the whole process.",
@@ -610,7 +622,7 @@ impl Metrics {
         self.buffered_bytes.gauge(&[])
     }
 
-    fn families(&self) -> [&Family; 13] {
+    fn families(&self) -> [&Family; 14] {
         [
             &self.downstream_connections_total,
             &self.downstream_connections_active,
@@ -623,6 +635,7 @@ impl Metrics {
             &self.decode_errors_total,
             &self.outlier_ejections_total,
             &self.config_reloads_total,
+            &self.hot_restart_epoch_family,
             &self.buffered_bytes,
             &self.connections_closed_total,
         ]
@@ -681,6 +694,12 @@ impl Metrics {
         } else {
             self.reload_error.inc();
         }
+    }
+
+    /// Sets `hot_restart_epoch` (0 for a fresh start, +1 per takeover).
+    pub fn set_hot_restart_epoch(&self, epoch: u64) {
+        self.hot_restart_epoch
+            .set(i64::try_from(epoch).unwrap_or(i64::MAX));
     }
 
     /// The whole registry in the Prometheus text exposition format (version 0.0.4):
@@ -986,8 +1005,9 @@ mod tests {
     }
 
     #[test]
-    fn empty_registry_lists_every_family_and_both_reload_results() {
-        let text = Metrics::new().render();
+    fn empty_registry_lists_every_family_both_reload_results_and_the_epoch() {
+        let m = Metrics::new();
+        let text = m.render();
         let scrape = parse(&text);
         assert_eq!(scrape.docs.len(), METRIC_NAMES.len());
         let reloads: Vec<_> = scrape
@@ -996,7 +1016,10 @@ mod tests {
             .filter(|s| s.metric == "metaproxy_config_reloads_total")
             .collect();
         assert_eq!(reloads.len(), 2);
-        assert_eq!(scrape.samples.len(), 2, "{text}");
+        assert!(text.contains("\nmetaproxy_hot_restart_epoch 0\n"), "{text}");
+        assert_eq!(scrape.samples.len(), 3, "{text}");
+        m.set_hot_restart_epoch(3);
+        assert!(m.render().contains("\nmetaproxy_hot_restart_epoch 3\n"));
     }
 
     #[test]
