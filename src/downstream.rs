@@ -200,6 +200,7 @@ impl Downstream {
         let mut write_stalled: Option<Instant> = None;
         let mut frame_started: Option<Instant> = None;
         let mut guard_at = Instant::now() + PARKED;
+        let mut guard_idle = true;
         let guard_timer = tokio::time::sleep_until(guard_at);
         tokio::pin!(guard_timer);
         // A connection accepted as the drain begins learns it on the first poll of
@@ -238,17 +239,22 @@ impl Downstream {
                 // Our own back-pressure is not the client's slowness.
                 frame_started = None;
             }
+            // Guards only move later (a new stall or frame starts after the old one), so
+            // an armed timer is left alone and re-armed lazily when it fires early: no
+            // timer reset per reply on the request path.
             let next_guard = [
                 write_stalled.map(|t| t + self.ctx.write_timeout),
                 frame_started.map(|t| t + self.ctx.frame_timeout),
             ]
             .into_iter()
             .flatten()
-            .min()
-            .unwrap_or(Instant::now() + PARKED);
-            if next_guard != guard_at {
-                guard_at = next_guard;
-                guard_timer.as_mut().reset(guard_at);
+            .min();
+            if let Some(next) = next_guard {
+                if guard_idle || next < guard_at {
+                    guard_at = next;
+                    guard_idle = false;
+                    guard_timer.as_mut().reset(guard_at);
+                }
             }
             tokio::select! {
                 biased;
@@ -257,7 +263,7 @@ impl Downstream {
                     None => std::task::Poll::Pending,
                 }) => self.on_event(ev),
                 _ = &mut deadline_timer, if !self.deadlines.is_empty() => self.expire_due(),
-                _ = &mut guard_timer, if write_stalled.is_some() || frame_started.is_some() => {
+                _ = &mut guard_timer, if !guard_idle && (write_stalled.is_some() || frame_started.is_some()) => {
                     let now = Instant::now();
                     if write_stalled.is_some_and(|t| t + self.ctx.write_timeout <= now) {
                         return Some(ClosedReason::WriteTimeout);
@@ -265,6 +271,8 @@ impl Downstream {
                     if frame_started.is_some_and(|t| t + self.ctx.frame_timeout <= now) {
                         return Some(ClosedReason::FrameTimeout);
                     }
+                    // Fired for a stall or frame that has ended: re-arm for the current one.
+                    guard_idle = true;
                 }
                 ready = stream.writable(), if !self.wbuf.is_empty() => {
                     if ready.is_err() { return None; }
