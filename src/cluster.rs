@@ -266,7 +266,7 @@ impl ClusterRt {
             .store(now_ms() + time, Ordering::Relaxed);
         endpoint.consecutive_failures.store(0, Ordering::Relaxed);
         self.metrics.outlier_ejections.inc();
-        tracing::warn!(cluster = %self.name, endpoint = %endpoint.address, ejection_ms = time, "outlier ejected");
+        crate::observe::rate_limited!(tracing::Level::WARN, cluster = %self.name, endpoint = %endpoint.address, ejection_ms = time, "outlier ejected");
     }
 
     /// JSON description for `GET /clusters`.

@@ -206,10 +206,10 @@ async fn route(handler: &dyn AdminHandler, req: Request<Incoming>) -> Response<F
     }
     let method = req.method();
     if method == Method::POST && cross_origin(&req) {
-        tracing::warn!(
-            "admin: refused a cross-origin {} {}",
-            method,
-            req.uri().path()
+        crate::observe::rate_limited!(
+            tracing::Level::WARN,
+            path = req.uri().path(),
+            "admin: refused a cross-origin POST"
         );
         return response(
             StatusCode::FORBIDDEN,
