@@ -13,7 +13,7 @@ use metaproxy_router::{
 };
 
 use crate::cluster::{ClusterRt, EndpointRegistry};
-use crate::config::{self, Config, LbPolicyName, Problem, RouteConfig};
+use crate::config::{self, Config, LbPolicyName, Problem, Provenance, RouteConfig};
 use crate::observe::metrics::{Counter, Metrics, ResponseMetrics};
 
 /// A listener's routing state in one snapshot.
@@ -35,6 +35,8 @@ pub(crate) struct Snapshot {
     /// Routing state per running listener, by listener name.
     pub(crate) listeners: HashMap<String, Arc<ListenerRt>>,
     pub(crate) clusters: Vec<Arc<ClusterRt>>,
+    /// Where each resource came from (`GET /config`).
+    pub(crate) provenance: Provenance,
 }
 
 impl Snapshot {
@@ -216,11 +218,6 @@ pub(crate) fn compile(
 }
 
 impl Compiled {
-    /// The config compiled.
-    pub(crate) fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// Connects the compiled config to live state: reuses (and reconfigures) endpoints
     /// the registry knows, forgets those no cluster lists any more, and registers the
     /// metric series. Nothing here can fail.
@@ -284,8 +281,22 @@ impl Compiled {
             config,
             listeners,
             clusters,
+            provenance: Provenance::default(),
         }
     }
+}
+
+/// Compiles `config` ([`compile`]) and, only when all of it compiled, commits it to
+/// live state ([`Compiled::commit`]); returns the snapshot and the warnings.
+pub(crate) fn build(
+    config: Arc<Config>,
+    codecs: &CodecRegistry,
+    endpoints: &EndpointRegistry,
+    metrics: &Metrics,
+) -> Result<(Snapshot, Vec<Problem>), Vec<Problem>> {
+    let mut compiled = compile(config, codecs)?;
+    let warnings = std::mem::take(&mut compiled.warnings);
+    Ok((compiled.commit(endpoints, metrics), warnings))
 }
 
 /// Metadata keys the routes of route config `name` look at (logged in access logs).

@@ -8,6 +8,7 @@
 mod build;
 mod duration;
 mod model;
+mod sources;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use meta_protocol::CodecRegistry;
 
 pub use duration::ConfigDuration;
 pub use model::*;
+pub use sources::{merge, DynamicResources, Merged, Origin, Provenance, Versioned, XDS_SOURCE};
 pub(crate) use validate::validate_fields;
 pub use validate::{resolve as resolve_address, Problem, Validated};
 

@@ -371,7 +371,7 @@ fn escape_label_value(out: &mut String, value: &str) {
 }
 
 /// The metric names of docs/METRICS.md, without the `metaproxy_` prefix, in rendering order.
-pub const METRIC_NAMES: [&str; 14] = [
+pub const METRIC_NAMES: [&str; 15] = [
     "downstream_connections_total",
     "downstream_connections_active",
     "requests_total",
@@ -384,6 +384,7 @@ pub const METRIC_NAMES: [&str; 14] = [
     "outlier_ejections_total",
     "config_reloads_total",
     "hot_restart_epoch",
+    "xds_updates_total",
     "buffered_bytes",
     "connections_closed_total",
 ];
@@ -403,6 +404,7 @@ pub struct Metrics {
     outlier_ejections_total: Family,
     config_reloads_total: Family,
     hot_restart_epoch_family: Family,
+    xds_updates_total: Family,
     reload_ok: Counter,
     reload_error: Counter,
     hot_restart_epoch: Gauge,
@@ -599,6 +601,12 @@ impl Metrics {
             ),
             config_reloads_total,
             hot_restart_epoch_family,
+            xds_updates_total: Family::new(
+                "metaproxy_xds_updates_total",
+                "xDS updates by resource type (cluster, endpoint, route) and result (ack, nack).",
+                Kind::Counter,
+                &["type", "result"],
+            ),
             reload_ok,
             reload_error,
             hot_restart_epoch,
@@ -622,7 +630,7 @@ impl Metrics {
         self.buffered_bytes.gauge(&[])
     }
 
-    fn families(&self) -> [&Family; 14] {
+    fn families(&self) -> [&Family; 15] {
         [
             &self.downstream_connections_total,
             &self.downstream_connections_active,
@@ -636,6 +644,7 @@ impl Metrics {
             &self.outlier_ejections_total,
             &self.config_reloads_total,
             &self.hot_restart_epoch_family,
+            &self.xds_updates_total,
             &self.buffered_bytes,
             &self.connections_closed_total,
         ]
@@ -700,6 +709,14 @@ impl Metrics {
     pub fn set_hot_restart_epoch(&self, epoch: u64) {
         self.hot_restart_epoch
             .set(i64::try_from(epoch).unwrap_or(i64::MAX));
+    }
+
+    /// Counts an xDS update of resource type `type_label` by result
+    /// (`xds_updates_total{type,result}`, result `ack` or `nack`). Called once per
+    /// discovery response, not on the request path.
+    pub fn xds_update(&self, type_label: &str, accepted: bool) {
+        let result = if accepted { "ack" } else { "nack" };
+        self.xds_updates_total.counter(&[type_label, result]).inc();
     }
 
     /// The whole registry in the Prometheus text exposition format (version 0.0.4):
@@ -778,6 +795,9 @@ mod tests {
         c.outlier_ejections.inc();
         c.mirror_sent.add(9);
         c.mirror_dropped.add(2);
+        m.xds_update("cluster", true);
+        m.xds_update("cluster", true);
+        m.xds_update("route", false);
         m.config_reload(true);
         m.config_reload(false);
         m.config_reload(false);
@@ -962,6 +982,22 @@ mod tests {
                 &[("result", "error")]
             ),
             &Counter(2.0)
+        );
+        assert_eq!(
+            find(
+                &scrape,
+                "metaproxy_xds_updates_total",
+                &[("type", "cluster"), ("result", "ack")]
+            ),
+            &Counter(2.0)
+        );
+        assert_eq!(
+            find(
+                &scrape,
+                "metaproxy_xds_updates_total",
+                &[("type", "route"), ("result", "nack")]
+            ),
+            &Counter(1.0)
         );
 
         // The parser silently skips lines it cannot read: check that none were skipped.
