@@ -334,7 +334,7 @@ impl Drop for DubboHeartbeatBackend {
 }
 
 pub async fn dubbo_heartbeat_backend(answer_heartbeats: bool) -> DubboHeartbeatBackend {
-    use meta_protocol::{CodecContext, CodecFactory, Side};
+    use meta_protocol::{CodecContext, CodecFactory, CodecOptions};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let heartbeats = Arc::new(AtomicUsize::new(0));
@@ -347,14 +347,12 @@ pub async fn dubbo_heartbeat_backend(answer_heartbeats: bool) -> DubboHeartbeatB
             c.fetch_add(1, Ordering::SeqCst);
             let (h, x) = (h.clone(), x.clone());
             conns.spawn(async move {
-                let options = Default::default();
-                let ctx = CodecContext {
-                    side: Side::Downstream,
-                    options: &options,
-                    max_frame_size: 1 << 20,
-                    wire: None,
-                };
-                let mut codec = metaproxy::dubbo::DubboCodecFactory.new_codec(&ctx).unwrap();
+                let protocol = metaproxy::dubbo::DubboCodecFactory
+                    .configure(&CodecOptions::new())
+                    .unwrap();
+                let mut codec = protocol
+                    .new_codec(&CodecContext::downstream(1 << 20))
+                    .unwrap();
                 let mut buf = BytesMut::new();
                 loop {
                     match stream.read_buf(&mut buf).await {

@@ -242,9 +242,10 @@ fn client_codec(proto: Proto) -> Box<dyn Codec> {
         Proto::Kv => Box::new(metaproxy_example_kv::KvCodecFactory),
     };
     factory
+        .configure(&options)
+        .unwrap()
         .new_codec(&CodecContext {
             side: Side::Upstream,
-            options: &options,
             max_frame_size: 1 << 24,
             wire: None,
         })
@@ -300,17 +301,13 @@ type Responder = fn(&meta_protocol::Message, &mut BytesMut);
 async fn echo_backend(factory: Arc<dyn CodecFactory>, respond: Responder) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let protocol: Arc<dyn meta_protocol::ConfiguredProtocol> =
+        Arc::from(factory.configure(&CodecOptions::new()).unwrap());
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            let factory = factory.clone();
+            let protocol = protocol.clone();
             tokio::spawn(async move {
-                let options = CodecOptions::new();
-                let Ok(mut codec) = factory.new_codec(&CodecContext {
-                    side: Side::Downstream,
-                    options: &options,
-                    max_frame_size: 1 << 24,
-                    wire: None,
-                }) else {
+                let Ok(mut codec) = protocol.new_codec(&CodecContext::downstream(1 << 24)) else {
                     return;
                 };
                 let mut buf = BytesMut::new();
