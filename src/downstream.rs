@@ -10,7 +10,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use std::future::Future;
+use std::pin::Pin;
+
 use bytes::BytesMut;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use meta_protocol::{
     Codec, DecodeError, LocalReply, LocalReplyKind, Message, MessageKind, ReplyContext,
 };
@@ -24,6 +29,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::cluster::{ClusterRt, Endpoint};
+use crate::filter::{
+    ChainStep, Decision, FilterResponse, MAX_FILTER_WAIT, MAX_WAITING_PER_CONNECTION,
+};
 use crate::listener::ListenerCtx;
 use crate::observe::{AccessLogEntry, AccessStatus, LoggedMetadata};
 use crate::snapshot::ListenerRt;
@@ -126,6 +134,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
         wbuf: BytesMut::new(),
         rng: SmallRng::from_rng(&mut rand::rng()),
         closing: false,
+        waiting: FuturesUnordered::new(),
     };
     conn.run(stream, drain).await;
     // Requests still in flight when the connection ends release their slots.
@@ -147,6 +156,17 @@ struct Downstream {
     wbuf: BytesMut,
     rng: SmallRng,
     closing: bool,
+    /// Requests parked until a filter decides (at most [`MAX_WAITING_PER_CONNECTION`]).
+    waiting: FuturesUnordered<Pin<Box<dyn Future<Output = Resumed> + Send>>>,
+}
+
+/// A parked request, back from its waiting filter.
+struct Resumed {
+    msg: Message,
+    listener: Arc<ListenerRt>,
+    log: Option<LogStart>,
+    index: usize,
+    decision: Decision,
 }
 
 impl Downstream {
@@ -164,7 +184,11 @@ impl Downstream {
         let deadline_timer = tokio::time::sleep_until(armed);
         tokio::pin!(deadline_timer);
         loop {
-            if self.closing && self.inflight.is_empty() && self.wbuf.is_empty() {
+            if self.closing
+                && self.inflight.is_empty()
+                && self.waiting.is_empty()
+                && self.wbuf.is_empty()
+            {
                 return;
             }
             let next = self.deadlines.peek().map_or(armed, |Reverse((at, _))| *at);
@@ -179,6 +203,9 @@ impl Downstream {
                     Some(rx) => rx.poll_recv(cx),
                     None => std::task::Poll::Pending,
                 }) => self.on_event(ev),
+                Some(resumed) = self.waiting.next(), if !self.waiting.is_empty() => {
+                    self.on_resumed(resumed);
+                }
                 _ = &mut deadline_timer, if !self.deadlines.is_empty() => self.expire_due(),
                 ready = stream.writable(), if !self.wbuf.is_empty() => {
                     if ready.is_err() { return; }
@@ -204,7 +231,7 @@ impl Downstream {
                         Err(_) => return,
                     }
                 }
-                _ = &mut idle, if self.inflight.is_empty() && self.wbuf.is_empty() => {
+                _ = &mut idle, if self.inflight.is_empty() && self.waiting.is_empty() && self.wbuf.is_empty() => {
                     tracing::debug!(listener = %self.ctx.name, draining, "closing idle connection");
                     return;
                 }
@@ -325,11 +352,94 @@ impl Downstream {
             );
         };
         drop(snapshot);
-        let mut log = self
+        let log = self
             .ctx
             .access_log
             .as_ref()
             .map(|_| LogStart::new(Some(&listener), &msg));
+        if !listener.filters.is_empty() {
+            let step = listener
+                .filters
+                .on_request(0, &self.ctx.name, &mut msg, &listener.table);
+            return self.after_filters(step, msg, listener, log);
+        }
+        self.forward(msg, listener, log);
+    }
+
+    /// Acts on where the request filters left a request: forward it, answer it, or park
+    /// it until a waiting filter decides.
+    fn after_filters(
+        &mut self,
+        step: ChainStep,
+        msg: Message,
+        listener: Arc<ListenerRt>,
+        log: Option<LogStart>,
+    ) {
+        match step {
+            ChainStep::Continue => self.forward(msg, listener, log),
+            ChainStep::Reply(kind, text) => {
+                let ctx = msg.reply_context();
+                self.local_reply_logged(&ctx, kind, &text, log, None);
+            }
+            ChainStep::Wait { index, pending } => {
+                if self.waiting.len() >= MAX_WAITING_PER_CONNECTION {
+                    let ctx = msg.reply_context();
+                    let text = "metaproxy: overloaded: too many requests waiting on filters";
+                    return self.local_reply_logged(
+                        &ctx,
+                        LocalReplyKind::Overloaded,
+                        text,
+                        log,
+                        None,
+                    );
+                }
+                self.waiting.push(Box::pin(async move {
+                    let waited = tokio::time::timeout(
+                        MAX_FILTER_WAIT,
+                        std::panic::AssertUnwindSafe(pending).catch_unwind(),
+                    )
+                    .await;
+                    let decision = match waited {
+                        Ok(Ok(decision)) => decision,
+                        Ok(Err(_panic)) => Decision::Reply(
+                            LocalReplyKind::UpstreamFailure,
+                            "metaproxy: a filter failed".into(),
+                        ),
+                        Err(_elapsed) => Decision::Reply(
+                            LocalReplyKind::Timeout,
+                            "metaproxy: timeout: a filter did not decide in time".into(),
+                        ),
+                    };
+                    Resumed {
+                        msg,
+                        listener,
+                        log,
+                        index,
+                        decision,
+                    }
+                }));
+            }
+        }
+    }
+
+    /// Goes on with a request a waiting filter has decided on.
+    fn on_resumed(&mut self, resumed: Resumed) {
+        let Resumed {
+            mut msg,
+            listener,
+            log,
+            index,
+            decision,
+        } = resumed;
+        let step =
+            listener
+                .filters
+                .resume(index, decision, &self.ctx.name, &mut msg, &listener.table);
+        self.after_filters(step, msg, listener, log);
+    }
+
+    /// Routes a request that passed the filters and hands it to an upstream connection.
+    fn forward(&mut self, mut msg: Message, listener: Arc<ListenerRt>, mut log: Option<LogStart>) {
         let Some(route) = listener.table.route(msg.metadata()) else {
             let ctx = msg.reply_context();
             let text = no_route_message(&msg);
@@ -533,6 +643,15 @@ impl Downstream {
                 msg.set_request_id(f.reply.request_id);
                 if let Some(route) = f.listener.table.routes().get(f.route) {
                     msg.add_shared_mutations(route.response_mutations());
+                    if !f.listener.filters.is_empty() {
+                        f.listener.filters.on_response(&mut FilterResponse {
+                            listener: &self.ctx.name,
+                            route: route.name(),
+                            cluster: &f.cluster().name,
+                            message: &mut msg,
+                            elapsed: f.started.elapsed(),
+                        });
+                    }
                 }
                 let before = self.wbuf.len();
                 let log = f.log.take();

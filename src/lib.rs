@@ -27,6 +27,7 @@ mod codecs;
 pub mod config;
 pub mod demo;
 mod downstream;
+pub mod filter;
 mod listener;
 pub mod loadgen;
 pub mod observe;

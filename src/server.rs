@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::EndpointRegistry;
 use crate::config::{self, Config, ConfigError, Problem, DEFAULT_DRAIN_TIMEOUT};
+use crate::filter::FilterRegistry;
 use crate::listener::{self, ListenerCtx};
 use crate::observe::metrics::Metrics;
 use crate::observe::{AccessLogTarget, AccessLogger, AdminHandler};
@@ -24,6 +25,7 @@ use crate::upstream::Protocol;
 pub(crate) struct Shared {
     pub(crate) snapshot: ArcSwap<Snapshot>,
     pub(crate) codecs: CodecRegistry,
+    pub(crate) filters: FilterRegistry,
     pub(crate) endpoints: EndpointRegistry,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) config_path: Option<PathBuf>,
@@ -64,11 +66,14 @@ fn listener_fingerprint(l: &config::ListenerConfig) -> String {
 
 impl Shared {
     fn compile(&self, config: Config) -> Result<(Snapshot, Vec<Problem>), Vec<Problem>> {
+        let previous = self.snapshot.load();
         snapshot::build(
             Arc::new(config),
             &self.codecs,
+            &self.filters,
             &self.endpoints,
             &self.metrics,
+            Some(&previous),
         )
     }
 
@@ -144,30 +149,63 @@ pub struct Server {
 
 impl Server {
     /// Validates `config` and prepares the server. `codecs` must hold every codec the
-    /// listeners name.
+    /// listeners name; filters come from [`FilterRegistry::builtin`].
     pub fn new(config: Config, codecs: CodecRegistry) -> Result<Server, ConfigError> {
-        Self::build(config, codecs, None)
+        Self::build(config, codecs, FilterRegistry::builtin(), None)
     }
 
     /// Loads and validates the config file at `path`; SIGHUP and `POST /reload` re-read it.
     pub fn from_file(path: &Path, codecs: CodecRegistry) -> Result<Server, ConfigError> {
         let config = config::load(path)?;
-        Self::build(config, codecs, Some(path.to_path_buf()))
+        Self::build(
+            config,
+            codecs,
+            FilterRegistry::builtin(),
+            Some(path.to_path_buf()),
+        )
+    }
+
+    /// Like [`Server::new`], with the filters of `filters` (start from
+    /// [`FilterRegistry::builtin`] and register your own).
+    pub fn with_filters(
+        config: Config,
+        codecs: CodecRegistry,
+        filters: FilterRegistry,
+    ) -> Result<Server, ConfigError> {
+        Self::build(config, codecs, filters, None)
+    }
+
+    /// Like [`Server::from_file`], with the filters of `filters`; reloads use them too.
+    pub fn from_file_with_filters(
+        path: &Path,
+        codecs: CodecRegistry,
+        filters: FilterRegistry,
+    ) -> Result<Server, ConfigError> {
+        let config = config::load(path)?;
+        Self::build(config, codecs, filters, Some(path.to_path_buf()))
     }
 
     fn build(
         config: Config,
         codecs: CodecRegistry,
+        filters: FilterRegistry,
         path: Option<PathBuf>,
     ) -> Result<Server, ConfigError> {
         let metrics = Metrics::new();
         let endpoints = EndpointRegistry::default();
         let origin = path.clone().unwrap_or_else(|| PathBuf::from("<config>"));
-        let (snap, warnings) = snapshot::build(Arc::new(config), &codecs, &endpoints, &metrics)
-            .map_err(|problems| ConfigError::Invalid {
-                path: origin,
-                problems,
-            })?;
+        let (snap, warnings) = snapshot::build(
+            Arc::new(config),
+            &codecs,
+            &filters,
+            &endpoints,
+            &metrics,
+            None,
+        )
+        .map_err(|problems| ConfigError::Invalid {
+            path: origin,
+            problems,
+        })?;
         for w in &warnings {
             tracing::warn!("config: {w}");
         }
@@ -175,6 +213,7 @@ impl Server {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(snap),
                 codecs,
+                filters,
                 endpoints,
                 metrics,
                 config_path: path,

@@ -13,7 +13,8 @@ use metaproxy_router::{
 };
 
 use crate::cluster::{ClusterRt, EndpointRegistry};
-use crate::config::{self, Config, LbPolicyName, Problem, RouteConfig};
+use crate::config::{self, Config, LbPolicyName, Problem, RouteConfig, RouteMatch};
+use crate::filter::{FilterChain, FilterRegistry};
 use crate::observe::metrics::{Counter, Metrics, ResponseMetrics};
 
 /// A listener's routing state in one snapshot.
@@ -27,6 +28,8 @@ pub(crate) struct ListenerRt {
     pub(crate) responses: Vec<ResponseMetrics>,
     /// Metadata keys the routes look at (logged in access logs).
     pub(crate) log_keys: Vec<Arc<str>>,
+    /// The listener's filters, run before routing.
+    pub(crate) filters: FilterChain,
 }
 
 /// One compiled configuration.
@@ -54,6 +57,31 @@ fn lb_policy(name: LbPolicyName) -> LbPolicy {
     }
 }
 
+/// Converts a `match:` block into the router's matcher specs.
+pub(crate) fn matcher_specs(m: &RouteMatch) -> Vec<MatcherSpec> {
+    m.metadata
+        .iter()
+        .map(|m| {
+            let kind = if let Some(v) = &m.exact {
+                MatchKind::Exact(v.clone())
+            } else if let Some(v) = &m.prefix {
+                MatchKind::Prefix(v.clone())
+            } else if let Some(v) = &m.suffix {
+                MatchKind::Suffix(v.clone())
+            } else if let Some(v) = &m.regex {
+                MatchKind::Regex(v.clone())
+            } else {
+                MatchKind::Present
+            };
+            MatcherSpec {
+                key: m.key.clone(),
+                kind,
+                invert: m.invert,
+            }
+        })
+        .collect()
+}
+
 /// Converts a config route table into the router's input.
 pub(crate) fn route_spec(rc: &RouteConfig) -> RouteConfigSpec {
     let routes = rc
@@ -61,29 +89,7 @@ pub(crate) fn route_spec(rc: &RouteConfig) -> RouteConfigSpec {
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let matchers = r
-                .match_
-                .metadata
-                .iter()
-                .map(|m| {
-                    let kind = if let Some(v) = &m.exact {
-                        MatchKind::Exact(v.clone())
-                    } else if let Some(v) = &m.prefix {
-                        MatchKind::Prefix(v.clone())
-                    } else if let Some(v) = &m.suffix {
-                        MatchKind::Suffix(v.clone())
-                    } else if let Some(v) = &m.regex {
-                        MatchKind::Regex(v.clone())
-                    } else {
-                        MatchKind::Present
-                    };
-                    MatcherSpec {
-                        key: m.key.clone(),
-                        kind,
-                        invert: m.invert,
-                    }
-                })
-                .collect();
+            let matchers = matcher_specs(&r.match_);
             let action = &r.route;
             let target = match (&action.cluster, &action.weighted_clusters) {
                 (Some(c), _) => TargetSpec::Cluster(c.clone()),
@@ -127,14 +133,17 @@ pub(crate) fn route_spec(rc: &RouteConfig) -> RouteConfigSpec {
 }
 
 /// Validates `config` and compiles it, returning the snapshot and the warnings. On
-/// failure returns every problem found.
+/// failure returns every problem found. Filters whose name and config are unchanged
+/// from `previous` are carried over with their state.
 pub(crate) fn build(
     config: Arc<Config>,
     codecs: &CodecRegistry,
+    filters: &FilterRegistry,
     endpoints: &EndpointRegistry,
     metrics: &Metrics,
+    previous: Option<&Snapshot>,
 ) -> Result<(Snapshot, Vec<Problem>), Vec<Problem>> {
-    let validated = config::validate(&config, codecs)?;
+    let validated = config::validate_with_filters(&config, codecs, filters)?;
     let mut problems = Vec::new();
 
     let mut cluster_index = HashMap::new();
@@ -189,7 +198,7 @@ pub(crate) fn build(
     }
 
     let mut listeners = HashMap::new();
-    for l in &config.listeners {
+    for (index, l) in config.listeners.iter().enumerate() {
         let Some(table) = tables.get(&l.route_config) else {
             continue;
         };
@@ -236,6 +245,16 @@ pub(crate) fn build(
                 }
             }
         }
+        let old_filters = previous
+            .and_then(|p| p.listener(&l.name))
+            .map(|rt| &rt.filters);
+        let filters = match FilterChain::build(index, l, filters, Some(metrics), old_filters) {
+            Ok(chain) => chain,
+            Err(found) => {
+                problems.extend(found);
+                continue;
+            }
+        };
         listeners.insert(
             l.name.clone(),
             Arc::new(ListenerRt {
@@ -244,6 +263,7 @@ pub(crate) fn build(
                 requests,
                 responses,
                 log_keys,
+                filters,
             }),
         );
     }

@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 
 pub use duration::ConfigDuration;
 pub use model::*;
-pub use validate::{resolve as resolve_address, validate, Problem, Validated};
+pub(crate) use validate::check_match;
+pub use validate::{
+    resolve as resolve_address, validate, validate_with_filters, Problem, Validated,
+};
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]

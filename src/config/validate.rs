@@ -5,6 +5,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 
 use meta_protocol::CodecRegistry;
 
+use crate::filter::{FilterChain, FilterRegistry};
+
 use super::model::*;
 
 /// One problem, with the path of the offending field.
@@ -79,8 +81,18 @@ fn check_unique<'a>(r: &mut Report, what: &str, names: impl Iterator<Item = &'a 
 }
 
 /// Checks everything that can be checked without binding: names, references, values,
-/// codec options. Returns every problem found, not just the first.
+/// codec options, and the filters against the built-in ones
+/// ([`FilterRegistry::builtin`]). Returns every problem found, not just the first.
 pub fn validate(config: &Config, codecs: &CodecRegistry) -> Result<Validated, Vec<Problem>> {
+    validate_with_filters(config, codecs, &FilterRegistry::builtin())
+}
+
+/// [`validate`] with the filters of `filters` (an embedding program's registry).
+pub fn validate_with_filters(
+    config: &Config,
+    codecs: &CodecRegistry,
+    filters: &FilterRegistry,
+) -> Result<Validated, Vec<Problem>> {
     let mut r = Report {
         problems: Vec::new(),
         warnings: Vec::new(),
@@ -144,6 +156,9 @@ pub fn validate(config: &Config, codecs: &CodecRegistry) -> Result<Validated, Ve
         }
         if l.idle_timeout.get().is_zero() {
             r.err(format!("{at}.idle_timeout"), "must be greater than 0");
+        }
+        if let Err(found) = FilterChain::build(i, l, filters, None, None) {
+            r.problems.extend(found);
         }
         if let Some(log) = &l.access_log {
             if log.path.trim().is_empty() {
@@ -239,9 +254,15 @@ pub fn validate(config: &Config, codecs: &CodecRegistry) -> Result<Validated, Ve
     }
 }
 
-fn validate_route(r: &mut Report, at: &str, route: &RouteEntry, clusters: &HashSet<&str>) {
-    for (k, m) in route.match_.metadata.iter().enumerate() {
-        let mat = format!("{at}.match.metadata[{k}]");
+/// Checks one `match:` block at field path `at` (a route's `...match`, an access rule):
+/// exactly one test per condition, non-empty keys, valid regexes.
+pub(crate) fn check_match(at: &str, m: &RouteMatch) -> Vec<Problem> {
+    let mut r = Report {
+        problems: Vec::new(),
+        warnings: Vec::new(),
+    };
+    for (k, m) in m.metadata.iter().enumerate() {
+        let mat = format!("{at}.metadata[{k}]");
         if m.key.is_empty() {
             r.err(format!("{mat}.key"), "must not be empty");
         }
@@ -273,6 +294,12 @@ fn validate_route(r: &mut Report, at: &str, route: &RouteEntry, clusters: &HashS
             }
         }
     }
+    r.problems
+}
+
+fn validate_route(r: &mut Report, at: &str, route: &RouteEntry, clusters: &HashSet<&str>) {
+    r.problems
+        .extend(check_match(&format!("{at}.match"), &route.match_));
     let action = &route.route;
     let ra = format!("{at}.route");
     match (&action.cluster, &action.weighted_clusters) {
@@ -449,6 +476,27 @@ clusters:
                 .any(|p| p.starts_with("clusters[0].endpoints[0]: ")),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn filter_problems_name_their_fields() {
+        let y = BASE.replace(
+            "route_config: r}",
+            "route_config: r, filters: [{name: local_rate_limit, config: {rate: 0}}, {name: nope}, {name: access_control, config: {action: deny, rules: [{metadata: [{key: u}]}]}}]}",
+        );
+        assert_eq!(
+            problems(&y),
+            vec![
+                "listeners[0].filters[0].config.rate: must be greater than 0",
+                "listeners[0].filters[1].name: unknown filter \"nope\" (known: access_control, local_rate_limit)",
+                "listeners[0].filters[2].config.rules[0].metadata[0]: exactly one of exact, prefix, suffix, regex, present must be set",
+            ]
+        );
+        let ok = BASE.replace(
+            "route_config: r}",
+            "route_config: r, filters: [{name: local_rate_limit, config: {rate: 5, by: metadata, key: user}}]}",
+        );
+        assert!(problems(&ok).is_empty(), "{:?}", problems(&ok));
     }
 
     #[test]

@@ -365,7 +365,7 @@ fn escape_label_value(out: &mut String, value: &str) {
 }
 
 /// The metric names of SPEC §8, without the `metaproxy_` prefix, in rendering order.
-pub const METRIC_NAMES: [&str; 11] = [
+pub const METRIC_NAMES: [&str; 12] = [
     "downstream_connections_total",
     "downstream_connections_active",
     "requests_total",
@@ -377,6 +377,7 @@ pub const METRIC_NAMES: [&str; 11] = [
     "decode_errors_total",
     "outlier_ejections_total",
     "config_reloads_total",
+    "rate_limited_total",
 ];
 
 /// Every metric of the proxy. Create one with [`Metrics::new`] and share it.
@@ -393,6 +394,7 @@ pub struct Metrics {
     decode_errors_total: Family,
     outlier_ejections_total: Family,
     config_reloads_total: Family,
+    rate_limited_total: Family,
     reload_ok: Counter,
     reload_error: Counter,
 }
@@ -406,7 +408,7 @@ pub struct ListenerMetrics {
     pub connections_active: Gauge,
     /// `decode_errors_total{listener}`.
     pub decode_errors: Counter,
-    local_replies: [Counter; 5],
+    local_replies: [Counter; LocalReplyKind::ALL.len()],
 }
 
 impl ListenerMetrics {
@@ -419,6 +421,8 @@ impl ListenerMetrics {
             LocalReplyKind::Timeout => 2,
             LocalReplyKind::Overloaded => 3,
             LocalReplyKind::BadRequest => 4,
+            LocalReplyKind::RateLimited => 5,
+            LocalReplyKind::Forbidden => 6,
         };
         &self.local_replies[index]
     }
@@ -543,12 +547,18 @@ impl Metrics {
                 &["cluster"],
             ),
             config_reloads_total,
+            rate_limited_total: Family::new(
+                "metaproxy_rate_limited_total",
+                "Requests refused by a rate-limiting filter, by listener and filter.",
+                Kind::Counter,
+                &["listener", "filter"],
+            ),
             reload_ok,
             reload_error,
         })
     }
 
-    fn families(&self) -> [&Family; 11] {
+    fn families(&self) -> [&Family; 12] {
         [
             &self.downstream_connections_total,
             &self.downstream_connections_active,
@@ -561,6 +571,7 @@ impl Metrics {
             &self.decode_errors_total,
             &self.outlier_ejections_total,
             &self.config_reloads_total,
+            &self.rate_limited_total,
         ]
     }
 
@@ -604,6 +615,11 @@ impl Metrics {
             mirror_sent: self.mirror_requests_total.counter(&[name, "sent"]),
             mirror_dropped: self.mirror_requests_total.counter(&[name, "dropped"]),
         }
+    }
+
+    /// `rate_limited_total{listener,filter}`.
+    pub fn rate_limited(&self, listener: &str, filter: &str) -> Counter {
+        self.rate_limited_total.counter(&[listener, filter])
     }
 
     /// Counts a config reload attempt (`config_reloads_total{result}`).
@@ -679,6 +695,9 @@ mod tests {
         l.decode_errors.inc();
         l.local_reply(LocalReplyKind::NoRoute).add(4);
         l.local_reply(LocalReplyKind::Timeout).inc();
+        l.local_reply(LocalReplyKind::RateLimited).add(6);
+        l.local_reply(LocalReplyKind::Forbidden).add(2);
+        m.rate_limited("dubbo-in", "local_rate_limit").add(6);
         m.request("dubbo-in", "beta", "demo-v2").add(7);
         m.request("dubbo-in", "default", "demo-v1").add(5);
         let up = m.upstream("dubbo-in", "demo-v1");
@@ -737,12 +756,22 @@ mod tests {
             find(&scrape, "metaproxy_decode_errors_total", &[("listener", l)]),
             &Counter(1.0)
         );
+        assert_eq!(
+            find(
+                &scrape,
+                "metaproxy_rate_limited_total",
+                &[("listener", l), ("filter", "local_rate_limit")]
+            ),
+            &Counter(6.0)
+        );
         let reasons: HashMap<&str, f64> = [
             ("no_route", 4.0),
             ("upstream_failure", 0.0),
             ("timeout", 1.0),
             ("overloaded", 0.0),
             ("bad_request", 0.0),
+            ("rate_limited", 6.0),
+            ("forbidden", 2.0),
         ]
         .into();
         for (reason, n) in reasons {
