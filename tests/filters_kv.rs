@@ -88,7 +88,9 @@ async fn access_control_denies_and_allows_as_configured() {
     // Second rule: drop* without a user is refused, with a user it passes.
     let r = c.call(&[("method", "dropTable")], b"").await;
     assert_eq!(frames::status(&r), Status::Forbidden as u8);
-    let r = c.call(&[("method", "dropTable"), ("user", "alice")], b"").await;
+    let r = c
+        .call(&[("method", "dropTable"), ("user", "alice")], b"")
+        .await;
     assert_eq!(frames::status(&r), Status::Ok as u8);
     let r = c.call(&[("method", "get")], b"").await;
     assert_eq!(frames::status(&r), Status::Ok as u8);
@@ -104,7 +106,10 @@ async fn access_control_denies_and_allows_as_configured() {
 #[tokio::test]
 async fn reload_changes_limits_without_dropping_requests() {
     let v1 = backend("v1").await;
-    let yaml = LIMITS.replace("{rate: 1, per: 1h, burst: 3,", "{rate: 1, per: 1h, burst: 2,");
+    let yaml = LIMITS.replace(
+        "{rate: 1, per: 1h, burst: 3,",
+        "{rate: 1, per: 1h, burst: 2,",
+    );
     let p = proxy(&yaml, &[("v1", v1.addr)]).await;
     let addr = p.local_addr("kv-in").unwrap();
     let handle = p.handle();
@@ -175,7 +180,10 @@ impl Filter for Tagger {
                 Verdict::Wait(Box::pin(async move {
                     tokio::time::sleep(Duration::from_millis(30)).await;
                     if deny {
-                        Decision::Reply(LocalReplyKind::Forbidden, "metaproxy: forbidden: remote check".into())
+                        Decision::Reply(
+                            LocalReplyKind::Forbidden,
+                            "metaproxy: forbidden: remote check".into(),
+                        )
                     } else {
                         Decision::Continue
                     }
@@ -250,7 +258,10 @@ async fn a_registered_filter_mutates_steers_waits_and_sees_responses() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("listeners[0].filters[0].name: unknown filter \"tagger\""), "{err}");
+    assert!(
+        err.contains("listeners[0].filters[0].name: unknown filter \"tagger\""),
+        "{err}"
+    );
     let mut filters = FilterRegistry::builtin();
     filters.register(Arc::new(TaggerFactory));
     let p = metaproxy::Server::with_filters(config, registry(), filters)
@@ -261,13 +272,23 @@ async fn a_registered_filter_mutates_steers_waits_and_sees_responses() {
     let mut c = Client::connect(p.local_addr("kv-in").unwrap()).await;
 
     let r = c.call(&[("tenant", "beta"), ("sleep-ms", "40")], b"").await;
-    assert_eq!(header(&r, "backend").as_deref(), Some("v2"), "steered by metadata");
+    assert_eq!(
+        header(&r, "backend").as_deref(),
+        Some("v2"),
+        "steered by metadata"
+    );
     assert_eq!(header(&r, "x-status").as_deref(), Some("ok"));
     let elapsed: u64 = header(&r, "x-elapsed-ms").unwrap().parse().unwrap();
-    assert!((40..5000).contains(&elapsed), "the backend slept 40ms: {elapsed}");
+    assert!(
+        (40..5000).contains(&elapsed),
+        "the backend slept 40ms: {elapsed}"
+    );
     assert_eq!(header(&r, "x-route").as_deref(), Some("beta/v2"));
     let seen = v2.seen.lock().unwrap().clone();
-    assert!(seen[0].contains(&("x-tagged".into(), "yes".into())), "{seen:?}");
+    assert!(
+        seen[0].contains(&("x-tagged".into(), "yes".into())),
+        "{seen:?}"
+    );
     assert!(!seen[0].iter().any(|(k, _)| k == "x-dropped"), "{seen:?}");
 
     // A waiting filter: other requests of the connection go on meanwhile.
