@@ -1,13 +1,75 @@
-//! Embedding metaproxy in your own binary with your own codec.
+//! Embedding metaproxy in your own binary with your own codec and your own filter.
 //!
-//! Registers the `kv` example codec next to the built-in ones, starts the proxy from a
-//! config, and runs until Ctrl-C:
+//! Registers the `kv` example codec next to the built-in ones and a `require_key` filter
+//! next to the built-in filters, starts the proxy from a config, and runs until Ctrl-C:
 //!
 //! ```sh
 //! cargo run --example embed_kv -- examples/kvproto/kv.yaml
 //! ```
 
 use std::sync::Arc;
+
+use metaproxy::filter::{
+    parse_config, Filter, FilterConfigError, FilterContext, FilterFactory, FilterRegistry,
+    FilterRequest, FilterResponse, Verdict,
+};
+use metaproxy::meta_protocol::{LocalReplyKind, MetaStr};
+
+/// Refuses requests without metadata `key` (a local reply `forbidden`), tells the
+/// backend which listener forwarded the call, and tells the client how long the backend
+/// took.
+struct RequireKey {
+    key: String,
+    refusal: Arc<str>,
+    listener: MetaStr,
+}
+
+impl Filter for RequireKey {
+    fn on_request(&self, request: &mut FilterRequest<'_>) -> Verdict {
+        if !request.metadata().contains(&self.key) {
+            // A shared text: refusing allocates nothing.
+            return Verdict::Reply(LocalReplyKind::Forbidden, self.refusal.clone());
+        }
+        request.push_mutation(MetaStr::from_static("x-via"), self.listener.clone());
+        Verdict::Continue
+    }
+
+    fn on_response(&self, response: &mut FilterResponse<'_>) {
+        let micros = response.elapsed().as_micros().to_string();
+        response.push_mutation(MetaStr::from_static("x-upstream-us"), micros.into());
+    }
+}
+
+/// `config: {key: NAME}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequireKeyConfig {
+    key: String,
+}
+
+struct RequireKeyFactory;
+
+impl FilterFactory for RequireKeyFactory {
+    fn name(&self) -> &str {
+        "require_key"
+    }
+
+    fn build(
+        &self,
+        config: &serde_json::Value,
+        ctx: &FilterContext<'_>,
+    ) -> Result<Arc<dyn Filter>, Vec<FilterConfigError>> {
+        let c: RequireKeyConfig = parse_config(config)?;
+        if c.key.is_empty() {
+            return Err(vec![FilterConfigError::new("key", "must not be empty")]);
+        }
+        Ok(Arc::new(RequireKey {
+            refusal: format!("metaproxy: forbidden: no {} given", c.key).into(),
+            key: c.key,
+            listener: MetaStr::from(ctx.listener.to_owned()),
+        }))
+    }
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,7 +79,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "examples/kvproto/kv.yaml".into());
     let mut codecs = metaproxy::default_registry();
     codecs.register(Arc::new(metaproxy_example_kv::KvCodecFactory));
-    let running = metaproxy::Server::from_file(path.as_ref(), codecs)?
+    let mut filters = FilterRegistry::builtin();
+    filters.register(Arc::new(RequireKeyFactory));
+    let running = metaproxy::Server::from_file_with_filters(path.as_ref(), codecs, filters)?
         .bind()
         .await?;
     let handle = running.handle();

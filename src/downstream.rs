@@ -644,13 +644,13 @@ impl Downstream {
                 if let Some(route) = f.listener.table.routes().get(f.route) {
                     msg.add_shared_mutations(route.response_mutations());
                     if !f.listener.filters.is_empty() {
-                        f.listener.filters.on_response(&mut FilterResponse {
-                            listener: &self.ctx.name,
-                            route: route.name(),
-                            cluster: &f.cluster().name,
-                            message: &mut msg,
-                            elapsed: f.started.elapsed(),
-                        });
+                        f.listener.filters.on_response(&mut FilterResponse::new(
+                            &self.ctx.name,
+                            route.name(),
+                            &f.cluster().name,
+                            &mut msg,
+                            f.started.elapsed(),
+                        ));
                     }
                 }
                 let before = self.wbuf.len();

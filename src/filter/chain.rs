@@ -23,34 +23,37 @@ struct ChainEntry {
 }
 
 /// Where running the request filters left a request.
-pub(crate) enum ChainStep {
+pub enum ChainStep {
     /// Every filter let it through: route it.
     Continue,
     /// Answer it with this local reply.
     Reply(LocalReplyKind, Arc<str>),
     /// Filter `index` waits on `pending`; resume with [`FilterChain::resume`].
     Wait {
+        /// The position of the waiting filter in the chain.
         index: usize,
+        /// What it waits on.
         pending: PendingDecision,
     },
 }
 
-/// A listener's filters in config order. Empty (and free on the request path) when the
-/// listener has none.
+/// A listener's filters in config order, as the proxy runs them. Empty (and free on the
+/// request path) when the listener has none. Public so that tests and benchmarks can
+/// drive filters exactly as the proxy does.
 #[derive(Default)]
-pub(crate) struct FilterChain {
+pub struct FilterChain {
     entries: Box<[ChainEntry]>,
 }
 
 impl FilterChain {
     /// Whether the listener has no filters.
     #[inline]
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// Runs the request hooks from filter `from` on.
-    pub(crate) fn on_request(
+    pub fn on_request(
         &self,
         from: usize,
         listener: &str,
@@ -73,7 +76,7 @@ impl FilterChain {
 
     /// Acts on the decision of waiting filter `index`: a reply is counted and returned;
     /// `Continue` runs the filters after it.
-    pub(crate) fn resume(
+    pub fn resume(
         &self,
         index: usize,
         decision: Decision,
@@ -93,15 +96,16 @@ impl FilterChain {
     }
 
     /// Runs the response hooks, last filter first.
-    pub(crate) fn on_response(&self, response: &mut FilterResponse<'_>) {
+    pub fn on_response(&self, response: &mut FilterResponse<'_>) {
         for entry in self.entries.iter().rev() {
             entry.filter.on_response(response);
         }
     }
 
-    /// Builds the filters of listener `l` (at `listeners[index]`). A filter whose name,
-    /// label and config equal one of `previous` is carried over with its state.
-    pub(crate) fn build(
+    /// Builds the filters of listener `l` (at `listeners[index]`), counting refusals in
+    /// `metrics` when given. A filter whose name, label and config equal one of
+    /// `previous` is carried over with its state.
+    pub fn build(
         index: usize,
         l: &ListenerConfig,
         registry: &FilterRegistry,

@@ -56,7 +56,7 @@ use meta_protocol::{LocalReplyKind, Message, MetaStr, Metadata, ResponseStatus};
 use metaproxy_router::RouteTable;
 
 pub use access_control::{AccessControlFactory, ACCESS_CONTROL};
-pub(crate) use chain::{ChainStep, FilterChain};
+pub use chain::{ChainStep, FilterChain};
 pub use rate_limit::{LocalRateLimitFactory, LOCAL_RATE_LIMIT, MAX_RATE_LIMIT_KEYS};
 
 /// Longest a request may wait on filters that answered [`Verdict::Wait`]; past it the
@@ -141,8 +141,9 @@ pub struct FilterRequest<'a> {
 }
 
 impl<'a> FilterRequest<'a> {
-    /// Wraps `message` of `listener`, routed later by `table`.
-    pub(crate) fn new(listener: &'a str, message: &'a mut Message, table: &'a RouteTable) -> Self {
+    /// Wraps `message` of `listener`, routed later by `table` (the proxy does this; tests
+    /// and benchmarks may too).
+    pub fn new(listener: &'a str, message: &'a mut Message, table: &'a RouteTable) -> Self {
         FilterRequest {
             listener,
             message,
@@ -192,14 +193,32 @@ impl<'a> FilterRequest<'a> {
 
 /// An upstream response as a filter sees it.
 pub struct FilterResponse<'a> {
-    pub(crate) listener: &'a str,
-    pub(crate) route: &'a str,
-    pub(crate) cluster: &'a str,
-    pub(crate) message: &'a mut Message,
-    pub(crate) elapsed: Duration,
+    listener: &'a str,
+    route: &'a str,
+    cluster: &'a str,
+    message: &'a mut Message,
+    elapsed: Duration,
 }
 
-impl FilterResponse<'_> {
+impl<'a> FilterResponse<'a> {
+    /// Wraps response `message` to a request of `listener` that took `route` to
+    /// `cluster` and was answered after `elapsed` (the proxy does this; tests may too).
+    pub fn new(
+        listener: &'a str,
+        route: &'a str,
+        cluster: &'a str,
+        message: &'a mut Message,
+        elapsed: Duration,
+    ) -> Self {
+        FilterResponse {
+            listener,
+            route,
+            cluster,
+            message,
+            elapsed,
+        }
+    }
+
     /// The listener's name.
     pub fn listener(&self) -> &str {
         self.listener
