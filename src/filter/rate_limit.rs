@@ -1,6 +1,7 @@
 //! `local_rate_limit`: token buckets (GCRA, from the `governor` crate) per listener, per
 //! route, or per value of a metadata key, kept in this process.
 
+use std::hash::{BuildHasherDefault, Hasher};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -196,7 +197,7 @@ impl LocalRateLimit {
                         None => return true,
                     },
                     _ => match request.route() {
-                        Some((index, _)) => index as u64,
+                        Some((index, _)) => metaproxy_router::mix64(index as u64),
                         None => return true,
                     },
                 };
@@ -241,12 +242,34 @@ impl KeyBucket {
     }
 }
 
+/// Keys are already well-mixed 64-bit hashes (a keyed hash of the metadata value, a
+/// mixed route index): the table uses them as they are instead of hashing them again.
+#[derive(Default)]
+struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed here; fold anything else in anyway.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// A `governor` state store with at most `max_keys` buckets. When a new key finds the
 /// table full, buckets that have refilled completely are swept (at most once a second);
 /// if the table is still full, every key without a bucket shares one overflow bucket
 /// (same quota) until room is made.
 struct BoundedKeys {
-    buckets: DashMap<u64, KeyBucket, ahash::RandomState>,
+    buckets: DashMap<u64, KeyBucket, BuildHasherDefault<PreHashed>>,
     len: AtomicUsize,
     max_keys: usize,
     overflow: InMemoryState,
@@ -261,7 +284,7 @@ impl BoundedKeys {
         let clock = QuantaClock::default();
         let start = clock.now();
         BoundedKeys {
-            buckets: DashMap::with_hasher(ahash::RandomState::new()),
+            buckets: DashMap::with_hasher(BuildHasherDefault::default()),
             len: AtomicUsize::new(0),
             max_keys,
             overflow: InMemoryState::default(),
