@@ -23,12 +23,12 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use meta_protocol::{Codec, CodecContext, CodecFactory, CodecOptions, Side};
-use metaproxy::backend::{self, Responder};
 use metaproxy::filter::{ChainStep, FilterChain, FilterRegistry, FilterResponse};
 use metaproxy::router::{
     AllAvailable, EndpointSpec, LbPolicy, LoadBalancer, MatchKind, MatcherSpec, RouteConfigSpec,
     RouteSpec, RouteTable, TargetSpec,
 };
+use metaproxy_cli::backend::{self, Responder};
 use metaproxy_dubbo::frames::{Args, RequestFrame};
 use metaproxy_thrift::frames::{self, FrameSpec};
 use metaproxy_thrift::{Protocol, Transport};

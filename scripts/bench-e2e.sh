@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # End-to-end benchmark, one command: direct vs metaproxy vs HAProxy (TCP mode) on
-# loopback, with the in-process echo backends of `metaproxy::backend`.
+# loopback, with the in-process echo backends of `metaproxy_cli::backend`.
 #
 #   scripts/bench-e2e.sh            # full matrix (~6-8 minutes)
 #   scripts/bench-e2e.sh --quick    # 128 B only, 1 s runs, no profile (under 2 minutes)
 #
 # BENCH_PROFILE=0|1 forces the profile off/on; BENCH_REPORT_DIR changes the output dir.
-# Extra arguments go to the harness (benches/e2e.rs): --duration 3s, --protocols dubbo,
+# Extra arguments go to the harness (cli/benches/e2e.rs): --duration 3s, --protocols dubbo,
 # --serve (start backends + proxies, print addresses and pids, wait for stdin to close),
 # --no-pin, --idle-connections N, --out DIR. Installs Debian's haproxy when missing.
 # Writes target/bench-report/{report.md,results.json,*.svg}.
@@ -31,7 +31,7 @@ HAPROXY=$(command -v haproxy)
 echo "bench-e2e: building release" >&2
 cargo build --release --bin metaproxy
 # Build the harness (bench profile = release settings) before the clock starts.
-cargo bench --bench e2e --no-run
+cargo bench -p metaproxy-cli --bench e2e --no-run
 
 # 10,000 idle client connections in the harness plus the backends' and HAProxy's ends.
 HARD=$(ulimit -Hn)
@@ -59,7 +59,7 @@ else
 fi
 
 mkdir -p "$OUT"
-cargo bench --bench e2e -- --e2e \
+cargo bench -p metaproxy-cli --bench e2e -- --e2e \
     --metaproxy "$CARGO_TARGET_DIR/release/metaproxy" \
     --haproxy "$HAPROXY" \
     --out "$OUT" "${PROFILE[@]}" "$@"

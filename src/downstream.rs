@@ -40,9 +40,17 @@ use crate::upstream::{DownstreamEvent, Outbound, PoolKey, ReplyTo};
 /// When no request is in flight the deadline timer is parked this far ahead.
 const PARKED: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// While draining, a connection with nothing in flight that stays quiet this long is
-/// closed (requests already sent by the client are read and answered first).
+/// While draining, a connection whose client was told to move (a protocol with a
+/// go-away, such as Dubbo's read-only event) is closed once it has had nothing in flight
+/// and stayed quiet this long (requests already sent are read and answered first).
 const DRAIN_QUIET: Duration = Duration::from_millis(250);
+
+/// The response mutation added while draining on connections whose protocol cannot
+/// tell a client to move: codecs that carry response headers (the Thrift header
+/// transport's info headers, for example) write `metaproxy-drain: 1`, so a client that
+/// looks for it can open a new connection (which reaches the new process) at its own
+/// pace. The connection itself stays open until the client closes it.
+pub(crate) const DRAIN_HEADER: (&str, &str) = ("metaproxy-drain", "1");
 
 /// Read buffer reservation.
 const READ_CHUNK: usize = 32 * 1024;
@@ -135,6 +143,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
         rng: SmallRng::from_rng(&mut rand::rng()),
         closing: false,
         waiting: FuturesUnordered::new(),
+        drain_notice: None,
     };
     conn.run(stream, drain).await;
     // Requests still in flight when the connection ends release their slots.
@@ -158,6 +167,8 @@ struct Downstream {
     closing: bool,
     /// Requests parked until a filter decides (at most [`MAX_WAITING_PER_CONNECTION`]).
     waiting: FuturesUnordered<Pin<Box<dyn Future<Output = Resumed> + Send>>>,
+    /// While draining without a go-away: [`DRAIN_HEADER`], added to every response.
+    drain_notice: Option<Arc<meta_protocol::Mutations>>,
 }
 
 /// A parked request, back from its waiting filter.
@@ -173,12 +184,14 @@ impl Downstream {
     async fn run(&mut self, stream: TcpStream, mut drain: watch::Receiver<bool>) {
         let mut rbuf = BytesMut::new();
         let mut reading = true;
-        let mut draining = *drain.borrow();
-        let idle = tokio::time::sleep(if draining {
-            DRAIN_QUIET
-        } else {
-            self.ctx.idle_timeout
-        });
+        // A connection accepted as the drain begins learns it on the first poll of
+        // `drain.changed()`, like every other.
+        if *drain.borrow() {
+            drain.mark_changed();
+        }
+        let mut draining = false;
+        let mut told_to_move = false;
+        let idle = tokio::time::sleep(self.ctx.idle_timeout);
         tokio::pin!(idle);
         let mut armed = Instant::now() + PARKED;
         let deadline_timer = tokio::time::sleep_until(armed);
@@ -223,7 +236,7 @@ impl Downstream {
                     match stream.try_read_buf(&mut rbuf) {
                         Ok(0) => { reading = false; self.closing = true; }
                         Ok(_) => {
-                            let quiet = if draining { DRAIN_QUIET } else { self.ctx.idle_timeout };
+                            let quiet = if told_to_move { DRAIN_QUIET } else { self.ctx.idle_timeout };
                             idle.as_mut().reset(Instant::now() + quiet);
                             self.decode_all(&mut rbuf);
                         }
@@ -240,9 +253,19 @@ impl Downstream {
                     if changed.is_ok() {
                         // Tell the client to move where the protocol can say so; keep
                         // answering what it already sent, and close once the connection
-                        // has been quiet with nothing in flight.
-                        let _ = self.codec.encode_go_away(&mut self.wbuf);
-                        idle.as_mut().reset(Instant::now() + DRAIN_QUIET);
+                        // has been quiet with nothing in flight. A protocol that cannot
+                        // announce it keeps its connection until the client closes it
+                        // (or idle_timeout, or the drain timeout): closing between two
+                        // requests would fail the client's next one.
+                        told_to_move = self.codec.encode_go_away(&mut self.wbuf).unwrap_or(false);
+                        if told_to_move {
+                            idle.as_mut().reset(Instant::now() + DRAIN_QUIET);
+                        } else {
+                            let (key, value) = DRAIN_HEADER;
+                            self.drain_notice = Some(Arc::new(
+                                [(key.into(), value.into())].into_iter().collect(),
+                            ));
+                        }
                     }
                 }
             }
@@ -652,6 +675,9 @@ impl Downstream {
                             f.started.elapsed(),
                         ));
                     }
+                }
+                if let Some(notice) = &self.drain_notice {
+                    msg.add_shared_mutations(notice);
                 }
                 let before = self.wbuf.len();
                 let log = f.log.take();

@@ -20,16 +20,14 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
-pub mod backend;
 mod clock;
 mod cluster;
 mod codecs;
 pub mod config;
-pub mod demo;
 mod downstream;
 pub mod filter;
+pub mod hot_restart;
 mod listener;
-pub mod loadgen;
 pub mod observe;
 pub mod runtime;
 mod server;
@@ -37,9 +35,12 @@ mod snapshot;
 mod upstream;
 
 pub use codecs::default_registry;
+pub use hot_restart::HotRestartError;
 pub use server::{BindError, ReloadOutcome, RunningServer, Server, ServerHandle};
 
 pub use meta_protocol;
+#[cfg(feature = "dubbo")]
 pub use metaproxy_dubbo as dubbo;
 pub use metaproxy_router as router;
+#[cfg(feature = "thrift")]
 pub use metaproxy_thrift as thrift;

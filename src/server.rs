@@ -11,9 +11,16 @@ use meta_protocol::CodecRegistry;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+use std::os::fd::AsFd;
+
+use tokio::net::TcpListener;
+
 use crate::cluster::EndpointRegistry;
 use crate::config::{self, Config, ConfigError, Problem, DEFAULT_DRAIN_TIMEOUT};
 use crate::filter::FilterRegistry;
+use crate::hot_restart::{
+    self, DrainRequest, HandoverHandle, HotRestartError, Inherited, Offer, OfferedListener,
+};
 use crate::listener::{self, ListenerCtx};
 use crate::observe::metrics::Metrics;
 use crate::observe::{AccessLogTarget, AccessLogger, AdminHandler};
@@ -123,7 +130,9 @@ impl Shared {
     /// Re-reads the config file and applies it.
     pub(crate) async fn reload_file(&self) -> Result<ReloadOutcome, String> {
         let Some(path) = &self.config_path else {
-            return Err("the server was not started from a config file".to_owned());
+            return Err(
+                "the server was built from a value (Server::new), not a file: there is nothing to re-read; use ServerHandle::apply".to_owned(),
+            );
         };
         let config = match config::load(path) {
             Ok(c) => c,
@@ -150,6 +159,12 @@ pub struct Server {
 impl Server {
     /// Validates `config` and prepares the server. `codecs` must hold every codec the
     /// listeners name; filters come from [`FilterRegistry::builtin`].
+    ///
+    /// A server built from a value has no file to re-read: change its config with
+    /// [`ServerHandle::apply`]; [`ServerHandle::reload`], SIGHUP and `POST /reload`
+    /// answer with an error and change nothing. Build the config in code or from text
+    /// with [`Config::from_yaml_str`]; listeners on port 0 bind ephemeral ports, which
+    /// [`RunningServer::local_addr`] reports.
     pub fn new(config: Config, codecs: CodecRegistry) -> Result<Server, ConfigError> {
         Self::build(config, codecs, FilterRegistry::builtin(), None)
     }
@@ -235,63 +250,194 @@ impl Server {
     /// count is the caller's); with [`Threading::PerCore`] each listener gets one
     /// `SO_REUSEPORT` socket per worker thread, and each worker runs its own
     /// single-threaded runtime with its own connections and upstream pools.
+    ///
+    /// With `hot_restart.socket` configured, the socket is created (mode 0600) and
+    /// serves takeovers; when another process already serves it, binding fails.
     pub async fn bind_with(self, threading: Threading) -> Result<RunningServer, BindError> {
+        self.bind_inner(threading, None).await
+    }
+
+    /// Hot restart: takes the listening sockets (and the admin socket) over from the
+    /// process running on the config's `hot_restart.socket`, accepts on exactly those
+    /// sockets, binds fresh only the listeners that process did not have, then tells it
+    /// to drain. Without a running process, binds fresh sockets (and logs so). When the
+    /// running process refuses, or anything fails before the drain request, it keeps
+    /// serving untouched. See docs/HOT_RESTART.md.
+    pub async fn take_over(self, threading: Threading) -> Result<RunningServer, HotRestartError> {
+        let config = self.shared.snapshot.load().config.clone();
+        let path: PathBuf = config
+            .hot_restart
+            .as_ref()
+            .and_then(|h| h.socket.as_deref())
+            .ok_or(HotRestartError::NoSocketConfigured)?
+            .into();
+        let Some(stream) = hot_restart::connect(&path)? else {
+            tracing::info!(
+                path = %path.display(),
+                "--takeover: no running process on {}; binding fresh sockets",
+                path.display()
+            );
+            return Ok(self.bind_inner(threading, None).await?);
+        };
+        let wanted = |name: &str, address: &str| {
+            config::resolve_address(address)
+                .map(|resolved| hot_restart::WantedListener {
+                    name: name.to_owned(),
+                    address: address.to_owned(),
+                    resolved,
+                })
+                .map_err(|e| BindError {
+                    listener: name.to_owned(),
+                    address: address.to_owned(),
+                    source: std::io::Error::other(e),
+                })
+        };
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| wanted(&l.name, &l.address))
+            .collect::<Result<Vec<_>, _>>()?;
+        let admin = config
+            .admin
+            .as_ref()
+            .map(|a| wanted("admin", &a.address))
+            .transpose()?;
+        let (p, io_err) = (path.clone(), |e: tokio::task::JoinError| {
+            HotRestartError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            }
+        });
+        let (takeover, inherited) = tokio::task::spawn_blocking(move || {
+            hot_restart::request_sockets(stream, &p, listeners, admin)
+        })
+        .await
+        .map_err(io_err)??;
+        let (old_pid, old_epoch) = (inherited.old_pid, inherited.old_epoch);
+        let received: usize = inherited.listeners.values().map(Vec::len).sum();
+        tracing::info!(
+            old_pid,
+            old_epoch,
+            "hot restart: received {received} listening sockets from pid {old_pid}"
+        );
+        if std::env::var_os(hot_restart::TEST_ABORT_AFTER_SOCKETS_ENV).is_some() {
+            tracing::error!(
+                "{} is set: aborting mid-handover (test only)",
+                hot_restart::TEST_ABORT_AFTER_SOCKETS_ENV
+            );
+            std::process::abort();
+        }
+        let running = self.bind_inner(threading, Some(inherited)).await?;
+        match tokio::task::spawn_blocking(move || takeover.finish())
+            .await
+            .map_err(io_err)
+        {
+            Ok(Ok(())) => tracing::info!(
+                old_pid,
+                epoch = running.epoch,
+                "hot restart: took over from pid {old_pid}; it is draining"
+            ),
+            Ok(Err(e)) | Err(e) => tracing::warn!(
+                old_pid,
+                "hot restart: accepting, but pid {old_pid} did not confirm its drain: {e}"
+            ),
+        }
+        Ok(running)
+    }
+
+    async fn bind_inner(
+        self,
+        threading: Threading,
+        inherited: Option<Inherited>,
+    ) -> Result<RunningServer, BindError> {
         let per_core = match threading {
             Threading::PerCore { workers } => Some(workers.max(1)),
             Threading::WorkStealing { .. } => None,
         };
-        let mut per_worker: Vec<Vec<(std::net::TcpListener, Arc<ListenerCtx>)>> =
+        let mut per_worker: Vec<Vec<WorkerSocket>> =
             (0..per_core.unwrap_or(0)).map(|_| Vec::new()).collect();
         let shared = self.shared;
         let snap = shared.snapshot.load_full();
+        let (epoch, mut inherited_listeners, mut inherited_admin, inherited_control) =
+            match inherited {
+                Some(i) => (
+                    i.old_epoch.saturating_add(1),
+                    i.listeners,
+                    i.admin,
+                    Some(i.control),
+                ),
+                None => (0, HashMap::new(), None, None),
+            };
+        // The hot-restart socket first: a second process refuses before binding anything.
+        let mut created_control = None;
+        let control = match snap
+            .config
+            .hot_restart
+            .as_ref()
+            .and_then(|h| h.socket.as_deref())
+        {
+            None => None,
+            Some(path) => {
+                let path = Path::new(path);
+                // A received control socket is the one listening on this very path
+                // (take_over connected through it); it was bound under a temporary
+                // name and renamed, so its own address cannot tell.
+                let fresh = inherited_control.is_none();
+                let result = match inherited_control {
+                    Some(fd) => hot_restart::adopt_control(path, fd),
+                    None => hot_restart::bind_control(path),
+                };
+                let (listener, file) = result.map_err(|e| BindError {
+                    listener: "hot_restart".to_owned(),
+                    address: path.display().to_string(),
+                    source: std::io::Error::other(e),
+                })?;
+                if fresh {
+                    // Should a listener fail to bind below, the file created here goes.
+                    created_control = Some(hot_restart::RemoveOnDrop::new(&file));
+                }
+                Some((listener, file))
+            }
+        };
+        shared.metrics.set_hot_restart_epoch(epoch);
         let (drain_tx, drain_rx) = watch::channel(false);
         let tracker = TaskTracker::new();
         let mut addrs = Vec::new();
+        let mut offered = Vec::new();
         let mut protocol_ids: HashMap<String, u64> = HashMap::new();
-        let mut accept_tasks = Vec::new();
+        let accepting = TaskTracker::new();
         for l in &snap.config.listeners {
-            let addr = config::resolve_address(&l.address).map_err(|e| BindError {
-                listener: l.name.clone(),
-                address: l.address.clone(),
-                source: std::io::Error::other(e),
-            })?;
-            let socket = listener::bind(addr, per_core.is_some()).map_err(|source| BindError {
+            let bind_err = |source: std::io::Error| BindError {
                 listener: l.name.clone(),
                 address: l.address.clone(),
                 source,
-            })?;
-            let local = socket.local_addr().map_err(|source| BindError {
-                listener: l.name.clone(),
-                address: l.address.clone(),
-                source,
-            })?;
-            let factory = shared.codecs.get(&l.codec).map_err(|e| BindError {
-                listener: l.name.clone(),
-                address: l.address.clone(),
-                source: std::io::Error::other(e),
-            })?;
+            };
+            let addr = config::resolve_address(&l.address)
+                .map_err(|e| bind_err(std::io::Error::other(e)))?;
+            let (mut sockets, inherited) = match inherited_listeners.remove(&l.name) {
+                Some(sockets) if !sockets.is_empty() => (sockets, true),
+                _ => (bind_fresh(addr, per_core).map_err(bind_err)?, false),
+            };
+            let local = sockets[0].local_addr().map_err(bind_err)?;
+            let factory = shared
+                .codecs
+                .get(&l.codec)
+                .map_err(|e| bind_err(std::io::Error::other(e)))?;
             let fp = listener_fingerprint(l);
             let next_id = protocol_ids.len() as u64;
             let id = *protocol_ids
                 .entry(format!("{}|{:?}|{}", l.codec, l.options, l.max_frame_size))
                 .or_insert(next_id);
             let protocol = Protocol::new(id, factory.clone(), l.options.clone(), l.max_frame_size)
-                .map_err(|e| BindError {
-                    listener: l.name.clone(),
-                    address: l.address.clone(),
-                    source: std::io::Error::other(e),
-                })?;
+                .map_err(|e| bind_err(std::io::Error::other(e)))?;
             let access_log = match &l.access_log {
                 None => None,
                 Some(log) => {
                     let target = if log.path == "stdout" || log.path == "-" {
                         AccessLogTarget::stdout()
                     } else {
-                        AccessLogTarget::file(&log.path).map_err(|e| BindError {
-                            listener: l.name.clone(),
-                            address: l.address.clone(),
-                            source: std::io::Error::other(e),
-                        })?
+                        AccessLogTarget::file(&log.path)
+                            .map_err(|e| bind_err(std::io::Error::other(e)))?
                     };
                     Some(AccessLogger::spawn(target).0)
                 }
@@ -306,7 +452,20 @@ impl Server {
                 max_connections: l.max_connections,
                 active: AtomicUsize::new(0),
             });
-            tracing::info!(listener = %l.name, address = %local, codec = %l.codec, "listening on {local}");
+            if control.is_some() {
+                offered.push(OfferedListener {
+                    name: l.name.clone(),
+                    address: l.address.clone(),
+                    local,
+                    sockets: sockets
+                        .iter()
+                        .map(|s| s.as_fd().try_clone_to_owned())
+                        .collect::<Result<_, _>>()
+                        .map_err(bind_err)?,
+                });
+            }
+            let count = sockets.len();
+            tracing::info!(listener = %l.name, address = %local, codec = %l.codec, sockets = count, inherited, "listening on {local}");
             shared
                 .bound
                 .lock()
@@ -314,25 +473,37 @@ impl Server {
                 .insert(l.name.clone(), fp);
             addrs.push((l.name.clone(), local));
             match per_core {
-                None => accept_tasks.push(tokio::spawn(listener::accept_loop(
-                    socket,
-                    ctx,
-                    drain_rx.clone(),
-                    tracker.clone(),
-                ))),
+                None => {
+                    for socket in sockets {
+                        let socket = TcpListener::from_std(socket).map_err(bind_err)?;
+                        accepting.spawn(listener::accept_loop(
+                            socket,
+                            ctx.clone(),
+                            drain_rx.clone(),
+                            tracker.clone(),
+                        ));
+                    }
+                }
                 Some(workers) => {
-                    let bind_err = |source| BindError {
-                        listener: l.name.clone(),
-                        address: local.to_string(),
-                        source,
-                    };
-                    per_worker[0].push((socket.into_std().map_err(bind_err)?, ctx.clone()));
-                    for sockets in per_worker.iter_mut().take(workers).skip(1) {
-                        let extra = listener::bind(local, true).map_err(bind_err)?;
-                        sockets.push((extra.into_std().map_err(bind_err)?, ctx.clone()));
+                    // Every socket gets a worker (socket j goes to worker j mod workers)
+                    // and every worker gets a socket (workers beyond the socket count
+                    // share one), so no accept queue is left without an accept loop.
+                    for extra in count..workers {
+                        let shared_socket = sockets[extra % count].try_clone().map_err(bind_err)?;
+                        sockets.push(shared_socket);
+                    }
+                    for (j, socket) in sockets.into_iter().enumerate() {
+                        per_worker[j % workers].push(WorkerSocket {
+                            socket,
+                            ctx: ctx.clone(),
+                            accepting: accepting.token(),
+                        });
                     }
                 }
             }
+        }
+        for (name, _) in inherited_listeners {
+            tracing::warn!(listener = %name, "hot restart: received sockets for a listener this config does not have; closing them");
         }
         let (stop_workers, stop_rx) = watch::channel(false);
         for (i, sockets) in per_worker.into_iter().enumerate() {
@@ -354,6 +525,7 @@ impl Server {
         };
         let mut admin_addr = None;
         let mut admin_stop = None;
+        let mut offered_admin = None;
         if let Some(admin) = &snap.config.admin {
             let bind_err = |source: std::io::Error| BindError {
                 listener: "admin".to_owned(),
@@ -362,9 +534,18 @@ impl Server {
             };
             let addr = config::resolve_address(&admin.address)
                 .map_err(|e| bind_err(std::io::Error::other(e)))?;
-            let socket = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(bind_err)?;
+            let socket = match inherited_admin.take() {
+                Some(socket) => TcpListener::from_std(socket).map_err(bind_err)?,
+                None => TcpListener::bind(addr).await.map_err(bind_err)?,
+            };
+            if control.is_some() {
+                offered_admin = Some(OfferedListener {
+                    name: "admin".to_owned(),
+                    address: admin.address.clone(),
+                    local: socket.local_addr().map_err(bind_err)?,
+                    sockets: vec![socket.as_fd().try_clone_to_owned().map_err(bind_err)?],
+                });
+            }
             let local = socket.local_addr().map_err(bind_err)?;
             tracing::info!(address = %local, "admin listening on {local}");
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -375,24 +556,78 @@ impl Server {
             admin_addr = Some(local);
             admin_stop = Some(stop_tx);
         }
+        if let Some(created) = created_control.as_mut() {
+            hot_restart::RemoveOnDrop::keep(created);
+        }
+        let handover = match control {
+            None => None,
+            Some((control, file)) => {
+                let path = snap
+                    .config
+                    .hot_restart
+                    .as_ref()
+                    .and_then(|h| h.socket.clone())
+                    .unwrap_or_default();
+                let bind_err = |source| BindError {
+                    listener: "hot_restart".to_owned(),
+                    address: path.clone(),
+                    source,
+                };
+                let offer = Offer {
+                    epoch,
+                    listeners: offered,
+                    admin: offered_admin,
+                    control: control.as_fd().try_clone_to_owned().map_err(bind_err)?,
+                };
+                Some(hot_restart::spawn_handover(control, file, offer).map_err(bind_err)?)
+            }
+        };
+        if epoch > 0 {
+            tracing::info!(epoch, "hot restart epoch {epoch}");
+        }
         shared.ready.store(true, Ordering::Relaxed);
         Ok(RunningServer {
+            epoch,
+            handover,
             handle,
             addrs,
             admin_addr,
             admin_stop,
             tracker,
-            accept_tasks,
+            accepting,
             stop_workers,
         })
     }
+}
+
+/// Binds a listener's sockets: one, or with per-core threading one `SO_REUSEPORT`
+/// socket per worker (all on the address the first one got, for port 0).
+fn bind_fresh(
+    addr: SocketAddr,
+    per_core: Option<usize>,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = listener::bind(addr, per_core.is_some())?.into_std()?;
+    let local = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..per_core.unwrap_or(1) {
+        sockets.push(listener::bind(local, true)?.into_std()?);
+    }
+    Ok(sockets)
+}
+
+/// A listening socket a per-core worker accepts on.
+struct WorkerSocket {
+    socket: std::net::TcpListener,
+    ctx: Arc<ListenerCtx>,
+    /// Held while the worker's accept loop runs (see [`RunningServer::stop_accepting`]).
+    accepting: tokio_util::task::task_tracker::TaskTrackerToken,
 }
 
 /// One per-core worker: a single-threaded runtime accepting on its own sockets until
 /// the server stops.
 fn run_worker(
     index: usize,
-    sockets: Vec<(std::net::TcpListener, Arc<ListenerCtx>)>,
+    sockets: Vec<WorkerSocket>,
     drain: watch::Receiver<bool>,
     tracker: TaskTracker,
     stop: &mut watch::Receiver<bool>,
@@ -409,15 +644,19 @@ fn run_worker(
         }
     };
     rt.block_on(async move {
-        for (socket, ctx) in sockets {
+        for WorkerSocket {
+            socket,
+            ctx,
+            accepting,
+        } in sockets
+        {
             match tokio::net::TcpListener::from_std(socket) {
                 Ok(l) => {
-                    tokio::spawn(listener::accept_loop(
-                        l,
-                        ctx,
-                        drain.clone(),
-                        tracker.clone(),
-                    ));
+                    let (drain, tracker) = (drain.clone(), tracker.clone());
+                    tokio::spawn(async move {
+                        listener::accept_loop(l, ctx, drain, tracker).await;
+                        drop(accepting);
+                    });
                 }
                 Err(e) => {
                     tracing::error!(worker = index, error = %e, "cannot adopt listener socket")
@@ -453,6 +692,10 @@ pub struct ServerHandle {
 
 impl ServerHandle {
     /// Re-reads the config file and swaps routes and clusters atomically.
+    ///
+    /// Only for a server made by [`Server::from_file`]: for one made by [`Server::new`]
+    /// there is no file, so this returns an error and changes nothing; use
+    /// [`ServerHandle::apply`] instead.
     pub async fn reload(&self) -> Result<ReloadOutcome, String> {
         let r = self.shared.reload_file().await;
         match &r {
@@ -465,7 +708,10 @@ impl ServerHandle {
         r
     }
 
-    /// Applies `config` (validated first) as a reload would.
+    /// Applies `config` (validated first) as a reload would: routes and clusters are
+    /// swapped atomically, requests in flight finish on the old ones, and an invalid
+    /// config is rejected whole with every problem and changes nothing. The way to
+    /// reconfigure a server built from a value ([`Server::new`]).
     pub async fn apply(&self, config: Config) -> Result<ReloadOutcome, Vec<Problem>> {
         self.shared.apply(config).await
     }
@@ -500,12 +746,15 @@ impl ServerHandle {
 
 /// A server whose listeners are bound and accepting.
 pub struct RunningServer {
+    epoch: u64,
+    handover: Option<HandoverHandle>,
     handle: ServerHandle,
     addrs: Vec<(String, SocketAddr)>,
     admin_addr: Option<SocketAddr>,
     admin_stop: Option<tokio::sync::oneshot::Sender<()>>,
     tracker: TaskTracker,
-    accept_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Tracks every accept loop (on this runtime and on per-core workers).
+    accepting: TaskTracker,
     stop_workers: watch::Sender<bool>,
 }
 
@@ -525,16 +774,56 @@ impl RunningServer {
         self.handle.clone()
     }
 
-    /// Runs until `shutdown` completes, then drains: stops accepting, lets connections
-    /// finish their requests, and returns when all are closed or `drain_timeout` passed.
-    /// Returns whether the drain completed in time.
-    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) -> bool {
-        shutdown.await;
+    /// The hot-restart epoch: 0 for a fresh start, +1 per takeover.
+    pub fn hot_restart_epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Runs until `shutdown` completes or a new process has taken the sockets over
+    /// (hot restart), then drains: stops accepting, lets connections finish their
+    /// requests, and returns when all are closed or `drain_timeout` passed. Returns
+    /// whether the drain completed in time.
+    pub async fn run_until(mut self, shutdown: impl std::future::Future<Output = ()>) -> bool {
+        tokio::pin!(shutdown);
+        let taken_over: Option<DrainRequest> = match self.handover.as_mut() {
+            None => {
+                shutdown.await;
+                None
+            }
+            Some(handover) => tokio::select! {
+                () = &mut shutdown => None,
+                request = handover.taken_over.recv() => {
+                    if request.is_none() {
+                        shutdown.await;
+                    }
+                    request
+                }
+            },
+        };
+        if let Some(stopped) = taken_over {
+            tracing::info!("taken over by a new process: draining");
+            // The new process accepts on the listeners and the admin socket now.
+            if let Some(stop) = self.admin_stop.take() {
+                let _ = stop.send(());
+            }
+            self.stop_accepting().await;
+            let _ = stopped.send(());
+        }
         self.shutdown().await
     }
 
+    /// Starts the drain and waits until no accept loop is left.
+    async fn stop_accepting(&self) {
+        self.handle.drain();
+        self.accepting.close();
+        self.accepting.wait().await;
+    }
+
     /// Drains now (see [`RunningServer::run_until`]).
-    pub async fn shutdown(self) -> bool {
+    pub async fn shutdown(mut self) -> bool {
+        if let Some(handover) = self.handover.take() {
+            handover.close();
+        }
         let timeout = self
             .handle
             .config()
@@ -542,10 +831,7 @@ impl RunningServer {
             .as_ref()
             .map_or(DEFAULT_DRAIN_TIMEOUT, |h| h.drain_timeout)
             .get();
-        self.handle.drain();
-        for t in self.accept_tasks {
-            let _ = t.await;
-        }
+        self.stop_accepting().await;
         self.tracker.close();
         let done = tokio::time::timeout(timeout, self.tracker.wait())
             .await

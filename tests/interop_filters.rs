@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use meta_protocol::{Message, MessageKind};
-use metaproxy::backend::{self, Responder};
+use metaproxy_cli::backend::{self, Responder};
 use metaproxy_dubbo::frames::{echo_response, ResponseFrame};
 use serde_json::Value;
 

@@ -173,6 +173,8 @@ async fn metrics_admin_reload_and_access_log() {
         "{body}"
     );
 
+    // The kv protocol cannot tell a client to move: the drain waits for it to close.
+    drop(c);
     running.shutdown().await;
     // The access log has one JSON line per request, written off the request path.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);

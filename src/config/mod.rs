@@ -1,10 +1,11 @@
-//! Loading and validating the YAML configuration (SPEC §3).
+//! Loading and validating the YAML configuration (reference: docs/CONFIG.md).
 //!
 //! Loading has two stages: YAML syntax and schema (unknown fields are errors), then
 //! [`validate`], which checks every cross-reference and value and reports each problem
 //! with the path of the offending field, e.g.
 //! `route_configs[0].routes[2].route.weighted_clusters: total weight is 0`.
 
+mod build;
 mod duration;
 mod model;
 mod validate;

@@ -1,4 +1,4 @@
-//! The configuration file's schema (SPEC §3). Unknown fields are errors.
+//! The configuration file's schema, documented field by field in docs/CONFIG.md. Unknown fields are errors.
 
 use std::collections::BTreeMap;
 
@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use super::duration::ConfigDuration;
 
-/// The whole configuration file.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+/// The whole configuration file. `Config::default()` is the empty config (no admin,
+/// no listeners); see [`crate::config`] for building one in code.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The admin HTTP server; none when absent.

@@ -1,4 +1,4 @@
-//! The admin HTTP server of SPEC §9: a small HTTP/1.1 server on hyper, bound only to
+//! The admin HTTP server (endpoints in docs/METRICS.md): a small HTTP/1.1 server on hyper, bound only to
 //! the listener it is given (`admin.address`).
 //!
 //! | route | answer |

@@ -1,4 +1,4 @@
-//! The metrics registry of SPEC §8, rendered in the Prometheus text exposition format.
+//! The metrics registry (names in docs/METRICS.md), rendered in the Prometheus text exposition format.
 //!
 //! Label lookups happen once, when a listener, route or cluster is set up (config load,
 //! connection accept); they return cheap cloneable handles ([`Counter`], [`Gauge`],
@@ -364,8 +364,8 @@ fn escape_label_value(out: &mut String, value: &str) {
     }
 }
 
-/// The metric names of SPEC §8, without the `metaproxy_` prefix, in rendering order.
-pub const METRIC_NAMES: [&str; 12] = [
+/// The metric names of docs/METRICS.md, without the `metaproxy_` prefix, in rendering order.
+pub const METRIC_NAMES: [&str; 13] = [
     "downstream_connections_total",
     "downstream_connections_active",
     "requests_total",
@@ -378,6 +378,7 @@ pub const METRIC_NAMES: [&str; 12] = [
     "outlier_ejections_total",
     "config_reloads_total",
     "rate_limited_total",
+    "hot_restart_epoch",
 ];
 
 /// Every metric of the proxy. Create one with [`Metrics::new`] and share it.
@@ -395,8 +396,10 @@ pub struct Metrics {
     outlier_ejections_total: Family,
     config_reloads_total: Family,
     rate_limited_total: Family,
+    hot_restart_epoch_family: Family,
     reload_ok: Counter,
     reload_error: Counter,
+    hot_restart_epoch: Gauge,
 }
 
 /// Per-listener handles, looked up once per listener (or per accepted connection).
@@ -475,7 +478,7 @@ pub struct ClusterMetrics {
 }
 
 impl Metrics {
-    /// The registry with every family of SPEC §8 and both `config_reloads_total` series.
+    /// The registry with every documented family and both `config_reloads_total` series.
     pub fn new() -> Arc<Metrics> {
         let config_reloads_total = Family::new(
             "metaproxy_config_reloads_total",
@@ -485,6 +488,13 @@ impl Metrics {
         );
         let reload_ok = config_reloads_total.counter(&["ok"]);
         let reload_error = config_reloads_total.counter(&["error"]);
+        let hot_restart_epoch_family = Family::new(
+            "metaproxy_hot_restart_epoch",
+            "Hot restarts behind this process: 0 for a fresh start, +1 per takeover.",
+            Kind::Gauge,
+            &[],
+        );
+        let hot_restart_epoch = hot_restart_epoch_family.gauge(&[]);
         Arc::new(Metrics {
             downstream_connections_total: Family::new(
                 "metaproxy_downstream_connections_total",
@@ -553,12 +563,14 @@ impl Metrics {
                 Kind::Counter,
                 &["listener", "filter"],
             ),
+            hot_restart_epoch_family,
             reload_ok,
             reload_error,
+            hot_restart_epoch,
         })
     }
 
-    fn families(&self) -> [&Family; 12] {
+    fn families(&self) -> [&Family; 13] {
         [
             &self.downstream_connections_total,
             &self.downstream_connections_active,
@@ -572,6 +584,7 @@ impl Metrics {
             &self.outlier_ejections_total,
             &self.config_reloads_total,
             &self.rate_limited_total,
+            &self.hot_restart_epoch_family,
         ]
     }
 
@@ -631,8 +644,14 @@ impl Metrics {
         }
     }
 
+    /// Sets `hot_restart_epoch` (0 for a fresh start, +1 per takeover).
+    pub fn set_hot_restart_epoch(&self, epoch: u64) {
+        self.hot_restart_epoch
+            .set(i64::try_from(epoch).unwrap_or(i64::MAX));
+    }
+
     /// The whole registry in the Prometheus text exposition format (version 0.0.4):
-    /// families in SPEC order, each with `# HELP` and `# TYPE` (also when it has no
+    /// families in documented order, each with `# HELP` and `# TYPE` (also when it has no
     /// series yet), series sorted by label values.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
@@ -935,7 +954,7 @@ mod tests {
                 assert!(name.starts_with(family), "{name} outside {family}");
             }
         }
-        // Families appear in SPEC order.
+        // Families appear in documented order.
         let order: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE metaproxy_"))
@@ -945,8 +964,9 @@ mod tests {
     }
 
     #[test]
-    fn empty_registry_lists_every_family_and_both_reload_results() {
-        let text = Metrics::new().render();
+    fn empty_registry_lists_every_family_both_reload_results_and_the_epoch() {
+        let m = Metrics::new();
+        let text = m.render();
         let scrape = parse(&text);
         assert_eq!(scrape.docs.len(), METRIC_NAMES.len());
         let reloads: Vec<_> = scrape
@@ -955,7 +975,10 @@ mod tests {
             .filter(|s| s.metric == "metaproxy_config_reloads_total")
             .collect();
         assert_eq!(reloads.len(), 2);
-        assert_eq!(scrape.samples.len(), 2, "{text}");
+        assert!(text.contains("\nmetaproxy_hot_restart_epoch 0\n"), "{text}");
+        assert_eq!(scrape.samples.len(), 3, "{text}");
+        m.set_hot_restart_epoch(3);
+        assert!(m.render().contains("\nmetaproxy_hot_restart_epoch 3\n"));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Observability: the Prometheus metrics of SPEC §8, the admin HTTP server of SPEC §9,
+//! Observability: the Prometheus metrics and the admin HTTP server (docs/METRICS.md),
 //! and per-listener JSON access logs.
 //!
 //! - [`metrics`]: a lock-free registry; look handles up once, then only atomic adds.

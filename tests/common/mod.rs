@@ -1,7 +1,7 @@
 //! Shared helpers for the integration tests: kv backends and clients on loopback.
 #![allow(dead_code)]
 
-pub mod binary;
+pub mod net;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

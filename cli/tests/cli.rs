@@ -99,7 +99,7 @@ fn check_rejects_unknown_fields_and_bad_yaml_with_positions() {
 
 #[test]
 fn every_example_config_passes_check() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config");
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
@@ -146,19 +146,19 @@ fn serve_reload_drain(env: &[(&str, &str)]) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (v1, v2) = rt.block_on(async {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let v1 = metaproxy::backend::spawn(
+        let v1 = metaproxy_cli::backend::spawn(
             any,
-            metaproxy::backend::dubbo_factory(),
+            metaproxy_cli::backend::dubbo_factory(),
             Default::default(),
-            metaproxy::backend::dubbo_echo("v1"),
+            metaproxy_cli::backend::dubbo_echo("v1"),
         )
         .await
         .unwrap();
-        let v2 = metaproxy::backend::spawn(
+        let v2 = metaproxy_cli::backend::spawn(
             any,
-            metaproxy::backend::dubbo_factory(),
+            metaproxy_cli::backend::dubbo_factory(),
             Default::default(),
-            metaproxy::backend::dubbo_echo("v2"),
+            metaproxy_cli::backend::dubbo_echo("v2"),
         )
         .await
         .unwrap();
@@ -234,4 +234,121 @@ clusters:
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
+}
+
+/// A custom binary is `Cli::new(registry).main()`: its `check` knows the codecs it
+/// registered, and the stock binary's does not.
+#[test]
+fn check_in_a_custom_binary_sees_its_codec() {
+    use metaproxy_cli::Cli;
+    use std::process::ExitCode;
+
+    let kv_yaml = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/kvproto/kv.yaml");
+    let with_kv = || {
+        let mut codecs = metaproxy::default_registry();
+        codecs.register(std::sync::Arc::new(metaproxy_example_kv::KvCodecFactory));
+        Cli::new(codecs)
+    };
+    let check = |cli: Cli| cli.main_from(["my-proxy", "check", "--config", kv_yaml]);
+    assert_eq!(check(with_kv()), ExitCode::SUCCESS);
+    assert_eq!(
+        check(Cli::new(metaproxy::default_registry())),
+        ExitCode::FAILURE,
+        "without the kv codec registered the listener's codec is unknown"
+    );
+    // And through the stock binary, which has only dubbo and thrift.
+    let out = bin().args(["check", "--config", kv_yaml]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("kv"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A custom binary registers its own filters with `Cli::filters`: its `check` (and
+/// `run`) know them, and a binary without them reports the name with its field path.
+#[test]
+fn check_in_a_custom_binary_sees_its_filters() {
+    use metaproxy::filter::{
+        Filter, FilterConfigError, FilterContext, FilterFactory, FilterRegistry,
+    };
+    use metaproxy_cli::Cli;
+    use std::process::ExitCode;
+    use std::sync::Arc;
+
+    struct PassThrough;
+    impl Filter for PassThrough {}
+    struct PassThroughFactory;
+    impl FilterFactory for PassThroughFactory {
+        fn name(&self) -> &str {
+            "pass_through"
+        }
+        fn build(
+            &self,
+            config: &serde_json::Value,
+            _ctx: &FilterContext<'_>,
+        ) -> Result<Arc<dyn Filter>, Vec<FilterConfigError>> {
+            match config.get("strict") {
+                Some(serde_json::Value::Bool(_)) | None => Ok(Arc::new(PassThrough)),
+                Some(_) => Err(vec![FilterConfigError::new("strict", "must be a boolean")]),
+            }
+        }
+    }
+
+    let dir = std::env::temp_dir().join(format!("metaproxy-cli-filters-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, strict: &str| {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+listeners:
+  - name: in
+    address: "127.0.0.1:0"
+    codec: dubbo
+    route_config: r
+    filters:
+      - {{name: pass_through, config: {{strict: {strict}}}}}
+      - {{name: local_rate_limit, config: {{rate: 10}}}}
+route_configs: [{{name: r, routes: [{{route: {{cluster: c}}}}]}}]
+clusters: [{{name: c, endpoints: ["127.0.0.1:1"]}}]
+"#
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let good = write("good.yaml", "true");
+    let bad = write("bad.yaml", "\"yes\"");
+    let with_filter = || {
+        let mut filters = FilterRegistry::builtin();
+        filters.register(Arc::new(PassThroughFactory));
+        Cli::new(metaproxy::default_registry()).filters(filters)
+    };
+    let check = |cli: Cli, path: &std::path::Path| {
+        cli.main_from(["my-proxy", "check", "--config", path.to_str().unwrap()])
+    };
+    assert_eq!(check(with_filter(), &good), ExitCode::SUCCESS);
+    assert_eq!(check(with_filter(), &bad), ExitCode::FAILURE);
+    assert_eq!(
+        check(Cli::new(metaproxy::default_registry()), &good),
+        ExitCode::FAILURE,
+        "without the registration the filter name is unknown"
+    );
+    let out = bin()
+        .args(["check", "--config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("listeners[0].filters[0].name: unknown filter \"pass_through\""),
+        "{stderr}"
+    );
+    let out = bin()
+        .args(["check", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
 }

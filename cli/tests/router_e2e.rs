@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::binary::{call, start_proxy};
-use metaproxy::backend;
+use metaproxy_cli::backend;
 
 fn config(v1: SocketAddr, v2: SocketAddr, shadow: SocketAddr, w1: u32, w2: u32) -> String {
     format!(

@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::binary::{dead_addr, silent_backend, start_proxy};
+use common::binary::start_proxy;
+use common::net::{dead_addr, silent_backend};
 use serde_json::Value;
 
 const COMBOS: [(&str, &str); 6] = [
@@ -25,7 +26,8 @@ const COMBOS: [(&str, &str); 6] = [
 ];
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // The workspace root, one level above this crate.
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
 fn python() -> PathBuf {

@@ -3,7 +3,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use metaproxy::backend;
+//! use metaproxy_cli::backend;
 //! let server = backend::spawn(
 //!     "127.0.0.1:0".parse().unwrap(),
 //!     backend::dubbo_factory(),

@@ -855,7 +855,7 @@ mod tests {
 
     #[test]
     fn parses_the_real_exposition() {
-        let m = crate::observe::Metrics::new();
+        let m = metaproxy::observe::Metrics::new();
         m.request("dubbo-in", "canary", "dubbo-v1").add(5);
         m.cluster("dubbo-shadow").mirror_sent.add(4);
         let s = parse_prometheus(&m.render());

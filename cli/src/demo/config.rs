@@ -267,8 +267,8 @@ mod tests {
             })),
         ] {
             let text = render(&addrs);
-            let config = crate::config::parse(&text, "demo.yaml".as_ref()).unwrap();
-            let validated = crate::config::validate(&config, &crate::default_registry());
+            let config = metaproxy::config::parse(&text, "demo.yaml".as_ref()).unwrap();
+            let validated = metaproxy::config::validate(&config, &metaproxy::default_registry());
             assert!(validated.is_ok(), "{validated:?}");
             assert!(validated.unwrap().warnings.is_empty());
         }

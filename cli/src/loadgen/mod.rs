@@ -225,7 +225,10 @@ impl Shared {
 }
 
 /// Runs `metaproxy bench`: prints the text report (or one JSON object with `--json`).
-pub fn run(args: BenchArgs) -> Result<(), BenchError> {
+///
+/// Returns the report after printing it; a caller (the binary) exits non-zero when
+/// [`BenchReport::errors`] is not zero, so scripts can rely on the exit code.
+pub fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
     let json = args.json;
     let report = run_bench(&args, !json && std::io::stderr().is_terminal())?;
     if json {
@@ -233,7 +236,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     } else {
         print!("{}", report.to_text());
     }
-    Ok(())
+    Ok(report)
 }
 
 /// Runs a benchmark and returns its report, without printing it. `progress` shows a

@@ -1,7 +1,7 @@
 //! A Python Dubbo client from PyPI (dubbo-ssl-python, the Dubbo TCP protocol with
 //! hessian2) calling through the real `metaproxy` binary to Dubbo backends: routing on
 //! interface, method, version, group and an attachment, a request mutation seen by the
-//! backend, canary split, and the error statuses of SPEC §5 at the client.
+//! backend, canary split, and the local-reply statuses of docs/CONFIG.md at the client.
 //! Needs `scripts/interop/dubbo.sh` (run by `scripts/test.sh`).
 #![cfg(feature = "interop")]
 
@@ -15,14 +15,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use common::binary::{dead_addr, silent_backend, start_proxy};
+use common::binary::start_proxy;
+use common::net::{dead_addr, silent_backend};
 use meta_protocol::{Message, MessageKind};
-use metaproxy::backend::{self, Responder};
+use metaproxy_cli::backend::{self, Responder};
 use metaproxy_dubbo::frames::{echo_response, parse_request, ResponseFrame};
 use serde_json::Value;
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // The workspace root, one level above this crate.
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
 /// Runs the Python client; one JSON object per call.

@@ -77,7 +77,7 @@ pub struct ClientStats {
     pub sent_by_kind: [u64; 3],
     /// Verified replies from a backend.
     pub ok: u64,
-    /// Local replies of the proxy, by reason (SPEC §8 names).
+    /// Local replies of the proxy, by reason (the reason names of docs/METRICS.md).
     pub local: BTreeMap<&'static str, u64>,
     /// Local replies that the request should not have got (a routed request answered
     /// locally, or an unknown one answered with another reason). Also in `local`.

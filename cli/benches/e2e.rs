@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use metaproxy::backend::{self, Backend};
+use metaproxy_cli::backend::{self, Backend};
 use serde::Serialize;
 
 #[derive(Debug, Clone)]

@@ -73,10 +73,10 @@ pub enum DemoError {
     },
     /// The built-in config did not load (a bug of the demo).
     #[error("the built-in config is invalid: {0}")]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] metaproxy::config::ConfigError),
     /// The proxy could not bind.
     #[error("cannot start the proxy: {0}")]
-    Bind(#[from] crate::BindError),
+    Bind(#[from] metaproxy::BindError),
     /// The proxy bound, but a listener of the built-in config is missing.
     #[error("the proxy has no listener {0:?}")]
     MissingListener(&'static str),
@@ -94,7 +94,7 @@ pub fn run(args: DemoArgs) -> Result<(), DemoError> {
     if args.duration < Duration::from_millis(100) || args.duration > Duration::from_secs(3600) {
         return Err(DemoError::Duration(args.duration));
     }
-    let rt = crate::runtime::build().map_err(DemoError::Runtime)?;
+    let rt = metaproxy::runtime::build().map_err(DemoError::Runtime)?;
     let report = rt.block_on(drive(args.duration))?;
     if args.json {
         match serde_json::to_string_pretty(&report) {
@@ -194,7 +194,7 @@ fn progress_bar(duration: Duration) -> ProgressBar {
 }
 
 /// `(listener, route, cluster)` for every cluster a route of a listener can pick.
-fn route_targets(cfg: &crate::config::Config) -> Vec<(String, String, String)> {
+fn route_targets(cfg: &metaproxy::config::Config) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     for l in &cfg.listeners {
         let Some(rc) = cfg.route_configs.iter().find(|r| r.name == l.route_config) else {
@@ -225,9 +225,9 @@ async fn drive(duration: Duration) -> Result<Report, DemoError> {
         *a = b.addr();
     }
     let text = config::render(&Addresses::ephemeral(addrs));
-    let cfg = crate::config::parse(&text, "<demo config>".as_ref())?;
+    let cfg = metaproxy::config::parse(&text, "<demo config>".as_ref())?;
     let targets = route_targets(&cfg);
-    let server = crate::Server::new(cfg, crate::default_registry())?;
+    let server = metaproxy::Server::new(cfg, metaproxy::default_registry())?;
     let running = server.bind().await?;
     let handle = running.handle();
     let dubbo_addr = running

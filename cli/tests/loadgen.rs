@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use meta_protocol::{Message, MessageKind};
-use metaproxy::backend::{self, Backend, Responder};
-use metaproxy::loadgen::{
+use metaproxy_cli::backend::{self, Backend, Responder};
+use metaproxy_cli::loadgen::{
     run_bench, BenchArgs, BenchProtocol, ThriftProtocolArg, ThriftTransportArg,
 };
 use metaproxy_thrift::frames::FrameSpec;
@@ -350,4 +350,28 @@ fn cli_text_report_names_percentiles() {
     ] {
         assert!(text.contains(needle), "{needle:?} missing from {text}");
     }
+}
+
+#[test]
+fn cli_exits_non_zero_after_its_report_when_a_reply_was_wrong() {
+    let rt = runtime();
+    let b = spawn(&rt, BenchProtocol::Dubbo, dubbo_failing());
+    let out = Command::new(env!("CARGO_BIN_EXE_metaproxy"))
+        .args(["bench", "--protocol", "dubbo", "--target"])
+        .arg(b.addr().to_string())
+        .args(["--connections", "1", "--requests", "20", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "bench must fail on error replies"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report still printed");
+    assert_eq!(v["errors"], 20);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("20 of 20 replies were wrong or failed"),
+        "{err}"
+    );
 }
