@@ -55,9 +55,11 @@ use std::time::Duration;
 use meta_protocol::{LocalReplyKind, Message, MetaStr, Metadata, ResponseStatus};
 use metaproxy_router::RouteTable;
 
-pub use access_control::{AccessControlFactory, ACCESS_CONTROL};
+pub use access_control::{AccessControl, AccessControlFactory, ACCESS_CONTROL};
 pub use chain::{ChainStep, FilterChain};
-pub use rate_limit::{LocalRateLimitFactory, LOCAL_RATE_LIMIT, MAX_RATE_LIMIT_KEYS};
+pub use rate_limit::{
+    LocalRateLimit, LocalRateLimitFactory, LOCAL_RATE_LIMIT, MAX_RATE_LIMIT_KEYS,
+};
 
 /// Longest a request may wait on filters that answered [`Verdict::Wait`]; past it the
 /// request gets a local reply `timeout`.
