@@ -175,6 +175,14 @@ impl Filter for Tagger {
                 .set("service".into(), MetaStr::from_static("beta"));
         }
         match request.metadata().get("user") {
+            Some("hold") => Verdict::Wait(Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Decision::Continue
+            })),
+            Some("panic") => Verdict::Wait(Box::pin(async {
+                tokio::task::yield_now().await;
+                panic!("a filter bug");
+            })),
             Some("slow-ok") | Some("slow-no") => {
                 let deny = request.metadata().get("user") == Some("slow-no");
                 Verdict::Wait(Box::pin(async move {
@@ -304,4 +312,45 @@ async fn a_registered_filter_mutates_steers_waits_and_sees_responses() {
     assert_eq!(frames::status(by_id(slow_ok)), Status::Ok as u8);
     assert_eq!(frames::status(by_id(slow_no)), Status::Forbidden as u8);
     assert_eq!(v1.received(), 2);
+}
+
+#[tokio::test]
+async fn waiting_requests_are_bounded_per_connection_and_a_failing_filter_gets_a_reply() {
+    let v1 = backend("v1").await;
+    let v2 = backend("v2").await;
+    let text = CUSTOM
+        .replace("{v1}", &v1.addr.to_string())
+        .replace("{v2}", &v2.addr.to_string());
+    let config = metaproxy::config::parse(&text, "t.yaml".as_ref()).unwrap();
+    let mut filters = FilterRegistry::builtin();
+    filters.register(Arc::new(TaggerFactory));
+    let p = metaproxy::Server::with_filters(config, registry(), filters)
+        .unwrap()
+        .bind()
+        .await
+        .unwrap();
+    let mut c = Client::connect(p.local_addr("kv-in").unwrap()).await;
+    let total = MAX_WAITING_PER_CONNECTION + 6;
+    for _ in 0..total {
+        c.send(&[("user", "hold")], b"").await;
+    }
+    let mut statuses = std::collections::HashMap::new();
+    for _ in 0..total {
+        let r = c.recv_timeout(Duration::from_secs(10)).await.unwrap();
+        *statuses.entry(frames::status(&r)).or_insert(0) += 1;
+    }
+    assert_eq!(
+        statuses.get(&(Status::Ok as u8)),
+        Some(&MAX_WAITING_PER_CONNECTION)
+    );
+    assert_eq!(
+        statuses.get(&(Status::Overloaded as u8)),
+        Some(&6),
+        "{statuses:?}"
+    );
+    // A waiting filter that panics: the request gets a reply, the connection lives on.
+    let r = c.call(&[("user", "panic")], b"").await;
+    assert_eq!(frames::status(&r), Status::UpstreamFailure as u8);
+    let r = c.call(&[("user", "fast")], b"").await;
+    assert_eq!(frames::status(&r), Status::Ok as u8);
 }
