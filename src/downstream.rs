@@ -14,7 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use bytes::BytesMut;
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use futures_util::FutureExt;
 use meta_protocol::{
     Codec, DecodeError, LocalReply, LocalReplyKind, Message, MessageKind, ReplyContext,
@@ -142,7 +142,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
         wbuf: BytesMut::new(),
         rng: SmallRng::from_rng(&mut rand::rng()),
         closing: false,
-        waiting: FuturesUnordered::new(),
+        waiting: None,
         drain_notice: None,
     };
     conn.run(stream, drain).await;
@@ -165,8 +165,9 @@ struct Downstream {
     wbuf: BytesMut,
     rng: SmallRng,
     closing: bool,
-    /// Requests parked until a filter decides (at most [`MAX_WAITING_PER_CONNECTION`]).
-    waiting: FuturesUnordered<Pin<Box<dyn Future<Output = Resumed> + Send>>>,
+    /// Requests parked until a filter decides (at most [`MAX_WAITING_PER_CONNECTION`]);
+    /// made on first use, so connections whose filters never wait pay nothing.
+    waiting: Option<FuturesUnordered<Pin<Box<dyn Future<Output = Resumed> + Send>>>>,
     /// While draining without a go-away: [`DRAIN_HEADER`], added to every response.
     drain_notice: Option<Arc<meta_protocol::Mutations>>,
 }
@@ -199,7 +200,7 @@ impl Downstream {
         loop {
             if self.closing
                 && self.inflight.is_empty()
-                && self.waiting.is_empty()
+                && self.waiting_count() == 0
                 && self.wbuf.is_empty()
             {
                 return;
@@ -216,9 +217,10 @@ impl Downstream {
                     Some(rx) => rx.poll_recv(cx),
                     None => std::task::Poll::Pending,
                 }) => self.on_event(ev),
-                Some(resumed) = self.waiting.next(), if !self.waiting.is_empty() => {
-                    self.on_resumed(resumed);
-                }
+                Some(resumed) = std::future::poll_fn(|cx| match self.waiting.as_mut() {
+                    Some(waiting) if !waiting.is_empty() => waiting.poll_next_unpin(cx),
+                    _ => std::task::Poll::Pending,
+                }) => self.on_resumed(resumed),
                 _ = &mut deadline_timer, if !self.deadlines.is_empty() => self.expire_due(),
                 ready = stream.writable(), if !self.wbuf.is_empty() => {
                     if ready.is_err() { return; }
@@ -244,7 +246,7 @@ impl Downstream {
                         Err(_) => return,
                     }
                 }
-                _ = &mut idle, if self.inflight.is_empty() && self.waiting.is_empty() && self.wbuf.is_empty() => {
+                _ = &mut idle, if self.inflight.is_empty() && self.waiting_count() == 0 && self.wbuf.is_empty() => {
                     tracing::debug!(listener = %self.ctx.name, draining, "closing idle connection");
                     return;
                 }
@@ -405,7 +407,7 @@ impl Downstream {
                 self.local_reply_logged(&ctx, kind, &text, log, None);
             }
             ChainStep::Wait { index, pending } => {
-                if self.waiting.len() >= MAX_WAITING_PER_CONNECTION {
+                if self.waiting_count() >= MAX_WAITING_PER_CONNECTION {
                     let ctx = msg.reply_context();
                     let text = "metaproxy: overloaded: too many requests waiting on filters";
                     return self.local_reply_logged(
@@ -416,7 +418,8 @@ impl Downstream {
                         None,
                     );
                 }
-                self.waiting.push(Box::pin(async move {
+                let waiting = self.waiting.get_or_insert_with(FuturesUnordered::new);
+                waiting.push(Box::pin(async move {
                     let waited = tokio::time::timeout(
                         MAX_FILTER_WAIT,
                         std::panic::AssertUnwindSafe(pending).catch_unwind(),
@@ -443,6 +446,11 @@ impl Downstream {
                 }));
             }
         }
+    }
+
+    /// Requests parked on waiting filters.
+    fn waiting_count(&self) -> usize {
+        self.waiting.as_ref().map_or(0, FuturesUnordered::len)
     }
 
     /// Goes on with a request a waiting filter has decided on.
