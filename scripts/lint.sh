@@ -3,7 +3,7 @@
 # and without the interop tests compiled in), and docs with warnings as errors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FEATURES="metaproxy/interop metaproxy-cli/interop metaproxy-dubbo/interop metaproxy-thrift/interop"
+FEATURES="metaproxy/interop metaproxy-cli/interop metaproxy-dubbo/interop metaproxy-thrift/interop metaproxy-xds/interop"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

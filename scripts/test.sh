@@ -14,4 +14,4 @@ done
 echo "== cargo test (interop on)"
 # Integration tests start many sockets at once (1,000 concurrent clients).
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cargo test --workspace --features "metaproxy/interop metaproxy-cli/interop metaproxy-dubbo/interop metaproxy-thrift/interop" "$@"
+cargo test --workspace --features "metaproxy/interop metaproxy-cli/interop metaproxy-dubbo/interop metaproxy-thrift/interop metaproxy-xds/interop" "$@"

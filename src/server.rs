@@ -16,7 +16,9 @@ use std::os::fd::AsFd;
 use tokio::net::TcpListener;
 
 use crate::cluster::EndpointRegistry;
-use crate::config::{self, Config, ConfigError, Problem, DEFAULT_DRAIN_TIMEOUT};
+use crate::config::{
+    self, Config, ConfigError, DynamicResources, Problem, Provenance, DEFAULT_DRAIN_TIMEOUT,
+};
 use crate::filter::FilterRegistry;
 use crate::hot_restart::{
     self, DrainRequest, HandoverHandle, HotRestartError, Inherited, Offer, OfferedListener,
@@ -40,6 +42,25 @@ pub(crate) struct Shared {
     /// Listeners as bound at start: name -> (address, codec, options) fingerprint.
     pub(crate) bound: std::sync::Mutex<HashMap<String, String>>,
     reload_lock: tokio::sync::Mutex<()>,
+    /// The two sources of the config in force: the base (file) config and the
+    /// resources from a control plane. Changed only under `reload_lock`.
+    layers: std::sync::Mutex<Layers>,
+    /// How the base config is named in the provenance: `file` or `static`.
+    base_source: &'static str,
+}
+
+/// The sources the config in force was merged from.
+struct Layers {
+    base: Config,
+    dynamic: DynamicResources,
+}
+
+/// What a swap replaces.
+enum Change {
+    /// A new base config (reload of the file, or [`ServerHandle::apply`]).
+    Base(Box<Config>),
+    /// New resources from a control plane.
+    Dynamic(DynamicResources),
 }
 
 /// The outcome of a successful reload.
@@ -84,18 +105,50 @@ impl Shared {
         )
     }
 
-    /// Validates `config` and swaps it in. In-flight requests finish on the old snapshot.
+    /// Validates `config` as the new base config, merges the control plane's resources
+    /// into it and swaps the result in. In-flight requests finish on the old snapshot.
     pub(crate) async fn apply(&self, config: Config) -> Result<ReloadOutcome, Vec<Problem>> {
+        self.swap(Change::Base(Box::new(config))).await
+    }
+
+    /// Merges `change` with the other source, validates, compiles and swaps the result
+    /// in; on failure nothing changes.
+    async fn swap(&self, change: Change) -> Result<ReloadOutcome, Vec<Problem>> {
         let _guard = self.reload_lock.lock().await;
-        let result = self.compile(config);
-        let (mut snap, warnings) = match result {
+        let is_reload = matches!(change, Change::Base(_));
+        let (base, dynamic, xds_changed) = {
+            let layers = self.layers.lock().unwrap_or_else(|e| e.into_inner());
+            match change {
+                Change::Base(base) => {
+                    let xds_changed = base.xds != layers.base.xds;
+                    (*base, layers.dynamic.clone(), xds_changed)
+                }
+                Change::Dynamic(dynamic) => (layers.base.clone(), dynamic, false),
+            }
+        };
+        let merged = config::merge(&base, self.base_source, &dynamic);
+        let result = self.compile(merged.config);
+        let (mut snap, mut warnings) = match result {
             Ok(ok) => ok,
             Err(problems) => {
-                self.metrics.config_reload(false);
+                if is_reload {
+                    self.metrics.config_reload(false);
+                }
                 return Err(problems);
             }
         };
+        snap.provenance = merged.provenance;
+        warnings.extend(merged.shadowed.into_iter().map(|message| Problem {
+            field: "xds".to_owned(),
+            message,
+        }));
         let mut restart_required = Vec::new();
+        if xds_changed {
+            restart_required.push(
+                "the xds section changed; the control plane client keeps its settings until restart"
+                    .to_owned(),
+            );
+        }
         {
             let bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
             let old = self.snapshot.load();
@@ -120,7 +173,10 @@ impl Shared {
             }
         }
         self.snapshot.store(Arc::new(snap));
-        self.metrics.config_reload(true);
+        *self.layers.lock().unwrap_or_else(|e| e.into_inner()) = Layers { base, dynamic };
+        if is_reload {
+            self.metrics.config_reload(true);
+        }
         Ok(ReloadOutcome {
             warnings: warnings.iter().map(|w| w.to_string()).collect(),
             restart_required,
@@ -209,8 +265,10 @@ impl Server {
         let metrics = Metrics::new();
         let endpoints = EndpointRegistry::default();
         let origin = path.clone().unwrap_or_else(|| PathBuf::from("<config>"));
-        let (snap, warnings) = snapshot::build(
-            Arc::new(config),
+        let base_source = if path.is_some() { "file" } else { "static" };
+        let merged = config::merge(&config, base_source, &DynamicResources::default());
+        let (mut snap, warnings) = snapshot::build(
+            Arc::new(merged.config),
             &codecs,
             &filters,
             &endpoints,
@@ -221,6 +279,7 @@ impl Server {
             path: origin,
             problems,
         })?;
+        snap.provenance = merged.provenance;
         for w in &warnings {
             tracing::warn!("config: {w}");
         }
@@ -235,6 +294,11 @@ impl Server {
                 ready: AtomicBool::new(false),
                 bound: std::sync::Mutex::new(HashMap::new()),
                 reload_lock: tokio::sync::Mutex::new(()),
+                layers: std::sync::Mutex::new(Layers {
+                    base: config,
+                    dynamic: DynamicResources::default(),
+                }),
+                base_source,
             }),
         })
     }
@@ -711,9 +775,35 @@ impl ServerHandle {
     /// Applies `config` (validated first) as a reload would: routes and clusters are
     /// swapped atomically, requests in flight finish on the old ones, and an invalid
     /// config is rejected whole with every problem and changes nothing. The way to
-    /// reconfigure a server built from a value ([`Server::new`]).
+    /// reconfigure a server built from a value ([`Server::new`]). `config` replaces the
+    /// base config; resources from a control plane stay merged in.
     pub async fn apply(&self, config: Config) -> Result<ReloadOutcome, Vec<Problem>> {
         self.shared.apply(config).await
+    }
+
+    /// Replaces the resources provided by a control plane (xDS) with `resources`, merges
+    /// them by name with the base config (whose resources win on a name clash) and
+    /// swaps the result in exactly like a reload: validated whole first, atomic,
+    /// requests in flight finish on the old config, endpoint pools and health of
+    /// unchanged endpoints are kept. On failure nothing changes and every problem is
+    /// returned. Does not count `config_reloads_total`; the caller counts the update
+    /// with [`ServerHandle::count_xds_update`].
+    pub async fn apply_dynamic(
+        &self,
+        resources: DynamicResources,
+    ) -> Result<ReloadOutcome, Vec<Problem>> {
+        self.shared.swap(Change::Dynamic(resources)).await
+    }
+
+    /// Counts one xDS update of resource type `type_label` (`cluster`, `endpoint`,
+    /// `route`) as accepted (ACK) or rejected (NACK) in `xds_updates_total{type,result}`.
+    pub fn count_xds_update(&self, type_label: &str, accepted: bool) {
+        self.shared.metrics.xds_update(type_label, accepted);
+    }
+
+    /// Where each listener, route config and cluster in force came from.
+    pub fn provenance(&self) -> Provenance {
+        self.shared.snapshot.load().provenance.clone()
     }
 
     /// Stops accepting and asks every connection to finish its requests and close.
@@ -861,7 +951,15 @@ impl AdminHandler for AdminBridge {
     }
 
     fn config(&self) -> serde_json::Value {
-        serde_json::to_value(&*self.0.config()).unwrap_or(serde_json::Value::Null)
+        let snap = self.0.shared.snapshot.load();
+        let mut value = serde_json::to_value(&*snap.config).unwrap_or(serde_json::Value::Null);
+        if let serde_json::Value::Object(map) = &mut value {
+            map.insert(
+                "provenance".to_owned(),
+                serde_json::to_value(&snap.provenance).unwrap_or(serde_json::Value::Null),
+            );
+        }
+        value
     }
 
     fn clusters(&self) -> serde_json::Value {

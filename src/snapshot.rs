@@ -13,7 +13,7 @@ use metaproxy_router::{
 };
 
 use crate::cluster::{ClusterRt, EndpointRegistry};
-use crate::config::{self, Config, LbPolicyName, Problem, RouteConfig, RouteMatch};
+use crate::config::{self, Config, LbPolicyName, Problem, Provenance, RouteConfig, RouteMatch};
 use crate::filter::{FilterChain, FilterRegistry};
 use crate::observe::metrics::{Counter, Metrics, ResponseMetrics};
 
@@ -38,6 +38,8 @@ pub(crate) struct Snapshot {
     /// Routing state per running listener, by listener name.
     pub(crate) listeners: HashMap<String, Arc<ListenerRt>>,
     pub(crate) clusters: Vec<Arc<ClusterRt>>,
+    /// Where each resource came from (`GET /config`).
+    pub(crate) provenance: Provenance,
 }
 
 impl Snapshot {
@@ -277,6 +279,7 @@ pub(crate) fn build(
             config,
             listeners,
             clusters,
+            provenance: Provenance::default(),
         },
         validated.warnings,
     ))

@@ -152,6 +152,8 @@ async fn metrics_admin_reload_and_access_log() {
     assert_eq!(status, 200);
     let config: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(config["listeners"][0]["name"], "kv-in");
+    assert_eq!(config["provenance"]["listeners"]["kv-in"]["source"], "file");
+    assert_eq!(config["provenance"]["clusters"]["v1"]["source"], "file");
 
     // Reload from the file: a broken file is rejected and counted, a good one applied.
     std::fs::write(&cfg_path, text.replace("weight: 1", "weight: 0")).unwrap();

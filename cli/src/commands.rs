@@ -205,6 +205,36 @@ fn summary(path: &Path, config: &metaproxy::config::Config) -> String {
     s
 }
 
+/// Starts the xDS client when the config has an `xds:` section.
+#[cfg(feature = "xds")]
+fn start_xds(handle: &metaproxy::ServerHandle) -> Option<metaproxy_xds::XdsClient> {
+    let client = metaproxy_xds::spawn_if_configured(handle);
+    if let Some(xds) = &handle.config().xds {
+        tracing::info!(address = %xds.address, node = %xds.node_id, "xds: control plane client started");
+    }
+    client
+}
+
+/// Without the `xds` feature an `xds:` section is reported and otherwise ignored.
+#[cfg(not(feature = "xds"))]
+fn start_xds(handle: &metaproxy::ServerHandle) -> Option<NoXds> {
+    if handle.config().xds.is_some() {
+        tracing::warn!(
+            "xds: this binary was built without the xds feature; the section is ignored"
+        );
+    }
+    None
+}
+
+/// Stands in for the xDS client in a binary built without it.
+#[cfg(not(feature = "xds"))]
+struct NoXds;
+
+#[cfg(not(feature = "xds"))]
+impl NoXds {
+    async fn shutdown(self) {}
+}
+
 fn run(
     path: &Path,
     takeover: bool,
@@ -237,6 +267,7 @@ fn run(
                 let _ = reload_handle.reload().await;
             }
         });
+        let xds = start_xds(&running.handle());
         let drained = running
             .run_until(async {
                 tokio::select! {
@@ -245,6 +276,9 @@ fn run(
                 }
             })
             .await;
+        if let Some(client) = xds {
+            client.shutdown().await;
+        }
         tracing::info!(drained, "stopped");
         anyhow::Ok(ExitCode::SUCCESS)
     })

@@ -352,3 +352,44 @@ clusters: [{{name: c, endpoints: ["127.0.0.1:1"]}}]
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// With `xds:`, `check` accepts a listener whose route config is to come from the
+/// control plane, and `run` opens a gRPC (HTTP/2) connection to the control plane.
+#[test]
+fn run_with_xds_connects_to_the_control_plane() {
+    use std::io::Read;
+    let control_plane = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = format!(
+        r#"
+xds: {{address: "{}", node_id: cli-test}}
+listeners:
+  - {{name: dubbo-in, address: "127.0.0.1:0", codec: dubbo, route_config: from-xds}}
+"#,
+        control_plane.local_addr().unwrap()
+    );
+    let (code, out, err) = check(&text, "xds.yaml");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("warning: listeners[0].route_config") && out.contains("control plane"),
+        "{out}"
+    );
+    let path = temp_file("xds-run.yaml", &text);
+    let (_proxy, _addr, _logs) = start_proxy_env(&path, &[]);
+    control_plane.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut conn = loop {
+        match control_plane.accept() {
+            Ok((conn, _)) => break conn,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("the proxy did not connect to the control plane: {e}"),
+        }
+    };
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut preface = [0u8; 14];
+    conn.read_exact(&mut preface).unwrap();
+    assert_eq!(
+        &preface, b"PRI * HTTP/2.0",
+        "gRPC starts with the HTTP/2 preface"
+    );
+}

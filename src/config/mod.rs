@@ -8,12 +8,14 @@
 mod build;
 mod duration;
 mod model;
+mod sources;
 mod validate;
 
 use std::path::{Path, PathBuf};
 
 pub use duration::ConfigDuration;
 pub use model::*;
+pub use sources::{merge, DynamicResources, Merged, Origin, Provenance, Versioned, XDS_SOURCE};
 pub(crate) use validate::check_match;
 pub use validate::{
     resolve as resolve_address, validate, validate_with_filters, Problem, Validated,

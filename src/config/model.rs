@@ -14,6 +14,9 @@ pub struct Config {
     /// The admin HTTP server; none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<AdminConfig>,
+    /// The xDS control plane; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xds: Option<XdsConfig>,
     /// Hot restart settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hot_restart: Option<HotRestartConfig>,
@@ -34,6 +37,49 @@ pub struct Config {
 pub struct AdminConfig {
     /// `host:port` to bind the admin server to (loopback in every example).
     pub address: String,
+}
+
+/// `xds:`: clusters, endpoints and route configs from an xDS control plane over ADS
+/// (see docs/XDS.md). With it set, a listener's `route_config` and a cluster's
+/// endpoints may be missing from the file: they are expected from the control plane,
+/// and until they arrive requests get the `no_route` or `upstream_failure` reply.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct XdsConfig {
+    /// `host:port` of the control plane's plaintext gRPC port (Istio: `istiod:15010`).
+    pub address: String,
+    /// The node id sent to the control plane (Istio: `sidecar~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local`).
+    pub node_id: String,
+    /// The node's cluster (service) name sent to the control plane. Default empty.
+    #[serde(default)]
+    pub node_cluster: String,
+    /// How long a connection attempt to the control plane may take. Default 5s.
+    #[serde(default = "default_xds_connect_timeout")]
+    pub connect_timeout: ConfigDuration,
+    /// First reconnect delay after the stream is lost; doubled per failed attempt, with
+    /// jitter (each delay is drawn from half to all of its nominal value). Default 500ms.
+    #[serde(default = "default_xds_backoff_base")]
+    pub backoff_base: ConfigDuration,
+    /// Largest reconnect delay. Default 30s.
+    #[serde(default = "default_xds_backoff_max")]
+    pub backoff_max: ConfigDuration,
+    /// Largest discovery response accepted, in bytes; a larger one ends the stream,
+    /// which is then reconnected. Default 16 MiB.
+    #[serde(default = "default_xds_max_message_size")]
+    pub max_message_size: usize,
+}
+
+fn default_xds_connect_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(5)
+}
+fn default_xds_backoff_base() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_millis(500))
+}
+fn default_xds_backoff_max() -> ConfigDuration {
+    ConfigDuration::from_secs(30)
+}
+fn default_xds_max_message_size() -> usize {
+    16 * 1024 * 1024
 }
 
 /// `hot_restart:`.

@@ -119,6 +119,9 @@ pub fn validate_with_filters(
             r.err("admin.address", e);
         }
     }
+    if let Some(xds) = &config.xds {
+        validate_xds(&mut r, xds);
+    }
     if config.listeners.is_empty() {
         r.err("listeners", "at least one listener is required");
     }
@@ -170,6 +173,13 @@ pub fn validate_with_filters(
             .iter()
             .position(|c| c.name == l.route_config)
         {
+            None if config.xds.is_some() => r.warn(
+                format!("{at}.route_config"),
+                format!(
+                    "no route config named {:?} yet; it is expected from the control plane, and until it arrives requests get the no_route reply",
+                    l.route_config
+                ),
+            ),
             None => r.err(
                 format!("{at}.route_config"),
                 format!("no route config named {:?}", l.route_config),
@@ -200,7 +210,12 @@ pub fn validate_with_filters(
 
     for (i, c) in config.clusters.iter().enumerate() {
         let at = format!("clusters[{i}]");
-        if c.endpoints.is_empty() {
+        if c.endpoints.is_empty() && config.xds.is_some() {
+            r.warn(
+                format!("{at}.endpoints"),
+                "no endpoints yet; requests to this cluster get the upstream_failure reply until the control plane sends some",
+            );
+        } else if c.endpoints.is_empty() {
             r.err(
                 format!("{at}.endpoints"),
                 "at least one endpoint is required",
@@ -251,6 +266,30 @@ pub fn validate_with_filters(
         })
     } else {
         Err(r.problems)
+    }
+}
+
+fn validate_xds(r: &mut Report, xds: &XdsConfig) {
+    if let Err(e) = resolve(&xds.address) {
+        r.err("xds.address", e);
+    }
+    if xds.node_id.trim().is_empty() {
+        r.err("xds.node_id", "must not be empty");
+    }
+    for (field, value) in [
+        ("connect_timeout", xds.connect_timeout),
+        ("backoff_base", xds.backoff_base),
+        ("backoff_max", xds.backoff_max),
+    ] {
+        if value.get().is_zero() {
+            r.err(format!("xds.{field}"), "must be greater than 0");
+        }
+    }
+    if xds.backoff_base > xds.backoff_max {
+        r.err("xds.backoff_base", "must not exceed backoff_max");
+    }
+    if xds.max_message_size < 1024 {
+        r.err("xds.max_message_size", "must be at least 1024 bytes");
     }
 }
 
@@ -395,6 +434,39 @@ route_configs:
 clusters:
   - {name: c, endpoints: ["127.0.0.1:1"]}
 "#;
+
+    #[test]
+    fn with_xds_a_missing_route_config_and_empty_endpoints_are_warnings() {
+        let y = BASE
+            .replace("route_config: r}", "route_config: from-xds}")
+            .replace("endpoints: [\"127.0.0.1:1\"]", "endpoints: []");
+        let without = problems(&y);
+        assert_eq!(without.len(), 2, "{without:?}");
+        let with = format!("xds: {{address: \"127.0.0.1:15010\", node_id: n1}}\n{y}");
+        assert!(problems(&with).is_empty(), "{:?}", problems(&with));
+        let c = crate::config::parse(&with, Path::new("t.yaml")).unwrap();
+        let warnings = validate(&c, &registry()).unwrap().warnings;
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert_eq!(warnings[0].field, "listeners[0].route_config");
+        assert_eq!(warnings[1].field, "clusters[0].endpoints");
+    }
+
+    #[test]
+    fn xds_fields_are_checked() {
+        let y = format!(
+            "xds: {{address: nowhere, node_id: \" \", backoff_base: 2s, backoff_max: 1s, max_message_size: 10}}\n{BASE}"
+        );
+        let p = problems(&y);
+        assert_eq!(
+            p,
+            vec![
+                "xds.address: \"nowhere\" is not host:port",
+                "xds.node_id: must not be empty",
+                "xds.backoff_base: must not exceed backoff_max",
+                "xds.max_message_size: must be at least 1024 bytes",
+            ]
+        );
+    }
 
     #[test]
     fn valid_config_passes() {

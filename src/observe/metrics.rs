@@ -365,7 +365,7 @@ fn escape_label_value(out: &mut String, value: &str) {
 }
 
 /// The metric names of docs/METRICS.md, without the `metaproxy_` prefix, in rendering order.
-pub const METRIC_NAMES: [&str; 13] = [
+pub const METRIC_NAMES: [&str; 14] = [
     "downstream_connections_total",
     "downstream_connections_active",
     "requests_total",
@@ -379,6 +379,7 @@ pub const METRIC_NAMES: [&str; 13] = [
     "config_reloads_total",
     "rate_limited_total",
     "hot_restart_epoch",
+    "xds_updates_total",
 ];
 
 /// Every metric of the proxy. Create one with [`Metrics::new`] and share it.
@@ -397,6 +398,7 @@ pub struct Metrics {
     config_reloads_total: Family,
     rate_limited_total: Family,
     hot_restart_epoch_family: Family,
+    xds_updates_total: Family,
     reload_ok: Counter,
     reload_error: Counter,
     hot_restart_epoch: Gauge,
@@ -564,13 +566,19 @@ impl Metrics {
                 &["listener", "filter"],
             ),
             hot_restart_epoch_family,
+            xds_updates_total: Family::new(
+                "metaproxy_xds_updates_total",
+                "xDS updates by resource type (cluster, endpoint, route) and result (ack, nack).",
+                Kind::Counter,
+                &["type", "result"],
+            ),
             reload_ok,
             reload_error,
             hot_restart_epoch,
         })
     }
 
-    fn families(&self) -> [&Family; 13] {
+    fn families(&self) -> [&Family; 14] {
         [
             &self.downstream_connections_total,
             &self.downstream_connections_active,
@@ -585,6 +593,7 @@ impl Metrics {
             &self.config_reloads_total,
             &self.rate_limited_total,
             &self.hot_restart_epoch_family,
+            &self.xds_updates_total,
         ]
     }
 
@@ -648,6 +657,14 @@ impl Metrics {
     pub fn set_hot_restart_epoch(&self, epoch: u64) {
         self.hot_restart_epoch
             .set(i64::try_from(epoch).unwrap_or(i64::MAX));
+    }
+
+    /// Counts an xDS update of resource type `type_label` by result
+    /// (`xds_updates_total{type,result}`, result `ack` or `nack`). Called once per
+    /// discovery response, not on the request path.
+    pub fn xds_update(&self, type_label: &str, accepted: bool) {
+        let result = if accepted { "ack" } else { "nack" };
+        self.xds_updates_total.counter(&[type_label, result]).inc();
     }
 
     /// The whole registry in the Prometheus text exposition format (version 0.0.4):
@@ -729,6 +746,9 @@ mod tests {
         c.outlier_ejections.inc();
         c.mirror_sent.add(9);
         c.mirror_dropped.add(2);
+        m.xds_update("cluster", true);
+        m.xds_update("cluster", true);
+        m.xds_update("route", false);
         m.config_reload(true);
         m.config_reload(false);
         m.config_reload(false);
@@ -921,6 +941,22 @@ mod tests {
                 &[("result", "error")]
             ),
             &Counter(2.0)
+        );
+        assert_eq!(
+            find(
+                &scrape,
+                "metaproxy_xds_updates_total",
+                &[("type", "cluster"), ("result", "ack")]
+            ),
+            &Counter(2.0)
+        );
+        assert_eq!(
+            find(
+                &scrape,
+                "metaproxy_xds_updates_total",
+                &[("type", "route"), ("result", "nack")]
+            ),
+            &Counter(1.0)
         );
 
         // The parser silently skips lines it cannot read: check that none were skipped.
