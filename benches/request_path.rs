@@ -81,13 +81,14 @@ fn codec(
     side: Side,
     wire: Option<meta_protocol::WireFormat>,
 ) -> Box<dyn Codec> {
-    f.new_codec(&CodecContext {
+    let ctx = CodecContext {
         side,
-        options: &CodecOptions::new(),
         max_frame_size: meta_protocol::DEFAULT_MAX_FRAME_SIZE,
         wire,
-    })
-    .expect("codec")
+    };
+    f.configure(&CodecOptions::new())
+        .and_then(|protocol| protocol.new_codec(&ctx))
+        .expect("codec")
 }
 
 fn bench(c: &mut Criterion) {

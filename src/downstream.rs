@@ -236,7 +236,11 @@ impl Downstream {
                         rbuf.reserve(READ_CHUNK);
                     }
                     match stream.try_read_buf(&mut rbuf) {
-                        Ok(0) => { reading = false; self.closing = true; }
+                        Ok(0) => {
+                            reading = false;
+                            self.closing = true;
+                            self.on_eof(&mut rbuf);
+                        }
                         Ok(_) => {
                             let quiet = if told_to_move { DRAIN_QUIET } else { self.ctx.idle_timeout };
                             idle.as_mut().reset(Instant::now() + quiet);
@@ -295,6 +299,17 @@ impl Downstream {
         self.closing = true;
     }
 
+    /// The client closed its side. Bytes left over are a frame it never finished: a
+    /// decode error, counted but not answered (its request id may not be known yet).
+    fn on_eof(&mut self, rbuf: &mut BytesMut) {
+        if rbuf.is_empty() {
+            return;
+        }
+        tracing::info!(listener = %self.ctx.name, bytes = rbuf.len(), "client closed in the middle of a frame");
+        self.ctx.metrics.decode_errors.inc();
+        rbuf.clear();
+    }
+
     fn on_message(&mut self, msg: Message) {
         match msg.kind() {
             MessageKind::Request | MessageKind::OneWay => self.dispatch(msg),
@@ -307,7 +322,8 @@ impl Downstream {
         }
     }
 
-    /// Encodes a local reply (none for one-way requests); returns the bytes written.
+    /// Encodes a local reply; returns the bytes written. One-way requests are never
+    /// answered (the reply is only counted), so codecs need not check.
     fn local_reply(&mut self, ctx: &ReplyContext, kind: LocalReplyKind, message: &str) -> usize {
         self.ctx.metrics.local_reply(kind).inc();
         if ctx.one_way {

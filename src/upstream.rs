@@ -17,8 +17,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use meta_protocol::{
-    Codec, CodecCapabilities, CodecContext, CodecError, CodecFactory, CodecOptions, Message,
-    MessageKind, Side, WireFormat,
+    Codec, CodecCapabilities, CodecContext, CodecError, CodecFactory, CodecOptions,
+    ConfiguredProtocol, Message, MessageKind, WireFormat,
 };
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -38,28 +38,28 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Pending entries are dropped this long after their deadline.
 const SWEEP_GRACE: Duration = Duration::from_secs(1);
 
-/// A configured protocol: codec factory plus listener options.
+/// A listener's protocol: the codec configured once with the listener's options.
 pub(crate) struct Protocol {
     pub(crate) id: u64,
-    pub(crate) factory: Arc<dyn CodecFactory>,
-    pub(crate) options: CodecOptions,
+    configured: Box<dyn ConfiguredProtocol>,
     pub(crate) max_frame_size: usize,
     pub(crate) caps: CodecCapabilities,
 }
 
 impl Protocol {
-    /// Validates `options` and builds the protocol.
+    /// Configures `factory` with the listener's `options` (parsed and checked here,
+    /// once) and builds the protocol.
     pub(crate) fn new(
         id: u64,
         factory: Arc<dyn CodecFactory>,
         options: CodecOptions,
         max_frame_size: usize,
     ) -> Result<Self, CodecError> {
-        let caps = factory.validate(&options)?;
+        let configured = factory.configure(&options)?;
+        let caps = configured.capabilities();
         Ok(Protocol {
             id,
-            factory,
-            options,
+            configured,
             max_frame_size,
             caps,
         })
@@ -67,22 +67,14 @@ impl Protocol {
 
     /// A codec for a client connection.
     pub(crate) fn downstream_codec(&self) -> Result<Box<dyn Codec>, CodecError> {
-        self.factory.new_codec(&CodecContext {
-            side: Side::Downstream,
-            options: &self.options,
-            max_frame_size: self.max_frame_size,
-            wire: None,
-        })
+        self.configured
+            .new_codec(&CodecContext::downstream(self.max_frame_size))
     }
 
     /// A codec for a backend connection carrying requests in `wire` format.
     pub(crate) fn upstream_codec(&self, wire: WireFormat) -> Result<Box<dyn Codec>, CodecError> {
-        self.factory.new_codec(&CodecContext {
-            side: Side::Upstream,
-            options: &self.options,
-            max_frame_size: self.max_frame_size,
-            wire: Some(wire),
-        })
+        self.configured
+            .new_codec(&CodecContext::upstream(self.max_frame_size, wire))
     }
 }
 

@@ -278,6 +278,88 @@ async fn garbage_closes_only_the_offending_connection() {
     assert_eq!(frames::body(&r), b"still fine");
 }
 
+/// The value of `metaproxy_decode_errors_total` for the kv listener, once it reaches
+/// `want` (the connection task counts it a moment after the client sees the close).
+async fn decode_errors_reach(p: &metaproxy::RunningServer, want: u64) -> u64 {
+    let line = "metaproxy_decode_errors_total{listener=\"kv-in\"} ";
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let text = p.handle().metrics_text();
+        let now = text
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if now >= want || Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_bad_one_way_frame_closes_the_connection_without_a_reply() {
+    let (_v1, _v2, p) = setup().await;
+    let mut s = tokio::net::TcpStream::connect(p.local_addr("kv-in").unwrap())
+        .await
+        .unwrap();
+    // A one-way frame that announces a header it does not carry: the codec reports a
+    // bad request for a one-way id, and the runtime (not the codec) must stay silent.
+    let mut frame = frames::one_way(5, &[], b"").to_vec();
+    frame[15] = 1;
+    s.write_all(&frame).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf))
+        .await
+        .expect("the connection is closed")
+        .unwrap();
+    assert!(buf.is_empty(), "a one-way request was answered: {buf:02x?}");
+    assert_eq!(decode_errors_reach(&p, 1).await, 1);
+    let local = p.handle().metrics_text();
+    assert!(
+        local
+            .contains("metaproxy_local_replies_total{listener=\"kv-in\",reason=\"bad_request\"} 1"),
+        "{local}"
+    );
+}
+
+#[tokio::test]
+async fn a_frame_cut_short_by_the_client_closing_is_a_decode_error() {
+    let (_v1, _v2, p) = setup().await;
+    let addr = p.local_addr("kv-in").unwrap();
+    // A whole request, then the first half of another, then the client shuts its side.
+    let whole = frames::request(1, &[("service", "calc")], b"done");
+    let half = frames::request(2, &[("service", "calc")], b"never finished");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(&whole).await.unwrap();
+    s.write_all(&half[..half.len() / 2]).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf))
+        .await
+        .expect("the connection is closed")
+        .unwrap();
+    // The whole request is answered; the half one is counted, not answered.
+    let mut codec = metaproxy_example_kv::KvCodec::new(1 << 20);
+    let mut rest = bytes::BytesMut::from(&buf[..]);
+    let reply = meta_protocol::Codec::decode(&mut codec, &mut rest)
+        .unwrap()
+        .expect("the whole request's reply");
+    assert_eq!(
+        (reply.request_id(), frames::body(&reply)),
+        (1, &b"done"[..])
+    );
+    assert!(rest.is_empty(), "only one reply expected");
+    assert_eq!(decode_errors_reach(&p, 1).await, 1);
+
+    // A client that closes between frames is not an error.
+    let mut c = Client::connect(addr).await;
+    c.call(&[("service", "calc")], b"x").await;
+    c.stream.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(decode_errors_reach(&p, 0).await, 1);
+}
+
 #[tokio::test]
 async fn oversized_frame_is_rejected_from_its_header() {
     let (_v1, _v2, p) = setup().await;

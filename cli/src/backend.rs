@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use meta_protocol::{CodecContext, CodecFactory, CodecOptions, Message, MessageKind, Side};
+use meta_protocol::{
+    CodecContext, CodecFactory, CodecOptions, ConfiguredProtocol, Message, MessageKind,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -106,13 +108,18 @@ pub fn thrift_echo() -> Responder {
     })
 }
 
-/// Binds `addr` and serves `factory`'s protocol, answering through `responder`.
+/// Binds `addr` and serves `factory`'s protocol configured with `options` (invalid
+/// options are an `InvalidInput` error), answering through `responder`.
 pub async fn spawn(
     addr: SocketAddr,
     factory: Arc<dyn CodecFactory>,
     options: CodecOptions,
     responder: Responder,
 ) -> std::io::Result<Backend> {
+    let protocol: Arc<dyn ConfiguredProtocol> = factory
+        .configure(&options)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?
+        .into();
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let stats = Arc::new(BackendStats::default());
@@ -124,7 +131,7 @@ pub async fn spawn(
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
                     s.connections.fetch_add(1, Ordering::Relaxed);
-                    conns.spawn(serve(stream, factory.clone(), options.clone(), responder.clone(), s.clone()));
+                    conns.spawn(serve(stream, protocol.clone(), responder.clone(), s.clone()));
                 }
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
             }
@@ -135,19 +142,13 @@ pub async fn spawn(
 
 async fn serve(
     mut stream: TcpStream,
-    factory: Arc<dyn CodecFactory>,
-    options: CodecOptions,
+    protocol: Arc<dyn ConfiguredProtocol>,
     responder: Responder,
     stats: Arc<BackendStats>,
 ) {
     let _ = stream.set_nodelay(true);
-    let ctx = CodecContext {
-        side: Side::Downstream,
-        options: &options,
-        max_frame_size: meta_protocol::DEFAULT_MAX_FRAME_SIZE,
-        wire: None,
-    };
-    let Ok(mut codec) = factory.new_codec(&ctx) else {
+    let ctx = CodecContext::downstream(meta_protocol::DEFAULT_MAX_FRAME_SIZE);
+    let Ok(mut codec) = protocol.new_codec(&ctx) else {
         return;
     };
     let mut rbuf = BytesMut::with_capacity(64 * 1024);

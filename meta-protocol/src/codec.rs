@@ -33,13 +33,28 @@ pub trait Codec: Send + 'static {
     /// Returns `Ok(None)` when `src` does not yet hold a whole frame; `src` is then left
     /// untouched (or with only consumed bytes removed) and will be offered again with
     /// more bytes appended. An error closes the connection.
+    ///
+    /// When the peer closes its side while `src` still holds bytes that are not a whole
+    /// frame, the runtime counts a decode error (`metaproxy_decode_errors_total` for a
+    /// client connection) and drops those bytes; `decode` is not called again.
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, DecodeError>;
 
     /// Appends `msg` to `dst` in wire format, writing its current request id and
     /// applying its mutations. Everything else is forwarded byte for byte.
+    ///
+    /// On the upstream side the runtime has rewritten the request id to a
+    /// connection-local id below 2^31 (31 bits), so a protocol whose id field is a
+    /// signed or unsigned 32-bit integer can carry it. On the downstream side a response
+    /// carries the id its client sent, as [`Codec::decode`] returned it.
     fn encode(&mut self, msg: &Message, dst: &mut BytesMut) -> Result<(), EncodeError>;
 
     /// Appends a protocol-native error reply to the request described by `ctx`.
+    ///
+    /// `reply.message` is a human-readable text that starts with `metaproxy: ` (for
+    /// example `metaproxy: no route matched the request (method=add)`); it may hold any
+    /// UTF-8, including text copied from the request, so a codec escapes or truncates it
+    /// as its wire format requires. The runtime never calls this for a one-way request
+    /// ([`ReplyContext::one_way`]).
     fn encode_local_reply(
         &mut self,
         ctx: &ReplyContext,
@@ -47,7 +62,8 @@ pub trait Codec: Send + 'static {
         dst: &mut BytesMut,
     ) -> Result<(), EncodeError>;
 
-    /// Appends the answer to a [`crate::MessageKind::Heartbeat`].
+    /// Appends the answer to a [`crate::MessageKind::Heartbeat`] that `decode` returned.
+    /// The runtime calls it on both sides, as soon as the heartbeat is decoded.
     ///
     /// By default does nothing (for protocols without heartbeats).
     fn encode_heartbeat_reply(
@@ -59,7 +75,16 @@ pub trait Codec: Send + 'static {
         Ok(())
     }
 
-    /// Appends a heartbeat probe with `id`, returning whether the protocol has one.
+    /// Appends a keep-alive probe carrying request id `id`, returning whether the
+    /// protocol has one (`false` writes nothing).
+    ///
+    /// This is for upstream keepalive: on an idle upstream connection the runtime takes
+    /// `id` from the same connection-local space as rewritten request ids (below 2^31,
+    /// never the id of a request still pending on that connection) and writes the
+    /// probe. The backend's answer must decode, on the same codec, as a
+    /// [`crate::MessageKind::Event`] whose request id is `id` (for Dubbo: a heartbeat
+    /// request, flags `e2`, answered by an event response with status 20). A probe
+    /// decoded by the peer's codec is a [`crate::MessageKind::Heartbeat`].
     ///
     /// By default does nothing and returns `false`.
     fn encode_heartbeat(&mut self, id: u64, dst: &mut BytesMut) -> Result<bool, EncodeError> {
@@ -68,7 +93,8 @@ pub trait Codec: Send + 'static {
     }
 
     /// Appends an unsolicited "stop sending on this connection" notice (Dubbo's
-    /// read-only event), returning whether the protocol has one. Used when draining.
+    /// read-only event), returning whether the protocol has one. The runtime calls it on
+    /// each client connection when the listener starts draining.
     ///
     /// By default does nothing and returns `false`.
     fn encode_go_away(&mut self, dst: &mut BytesMut) -> Result<bool, EncodeError> {
@@ -80,21 +106,43 @@ pub trait Codec: Send + 'static {
 /// Codec options from a listener's `options:` map, as strings.
 pub type CodecOptions = BTreeMap<String, String>;
 
-/// What a codec instance is created for.
-#[derive(Clone, Copy, Debug)]
-pub struct CodecContext<'a> {
+/// What a codec instance is created for. The listener's options are not here: they were
+/// parsed once by [`CodecFactory::configure`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CodecContext {
     /// Downstream or upstream.
     pub side: Side,
-    /// The listener's codec options.
-    pub options: &'a CodecOptions,
-    /// Hard limit on one frame in bytes.
+    /// Hard limit on one frame in bytes (the listener's `max_frame_size`).
     pub max_frame_size: usize,
     /// For upstream codecs: the wire format of the requests this connection will carry
     /// (the format the client spoke). `None` on the downstream side.
     pub wire: Option<WireFormat>,
 }
 
+impl CodecContext {
+    /// A codec for a client connection.
+    pub fn downstream(max_frame_size: usize) -> Self {
+        CodecContext {
+            side: Side::Downstream,
+            max_frame_size,
+            wire: None,
+        }
+    }
+
+    /// A codec for a backend connection carrying requests in `wire` format.
+    pub fn upstream(max_frame_size: usize, wire: WireFormat) -> Self {
+        CodecContext {
+            side: Side::Upstream,
+            max_frame_size,
+            wire: Some(wire),
+        }
+    }
+}
+
 /// What the runtime may do with a configured protocol.
+///
+/// `CodecCapabilities::default()` is full capability: `multiplexing: true` and
+/// `mutations: true`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CodecCapabilities {
     /// Replies carry the request id, so many requests (from many clients) may be in
@@ -114,23 +162,61 @@ impl Default for CodecCapabilities {
     }
 }
 
-/// Creates codec instances for one protocol. Registered by name in a [`CodecRegistry`].
+/// A protocol configured with one listener's options: it makes that listener's codecs.
+///
+/// Made once per listener by [`CodecFactory::configure`] when the listener is bound,
+/// then shared by every connection of the listener, downstream and upstream; so it must
+/// be cheap to call and hold only parsed, immutable settings.
+pub trait ConfiguredProtocol: Send + Sync + 'static {
+    /// What the runtime may do with this protocol as configured.
+    ///
+    /// By default returns [`CodecCapabilities::default()`] (multiplexing and mutations).
+    fn capabilities(&self) -> CodecCapabilities {
+        CodecCapabilities::default()
+    }
+
+    /// A codec for one connection.
+    fn new_codec(&self, ctx: &CodecContext) -> Result<Box<dyn Codec>, CodecError>;
+}
+
+/// A protocol configured from a closure: for codecs without options, whose only setting
+/// is the [`CodecContext`]. Reports [`CodecCapabilities::default()`].
+impl<F> ConfiguredProtocol for F
+where
+    F: Fn(&CodecContext) -> Box<dyn Codec> + Send + Sync + 'static,
+{
+    fn new_codec(&self, ctx: &CodecContext) -> Result<Box<dyn Codec>, CodecError> {
+        Ok(self(ctx))
+    }
+}
+
+/// Fails with [`CodecError::UnknownOption`] when `options` is not empty: what a codec
+/// without options does in [`CodecFactory::configure`].
+pub fn reject_options(options: &CodecOptions) -> Result<(), CodecError> {
+    match options.keys().next() {
+        Some(key) => Err(CodecError::UnknownOption(key.clone())),
+        None => Ok(()),
+    }
+}
+
+/// Configures a protocol from a listener's options. Registered by name in a
+/// [`CodecRegistry`].
+///
+/// The runtime calls [`CodecFactory::configure`] once per listener when it binds it,
+/// never per connection. Config validation (`check`, start and every reload) calls it
+/// too, to report bad options, and drops the result; a listener whose options change
+/// keeps its protocol until a restart.
 pub trait CodecFactory: Send + Sync + 'static {
     /// The name used in a listener's `codec:` field.
     fn name(&self) -> &str;
 
-    /// Checks a listener's options and reports what the protocol supports with them.
+    /// Parses and checks a listener's `options:` and returns the configured protocol
+    /// that makes its codecs. An error is reported by `check`, at start and on reload
+    /// (field `listeners[i].options`).
     ///
-    /// By default accepts no options and reports full capabilities.
-    fn validate(&self, options: &CodecOptions) -> Result<CodecCapabilities, CodecError> {
-        match options.keys().next() {
-            Some(key) => Err(CodecError::UnknownOption(key.clone())),
-            None => Ok(CodecCapabilities::default()),
-        }
-    }
-
-    /// A codec for one connection.
-    fn new_codec(&self, ctx: &CodecContext<'_>) -> Result<Box<dyn Codec>, CodecError>;
+    /// A codec without options calls [`reject_options`] and returns a closure (see
+    /// [`ConfiguredProtocol`]'s implementation for `Fn(&CodecContext) -> Box<dyn Codec>`).
+    fn configure(&self, options: &CodecOptions) -> Result<Box<dyn ConfiguredProtocol>, CodecError>;
 }
 
 /// Maps codec names to factories. The binary registers `dubbo` and `thrift`; embedding

@@ -2,9 +2,15 @@
 //!
 //! A protocol joins metaproxy by implementing one small trait, [`Codec`]: decode a frame
 //! into a [`Message`] (its kind, request id and routable [`Metadata`]), encode it back
-//! with a rewritten id and [`Mutations`], and build protocol-native error replies. The
-//! runtime does the rest: listeners, routing, load balancing, pooling, timeouts.
-//! This crate does no networking, so codecs are easy to fuzz and to benchmark.
+//! with a rewritten id and [`Mutations`], and build protocol-native error replies. A
+//! [`CodecFactory`], registered by name, parses a listener's options once and returns a
+//! [`ConfiguredProtocol`] that makes one codec per connection. The runtime does the
+//! rest: listeners, routing, load balancing, pooling, timeouts. This crate does no
+//! networking, so codecs are easy to fuzz and to benchmark.
+//!
+//! The guide for codec authors is `docs/WRITING_A_CODEC.md` in the repository; the
+//! listener fields a codec sees (`codec`, `options`, `max_frame_size`) are described in
+//! `docs/CONFIG.md`.
 //!
 //! ## A complete codec
 //!
@@ -55,18 +61,22 @@
 //! struct ToyFactory;
 //! impl CodecFactory for ToyFactory {
 //!     fn name(&self) -> &str { "toy" }
-//!     fn new_codec(&self, ctx: &CodecContext<'_>) -> Result<Box<dyn Codec>, CodecError> {
-//!         Ok(Box::new(Toy { max: ctx.max_frame_size }))
+//!     fn configure(&self, options: &CodecOptions)
+//!         -> Result<Box<dyn ConfiguredProtocol>, CodecError> {
+//!         reject_options(options)?;   // the toy has no options
+//!         Ok(Box::new(|ctx: &CodecContext| -> Box<dyn Codec> {
+//!             Box::new(Toy { max: ctx.max_frame_size })
+//!         }))
 //!     }
 //! }
 //!
-//! // The runtime looks the codec up by the name in a listener's `codec:` field.
+//! // The runtime looks the codec up by the name in a listener's `codec:` field and
+//! // configures it once per listener.
 //! let mut registry = CodecRegistry::new();
 //! registry.register(std::sync::Arc::new(ToyFactory));
-//! let options = CodecOptions::new();
-//! let ctx = CodecContext { side: Side::Downstream, options: &options,
-//!                          max_frame_size: DEFAULT_MAX_FRAME_SIZE, wire: None };
-//! let mut codec = registry.get("toy").unwrap().new_codec(&ctx).unwrap();
+//! let toy = registry.get("toy").unwrap().configure(&CodecOptions::new()).unwrap();
+//! assert_eq!(toy.capabilities(), CodecCapabilities::default());
+//! let mut codec = toy.new_codec(&CodecContext::downstream(DEFAULT_MAX_FRAME_SIZE)).unwrap();
 //!
 //! // Half a frame: "need more bytes".
 //! let mut buf = BytesMut::from(&b"\0\0\0\x09\0\0\0\x05hel"[..]);
@@ -89,6 +99,44 @@
 //!   the wire form is not plain UTF-8.
 //! - `encode` forwards the frame byte for byte apart from the request id and mutations.
 //! - Local replies are what a stock client of the protocol understands as an error.
+//!
+//! ## What the runtime guarantees a codec
+//! - **Options are parsed once.** [`CodecFactory::configure`] runs once per listener,
+//!   when it is bound (config validation by `check`, at start and on reload calls it
+//!   too, to report bad options); connections only get a [`CodecContext`] (side, `max_frame_size`, wire format).
+//!   [`ConfiguredProtocol::capabilities`] is optional: by default it returns
+//!   [`CodecCapabilities::default()`], which is `multiplexing: true, mutations: true`.
+//!   A codec without options calls [`reject_options`], so an option given to it is
+//!   reported by `check`.
+//! - **Request ids are 31 bits wide after rewriting.** On an upstream connection the
+//!   runtime replaces each request's id with a connection-local id in `0..2^31`, so a
+//!   protocol whose id is a signed or unsigned 32-bit field can carry it; the response
+//!   gets the client's own id back (whatever `decode` returned) before the downstream
+//!   codec encodes it.
+//! - **One-way requests are never answered by the proxy.** The runtime writes no local
+//!   reply to a [`MessageKind::OneWay`] request (nor to a bad frame whose
+//!   [`ReplyContext::one_way`] is set); a codec need not check.
+//! - **A partial frame at end of stream is an error.** When a peer closes its side
+//!   while bytes of an incomplete frame are buffered (the last `decode` returned
+//!   `Ok(None)`), the runtime counts a decode error (`metaproxy_decode_errors_total`
+//!   with the listener's label, on a client connection) and drops the bytes. Nothing is
+//!   answered: the client has stopped sending and the frame's id may not be known.
+//! - **Local replies carry a human-readable message.** [`LocalReply::message`] starts
+//!   with `metaproxy: ` and says why (for example `metaproxy: no route matched the
+//!   request (method=add)` or `metaproxy: bad request: malformed frame: ...`). It may
+//!   hold any UTF-8, including text taken from the request; the codec writes it in its
+//!   protocol's error shape and escapes it if the wire format needs that.
+//! - **A layout is a small plain value.** Positions a codec records on decode for its
+//!   own `encode` travel with the message as [`LayoutWords`] (six `u32`s), written and
+//!   read through the codec's own typed [`FrameLayout`]. It is not an arbitrary Rust
+//!   object so that the contract stays implementable across a byte-only boundary later
+//!   (a codec compiled to WebAssembly: frame bytes in; metadata, layout and encoded
+//!   bytes out).
+//!
+//! ## Testing helpers
+//! With the `testing` cargo feature, the `testing` module offers the checks the reference codecs pass:
+//! decoding a stream split at every point, arbitrary input without a panic, and a
+//! decode, rewrite, encode, decode round trip.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
@@ -98,14 +146,19 @@ mod error;
 mod local_reply;
 mod message;
 mod metadata;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use codec::{
-    Codec, CodecCapabilities, CodecContext, CodecFactory, CodecOptions, CodecRegistry, Side,
-    DEFAULT_MAX_FRAME_SIZE,
+    reject_options, Codec, CodecCapabilities, CodecContext, CodecFactory, CodecOptions,
+    CodecRegistry, ConfiguredProtocol, Side, DEFAULT_MAX_FRAME_SIZE,
 };
 pub use error::{CodecError, DecodeError, DecodeErrorKind, EncodeError};
 pub use local_reply::{LocalReply, LocalReplyKind};
-pub use message::{FrameLayout, Message, MessageKind, ReplyContext, ResponseStatus, WireFormat};
+pub use message::{
+    FrameLayout, LayoutWords, Message, MessageKind, ReplyContext, ResponseStatus, WireFormat,
+    LAYOUT_WORDS,
+};
 pub use metadata::{MetaStr, Metadata, Mutations, INLINE_METADATA_ENTRIES};
 
 pub use bytes;

@@ -1,4 +1,5 @@
-//! Replies the proxy sends on its own (SPEC §5).
+//! Replies the proxy sends on its own; each reason is counted in
+//! `metaproxy_local_replies_total{reason}` (see `docs/METRICS.md`).
 
 /// Why the proxy answers a request itself. Each maps to a protocol-native status
 /// (Dubbo) or exception type (Thrift) chosen by the codec.
@@ -51,7 +52,9 @@ impl LocalReplyKind {
 pub struct LocalReply<'a> {
     /// Why the proxy answers.
     pub kind: LocalReplyKind,
-    /// Text for the client (for example `metaproxy: no route for com.example.Demo.hello`).
+    /// Human-readable text for the client, starting with `metaproxy: ` (for example
+    /// `metaproxy: no route matched the request (interface=com.example.Demo)`). It may
+    /// hold any UTF-8, including text copied from the request.
     pub message: &'a str,
 }
 

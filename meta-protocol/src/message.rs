@@ -62,11 +62,92 @@ impl ResponseStatus {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct WireFormat(pub u16);
 
-/// Codec-private positions inside a frame (where the request id lives, where the
-/// attachments start...), recorded on decode and read back on encode by a codec of the
-/// same protocol. Opaque to the runtime.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct FrameLayout(pub [u32; 6]);
+/// How many 32-bit words a frame layout is stored in: enough for the positions of a few
+/// sections of a frame (Dubbo uses all six, Thrift five, kvproto one).
+pub const LAYOUT_WORDS: usize = 6;
+
+/// The stored form of a codec's [`FrameLayout`]: six plain 32-bit words, opaque to the
+/// runtime.
+///
+/// A layout is a small plain value on purpose: it travels with the message from the
+/// downstream codec that decoded it to the upstream codec that encodes it, and a codec
+/// running behind a byte-only boundary (a WebAssembly module, say: frame bytes in;
+/// metadata, layout and encoded bytes out) must be able to hand it over as bytes. So a
+/// layout cannot be an arbitrary Rust object; codecs convert their own typed layout to
+/// and from these words with [`FrameLayout`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct LayoutWords([u32; LAYOUT_WORDS]);
+
+impl LayoutWords {
+    /// Words as given.
+    pub const fn new(words: [u32; LAYOUT_WORDS]) -> Self {
+        LayoutWords(words)
+    }
+
+    /// The words.
+    pub const fn words(self) -> [u32; LAYOUT_WORDS] {
+        self.0
+    }
+
+    /// The words as 24 little-endian bytes (for a byte-only boundary).
+    pub fn to_le_bytes(self) -> [u8; 4 * LAYOUT_WORDS] {
+        let mut out = [0u8; 4 * LAYOUT_WORDS];
+        for (chunk, word) in out.chunks_exact_mut(4).zip(self.0) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        out
+    }
+
+    /// Words read back from [`LayoutWords::to_le_bytes`].
+    pub fn from_le_bytes(bytes: [u8; 4 * LAYOUT_WORDS]) -> Self {
+        let mut words = [0u32; LAYOUT_WORDS];
+        for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(4)) {
+            *word = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        }
+        LayoutWords(words)
+    }
+}
+
+/// A codec's own description of where things are inside a frame (where the request id
+/// lives, where the headers end...): recorded on decode with [`Message::set_layout`] and
+/// read back on encode with [`Message::layout`], by a codec of the same protocol.
+///
+/// Implement it for a small `Copy` struct with named fields; the conversions are the only
+/// place the positional words appear. [`FrameLayout::from_words`] must accept any words
+/// (a message decoded by another codec, or none at all, reads back as whatever those
+/// words mean), so `encode` still checks every position against the frame before it
+/// slices.
+///
+/// ```
+/// use meta_protocol::{FrameLayout, LayoutWords};
+///
+/// #[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// struct KvLayout { headers_end: u32 }
+///
+/// impl FrameLayout for KvLayout {
+///     fn to_words(self) -> LayoutWords { LayoutWords::new([self.headers_end, 0, 0, 0, 0, 0]) }
+///     fn from_words(words: LayoutWords) -> Self { KvLayout { headers_end: words.words()[0] } }
+/// }
+///
+/// let mut msg = meta_protocol::Message::new(meta_protocol::MessageKind::Request, 1, Default::default());
+/// msg.set_layout(KvLayout { headers_end: 42 });
+/// assert_eq!(msg.layout::<KvLayout>(), KvLayout { headers_end: 42 });
+/// ```
+pub trait FrameLayout: Copy {
+    /// The layout as plain words.
+    fn to_words(self) -> LayoutWords;
+    /// The layout read back from words written by [`FrameLayout::to_words`] (or any
+    /// other words: must not panic).
+    fn from_words(words: LayoutWords) -> Self;
+}
+
+/// No layout: for codecs whose `encode` needs nothing but the frame.
+impl FrameLayout for () {
+    fn to_words(self) -> LayoutWords {
+        LayoutWords::default()
+    }
+    fn from_words(_: LayoutWords) -> Self {}
+}
 
 /// Everything needed to answer a request after the request itself has been sent on:
 /// protocol-native local replies (timeouts, upstream failures) are built from this.
@@ -78,7 +159,9 @@ pub struct ReplyContext {
     pub wire: WireFormat,
     /// The call's name as it was on the wire (Thrift answers with it); may be empty.
     pub name: MetaStr,
-    /// One-way calls are never answered.
+    /// The request is one-way. The runtime never writes a reply to a one-way request,
+    /// so [`crate::Codec::encode_local_reply`] is never called with this set; it is
+    /// carried so that a codec building a [`crate::DecodeError::reply`] can say so.
     pub one_way: bool,
 }
 
@@ -95,7 +178,7 @@ pub struct Message {
     mutations: Option<Arc<Mutations>>,
     status: ResponseStatus,
     wire: WireFormat,
-    layout: FrameLayout,
+    layout: LayoutWords,
     name: MetaStr,
 }
 
@@ -110,7 +193,7 @@ impl Message {
             mutations: None,
             status: ResponseStatus::Ok,
             wire: WireFormat::default(),
-            layout: FrameLayout::default(),
+            layout: LayoutWords::new([0; LAYOUT_WORDS]),
             name: MetaStr::new(),
         }
     }
@@ -139,11 +222,6 @@ impl Message {
     /// The original frame as it was read from the wire.
     pub fn frame(&self) -> &Bytes {
         &self.frame
-    }
-
-    /// Replaces the frame (codecs use this when they must re-encode).
-    pub fn set_frame(&mut self, frame: Bytes) {
-        self.frame = frame;
     }
 
     /// Routable metadata.
@@ -219,14 +297,27 @@ impl Message {
         self.wire = wire;
     }
 
-    /// Codec-private positions inside the frame.
-    pub fn layout(&self) -> FrameLayout {
+    /// The codec's layout of the frame, as recorded on decode (read as `L` from the
+    /// stored words; all zeros when none was recorded).
+    #[inline]
+    pub fn layout<L: FrameLayout>(&self) -> L {
+        L::from_words(self.layout)
+    }
+
+    /// Records the codec's layout of the frame (codecs do this on decode).
+    #[inline]
+    pub fn set_layout<L: FrameLayout>(&mut self, layout: L) {
+        self.layout = layout.to_words();
+    }
+
+    /// The stored layout words, for moving a message across a byte-only boundary.
+    pub fn layout_words(&self) -> LayoutWords {
         self.layout
     }
 
-    /// Records codec-private positions (codecs do this on decode).
-    pub fn set_layout(&mut self, layout: FrameLayout) {
-        self.layout = layout;
+    /// Replaces the stored layout words (the counterpart of [`Message::layout_words`]).
+    pub fn set_layout_words(&mut self, words: LayoutWords) {
+        self.layout = words;
     }
 
     /// The call's name as written on the wire (see [`ReplyContext::name`]).
@@ -281,6 +372,44 @@ mod tests {
         assert_eq!(m.mutations().len(), 1);
         assert_eq!(shared.len(), 1, "the shared set is never changed");
         assert_eq!(shared.len(), 1);
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    struct Sections {
+        id_at: u32,
+        body_at: u32,
+        flags: u8,
+    }
+
+    impl FrameLayout for Sections {
+        fn to_words(self) -> LayoutWords {
+            LayoutWords::new([self.id_at, self.body_at, u32::from(self.flags), 0, 0, 0])
+        }
+        fn from_words(words: LayoutWords) -> Self {
+            let [id_at, body_at, flags, ..] = words.words();
+            Sections {
+                id_at,
+                body_at,
+                flags: flags as u8,
+            }
+        }
+    }
+
+    #[test]
+    fn a_typed_layout_survives_the_message_and_a_byte_boundary() {
+        let layout = Sections {
+            id_at: 4,
+            body_at: 16,
+            flags: 3,
+        };
+        let mut m = Message::new(MessageKind::Request, 1, Bytes::new());
+        assert_eq!(m.layout_words().words(), [0; LAYOUT_WORDS]);
+        m.set_layout(layout);
+        assert_eq!(m.layout::<Sections>(), layout);
+        let bytes = m.layout_words().to_le_bytes();
+        let mut other = Message::new(MessageKind::Request, 1, Bytes::new());
+        other.set_layout_words(LayoutWords::from_le_bytes(bytes));
+        assert_eq!(other.layout::<Sections>(), layout);
     }
 
     #[test]

@@ -146,8 +146,8 @@ pub fn validate_with_filters(
                     codecs.names().collect::<Vec<_>>().join(", ")
                 ),
             ),
-            Ok(factory) => match factory.validate(&l.options) {
-                Ok(caps) => mutations_supported = caps.mutations,
+            Ok(factory) => match factory.configure(&l.options) {
+                Ok(protocol) => mutations_supported = protocol.capabilities().mutations,
                 Err(e) => r.err(format!("{at}.options"), e.to_string()),
             },
         }

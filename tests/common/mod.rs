@@ -159,10 +159,11 @@ async fn serve_backend(
     }
 }
 
-/// A registry with the kv example codec.
+/// A registry with the kv example codecs (`kv` and the line-delimited `kvline`).
 pub fn registry() -> CodecRegistry {
     let mut r = metaproxy::default_registry();
     r.register(Arc::new(KvCodecFactory));
+    r.register(Arc::new(metaproxy_example_kv::line::LineCodecFactory));
     r
 }
 

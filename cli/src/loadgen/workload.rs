@@ -127,13 +127,10 @@ impl Workload {
     /// A client codec: the upstream side of the protocol, speaking the template's wire
     /// format.
     pub(crate) fn client_codec(&self) -> Result<Box<dyn Codec>, String> {
+        let ctx = CodecContext::upstream(DEFAULT_MAX_FRAME_SIZE, self.template.wire());
         self.factory
-            .new_codec(&CodecContext {
-                side: Side::Upstream,
-                options: &self.options,
-                max_frame_size: DEFAULT_MAX_FRAME_SIZE,
-                wire: Some(self.template.wire()),
-            })
+            .configure(&self.options)
+            .and_then(|protocol| protocol.new_codec(&ctx))
             .map_err(|e| e.to_string())
     }
 

@@ -3,9 +3,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use meta_protocol::{
-    Codec, CodecContext, CodecError, CodecFactory, DecodeError, DecodeErrorKind, EncodeError,
-    FrameLayout, LocalReply, LocalReplyKind, Message, MessageKind, MetaStr, ReplyContext,
-    ResponseStatus, Side,
+    reject_options, Codec, CodecContext, CodecError, CodecFactory, CodecOptions,
+    ConfiguredProtocol, DecodeError, DecodeErrorKind, EncodeError, FrameLayout, LayoutWords,
+    LocalReply, LocalReplyKind, Message, MessageKind, MetaStr, ReplyContext, ResponseStatus, Side,
 };
 
 use crate::header::{
@@ -14,20 +14,6 @@ use crate::header::{
 };
 use crate::hessian2::{code, HessianError, Reader, StrSpan, Writer, DEFAULT_MAX_DEPTH};
 
-/// Layout slot: start of the arguments (requests) or of the value (responses).
-const L_ARGS: usize = 0;
-/// Layout slot: end of the first argument (requests) or of the value (responses with
-/// attachments); equal to `L_ARGS` when there is none.
-const L_FIRST_ARG_END: usize = 1;
-/// Layout slot: start of the attachments map (its `H`/`M`/`N` code), or the end of the
-/// body when there is none.
-const L_MAP: usize = 2;
-/// Layout slot: first entry of the attachments map.
-const L_MAP_ENTRIES: usize = 3;
-/// Layout slot: end of the attachments map (after its `Z`).
-const L_MAP_END: usize = 4;
-/// Layout slot: flags ([`LF_HAS_MAP`]) and, in bits 8-15, the response type + 1.
-const L_FLAGS: usize = 5;
 /// Most bytes reserved for a partly received frame.
 const MAX_RESERVE: usize = 64 * 1024;
 /// Layout flag: an attachments map is present.
@@ -52,9 +38,11 @@ impl CodecFactory for DubboCodecFactory {
         Self::NAME
     }
 
-    fn new_codec(&self, ctx: &CodecContext<'_>) -> Result<Box<dyn Codec>, CodecError> {
-        self.validate(ctx.options)?;
-        Ok(Box::new(DubboCodec::new(ctx.side, ctx.max_frame_size)))
+    fn configure(&self, options: &CodecOptions) -> Result<Box<dyn ConfiguredProtocol>, CodecError> {
+        reject_options(options)?;
+        Ok(Box::new(|ctx: &CodecContext| -> Box<dyn Codec> {
+            Box::new(DubboCodec::new(ctx.side, ctx.max_frame_size))
+        }))
     }
 }
 
@@ -80,31 +68,17 @@ pub struct DubboLayout {
     pub response_type: Option<i32>,
 }
 
-impl DubboLayout {
-    /// Reads back what [`DubboCodec::decode`] recorded in a message.
-    pub fn of(msg: &Message) -> DubboLayout {
-        let l = msg.layout().0;
-        let flags = l[L_FLAGS];
-        let rt = (flags >> 8) & 0xff;
-        DubboLayout {
-            args: l[L_ARGS] as usize,
-            first_arg_end: l[L_FIRST_ARG_END] as usize,
-            attachments: (flags & LF_HAS_MAP != 0).then_some((
-                l[L_MAP] as usize,
-                l[L_MAP_ENTRIES] as usize,
-                l[L_MAP_END] as usize,
-            )),
-            response_type: (rt != 0).then(|| rt as i32 - 1),
-        }
-    }
-
-    fn to_layout(self, body_end: usize) -> FrameLayout {
-        let (m, e, z) = self.attachments.unwrap_or((body_end, body_end, body_end));
+/// Stored as six words: arguments, first argument end, attachments map start, first
+/// entry and end (all three the body end when there is no map), and flags
+/// (bit 0: a map is present; bits 8-15: the response type + 1).
+impl FrameLayout for DubboLayout {
+    fn to_words(self) -> LayoutWords {
+        let (m, e, z) = self.attachments.unwrap_or((0, 0, 0));
         let mut flags = u32::from(self.attachments.is_some());
         if let Some(t) = self.response_type {
-            flags |= ((t as u32 + 1) & 0xff) << 8;
+            flags |= ((t as u32).wrapping_add(1) & 0xff) << 8;
         }
-        FrameLayout([
+        LayoutWords::new([
             self.args as u32,
             self.first_arg_end as u32,
             m as u32,
@@ -112,6 +86,28 @@ impl DubboLayout {
             z as u32,
             flags,
         ])
+    }
+
+    fn from_words(words: LayoutWords) -> Self {
+        let [args, first_arg_end, map, entries, map_end, flags] = words.words();
+        let rt = (flags >> 8) & 0xff;
+        DubboLayout {
+            args: args as usize,
+            first_arg_end: first_arg_end as usize,
+            attachments: (flags & LF_HAS_MAP != 0).then_some((
+                map as usize,
+                entries as usize,
+                map_end as usize,
+            )),
+            response_type: (rt != 0).then(|| rt as i32 - 1),
+        }
+    }
+}
+
+impl DubboLayout {
+    /// Reads back what [`DubboCodec::decode`] recorded in a message.
+    pub fn of(msg: &Message) -> DubboLayout {
+        msg.layout()
     }
 }
 
@@ -309,15 +305,12 @@ impl DubboCodec {
                 .map_err(|e| hessian(e, "attachments"))?;
             Some((map_start, first, r.position()))
         };
-        msg.set_layout(
-            DubboLayout {
-                args,
-                first_arg_end,
-                attachments,
-                response_type: None,
-            }
-            .to_layout(frame.len()),
-        );
+        msg.set_layout(DubboLayout {
+            args,
+            first_arg_end,
+            attachments,
+            response_type: None,
+        });
         Ok(msg)
     }
 
@@ -364,7 +357,7 @@ impl DubboCodec {
                 .map_err(|e| hessian(e, "response attachments"))?;
             layout.attachments = Some((map_start, first, r.position()));
         }
-        msg.set_layout(layout.to_layout(frame.len()));
+        msg.set_layout(layout);
         Ok(msg)
     }
 
@@ -591,9 +584,6 @@ impl Codec for DubboCodec {
         reply: &LocalReply<'_>,
         dst: &mut BytesMut,
     ) -> Result<(), EncodeError> {
-        if ctx.one_way {
-            return Ok(());
-        }
         write_error_response(
             ctx.request_id,
             local_reply_status(reply.kind),
@@ -714,6 +704,30 @@ mod tests {
         assert_eq!(reply.kind(), MessageKind::Event);
     }
 
+    /// Upstream keepalive: the probe carries any 31-bit id; the backend (a downstream
+    /// codec) sees a heartbeat, and its answer decodes upstream as an event with that id.
+    #[test]
+    fn heartbeat_probe_is_answered_by_an_event_with_its_id() {
+        let mut upstream = DubboCodec::new(Side::Upstream, DEFAULT_MAX_FRAME_SIZE);
+        let mut backend = DubboCodec::new(Side::Downstream, DEFAULT_MAX_FRAME_SIZE);
+        for id in [0, 1, 0x7fff_ffff] {
+            let mut wire = BytesMut::new();
+            assert!(upstream.encode_heartbeat(id, &mut wire).unwrap());
+            let probe = backend.decode(&mut wire).unwrap().unwrap();
+            assert!(wire.is_empty());
+            assert_eq!(
+                (probe.kind(), probe.request_id()),
+                (MessageKind::Heartbeat, id)
+            );
+            backend.encode_heartbeat_reply(&probe, &mut wire).unwrap();
+            let answer = upstream.decode(&mut wire).unwrap().unwrap();
+            assert_eq!(
+                (answer.kind(), answer.request_id()),
+                (MessageKind::Event, id)
+            );
+        }
+    }
+
     #[test]
     fn go_away_is_a_readonly_event() {
         let mut c = DubboCodec::new(Side::Downstream, DEFAULT_MAX_FRAME_SIZE);
@@ -736,14 +750,14 @@ mod tests {
             response_type: Some(4),
         };
         let mut m = Message::new(MessageKind::Response, 1, Bytes::new());
-        m.set_layout(l.to_layout(100));
+        m.set_layout(l);
         assert_eq!(DubboLayout::of(&m), l);
         let l = DubboLayout {
             response_type: Some(0),
             attachments: None,
             ..l
         };
-        m.set_layout(l.to_layout(100));
+        m.set_layout(l);
         assert_eq!(DubboLayout::of(&m), l);
     }
 }

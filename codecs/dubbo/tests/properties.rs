@@ -94,7 +94,8 @@ fn arb_attachments() -> impl Strategy<Value = Vec<(String, String)>> {
     )
 }
 
-/// What SPEC §4 says the metadata of a request is.
+/// What the metadata of a request is (the rule in the crate's README): body fields,
+/// then string attachments.
 fn expected_metadata(
     interface: &str,
     method: &str,

@@ -45,7 +45,7 @@
 use bytes::{Bytes, BytesMut};
 use meta_protocol::{Message, MessageKind};
 
-use crate::codec::write_app_exception;
+use crate::codec::{write_app_exception, ThriftLayout};
 use crate::format::{split_wire, Protocol, Transport};
 use crate::read::{for_each_info_header, mtype, next_field, ttype, zigzag32, Cursor};
 use crate::write::{write_frame, ProtoWriter};
@@ -240,7 +240,7 @@ fn thrift_of(msg: &Message) -> Result<(Transport, Protocol), FrameError> {
 }
 
 fn body_cursor(msg: &Message) -> Result<Cursor<'_>, FrameError> {
-    let body = msg.layout().0[2] as usize;
+    let body = msg.layout::<ThriftLayout>().body as usize;
     if body > msg.frame().len() {
         return Err(FrameError::Malformed("layout outside the frame"));
     }
@@ -322,7 +322,8 @@ pub fn echo_reply(call: &Message, dst: &mut BytesMut) -> Result<bool, FrameError
     let frame = call.frame();
     let mut headers: Vec<(&[u8], &[u8])> = Vec::new();
     if t == Transport::Header {
-        let [_, _, _, _, info_start, payload_at] = call.layout().0.map(|v| v as usize);
+        let layout: ThriftLayout = call.layout();
+        let (info_start, payload_at) = (layout.info_start as usize, layout.payload as usize);
         for_each_info_header(frame, info_start, payload_at, |(ks, ke), (vs, ve)| {
             headers.push((&frame[ks..ke], &frame[vs..ve]));
             Ok(())

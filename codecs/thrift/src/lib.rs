@@ -11,7 +11,7 @@
 //! protocol ([`wire_format`]) so upstream connections speak exactly what the client
 //! spoke.
 //!
-//! Metadata (SPEC §4): `method` (without any `Service:` prefix), `service` (the prefix of
+//! Metadata (what routes match on; see `docs/CONFIG.md`): `method` (without any `Service:` prefix), `service` (the prefix of
 //! a multiplexed call), and each header-transport info header under its own key.
 //!
 //! [`frames`] builds and answers frames for load generators, demo backends and tests.
@@ -25,6 +25,6 @@ pub mod frames;
 mod read;
 mod write;
 
-pub use codec::{app_exception, ThriftCodec, ThriftCodecFactory};
+pub use codec::{app_exception, ThriftCodec, ThriftCodecFactory, ThriftLayout};
 pub use format::{split_wire, wire_format, Protocol, ThriftOptions, Transport};
 pub use read::MAX_DEPTH;

@@ -166,13 +166,11 @@ fn start_relay(upstream: Option<String>, opts: CodecOptions, mode: Mode) -> Rela
 fn codec(side: Side, opts: &CodecOptions, wire: Option<WireFormat>) -> Box<dyn Codec> {
     let ctx = CodecContext {
         side,
-        options: opts,
         max_frame_size: DEFAULT_MAX_FRAME_SIZE,
         wire,
     };
-    let f = ThriftCodecFactory::new();
-    f.validate(opts).unwrap();
-    f.new_codec(&ctx).unwrap()
+    let protocol = ThriftCodecFactory::new().configure(opts).unwrap();
+    protocol.new_codec(&ctx).unwrap()
 }
 
 fn relay_connection(

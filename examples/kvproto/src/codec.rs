@@ -2,9 +2,9 @@
 
 use bytes::{BufMut, BytesMut};
 use meta_protocol::{
-    Codec, CodecCapabilities, CodecContext, CodecError, CodecFactory, CodecOptions, DecodeError,
-    EncodeError, FrameLayout, LocalReply, LocalReplyKind, Message, MessageKind, MetaStr,
-    ReplyContext, ResponseStatus,
+    Codec, CodecCapabilities, CodecContext, CodecError, CodecFactory, CodecOptions,
+    ConfiguredProtocol, DecodeError, EncodeError, FrameLayout, LayoutWords, LocalReply,
+    LocalReplyKind, Message, MessageKind, MetaStr, ReplyContext, ResponseStatus,
 };
 
 /// Bytes before the headers: length, kind, status, id, header count.
@@ -67,7 +67,7 @@ impl CodecFactory for KvCodecFactory {
         "kv"
     }
 
-    fn validate(&self, options: &CodecOptions) -> Result<CodecCapabilities, CodecError> {
+    fn configure(&self, options: &CodecOptions) -> Result<Box<dyn ConfiguredProtocol>, CodecError> {
         let mut caps = CodecCapabilities::default();
         for (key, value) in options {
             match key.as_str() {
@@ -80,11 +80,42 @@ impl CodecFactory for KvCodecFactory {
                 _ => return Err(CodecError::UnknownOption(key.clone())),
             }
         }
-        Ok(caps)
+        Ok(Box::new(KvProtocol { caps }))
+    }
+}
+
+/// The kv protocol configured for one listener.
+#[derive(Debug, Clone, Copy)]
+struct KvProtocol {
+    caps: CodecCapabilities,
+}
+
+impl ConfiguredProtocol for KvProtocol {
+    fn capabilities(&self) -> CodecCapabilities {
+        self.caps
     }
 
-    fn new_codec(&self, ctx: &CodecContext<'_>) -> Result<Box<dyn Codec>, CodecError> {
+    fn new_codec(&self, ctx: &CodecContext) -> Result<Box<dyn Codec>, CodecError> {
         Ok(Box::new(KvCodec::new(ctx.max_frame_size)))
+    }
+}
+
+/// Where a kv frame's sections are, recorded by decode for encode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvLayout {
+    /// Offset of the body: the end of the headers.
+    pub headers_end: u32,
+}
+
+impl FrameLayout for KvLayout {
+    fn to_words(self) -> LayoutWords {
+        LayoutWords::new([self.headers_end, 0, 0, 0, 0, 0])
+    }
+
+    fn from_words(words: LayoutWords) -> Self {
+        KvLayout {
+            headers_end: words.words()[0],
+        }
     }
 }
 
@@ -165,7 +196,9 @@ impl Codec for KvCodec {
             let value = MetaStr::try_from(frame.slice(vs..vs + vlen)).map_err(|_| bad("value"))?;
             msg.metadata_mut().set(key, value);
         }
-        msg.set_layout(FrameLayout([at as u32, 0, 0, 0, 0, 0]));
+        msg.set_layout(KvLayout {
+            headers_end: at as u32,
+        });
         msg.set_status(match frame[5] {
             0 => ResponseStatus::Ok,
             1 => ResponseStatus::Exception,
@@ -176,7 +209,7 @@ impl Codec for KvCodec {
 
     fn encode(&mut self, msg: &Message, dst: &mut BytesMut) -> Result<(), EncodeError> {
         let frame = msg.frame();
-        let headers_end = msg.layout().0[0] as usize;
+        let headers_end = msg.layout::<KvLayout>().headers_end as usize;
         if frame.len() < HEAD_LEN || headers_end < HEAD_LEN || headers_end > frame.len() {
             return Err(EncodeError::Inconsistent("kv frame layout".into()));
         }
@@ -233,9 +266,6 @@ impl Codec for KvCodec {
         reply: &LocalReply<'_>,
         dst: &mut BytesMut,
     ) -> Result<(), EncodeError> {
-        if ctx.one_way {
-            return Ok(());
-        }
         crate::frames::put_frame(
             dst,
             KIND_RESPONSE,
@@ -273,6 +303,7 @@ impl Codec for KvCodec {
 mod tests {
     use super::*;
     use crate::frames;
+    use meta_protocol::testing::{check_decode_any_split, check_no_panic, check_roundtrip};
     use proptest::prelude::*;
 
     fn codec() -> KvCodec {
@@ -346,19 +377,76 @@ mod tests {
         assert_eq!(frames::body(&m), b"too slow");
     }
 
+    #[test]
+    fn every_split_of_a_stream_decodes_the_same() {
+        let stream = [
+            frames::request(1, &[("service", "calc"), ("method", "add")], b"1+2"),
+            frames::one_way(2, &[("service", "log")], b""),
+            frames::heartbeat(3),
+            frames::response(4, Status::Exception as u8, &[("k", "v")], b"boom"),
+        ]
+        .concat();
+        let messages = check_decode_any_split(codec, &stream);
+        let kinds: Vec<MessageKind> = messages.iter().map(Message::kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                MessageKind::Request,
+                MessageKind::OneWay,
+                MessageKind::Heartbeat,
+                MessageKind::Response
+            ]
+        );
+        assert_eq!(messages[3].status(), ResponseStatus::Exception);
+    }
+
+    #[test]
+    fn a_request_and_a_response_round_trip_with_a_rewritten_id() {
+        let m = check_roundtrip(codec, &frames::request(7, &[("method", "add")], b"x"));
+        assert_eq!(m.metadata().get("method"), Some("add"));
+        let m = check_roundtrip(codec, &frames::response(7, 0, &[], b"3"));
+        assert_eq!(m.kind(), MessageKind::Response);
+    }
+
+    fn header() -> impl Strategy<Value = (String, String)> {
+        ("[a-z]{1,6}", "\\PC{0,8}")
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
         #[test]
-        fn truncation_needs_more_bytes(cut in 0usize..40) {
-            let f = frames::request(1, &[("k", "v"), ("method", "m")], b"0123456789");
-            let cut = cut.min(f.len() - 1);
-            let mut buf = BytesMut::from(&f[..cut]);
-            prop_assert!(codec().decode(&mut buf).unwrap().is_none());
+        fn generated_requests_decode_in_any_split_and_round_trip(
+            id in any::<u64>(),
+            headers in proptest::collection::vec(header(), 0..4),
+            body in proptest::collection::vec(any::<u8>(), 0..24),
+        ) {
+            let pairs: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let f = frames::request(id, &pairs, &body);
+            let messages = check_decode_any_split(codec, &f);
+            prop_assert_eq!(messages[0].request_id(), id);
+            let m = check_roundtrip(codec, &f);
+            for (k, _) in &headers {
+                // The last of duplicate keys wins.
+                let last = headers.iter().rev().find(|(k2, _)| k2 == k).map(|(_, v)| v.as_str());
+                prop_assert_eq!(m.metadata().get(k), last);
+            }
+            prop_assert_eq!(frames::body(&m), &body[..]);
         }
 
         #[test]
-        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let mut buf = BytesMut::from(&bytes[..]);
-            let _ = codec().decode(&mut buf);
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            check_no_panic(codec, &bytes);
+        }
+
+        #[test]
+        fn a_mangled_valid_frame_never_panics(cut in 0usize..64, flip in 0usize..64, bit in 0u8..8) {
+            let mut f = frames::request(1, &[("k", "v"), ("method", "m")], b"0123456789").to_vec();
+            let at = flip % f.len();
+            f[at] ^= 1 << bit;
+            f.truncate(f.len() - cut.min(f.len()));
+            check_no_panic(codec, &f);
         }
     }
 }

@@ -3,7 +3,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use meta_protocol::Message;
 
-use crate::codec::HEAD_LEN;
+use crate::codec::{KvLayout, HEAD_LEN};
 
 /// Appends one frame to `dst`.
 pub fn put_frame(
@@ -70,6 +70,6 @@ pub fn status(msg: &Message) -> u8 {
 
 /// The body of a decoded kv message (the bytes after its headers).
 pub fn body(msg: &Message) -> &[u8] {
-    let end = msg.layout().0[0] as usize;
+    let end = msg.layout::<KvLayout>().headers_end as usize;
     msg.frame().get(end..).unwrap_or(&[])
 }

@@ -13,11 +13,15 @@
 //! | ... | body, up to the end of the frame |
 //!
 //! Every header of a request is routable metadata; mutations set headers.
+//!
+//! [`line`](mod@line) is the same idea as a text protocol with one frame per line (`kvline`): the
+//! example of framing without a length header.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
 mod codec;
 pub mod frames;
+pub mod line;
 
-pub use codec::{KvCodec, KvCodecFactory, Status, HEAD_LEN};
+pub use codec::{KvCodec, KvCodecFactory, KvLayout, Status, HEAD_LEN};

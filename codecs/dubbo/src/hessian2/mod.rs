@@ -3,7 +3,7 @@
 //! [`Value`] for tests and tools.
 //!
 //! Type codes follow the Hessian 2.0 serialization specification as Dubbo's
-//! hessian-lite writes it (see `PROTOCOL-NOTES.md`). String lengths count UTF-16 code
+//! hessian-lite writes it (the crate's README lists where real peers differ). String lengths count UTF-16 code
 //! units; both standard UTF-8 (4-byte supplementary characters) and modified UTF-8
 //! (surrogate pairs as two 3-byte sequences, as Java writes them) are accepted.
 
