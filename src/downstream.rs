@@ -10,7 +10,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use std::future::Future;
+use std::pin::Pin;
+
 use bytes::BytesMut;
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use futures_util::FutureExt;
 use meta_protocol::{
     Codec, DecodeError, LocalReply, LocalReplyKind, Message, MessageKind, ReplyContext,
 };
@@ -24,6 +29,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::cluster::{ClusterRt, Endpoint};
+use crate::filter::{
+    ChainStep, Decision, FilterResponse, MAX_FILTER_WAIT, MAX_WAITING_PER_CONNECTION,
+};
 use crate::listener::ListenerCtx;
 use crate::observe::metrics::ClosedReason;
 use crate::observe::{AccessLogEntry, AccessStatus, LoggedMetadata};
@@ -145,6 +153,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
         closing: false,
         inflight_bytes: 0,
         accounted: 0,
+        waiting: None,
         drain_notice: None,
     };
     let mut rbuf = BytesMut::new();
@@ -181,8 +190,20 @@ struct Downstream {
     inflight_bytes: usize,
     /// What this connection counts in the process-wide buffer budget.
     accounted: usize,
+    /// Requests parked until a filter decides (at most [`MAX_WAITING_PER_CONNECTION`]);
+    /// made on first use, so connections whose filters never wait pay nothing.
+    waiting: Option<FuturesUnordered<Pin<Box<dyn Future<Output = Resumed> + Send>>>>,
     /// While draining without a go-away: [`DRAIN_HEADER`], added to every response.
     drain_notice: Option<Arc<meta_protocol::Mutations>>,
+}
+
+/// A parked request, back from its waiting filter.
+struct Resumed {
+    msg: Message,
+    listener: Arc<ListenerRt>,
+    log: Option<LogStart>,
+    index: usize,
+    decision: Decision,
 }
 
 impl Downstream {
@@ -216,7 +237,11 @@ impl Downstream {
         let deadline_timer = tokio::time::sleep_until(armed);
         tokio::pin!(deadline_timer);
         loop {
-            if self.closing && self.inflight.is_empty() && self.wbuf.is_empty() {
+            if self.closing
+                && self.inflight.is_empty()
+                && self.waiting_count() == 0
+                && self.wbuf.is_empty()
+            {
                 return None;
             }
             if self.wbuf.len() > 2 * limit {
@@ -262,6 +287,10 @@ impl Downstream {
                     Some(rx) => rx.poll_recv(cx),
                     None => std::task::Poll::Pending,
                 }) => self.on_event(ev),
+                Some(resumed) = std::future::poll_fn(|cx| match self.waiting.as_mut() {
+                    Some(waiting) if !waiting.is_empty() => waiting.poll_next_unpin(cx),
+                    _ => std::task::Poll::Pending,
+                }) => self.on_resumed(resumed),
                 _ = &mut deadline_timer, if !self.deadlines.is_empty() => self.expire_due(),
                 _ = &mut guard_timer, if !guard_idle && (write_stalled.is_some() || frame_started.is_some()) => {
                     let now = Instant::now();
@@ -313,7 +342,7 @@ impl Downstream {
                         Err(_) => return None,
                     }
                 }
-                _ = &mut idle, if self.inflight.is_empty() && self.wbuf.is_empty() => {
+                _ = &mut idle, if self.inflight.is_empty() && self.waiting_count() == 0 && self.wbuf.is_empty() => {
                     tracing::debug!(listener = %self.ctx.name, draining, "closing idle connection");
                     return None;
                 }
@@ -482,11 +511,100 @@ impl Downstream {
             );
         };
         drop(snapshot);
-        let mut log = self
+        let log = self
             .ctx
             .access_log
             .as_ref()
             .map(|_| LogStart::new(Some(&listener), &msg));
+        if !listener.filters.is_empty() {
+            let step = listener
+                .filters
+                .on_request(0, &self.ctx.name, &mut msg, &listener.table);
+            return self.after_filters(step, msg, listener, log);
+        }
+        self.forward(msg, listener, log);
+    }
+
+    /// Acts on where the request filters left a request: forward it, answer it, or park
+    /// it until a waiting filter decides.
+    fn after_filters(
+        &mut self,
+        step: ChainStep,
+        msg: Message,
+        listener: Arc<ListenerRt>,
+        log: Option<LogStart>,
+    ) {
+        match step {
+            ChainStep::Continue => self.forward(msg, listener, log),
+            ChainStep::Reply(kind, text) => {
+                let ctx = msg.reply_context();
+                self.local_reply_logged(&ctx, kind, &text, log, None);
+            }
+            ChainStep::Wait { index, pending } => {
+                if self.waiting_count() >= MAX_WAITING_PER_CONNECTION {
+                    let ctx = msg.reply_context();
+                    let text = "metaproxy: overloaded: too many requests waiting on filters";
+                    return self.local_reply_logged(
+                        &ctx,
+                        LocalReplyKind::Overloaded,
+                        text,
+                        log,
+                        None,
+                    );
+                }
+                let waiting = self.waiting.get_or_insert_with(FuturesUnordered::new);
+                waiting.push(Box::pin(async move {
+                    let waited = tokio::time::timeout(
+                        MAX_FILTER_WAIT,
+                        std::panic::AssertUnwindSafe(pending).catch_unwind(),
+                    )
+                    .await;
+                    let decision = match waited {
+                        Ok(Ok(decision)) => decision,
+                        Ok(Err(_panic)) => Decision::Reply(
+                            LocalReplyKind::UpstreamFailure,
+                            "metaproxy: a filter failed".into(),
+                        ),
+                        Err(_elapsed) => Decision::Reply(
+                            LocalReplyKind::Timeout,
+                            "metaproxy: timeout: a filter did not decide in time".into(),
+                        ),
+                    };
+                    Resumed {
+                        msg,
+                        listener,
+                        log,
+                        index,
+                        decision,
+                    }
+                }));
+            }
+        }
+    }
+
+    /// Requests parked on waiting filters.
+    fn waiting_count(&self) -> usize {
+        self.waiting.as_ref().map_or(0, FuturesUnordered::len)
+    }
+
+    /// Goes on with a request a waiting filter has decided on.
+    fn on_resumed(&mut self, resumed: Resumed) {
+        let Resumed {
+            mut msg,
+            listener,
+            log,
+            index,
+            decision,
+        } = resumed;
+        let step =
+            listener
+                .filters
+                .resume(index, decision, &self.ctx.name, &mut msg, &listener.table);
+        self.after_filters(step, msg, listener, log);
+    }
+
+    /// Routes a request that passed the filters and hands it to an upstream connection.
+    fn forward(&mut self, mut msg: Message, listener: Arc<ListenerRt>, mut log: Option<LogStart>) {
         let Some(route) = listener.table.route(msg.metadata()) else {
             let ctx = msg.reply_context();
             let text = no_route_message(&msg);
@@ -732,6 +850,15 @@ impl Downstream {
                 msg.set_request_id(f.reply.request_id);
                 if let Some(route) = f.listener.table.routes().get(f.route) {
                     msg.add_shared_mutations(route.response_mutations());
+                    if !f.listener.filters.is_empty() {
+                        f.listener.filters.on_response(&mut FilterResponse::new(
+                            &self.ctx.name,
+                            route.name(),
+                            &f.cluster().name,
+                            &mut msg,
+                            f.started.elapsed(),
+                        ));
+                    }
                 }
                 if let Some(notice) = &self.drain_notice {
                     msg.add_shared_mutations(notice);

@@ -26,6 +26,7 @@ mod cluster;
 mod codecs;
 pub mod config;
 mod downstream;
+pub mod filter;
 pub mod hot_restart;
 mod listener;
 pub mod observe;

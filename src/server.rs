@@ -20,6 +20,7 @@ use crate::cluster::EndpointRegistry;
 use crate::config::{
     self, Config, ConfigError, DynamicResources, Problem, Provenance, DEFAULT_DRAIN_TIMEOUT,
 };
+use crate::filter::FilterRegistry;
 use crate::hot_restart::{
     self, DrainRequest, HandoverHandle, HotRestartError, Inherited, Offer, OfferedListener,
 };
@@ -34,6 +35,7 @@ use crate::upstream::Protocol;
 pub(crate) struct Shared {
     pub(crate) snapshot: ArcSwap<Snapshot>,
     pub(crate) codecs: CodecRegistry,
+    pub(crate) filters: FilterRegistry,
     pub(crate) endpoints: EndpointRegistry,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) config_path: Option<PathBuf>,
@@ -98,11 +100,14 @@ impl Shared {
     /// (endpoints, pool limits, metric series, the buffer budget): a rejected config
     /// changes nothing.
     fn compile(&self, config: Config) -> Result<(Snapshot, Vec<Problem>), Vec<Problem>> {
+        let previous = self.snapshot.load();
         let (snap, warnings) = snapshot::build(
             Arc::new(config),
             &self.codecs,
+            &self.filters,
             &self.endpoints,
             &self.metrics,
+            Some(&previous),
         )?;
         self.budget.set_max(snap.config.limits.max_buffered_bytes);
         Ok((snap, warnings))
@@ -217,7 +222,7 @@ pub struct Server {
 
 impl Server {
     /// Validates `config` and prepares the server. `codecs` must hold every codec the
-    /// listeners name.
+    /// listeners name; filters come from [`FilterRegistry::builtin`].
     ///
     /// A server built from a value has no file to re-read: change its config with
     /// [`ServerHandle::apply`]; [`ServerHandle::reload`], SIGHUP and `POST /reload`
@@ -225,18 +230,44 @@ impl Server {
     /// with [`Config::from_yaml_str`]; listeners on port 0 bind ephemeral ports, which
     /// [`RunningServer::local_addr`] reports.
     pub fn new(config: Config, codecs: CodecRegistry) -> Result<Server, ConfigError> {
-        Self::build(config, codecs, None)
+        Self::build(config, codecs, FilterRegistry::builtin(), None)
     }
 
     /// Loads and validates the config file at `path`; SIGHUP and `POST /reload` re-read it.
     pub fn from_file(path: &Path, codecs: CodecRegistry) -> Result<Server, ConfigError> {
         let config = config::load(path)?;
-        Self::build(config, codecs, Some(path.to_path_buf()))
+        Self::build(
+            config,
+            codecs,
+            FilterRegistry::builtin(),
+            Some(path.to_path_buf()),
+        )
+    }
+
+    /// Like [`Server::new`], with the filters of `filters` (start from
+    /// [`FilterRegistry::builtin`] and register your own).
+    pub fn with_filters(
+        config: Config,
+        codecs: CodecRegistry,
+        filters: FilterRegistry,
+    ) -> Result<Server, ConfigError> {
+        Self::build(config, codecs, filters, None)
+    }
+
+    /// Like [`Server::from_file`], with the filters of `filters`; reloads use them too.
+    pub fn from_file_with_filters(
+        path: &Path,
+        codecs: CodecRegistry,
+        filters: FilterRegistry,
+    ) -> Result<Server, ConfigError> {
+        let config = config::load(path)?;
+        Self::build(config, codecs, filters, Some(path.to_path_buf()))
     }
 
     fn build(
         config: Config,
         codecs: CodecRegistry,
+        filters: FilterRegistry,
         path: Option<PathBuf>,
     ) -> Result<Server, ConfigError> {
         let metrics = Metrics::new();
@@ -244,13 +275,18 @@ impl Server {
         let origin = path.clone().unwrap_or_else(|| PathBuf::from("<config>"));
         let base_source = if path.is_some() { "file" } else { "static" };
         let merged = config::merge(&config, base_source, &DynamicResources::default());
-        let (mut snap, warnings) =
-            snapshot::build(Arc::new(merged.config), &codecs, &endpoints, &metrics).map_err(
-                |problems| ConfigError::Invalid {
-                    path: origin,
-                    problems,
-                },
-            )?;
+        let (mut snap, warnings) = snapshot::build(
+            Arc::new(merged.config),
+            &codecs,
+            &filters,
+            &endpoints,
+            &metrics,
+            None,
+        )
+        .map_err(|problems| ConfigError::Invalid {
+            path: origin,
+            problems,
+        })?;
         snap.provenance = merged.provenance;
         let budget = Arc::new(BufferBudget::new(
             snap.config.limits.max_buffered_bytes,
@@ -263,6 +299,7 @@ impl Server {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(snap),
                 codecs,
+                filters,
                 endpoints,
                 metrics,
                 config_path: path,

@@ -13,7 +13,8 @@ use metaproxy_router::{
 };
 
 use crate::cluster::{ClusterRt, EndpointRegistry};
-use crate::config::{self, Config, LbPolicyName, Problem, Provenance, RouteConfig};
+use crate::config::{self, Config, LbPolicyName, Problem, Provenance, RouteConfig, RouteMatch};
+use crate::filter::{FilterChain, FilterRegistry};
 use crate::observe::metrics::{Counter, Metrics, ResponseMetrics};
 
 /// A listener's routing state in one snapshot.
@@ -27,6 +28,8 @@ pub(crate) struct ListenerRt {
     pub(crate) responses: Vec<ResponseMetrics>,
     /// Metadata keys the routes look at (logged in access logs).
     pub(crate) log_keys: Vec<Arc<str>>,
+    /// The listener's filters, run before routing.
+    pub(crate) filters: FilterChain,
 }
 
 /// One compiled configuration.
@@ -56,6 +59,31 @@ fn lb_policy(name: LbPolicyName) -> LbPolicy {
     }
 }
 
+/// Converts a `match:` block into the router's matcher specs.
+pub(crate) fn matcher_specs(m: &RouteMatch) -> Vec<MatcherSpec> {
+    m.metadata
+        .iter()
+        .map(|m| {
+            let kind = if let Some(v) = &m.exact {
+                MatchKind::Exact(v.clone())
+            } else if let Some(v) = &m.prefix {
+                MatchKind::Prefix(v.clone())
+            } else if let Some(v) = &m.suffix {
+                MatchKind::Suffix(v.clone())
+            } else if let Some(v) = &m.regex {
+                MatchKind::Regex(v.clone())
+            } else {
+                MatchKind::Present
+            };
+            MatcherSpec {
+                key: m.key.clone(),
+                kind,
+                invert: m.invert,
+            }
+        })
+        .collect()
+}
+
 /// Converts a config route table into the router's input.
 pub(crate) fn route_spec(rc: &RouteConfig) -> RouteConfigSpec {
     let routes = rc
@@ -63,29 +91,7 @@ pub(crate) fn route_spec(rc: &RouteConfig) -> RouteConfigSpec {
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let matchers = r
-                .match_
-                .metadata
-                .iter()
-                .map(|m| {
-                    let kind = if let Some(v) = &m.exact {
-                        MatchKind::Exact(v.clone())
-                    } else if let Some(v) = &m.prefix {
-                        MatchKind::Prefix(v.clone())
-                    } else if let Some(v) = &m.suffix {
-                        MatchKind::Suffix(v.clone())
-                    } else if let Some(v) = &m.regex {
-                        MatchKind::Regex(v.clone())
-                    } else {
-                        MatchKind::Present
-                    };
-                    MatcherSpec {
-                        key: m.key.clone(),
-                        kind,
-                        invert: m.invert,
-                    }
-                })
-                .collect();
+            let matchers = matcher_specs(&r.match_);
             let action = &r.route;
             let target = match (&action.cluster, &action.weighted_clusters) {
                 (Some(c), _) => TargetSpec::Cluster(c.clone()),
@@ -142,6 +148,9 @@ pub(crate) struct Compiled {
     config: Arc<Config>,
     clusters: Vec<ClusterPlan>,
     tables: HashMap<String, Arc<RouteTable>>,
+    /// Each listener's filter chain, by listener name; its metric counters are
+    /// attached on commit.
+    chains: HashMap<String, FilterChain>,
     /// Things that work but are probably not what was meant.
     pub(crate) warnings: Vec<Problem>,
 }
@@ -149,9 +158,13 @@ pub(crate) struct Compiled {
 /// Validates `config` and compiles its route tables and load balancers, touching no
 /// live state. This is the only validation: `metaproxy check`, start-up and every
 /// reload run it. On failure returns every problem found, each with its field path.
+/// Filters whose name and config are unchanged from `previous` are carried over with
+/// their state (a rate limiter keeps its buckets); `previous` itself is not changed.
 pub(crate) fn compile(
     config: Arc<Config>,
     codecs: &CodecRegistry,
+    filters: &FilterRegistry,
+    previous: Option<&Snapshot>,
 ) -> Result<Compiled, Vec<Problem>> {
     let (mut problems, warnings) = match config::validate_fields(&config, codecs) {
         Ok(v) => (Vec::new(), v.warnings),
@@ -206,6 +219,18 @@ pub(crate) fn compile(
             }
         }
     }
+    let mut chains = HashMap::new();
+    for (index, l) in config.listeners.iter().enumerate() {
+        let carried = previous
+            .and_then(|p| p.listener(&l.name))
+            .map(|rt| &rt.filters);
+        match FilterChain::build(index, l, filters, carried) {
+            Ok(chain) => {
+                chains.insert(l.name.clone(), chain);
+            }
+            Err(found) => problems.extend(found),
+        }
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -213,6 +238,7 @@ pub(crate) fn compile(
         config,
         clusters,
         tables,
+        chains,
         warnings,
     })
 }
@@ -221,7 +247,7 @@ impl Compiled {
     /// Connects the compiled config to live state: reuses (and reconfigures) endpoints
     /// the registry knows, forgets those no cluster lists any more, and registers the
     /// metric series. Nothing here can fail.
-    pub(crate) fn commit(self, endpoints: &EndpointRegistry, metrics: &Metrics) -> Snapshot {
+    pub(crate) fn commit(mut self, endpoints: &EndpointRegistry, metrics: &Metrics) -> Snapshot {
         let config = self.config;
         let mut cluster_index = HashMap::new();
         let mut clusters = Vec::new();
@@ -266,6 +292,10 @@ impl Compiled {
                 .map(|c| metrics.upstream(&l.name, &c.name))
                 .collect();
             let log_keys = log_keys(&config, &l.route_config);
+            let Some(mut filters) = self.chains.remove(&l.name) else {
+                continue; // compile builds a chain for every listener
+            };
+            filters.attach_metrics(metrics, &l.name);
             listeners.insert(
                 l.name.clone(),
                 Arc::new(ListenerRt {
@@ -274,6 +304,7 @@ impl Compiled {
                     requests,
                     responses,
                     log_keys,
+                    filters,
                 }),
             );
         }
@@ -291,10 +322,12 @@ impl Compiled {
 pub(crate) fn build(
     config: Arc<Config>,
     codecs: &CodecRegistry,
+    filters: &FilterRegistry,
     endpoints: &EndpointRegistry,
     metrics: &Metrics,
+    previous: Option<&Snapshot>,
 ) -> Result<(Snapshot, Vec<Problem>), Vec<Problem>> {
-    let mut compiled = compile(config, codecs)?;
+    let mut compiled = compile(config, codecs, filters, previous)?;
     let warnings = std::mem::take(&mut compiled.warnings);
     Ok((compiled.commit(endpoints, metrics), warnings))
 }

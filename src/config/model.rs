@@ -171,6 +171,22 @@ pub struct ListenerConfig {
     /// Optional access log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogConfig>,
+    /// Filters run in this order on each request, after decode and before routing
+    /// (and in reverse order on each response). None by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<FilterConfig>,
+}
+
+/// One entry of a listener's `filters:`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// The filter's registered name (`local_rate_limit`, `access_control`, or one an
+    /// embedding program registered).
+    pub name: String,
+    /// The filter's own settings, checked by the filter (absent = `null`).
+    #[serde(default)]
+    pub config: serde_json::Value,
 }
 
 fn default_max_frame_size() -> usize {

@@ -79,7 +79,8 @@ fn check_unique<'a>(r: &mut Report, what: &str, names: impl Iterator<Item = &'a 
 }
 
 /// Checks names, references, values and codec options field by field; the route
-/// tables and balancers are compiled by [`super::validate`], which calls this first.
+/// tables, balancers and filter chains are compiled by [`super::validate`], which
+/// calls this first.
 pub(crate) fn validate_fields(
     config: &Config,
     codecs: &CodecRegistry,
@@ -323,9 +324,15 @@ fn validate_xds(r: &mut Report, xds: &XdsConfig) {
     }
 }
 
-fn validate_route(r: &mut Report, at: &str, route: &RouteEntry, clusters: &HashSet<&str>) {
-    for (k, m) in route.match_.metadata.iter().enumerate() {
-        let mat = format!("{at}.match.metadata[{k}]");
+/// Checks one `match:` block at field path `at` (a route's `...match`, an access rule):
+/// exactly one test per condition, non-empty keys, valid regexes.
+pub(crate) fn check_match(at: &str, m: &RouteMatch) -> Vec<Problem> {
+    let mut r = Report {
+        problems: Vec::new(),
+        warnings: Vec::new(),
+    };
+    for (k, m) in m.metadata.iter().enumerate() {
+        let mat = format!("{at}.metadata[{k}]");
         if m.key.is_empty() {
             r.err(format!("{mat}.key"), "must not be empty");
         }
@@ -357,6 +364,12 @@ fn validate_route(r: &mut Report, at: &str, route: &RouteEntry, clusters: &HashS
             }
         }
     }
+    r.problems
+}
+
+fn validate_route(r: &mut Report, at: &str, route: &RouteEntry, clusters: &HashSet<&str>) {
+    r.problems
+        .extend(check_match(&format!("{at}.match"), &route.match_));
     let action = &route.route;
     let ra = format!("{at}.route");
     match (&action.cluster, &action.weighted_clusters) {
@@ -566,6 +579,27 @@ clusters:
                 .any(|p| p.starts_with("clusters[0].endpoints[0]: ")),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn filter_problems_name_their_fields() {
+        let y = BASE.replace(
+            "route_config: r}",
+            "route_config: r, filters: [{name: local_rate_limit, config: {rate: 0}}, {name: nope}, {name: access_control, config: {action: deny, rules: [{metadata: [{key: u}]}]}}]}",
+        );
+        assert_eq!(
+            problems(&y),
+            vec![
+                "listeners[0].filters[0].config.rate: must be greater than 0",
+                "listeners[0].filters[1].name: unknown filter \"nope\" (known: access_control, local_rate_limit)",
+                "listeners[0].filters[2].config.rules[0].metadata[0]: exactly one of exact, prefix, suffix, regex, present must be set",
+            ]
+        );
+        let ok = BASE.replace(
+            "route_config: r}",
+            "route_config: r, filters: [{name: local_rate_limit, config: {rate: 5, by: metadata, key: user}}]}",
+        );
+        assert!(problems(&ok).is_empty(), "{:?}", problems(&ok));
     }
 
     #[test]

@@ -371,7 +371,7 @@ fn escape_label_value(out: &mut String, value: &str) {
 }
 
 /// The metric names of docs/METRICS.md, without the `metaproxy_` prefix, in rendering order.
-pub const METRIC_NAMES: [&str; 15] = [
+pub const METRIC_NAMES: [&str; 16] = [
     "downstream_connections_total",
     "downstream_connections_active",
     "requests_total",
@@ -383,6 +383,7 @@ pub const METRIC_NAMES: [&str; 15] = [
     "decode_errors_total",
     "outlier_ejections_total",
     "config_reloads_total",
+    "rate_limited_total",
     "hot_restart_epoch",
     "xds_updates_total",
     "buffered_bytes",
@@ -403,6 +404,7 @@ pub struct Metrics {
     decode_errors_total: Family,
     outlier_ejections_total: Family,
     config_reloads_total: Family,
+    rate_limited_total: Family,
     hot_restart_epoch_family: Family,
     xds_updates_total: Family,
     reload_ok: Counter,
@@ -421,7 +423,7 @@ pub struct ListenerMetrics {
     pub connections_active: Gauge,
     /// `decode_errors_total{listener}`.
     pub decode_errors: Counter,
-    local_replies: [Counter; 5],
+    local_replies: [Counter; LocalReplyKind::ALL.len()],
     closed: [Counter; ClosedReason::ALL.len()],
 }
 
@@ -464,6 +466,8 @@ impl ListenerMetrics {
             LocalReplyKind::Timeout => 2,
             LocalReplyKind::Overloaded => 3,
             LocalReplyKind::BadRequest => 4,
+            LocalReplyKind::RateLimited => 5,
+            LocalReplyKind::Forbidden => 6,
         };
         &self.local_replies[index]
     }
@@ -600,6 +604,12 @@ impl Metrics {
                 &["cluster"],
             ),
             config_reloads_total,
+            rate_limited_total: Family::new(
+                "metaproxy_rate_limited_total",
+                "Requests refused by a rate-limiting filter, by listener and filter.",
+                Kind::Counter,
+                &["listener", "filter"],
+            ),
             hot_restart_epoch_family,
             xds_updates_total: Family::new(
                 "metaproxy_xds_updates_total",
@@ -630,7 +640,7 @@ impl Metrics {
         self.buffered_bytes.gauge(&[])
     }
 
-    fn families(&self) -> [&Family; 15] {
+    fn families(&self) -> [&Family; 16] {
         [
             &self.downstream_connections_total,
             &self.downstream_connections_active,
@@ -643,6 +653,7 @@ impl Metrics {
             &self.decode_errors_total,
             &self.outlier_ejections_total,
             &self.config_reloads_total,
+            &self.rate_limited_total,
             &self.hot_restart_epoch_family,
             &self.xds_updates_total,
             &self.buffered_bytes,
@@ -694,6 +705,11 @@ impl Metrics {
             mirror_sent: self.mirror_requests_total.counter(&[name, "sent"]),
             mirror_dropped: self.mirror_requests_total.counter(&[name, "dropped"]),
         }
+    }
+
+    /// `rate_limited_total{listener,filter}`.
+    pub fn rate_limited(&self, listener: &str, filter: &str) -> Counter {
+        self.rate_limited_total.counter(&[listener, filter])
     }
 
     /// Counts a config reload attempt (`config_reloads_total{result}`).
@@ -783,6 +799,9 @@ mod tests {
         l.decode_errors.inc();
         l.local_reply(LocalReplyKind::NoRoute).add(4);
         l.local_reply(LocalReplyKind::Timeout).inc();
+        l.local_reply(LocalReplyKind::RateLimited).add(6);
+        l.local_reply(LocalReplyKind::Forbidden).add(2);
+        m.rate_limited("dubbo-in", "local_rate_limit").add(6);
         m.request("dubbo-in", "beta", "demo-v2").add(7);
         m.request("dubbo-in", "default", "demo-v1").add(5);
         let up = m.upstream("dubbo-in", "demo-v1");
@@ -846,12 +865,22 @@ mod tests {
             find(&scrape, "metaproxy_decode_errors_total", &[("listener", l)]),
             &Counter(1.0)
         );
+        assert_eq!(
+            find(
+                &scrape,
+                "metaproxy_rate_limited_total",
+                &[("listener", l), ("filter", "local_rate_limit")]
+            ),
+            &Counter(6.0)
+        );
         let reasons: HashMap<&str, f64> = [
             ("no_route", 4.0),
             ("upstream_failure", 0.0),
             ("timeout", 1.0),
             ("overloaded", 0.0),
             ("bad_request", 0.0),
+            ("rate_limited", 6.0),
+            ("forbidden", 2.0),
         ]
         .into();
         for (reason, n) in reasons {

@@ -20,11 +20,11 @@ use crate::write::{varint_len, write_frame, write_header_section, ProtoWriter};
 /// TApplicationException types the proxy sends in local replies (see the crate's
 /// README for which reply uses which).
 pub mod app_exception {
-    /// 0: unknown.
+    /// 0: unknown; sent when a filter denies the request (`forbidden`).
     pub const UNKNOWN: i32 = 0;
     /// 1: no route matched the method.
     pub const UNKNOWN_METHOD: i32 = 1;
-    /// 6: upstream failure, timeout or overload.
+    /// 6: upstream failure, timeout, overload, or a filter's rate limit.
     pub const INTERNAL_ERROR: i32 = 6;
     /// 7: the request could not be decoded.
     pub const PROTOCOL_ERROR: i32 = 7;
@@ -641,6 +641,8 @@ pub(crate) fn local_reply_text<'a>(reply: &LocalReply<'a>) -> (i32, Cow<'a, str>
         LocalReplyKind::Timeout => (app_exception::INTERNAL_ERROR, ensure("timeout")),
         LocalReplyKind::Overloaded => (app_exception::INTERNAL_ERROR, ensure("overloaded")),
         LocalReplyKind::BadRequest => (app_exception::PROTOCOL_ERROR, Cow::Borrowed(reply.message)),
+        LocalReplyKind::RateLimited => (app_exception::INTERNAL_ERROR, ensure("rate limited")),
+        LocalReplyKind::Forbidden => (app_exception::UNKNOWN, ensure("forbidden")),
     }
 }
 
@@ -1042,6 +1044,8 @@ mod tests {
             (LocalReplyKind::Timeout, 6, "timeout"),
             (LocalReplyKind::Overloaded, 6, "overloaded"),
             (LocalReplyKind::BadRequest, 7, "bad"),
+            (LocalReplyKind::RateLimited, 6, "rate limited"),
+            (LocalReplyKind::Forbidden, 0, "forbidden"),
         ];
         for (t, p) in all() {
             for (kind, ty, word) in cases {
@@ -1051,7 +1055,8 @@ mod tests {
                     .unwrap()
                     .unwrap();
                 let mut out = BytesMut::new();
-                let text = if word == "timeout" || word == "overloaded" {
+                let text = if ["timeout", "overloaded", "rate limited", "forbidden"].contains(&word)
+                {
                     "upstream slow"
                 } else {
                     word
