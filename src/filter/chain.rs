@@ -112,7 +112,8 @@ impl FilterChain {
 
     /// Builds the filters of listener `l` (at `listeners[index]`). A filter whose name,
     /// label and config equal one of `previous` is carried over with its state. Refusals
-    /// are counted nowhere until [`FilterChain::attach_metrics`].
+    /// are counted nowhere until the runtime attaches the metrics (when it commits the
+    /// compiled config).
     pub fn build(
         index: usize,
         l: &ListenerConfig,
