@@ -10,6 +10,12 @@
 //! rewritten, then copying the backend's echo reply into a read buffer, decoding it with
 //! the upstream codec, restoring the client's id and encoding it downstream. It excludes
 //! syscalls, task scheduling, timers and the pending-request table.
+//!
+//! The `filters` group repeats the Dubbo 128 B case with a listener filter chain run
+//! where the proxy runs it: `today` is the path without the chain check, `none` an
+//! empty chain, then one built-in filter each (limits high enough never to refuse). The
+//! `filter_chain` group times the chain alone (request and response hooks) on a decoded
+//! Dubbo request: the cost a filter adds per request.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -17,6 +23,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use meta_protocol::{Codec, CodecContext, CodecFactory, CodecOptions, Side};
+use metaproxy::filter::{ChainStep, FilterChain, FilterRegistry, FilterResponse};
 use metaproxy::router::{
     AllAvailable, EndpointSpec, LbPolicy, LoadBalancer, MatchKind, MatcherSpec, RouteConfigSpec,
     RouteSpec, RouteTable, TargetSpec,
@@ -114,6 +121,7 @@ fn bench(c: &mut Criterion) {
             mutations: true,
         },
     ];
+    let mut filter_cases = Vec::new();
     let mut group = c.benchmark_group("request_path");
     group.measurement_time(std::time::Duration::from_secs(3));
     group.warm_up_time(std::time::Duration::from_secs(1));
@@ -153,45 +161,190 @@ fn bench(c: &mut Criterion) {
             let reply = reply.freeze();
             assert!(!reply.is_empty(), "{}: the echo backend answers", case.name);
 
-            let mut rng = SmallRng::seed_from_u64(1);
-            let mut rbuf = BytesMut::with_capacity(64 * 1024);
-            let mut wbuf = BytesMut::with_capacity(64 * 1024);
             group.throughput(Throughput::Bytes((request.len() + reply.len()) as u64));
+            let mut path = Path {
+                downstream,
+                upstream,
+                table,
+                lbs,
+                endpoints: endpoints.len(),
+                rng: SmallRng::seed_from_u64(1),
+                rbuf: BytesMut::with_capacity(64 * 1024),
+                wbuf: BytesMut::with_capacity(64 * 1024),
+                request,
+                reply,
+            };
+            group.throughput(Throughput::Bytes(path.bytes()));
             group.bench_function(BenchmarkId::new(case.name, payload), |b| {
-                b.iter(|| {
-                    // Downstream read + decode.
-                    rbuf.extend_from_slice(&request);
-                    let mut msg = downstream
-                        .decode(&mut rbuf)
-                        .expect("request")
-                        .expect("whole");
-                    let client_id = msg.request_id();
-                    // Route, split, balance.
-                    let route = table.route(msg.metadata()).expect("a route");
-                    let cluster = route.pick_cluster_for(route.hash_key(msg.metadata()), &mut rng);
-                    let endpoint = lbs[cluster]
-                        .pick(None, &mut rng, &AllAvailable(endpoints.len()))
-                        .expect("an endpoint");
-                    black_box(endpoint);
-                    msg.add_shared_mutations(route.request_mutations());
-                    // Upstream encode with the id rewritten.
-                    msg.set_request_id(upstream_id);
-                    wbuf.clear();
-                    upstream.encode(&msg, &mut wbuf).expect("encodes");
-                    black_box(&wbuf);
-                    // Upstream read + decode of the reply.
-                    rbuf.extend_from_slice(&reply);
-                    let mut resp = upstream.decode(&mut rbuf).expect("reply").expect("whole");
-                    // Downstream encode with the client's id.
-                    resp.set_request_id(client_id);
-                    wbuf.clear();
-                    downstream.encode(&resp, &mut wbuf).expect("encodes");
-                    black_box(&wbuf);
-                })
+                b.iter(|| path.one_request(None))
             });
+            if case.name == "dubbo" && payload == 128 {
+                filter_cases.push(path);
+            }
         }
     }
     group.finish();
+
+    // The same request path with the listener's filter chain run where the proxy runs
+    // it (after decode, before routing; and on the response), Dubbo 128 B.
+    let Some(mut path) = filter_cases.pop() else {
+        return;
+    };
+    let mut group = c.benchmark_group("filters");
+    group.measurement_time(std::time::Duration::from_secs(3));
+    group.warm_up_time(std::time::Duration::from_secs(1));
+    let chains = [
+        ("none", ""),
+        (
+            "local_rate_limit_by_user",
+            "{name: local_rate_limit, config: {rate: 1000000000, burst: 4000000000, by: metadata, key: user}}",
+        ),
+        (
+            "local_rate_limit_listener",
+            "{name: local_rate_limit, config: {rate: 1000000000, burst: 4000000000}}",
+        ),
+        (
+            "access_control",
+            "{name: access_control, config: {action: deny, rules: [{metadata: [{key: user, exact: mallory}]}]}}",
+        ),
+    ];
+    group.bench_function("today", |b| b.iter(|| path.one_request(None)));
+    for (name, filters) in chains {
+        let chain = chain(filters);
+        group.bench_function(name, |b| b.iter(|| path.one_request(Some(&chain))));
+    }
+    group.finish();
+
+    // The chain alone on an already decoded request (both hooks): what a filter adds
+    // to each request, without the noise of the rest of the path.
+    let mut group = c.benchmark_group("filter_chain");
+    group.measurement_time(std::time::Duration::from_secs(3));
+    group.warm_up_time(std::time::Duration::from_secs(1));
+    let mut src = BytesMut::from(&path.request[..]);
+    let mut msg = path
+        .downstream
+        .decode(&mut src)
+        .expect("decodes")
+        .expect("whole");
+    let mut src = BytesMut::from(&path.reply[..]);
+    let mut resp = path
+        .upstream
+        .decode(&mut src)
+        .expect("decodes")
+        .expect("whole");
+    for (name, filters) in chains {
+        let chain = chain(filters);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                if !chain.is_empty() {
+                    let step = chain.on_request(0, "in", &mut msg, &path.table);
+                    assert!(matches!(step, ChainStep::Continue));
+                    chain.on_response(&mut FilterResponse::new(
+                        "in",
+                        "default",
+                        "v1",
+                        &mut resp,
+                        std::time::Duration::ZERO,
+                    ));
+                }
+                black_box(&msg);
+            })
+        });
+    }
+    group.finish();
+}
+
+/// The chain the proxy would build for a listener with `filters` (YAML flow list items).
+fn chain(filters: &str) -> FilterChain {
+    let yaml = format!(
+        "listeners: [{{name: in, address: \"127.0.0.1:0\", codec: dubbo, route_config: r, filters: [{filters}]}}]\n\
+         route_configs: [{{name: r, routes: [{{route: {{cluster: c}}}}]}}]\n\
+         clusters: [{{name: c, endpoints: [\"127.0.0.1:1\"]}}]\n"
+    );
+    let config = metaproxy::config::parse(&yaml, "bench.yaml".as_ref()).expect("valid yaml");
+    FilterChain::build(0, &config.listeners[0], &FilterRegistry::builtin(), None)
+        .expect("valid filters")
+}
+
+/// One protocol's request path, set up once.
+struct Path {
+    downstream: Box<dyn Codec>,
+    upstream: Box<dyn Codec>,
+    table: RouteTable,
+    lbs: Vec<LoadBalancer>,
+    endpoints: usize,
+    rng: SmallRng,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    request: Bytes,
+    reply: Bytes,
+}
+
+impl Path {
+    fn bytes(&self) -> u64 {
+        (self.request.len() + self.reply.len()) as u64
+    }
+
+    /// One request and its reply; with `filters`, the chain runs as in the proxy (an
+    /// empty chain costs one branch per direction).
+    #[inline(always)]
+    fn one_request(&mut self, filters: Option<&FilterChain>) {
+        let upstream_id = 1_000_003u64;
+        // Downstream read + decode.
+        self.rbuf.extend_from_slice(&self.request);
+        let mut msg = self
+            .downstream
+            .decode(&mut self.rbuf)
+            .expect("request")
+            .expect("whole");
+        let client_id = msg.request_id();
+        if let Some(chain) = filters {
+            if !chain.is_empty() {
+                match chain.on_request(0, "in", &mut msg, &self.table) {
+                    ChainStep::Continue => {}
+                    _ => panic!("the benchmark's filters let every request through"),
+                }
+            }
+        }
+        // Route, split, balance.
+        let route = self.table.route(msg.metadata()).expect("a route");
+        let cluster = route.pick_cluster_for(route.hash_key(msg.metadata()), &mut self.rng);
+        let endpoint = self.lbs[cluster]
+            .pick(None, &mut self.rng, &AllAvailable(self.endpoints))
+            .expect("an endpoint");
+        black_box(endpoint);
+        msg.add_shared_mutations(route.request_mutations());
+        // Upstream encode with the id rewritten.
+        msg.set_request_id(upstream_id);
+        self.wbuf.clear();
+        self.upstream.encode(&msg, &mut self.wbuf).expect("encodes");
+        black_box(&self.wbuf);
+        // Upstream read + decode of the reply.
+        self.rbuf.extend_from_slice(&self.reply);
+        let mut resp = self
+            .upstream
+            .decode(&mut self.rbuf)
+            .expect("reply")
+            .expect("whole");
+        // Downstream encode with the client's id.
+        resp.set_request_id(client_id);
+        if let Some(chain) = filters {
+            if !chain.is_empty() {
+                chain.on_response(&mut FilterResponse::new(
+                    "in",
+                    route.name(),
+                    "v1",
+                    &mut resp,
+                    std::time::Duration::ZERO,
+                ));
+            }
+        }
+        self.wbuf.clear();
+        self.downstream
+            .encode(&resp, &mut self.wbuf)
+            .expect("encodes");
+        black_box(&self.wbuf);
+    }
 }
 
 criterion_group!(benches, bench);

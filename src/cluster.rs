@@ -17,6 +17,26 @@ use crate::upstream::{Pool, PoolKey, Protocol};
 /// How long an endpoint that refused a connection is skipped by load balancing.
 const UNREACHABLE_BACKOFF_MS: u64 = 1_000;
 
+/// Timeouts of an upstream connection, from its cluster's config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConnectionSettings {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) write_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) heartbeat_interval: Duration,
+}
+
+impl ConnectionSettings {
+    fn of(config: &ClusterConfig) -> Self {
+        ConnectionSettings {
+            connect_timeout: config.connect_timeout.get(),
+            write_timeout: config.write_timeout.get(),
+            idle_timeout: config.idle_timeout.get(),
+            heartbeat_interval: config.heartbeat_interval.get(),
+        }
+    }
+}
+
 /// One upstream address of one cluster. Kept across config reloads while the cluster
 /// still lists the address, so its connection pools and health survive.
 pub(crate) struct Endpoint {
@@ -28,13 +48,30 @@ pub(crate) struct Endpoint {
     ejected_until_ms: AtomicU64,
     ejections: AtomicU32,
     unreachable_until_ms: AtomicU64,
+    /// The cluster's `max_connections`: upstream connections to this endpoint over
+    /// every pool and worker together.
+    max_connections: AtomicUsize,
+    settings: ArcSwap<ConnectionSettings>,
+    /// Upstream connections open or opening, over every pool and worker.
+    open: Arc<AtomicUsize>,
     pools: ArcSwap<Vec<Arc<Pool>>>,
     pools_lock: Mutex<()>,
+    metrics: ClusterMetrics,
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr, address: &str, weight: u32) -> Self {
+    fn new(
+        addr: SocketAddr,
+        address: &str,
+        weight: u32,
+        config: &ClusterConfig,
+        metrics: &ClusterMetrics,
+    ) -> Self {
         Endpoint {
+            metrics: metrics.clone(),
+            max_connections: AtomicUsize::new(config.max_connections.max(1)),
+            settings: ArcSwap::from_pointee(ConnectionSettings::of(config)),
+            open: Arc::new(AtomicUsize::new(0)),
             addr,
             address: address.into(),
             weight,
@@ -82,13 +119,50 @@ impl Endpoint {
         self.unreachable_until_ms.store(0, Ordering::Relaxed);
     }
 
-    /// The pool for `key`, created on first use.
-    pub(crate) fn pool(
-        &self,
+    /// The timeouts new upstream connections get.
+    pub(crate) fn settings(&self) -> ConnectionSettings {
+        **self.settings.load()
+    }
+
+    /// Whether another connection may be opened without going over `max_connections`.
+    pub(crate) fn may_open(&self) -> bool {
+        self.open.load(Ordering::Relaxed) < self.max_connections.load(Ordering::Relaxed)
+    }
+
+    /// Counts a new connection against `max_connections`; `None` when at the limit.
+    /// The returned counter is decremented by the connection when it ends.
+    pub(crate) fn reserve_connection(&self) -> Option<Arc<AtomicUsize>> {
+        let max = self.max_connections.load(Ordering::Relaxed);
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| self.open.clone())
+    }
+
+    /// A connection for a request of `key`: from this worker's pool, or, when the
+    /// endpoint's `max_connections` are all open elsewhere (other workers or wire
+    /// formats of the same protocol), the least loaded one of a sibling pool.
+    pub(crate) fn connection(
+        self: &Arc<Self>,
         key: PoolKey,
         protocol: &Arc<Protocol>,
-        cluster: &ClusterRt,
-    ) -> Arc<Pool> {
+    ) -> Option<Arc<crate::upstream::ConnHandle>> {
+        let pool = self.pool(key, protocol);
+        if let Some(c) = pool.pick(self) {
+            return Some(c);
+        }
+        self.pools
+            .load()
+            .iter()
+            .filter(|p| p.key != key && p.key.protocol == key.protocol && p.key.wire == key.wire)
+            .filter_map(|p| p.least_loaded())
+            .min_by_key(|c| c.load())
+    }
+
+    /// The pool for `key`, created on first use.
+    fn pool(&self, key: PoolKey, protocol: &Arc<Protocol>) -> Arc<Pool> {
         if let Some(p) = self.pools.load().iter().find(|p| p.key == key) {
             return p.clone();
         }
@@ -101,9 +175,7 @@ impl Endpoint {
             key,
             self.addr,
             protocol.clone(),
-            cluster.connect_timeout,
-            cluster.max_connections,
-            cluster.metrics.clone(),
+            self.metrics.clone(),
         ));
         let mut next = (*current).clone();
         next.push(pool.clone());
@@ -111,11 +183,13 @@ impl Endpoint {
         pool
     }
 
-    /// Updates the pool limits after a reload.
-    fn reconfigure(&self, connect_timeout: Duration, max_connections: usize) {
-        for p in self.pools.load().iter() {
-            p.reconfigure(connect_timeout, max_connections);
-        }
+    /// Updates the connection limits after a reload (called only once the whole new
+    /// config compiled).
+    fn reconfigure(&self, config: &ClusterConfig) {
+        self.settings
+            .store(Arc::new(ConnectionSettings::of(config)));
+        self.max_connections
+            .store(config.max_connections.max(1), Ordering::Relaxed);
     }
 
     /// Open upstream connections to this endpoint.
@@ -129,8 +203,6 @@ pub(crate) struct ClusterRt {
     pub(crate) name: Arc<str>,
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
     pub(crate) lb: LoadBalancer,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) max_connections: usize,
     pub(crate) max_pending: usize,
     pending: AtomicUsize,
     outlier: Option<OutlierDetectionConfig>,
@@ -194,7 +266,7 @@ impl ClusterRt {
             .store(now_ms() + time, Ordering::Relaxed);
         endpoint.consecutive_failures.store(0, Ordering::Relaxed);
         self.metrics.outlier_ejections.inc();
-        tracing::warn!(cluster = %self.name, endpoint = %endpoint.address, ejection_ms = time, "outlier ejected");
+        crate::observe::rate_limited!(tracing::Level::WARN, cluster = %self.name, endpoint = %endpoint.address, ejection_ms = time, "outlier ejected");
     }
 
     /// JSON description for `GET /clusters`.
@@ -219,6 +291,8 @@ impl ClusterRt {
                     "consecutive_failures": e.consecutive_failures.load(Ordering::Relaxed),
                     "active_requests": e.active_requests(),
                     "upstream_connections": e.open_connections(),
+                    "max_connections": e.max_connections.load(Ordering::Relaxed),
+                    "connect_timeout_ms": e.settings().connect_timeout.as_millis() as u64,
                 })
             })
             .collect();
@@ -281,12 +355,26 @@ impl EndpointRegistry {
                     .entry(key)
                     .and_modify(|old| {
                         if old.addr != *addr || old.weight != e.weight() {
-                            *old = Arc::new(Endpoint::new(*addr, e.address(), e.weight()));
+                            *old = Arc::new(Endpoint::new(
+                                *addr,
+                                e.address(),
+                                e.weight(),
+                                config,
+                                &metrics,
+                            ));
                         }
                     })
-                    .or_insert_with(|| Arc::new(Endpoint::new(*addr, e.address(), e.weight())))
+                    .or_insert_with(|| {
+                        Arc::new(Endpoint::new(
+                            *addr,
+                            e.address(),
+                            e.weight(),
+                            config,
+                            &metrics,
+                        ))
+                    })
                     .clone();
-                ep.reconfigure(config.connect_timeout.get(), config.max_connections);
+                ep.reconfigure(config);
                 ep
             })
             .collect();
@@ -294,11 +382,12 @@ impl EndpointRegistry {
             name: config.name.as_str().into(),
             endpoints,
             lb,
-            connect_timeout: config.connect_timeout.get(),
-            max_connections: config.max_connections,
             max_pending: config.max_pending_requests,
             pending: AtomicUsize::new(0),
-            outlier: config.outlier_detection.clone(),
+            outlier: config
+                .outlier_detection
+                .enabled
+                .then(|| config.outlier_detection.clone()),
             metrics,
         }
     }
@@ -320,7 +409,7 @@ mod tests {
 
     fn cluster(endpoints: &[&str], od: OutlierDetectionConfig) -> ClusterRt {
         let mut config = ClusterConfig::new("c", endpoints);
-        config.outlier_detection = Some(od);
+        config.outlier_detection = od;
         let addrs: Vec<SocketAddr> = endpoints.iter().map(|a| a.parse().unwrap()).collect();
         let specs: Vec<EndpointSpec> = endpoints.iter().map(|a| EndpointSpec::new(*a, 1)).collect();
         let lb = LoadBalancer::new(LbPolicy::RoundRobin, &specs).unwrap();
@@ -329,6 +418,7 @@ mod tests {
 
     fn detection(consecutive_failures: u32, max_ejection_percent: u32) -> OutlierDetectionConfig {
         OutlierDetectionConfig {
+            enabled: true,
             consecutive_failures,
             base_ejection_time: ConfigDuration::from_secs(10),
             max_ejection_percent,
@@ -397,7 +487,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn without_outlier_detection_nothing_is_ejected() {
         let mut config = ClusterConfig::new("c", ["127.0.0.1:1"]);
-        config.outlier_detection = None;
+        config.outlier_detection.enabled = false;
         let specs = [EndpointSpec::new("127.0.0.1:1", 1)];
         let lb = LoadBalancer::new(LbPolicy::RoundRobin, &specs).unwrap();
         let c = EndpointRegistry::default().build_cluster(

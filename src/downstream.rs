@@ -10,7 +10,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use std::future::Future;
+use std::pin::Pin;
+
 use bytes::BytesMut;
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use futures_util::FutureExt;
 use meta_protocol::{
     Codec, DecodeError, LocalReply, LocalReplyKind, Message, MessageKind, ReplyContext,
 };
@@ -24,7 +29,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::cluster::{ClusterRt, Endpoint};
+use crate::filter::{
+    ChainStep, Decision, FilterResponse, MAX_FILTER_WAIT, MAX_WAITING_PER_CONNECTION,
+};
 use crate::listener::ListenerCtx;
+use crate::observe::metrics::ClosedReason;
 use crate::observe::{AccessLogEntry, AccessStatus, LoggedMetadata};
 use crate::request_token::RequestToken;
 use crate::snapshot::ListenerRt;
@@ -47,8 +56,12 @@ pub(crate) const DRAIN_HEADER: (&str, &str) = ("metaproxy-drain", "1");
 
 /// Read buffer reservation.
 const READ_CHUNK: usize = 32 * 1024;
-/// Stop reading new requests while this much output waits for a slow client.
-const MAX_PENDING_OUTPUT: usize = 4 * 1024 * 1024;
+/// Free retries of a request whose connections kept going away before writing it
+/// (each one had served other requests, or was retired by the proxy).
+const MAX_STALE_RETRIES: u8 = 16;
+/// A connection's share of the process-wide buffer budget is brought up to date when it
+/// changed by this much (or dropped to zero).
+const BUDGET_STEP: usize = 16 * 1024;
 
 /// What an access log entry needs from the start of a request.
 struct LogStart {
@@ -91,6 +104,10 @@ struct InFlight {
     endpoint: Arc<Endpoint>,
     attempts_left: u32,
     hash: Option<u64>,
+    /// Size of the request frame, counted in the connection's buffered bytes.
+    bytes: usize,
+    /// Free retries used after stale connections (at most [`MAX_STALE_RETRIES`]).
+    stale_retries: u8,
 }
 
 impl InFlight {
@@ -135,13 +152,26 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
         wbuf: BytesMut::new(),
         rng: SmallRng::from_rng(&mut rand::rng()),
         closing: false,
+        inflight_bytes: 0,
+        accounted: 0,
+        waiting: None,
         drain_notice: None,
     };
-    conn.run(stream, drain).await;
+    let mut rbuf = BytesMut::new();
+    if let Some(reason) = conn.run(stream, drain, &mut rbuf).await {
+        conn.ctx.metrics.closed(reason).inc();
+        crate::observe::rate_limited!(
+            tracing::Level::INFO,
+            listener = %conn.ctx.name,
+            reason = reason.as_str(),
+            "closing a client connection"
+        );
+    }
     // Requests still in flight when the connection ends release their slots.
     for f in conn.inflight.drain() {
         f.release();
     }
+    conn.ctx.shared.budget.update(conn.accounted, 0);
 }
 
 struct Downstream {
@@ -157,14 +187,44 @@ struct Downstream {
     wbuf: BytesMut,
     rng: SmallRng,
     closing: bool,
+    /// Bytes of the two-way requests in `inflight`.
+    inflight_bytes: usize,
+    /// What this connection counts in the process-wide buffer budget.
+    accounted: usize,
+    /// Requests parked until a filter decides (at most [`MAX_WAITING_PER_CONNECTION`]);
+    /// made on first use, so connections whose filters never wait pay nothing.
+    waiting: Option<FuturesUnordered<Pin<Box<dyn Future<Output = Resumed> + Send>>>>,
     /// While draining without a go-away: [`DRAIN_HEADER`], added to every response.
     drain_notice: Option<Arc<meta_protocol::Mutations>>,
 }
 
+/// A parked request, back from its waiting filter.
+struct Resumed {
+    msg: Message,
+    listener: Arc<ListenerRt>,
+    log: Option<LogStart>,
+    index: usize,
+    decision: Decision,
+}
+
 impl Downstream {
-    async fn run(&mut self, stream: TcpStream, mut drain: watch::Receiver<bool>) {
-        let mut rbuf = BytesMut::new();
+    /// Serves until the connection ends; returns why when the proxy closed it on its
+    /// own for misbehaviour (write timeout, frame timeout, output limit).
+    async fn run(
+        &mut self,
+        stream: TcpStream,
+        mut drain: watch::Receiver<bool>,
+        rbuf: &mut BytesMut,
+    ) -> Option<ClosedReason> {
+        let limit = self.ctx.max_buffered_bytes;
         let mut reading = true;
+        // When the oldest unwritten reply started waiting / the partial frame started.
+        let mut write_stalled: Option<Instant> = None;
+        let mut frame_started: Option<Instant> = None;
+        let mut guard_at = Instant::now() + PARKED;
+        let mut guard_idle = true;
+        let guard_timer = tokio::time::sleep_until(guard_at);
+        tokio::pin!(guard_timer);
         // A connection accepted as the drain begins learns it on the first poll of
         // `drain.changed()`, like every other.
         if *drain.borrow() {
@@ -178,53 +238,114 @@ impl Downstream {
         let deadline_timer = tokio::time::sleep_until(armed);
         tokio::pin!(deadline_timer);
         loop {
-            if self.closing && self.inflight.is_empty() && self.wbuf.is_empty() {
-                return;
+            if self.closing
+                && self.inflight.is_empty()
+                && self.waiting_count() == 0
+                && self.wbuf.is_empty()
+            {
+                return None;
             }
+            if self.wbuf.len() > 2 * limit {
+                return Some(ClosedReason::OutputLimit);
+            }
+            self.sync_budget(rbuf.len());
             let next = self.deadlines.peek().map_or(armed, |Reverse((at, _))| *at);
             if next != armed {
                 armed = next;
                 deadline_timer.as_mut().reset(armed);
             }
-            let read_allowed = reading && !self.closing && self.wbuf.len() < MAX_PENDING_OUTPUT;
+            let read_allowed =
+                reading && !self.closing && self.wbuf.len() < limit && self.inflight_bytes < limit;
+            if self.wbuf.is_empty() {
+                write_stalled = None;
+            } else if write_stalled.is_none() {
+                write_stalled = Some(Instant::now());
+            }
+            if !read_allowed {
+                // Our own back-pressure is not the client's slowness.
+                frame_started = None;
+            }
+            // Guards only move later (a new stall or frame starts after the old one), so
+            // an armed timer is left alone and re-armed lazily when it fires early: no
+            // timer reset per reply on the request path.
+            let next_guard = [
+                write_stalled.map(|t| t + self.ctx.write_timeout),
+                frame_started.map(|t| t + self.ctx.frame_timeout),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            if let Some(next) = next_guard {
+                if guard_idle || next < guard_at {
+                    guard_at = next;
+                    guard_idle = false;
+                    guard_timer.as_mut().reset(guard_at);
+                }
+            }
             tokio::select! {
                 biased;
                 Some(ev) = std::future::poll_fn(|cx| match self.rx.as_mut() {
                     Some(rx) => rx.poll_recv(cx),
                     None => std::task::Poll::Pending,
                 }) => self.on_event(ev),
+                Some(resumed) = std::future::poll_fn(|cx| match self.waiting.as_mut() {
+                    Some(waiting) if !waiting.is_empty() => waiting.poll_next_unpin(cx),
+                    _ => std::task::Poll::Pending,
+                }) => self.on_resumed(resumed),
                 _ = &mut deadline_timer, if !self.deadlines.is_empty() => self.expire_due(),
+                _ = &mut guard_timer, if !guard_idle && (write_stalled.is_some() || frame_started.is_some()) => {
+                    let now = Instant::now();
+                    if write_stalled.is_some_and(|t| t + self.ctx.write_timeout <= now) {
+                        return Some(ClosedReason::WriteTimeout);
+                    }
+                    if frame_started.is_some_and(|t| t + self.ctx.frame_timeout <= now) {
+                        return Some(ClosedReason::FrameTimeout);
+                    }
+                    // Fired for a stall or frame that has ended: re-arm for the current one.
+                    guard_idle = true;
+                }
                 ready = stream.writable(), if !self.wbuf.is_empty() => {
-                    if ready.is_err() { return; }
+                    if ready.is_err() { return None; }
                     match stream.try_write(&self.wbuf) {
-                        Ok(n) => bytes::Buf::advance(&mut self.wbuf, n),
+                        Ok(n) => {
+                            bytes::Buf::advance(&mut self.wbuf, n);
+                            if n > 0 {
+                                write_stalled = None;
+                            }
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => return,
+                        Err(_) => return None,
                     }
                 }
                 ready = stream.readable(), if read_allowed => {
-                    if ready.is_err() { return; }
+                    if ready.is_err() { return None; }
                     if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
                         rbuf.reserve(READ_CHUNK);
                     }
-                    match crate::socket_io::read_once(&stream, &mut rbuf) {
+                    match crate::socket_io::read_once(&stream, rbuf) {
                         Ok(0) => {
                             reading = false;
                             self.closing = true;
-                            self.on_eof(&mut rbuf);
+                            self.on_eof(rbuf);
                         }
                         Ok(_) => {
                             let quiet = if told_to_move { DRAIN_QUIET } else { self.ctx.idle_timeout };
-                            idle.as_mut().reset(Instant::now() + quiet);
-                            self.decode_all(&mut rbuf);
+                            let now = Instant::now();
+                            idle.as_mut().reset(now + quiet);
+                            let decoded = self.decode_all(rbuf);
+                            if rbuf.is_empty() {
+                                frame_started = None;
+                            } else if decoded > 0 || frame_started.is_none() {
+                                frame_started = Some(now);
+                            }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => return,
+                        Err(_) => return None,
                     }
                 }
-                _ = &mut idle, if self.inflight.is_empty() && self.wbuf.is_empty() => {
+                _ = &mut idle, if self.inflight.is_empty() && self.waiting_count() == 0 && self.wbuf.is_empty() => {
                     tracing::debug!(listener = %self.ctx.name, draining, "closing idle connection");
-                    return;
+                    return None;
                 }
                 changed = drain.changed(), if !draining => {
                     draining = true;
@@ -250,18 +371,44 @@ impl Downstream {
         }
     }
 
-    fn decode_all(&mut self, rbuf: &mut BytesMut) {
-        while !self.closing {
-            match self.codec.decode(rbuf) {
-                Ok(Some(msg)) => self.on_message(msg),
-                Ok(None) => return,
-                Err(e) => return self.on_decode_error(e, rbuf),
-            }
+    /// Brings this connection's share of the process-wide buffer budget up to date, in
+    /// steps of [`BUDGET_STEP`] (or to exactly zero) so that connections do not contend
+    /// on the shared counter for every small request.
+    #[inline]
+    fn sync_budget(&mut self, read_buffered: usize) {
+        let now = self.inflight_bytes + self.wbuf.len() + read_buffered;
+        if now.abs_diff(self.accounted) >= BUDGET_STEP || (now == 0 && self.accounted != 0) {
+            self.ctx.shared.budget.update(self.accounted, now);
+            self.accounted = now;
         }
     }
 
+    /// Decodes and handles every complete frame in `rbuf`; returns how many.
+    fn decode_all(&mut self, rbuf: &mut BytesMut) -> usize {
+        let mut decoded = 0;
+        while !self.closing {
+            match self.codec.decode(rbuf) {
+                Ok(Some(msg)) => {
+                    decoded += 1;
+                    self.on_message(msg);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.on_decode_error(e, rbuf);
+                    break;
+                }
+            }
+        }
+        decoded
+    }
+
     fn on_decode_error(&mut self, e: DecodeError, rbuf: &mut BytesMut) {
-        tracing::info!(listener = %self.ctx.name, error = %e, "bad frame from client; closing the connection");
+        crate::observe::rate_limited!(
+            tracing::Level::INFO,
+            listener = %self.ctx.name,
+            error = %e,
+            "bad frame from client; closing the connection"
+        );
         self.ctx.metrics.decode_errors.inc();
         if let Some(ctx) = &e.reply {
             let message = format!("metaproxy: bad request: {e}");
@@ -365,11 +512,100 @@ impl Downstream {
             );
         };
         drop(snapshot);
-        let mut log = self
+        let log = self
             .ctx
             .access_log
             .as_ref()
             .map(|_| LogStart::new(Some(&listener), &msg));
+        if !listener.filters.is_empty() {
+            let step = listener
+                .filters
+                .on_request(0, &self.ctx.name, &mut msg, &listener.table);
+            return self.after_filters(step, msg, listener, log);
+        }
+        self.forward(msg, listener, log);
+    }
+
+    /// Acts on where the request filters left a request: forward it, answer it, or park
+    /// it until a waiting filter decides.
+    fn after_filters(
+        &mut self,
+        step: ChainStep,
+        msg: Message,
+        listener: Arc<ListenerRt>,
+        log: Option<LogStart>,
+    ) {
+        match step {
+            ChainStep::Continue => self.forward(msg, listener, log),
+            ChainStep::Reply(kind, text) => {
+                let ctx = msg.reply_context();
+                self.local_reply_logged(&ctx, kind, &text, log, None);
+            }
+            ChainStep::Wait { index, pending } => {
+                if self.waiting_count() >= MAX_WAITING_PER_CONNECTION {
+                    let ctx = msg.reply_context();
+                    let text = "metaproxy: overloaded: too many requests waiting on filters";
+                    return self.local_reply_logged(
+                        &ctx,
+                        LocalReplyKind::Overloaded,
+                        text,
+                        log,
+                        None,
+                    );
+                }
+                let waiting = self.waiting.get_or_insert_with(FuturesUnordered::new);
+                waiting.push(Box::pin(async move {
+                    let waited = tokio::time::timeout(
+                        MAX_FILTER_WAIT,
+                        std::panic::AssertUnwindSafe(pending).catch_unwind(),
+                    )
+                    .await;
+                    let decision = match waited {
+                        Ok(Ok(decision)) => decision,
+                        Ok(Err(_panic)) => Decision::Reply(
+                            LocalReplyKind::UpstreamFailure,
+                            "metaproxy: a filter failed".into(),
+                        ),
+                        Err(_elapsed) => Decision::Reply(
+                            LocalReplyKind::Timeout,
+                            "metaproxy: timeout: a filter did not decide in time".into(),
+                        ),
+                    };
+                    Resumed {
+                        msg,
+                        listener,
+                        log,
+                        index,
+                        decision,
+                    }
+                }));
+            }
+        }
+    }
+
+    /// Requests parked on waiting filters.
+    fn waiting_count(&self) -> usize {
+        self.waiting.as_ref().map_or(0, FuturesUnordered::len)
+    }
+
+    /// Goes on with a request a waiting filter has decided on.
+    fn on_resumed(&mut self, resumed: Resumed) {
+        let Resumed {
+            mut msg,
+            listener,
+            log,
+            index,
+            decision,
+        } = resumed;
+        let step =
+            listener
+                .filters
+                .resume(index, decision, &self.ctx.name, &mut msg, &listener.table);
+        self.after_filters(step, msg, listener, log);
+    }
+
+    /// Routes a request that passed the filters and hands it to an upstream connection.
+    fn forward(&mut self, mut msg: Message, listener: Arc<ListenerRt>, mut log: Option<LogStart>) {
         let Some(route) = listener.table.route(msg.metadata()) else {
             let ctx = msg.reply_context();
             let text = no_route_message(&msg);
@@ -415,6 +651,16 @@ impl Downstream {
         }
 
         let reply = msg.reply_context();
+        let bytes = msg.frame().len();
+        if !self.ctx.shared.budget.has_room(bytes) {
+            return self.local_reply_logged(
+                &reply,
+                LocalReplyKind::Overloaded,
+                "metaproxy: overloaded: the proxy's buffer budget is used up",
+                log,
+                None,
+            );
+        }
         let key = self.inflight.vacant_key();
         self.generation = self.generation.wrapping_add(1);
         let token = RequestToken::new(key, self.generation);
@@ -435,7 +681,10 @@ impl Downstream {
                     endpoint,
                     attempts_left,
                     hash,
+                    bytes,
+                    stale_retries: 0,
                 });
+                self.inflight_bytes += bytes;
             }
             Err(NotSent { kind, reason, .. }) => {
                 let text = format!("metaproxy: {reason}");
@@ -508,6 +757,22 @@ impl Downstream {
                 reason: "overloaded: too many pending requests",
             });
         }
+        // Copies and one-way calls outlive this connection's accounting: they carry
+        // their bytes in the budget themselves.
+        let charge = if two_way {
+            None
+        } else {
+            match self.ctx.shared.budget.charge(msg.frame().len()) {
+                Some(c) => Some(c),
+                None => {
+                    return Err(NotSent {
+                        msg,
+                        kind: LocalReplyKind::Overloaded,
+                        reason: "overloaded: the proxy's buffer budget is used up",
+                    })
+                }
+            }
+        };
         let Some(index) = cluster.lb.pick(hash, &mut self.rng, &**cluster) else {
             if two_way {
                 cluster.release_pending();
@@ -524,14 +789,23 @@ impl Downstream {
             wire: msg.wire(),
             worker: crate::runtime::worker_id(),
         };
-        let pool = endpoint.pool(key, &self.ctx.protocol, cluster);
-        let conn = pool.pick(&endpoint);
-        match conn.send(Outbound {
-            msg,
-            reply,
-            deadline,
-            slot,
-        }) {
+        let sent = match endpoint.connection(key, &self.ctx.protocol) {
+            Some(conn) => conn.send(Outbound {
+                msg,
+                reply,
+                deadline,
+                slot,
+                charge,
+            }),
+            None => Err(Outbound {
+                msg,
+                reply,
+                deadline,
+                slot,
+                charge,
+            }),
+        };
+        match sent {
             Ok(()) => {
                 if two_way {
                     endpoint.request_started();
@@ -553,7 +827,11 @@ impl Downstream {
 
     fn take(&mut self, token: RequestToken) -> Option<InFlight> {
         match self.inflight.get(token.slot()) {
-            Some(f) if token.is_for(f.generation) => Some(self.inflight.remove(token.slot())),
+            Some(f) if token.is_for(f.generation) => {
+                let f = self.inflight.remove(token.slot());
+                self.inflight_bytes -= f.bytes;
+                Some(f)
+            }
             _ => None,
         }
     }
@@ -571,6 +849,15 @@ impl Downstream {
                 msg.set_request_id(f.reply.request_id);
                 if let Some(route) = f.listener.table.routes().get(f.route) {
                     msg.add_shared_mutations(route.response_mutations());
+                    if !f.listener.filters.is_empty() {
+                        f.listener.filters.on_response(&mut FilterResponse::new(
+                            &self.ctx.name,
+                            route.name(),
+                            &f.cluster().name,
+                            &mut msg,
+                            f.started.elapsed(),
+                        ));
+                    }
                 }
                 if let Some(notice) = &self.drain_notice {
                     msg.add_shared_mutations(notice);
@@ -584,7 +871,7 @@ impl Downstream {
                         self.access(log, AccessStatus::Response(msg.status()), endpoint, bytes);
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot encode response for client");
+                        crate::observe::rate_limited!(tracing::Level::WARN, error = %e, "cannot encode response for client");
                         let text = format!("metaproxy: response could not be forwarded: {e}");
                         self.local_reply_logged(
                             &f.reply,
@@ -600,15 +887,25 @@ impl Downstream {
                 token,
                 unsent,
                 reason,
+                stale,
             } => {
                 let Some(mut f) = self.take(token) else {
                     return;
                 };
                 f.release();
                 let cluster = f.cluster().clone();
-                cluster.record_failure(&f.endpoint);
-                if let (Some(msg), true) = (unsent, f.attempts_left > 0) {
-                    f.attempts_left -= 1;
+                // A connection the backend closed between requests is no sign of a
+                // failing endpoint, and its unwritten request gets a free retry.
+                let stale_retry = stale && f.stale_retries < MAX_STALE_RETRIES;
+                if !stale {
+                    cluster.record_failure(&f.endpoint);
+                }
+                if let (Some(msg), true) = (unsent, stale_retry || f.attempts_left > 0) {
+                    if stale_retry {
+                        f.stale_retries += 1;
+                    } else {
+                        f.attempts_left -= 1;
+                    }
                     let deadline = f.deadline;
                     let mut attempts_left = f.attempts_left;
                     if let Ok(endpoint) = self.send_two_way(
@@ -624,6 +921,7 @@ impl Downstream {
                         // `take` freed this slot and nothing was inserted since.
                         let entry = self.inflight.vacant_entry();
                         debug_assert_eq!(entry.key(), token.slot());
+                        self.inflight_bytes += f.bytes;
                         entry.insert(f);
                         return;
                     }
@@ -685,6 +983,7 @@ impl Downstream {
             return;
         }
         let mut f = self.inflight.remove(token.slot());
+        self.inflight_bytes -= f.bytes;
         f.release();
         f.cluster().record_failure(&f.endpoint);
         let text = format!(

@@ -20,11 +20,13 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+mod budget;
 mod clock;
 mod cluster;
 mod codecs;
 pub mod config;
 mod downstream;
+pub mod filter;
 pub mod hot_restart;
 mod listener;
 pub mod observe;

@@ -20,6 +20,12 @@ pub(crate) struct ListenerCtx {
     pub(crate) shared: Arc<Shared>,
     pub(crate) metrics: ListenerMetrics,
     pub(crate) idle_timeout: Duration,
+    /// Replies waiting this long without the client reading any close the connection.
+    pub(crate) write_timeout: Duration,
+    /// A frame started must be complete within this.
+    pub(crate) frame_timeout: Duration,
+    /// Per connection and direction: reading pauses at this many buffered bytes.
+    pub(crate) max_buffered_bytes: usize,
     pub(crate) max_connections: usize,
     pub(crate) active: AtomicUsize,
     pub(crate) access_log: Option<crate::observe::AccessLogger>,
@@ -60,7 +66,7 @@ pub(crate) async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     if ctx.active.load(Ordering::Relaxed) >= ctx.max_connections {
-                        tracing::warn!(listener = %ctx.name, %peer, "max_connections reached; closing new connection");
+                        crate::observe::rate_limited!(tracing::Level::WARN, listener = %ctx.name, %peer, "max_connections reached; closing new connection");
                         drop(stream);
                         continue;
                     }
@@ -77,7 +83,7 @@ pub(crate) async fn accept_loop(
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(listener = %ctx.name, error = %e, "accept failed");
+                    crate::observe::rate_limited!(tracing::Level::WARN, listener = %ctx.name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }

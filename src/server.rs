@@ -15,10 +15,12 @@ use std::os::fd::AsFd;
 
 use tokio::net::TcpListener;
 
+use crate::budget::BufferBudget;
 use crate::cluster::EndpointRegistry;
 use crate::config::{
     self, Config, ConfigError, DynamicResources, Problem, Provenance, DEFAULT_DRAIN_TIMEOUT,
 };
+use crate::filter::FilterRegistry;
 use crate::hot_restart::{
     self, DrainRequest, HandoverHandle, HotRestartError, Inherited, Offer, OfferedListener,
 };
@@ -33,10 +35,13 @@ use crate::upstream::Protocol;
 pub(crate) struct Shared {
     pub(crate) snapshot: ArcSwap<Snapshot>,
     pub(crate) codecs: CodecRegistry,
+    pub(crate) filters: FilterRegistry,
     pub(crate) endpoints: EndpointRegistry,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) config_path: Option<PathBuf>,
     pub(crate) ready: AtomicBool,
+    /// `limits.max_buffered_bytes` and its use.
+    pub(crate) budget: Arc<BufferBudget>,
     /// Listeners as bound at start: name -> (address, codec, options) fingerprint.
     pub(crate) bound: std::sync::Mutex<HashMap<String, String>>,
     reload_lock: tokio::sync::Mutex<()>,
@@ -91,13 +96,21 @@ fn listener_fingerprint(l: &config::ListenerConfig) -> String {
 }
 
 impl Shared {
+    /// Compiles `config` and, only when all of it compiled, connects it to live state
+    /// (endpoints, pool limits, metric series, the buffer budget): a rejected config
+    /// changes nothing.
     fn compile(&self, config: Config) -> Result<(Snapshot, Vec<Problem>), Vec<Problem>> {
-        snapshot::build(
+        let previous = self.snapshot.load();
+        let (snap, warnings) = snapshot::build(
             Arc::new(config),
             &self.codecs,
+            &self.filters,
             &self.endpoints,
             &self.metrics,
-        )
+            Some(&previous),
+        )?;
+        self.budget.set_max(snap.config.limits.max_buffered_bytes);
+        Ok((snap, warnings))
     }
 
     /// Validates `config` as the new base config, merges the control plane's resources
@@ -209,7 +222,7 @@ pub struct Server {
 
 impl Server {
     /// Validates `config` and prepares the server. `codecs` must hold every codec the
-    /// listeners name.
+    /// listeners name; filters come from [`FilterRegistry::builtin`].
     ///
     /// A server built from a value has no file to re-read: change its config with
     /// [`ServerHandle::apply`]; [`ServerHandle::reload`], SIGHUP and `POST /reload`
@@ -217,18 +230,44 @@ impl Server {
     /// with [`Config::from_yaml_str`]; listeners on port 0 bind ephemeral ports, which
     /// [`RunningServer::local_addr`] reports.
     pub fn new(config: Config, codecs: CodecRegistry) -> Result<Server, ConfigError> {
-        Self::build(config, codecs, None)
+        Self::build(config, codecs, FilterRegistry::builtin(), None)
     }
 
     /// Loads and validates the config file at `path`; SIGHUP and `POST /reload` re-read it.
     pub fn from_file(path: &Path, codecs: CodecRegistry) -> Result<Server, ConfigError> {
         let config = config::load(path)?;
-        Self::build(config, codecs, Some(path.to_path_buf()))
+        Self::build(
+            config,
+            codecs,
+            FilterRegistry::builtin(),
+            Some(path.to_path_buf()),
+        )
+    }
+
+    /// Like [`Server::new`], with the filters of `filters` (start from
+    /// [`FilterRegistry::builtin`] and register your own).
+    pub fn with_filters(
+        config: Config,
+        codecs: CodecRegistry,
+        filters: FilterRegistry,
+    ) -> Result<Server, ConfigError> {
+        Self::build(config, codecs, filters, None)
+    }
+
+    /// Like [`Server::from_file`], with the filters of `filters`; reloads use them too.
+    pub fn from_file_with_filters(
+        path: &Path,
+        codecs: CodecRegistry,
+        filters: FilterRegistry,
+    ) -> Result<Server, ConfigError> {
+        let config = config::load(path)?;
+        Self::build(config, codecs, filters, Some(path.to_path_buf()))
     }
 
     fn build(
         config: Config,
         codecs: CodecRegistry,
+        filters: FilterRegistry,
         path: Option<PathBuf>,
     ) -> Result<Server, ConfigError> {
         let metrics = Metrics::new();
@@ -236,14 +275,23 @@ impl Server {
         let origin = path.clone().unwrap_or_else(|| PathBuf::from("<config>"));
         let base_source = if path.is_some() { "file" } else { "static" };
         let merged = config::merge(&config, base_source, &DynamicResources::default());
-        let (mut snap, warnings) =
-            snapshot::build(Arc::new(merged.config), &codecs, &endpoints, &metrics).map_err(
-                |problems| ConfigError::Invalid {
-                    path: origin,
-                    problems,
-                },
-            )?;
+        let (mut snap, warnings) = snapshot::build(
+            Arc::new(merged.config),
+            &codecs,
+            &filters,
+            &endpoints,
+            &metrics,
+            None,
+        )
+        .map_err(|problems| ConfigError::Invalid {
+            path: origin,
+            problems,
+        })?;
         snap.provenance = merged.provenance;
+        let budget = Arc::new(BufferBudget::new(
+            snap.config.limits.max_buffered_bytes,
+            metrics.buffered_bytes(),
+        ));
         for w in &warnings {
             tracing::warn!("config: {w}");
         }
@@ -251,10 +299,12 @@ impl Server {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(snap),
                 codecs,
+                filters,
                 endpoints,
                 metrics,
                 config_path: path,
                 ready: AtomicBool::new(false),
+                budget,
                 bound: std::sync::Mutex::new(HashMap::new()),
                 reload_lock: tokio::sync::Mutex::new(()),
                 layers: std::sync::Mutex::new(Layers {
@@ -476,6 +526,9 @@ impl Server {
                 shared: shared.clone(),
                 metrics: shared.metrics.listener(&l.name),
                 idle_timeout: l.idle_timeout.get(),
+                write_timeout: l.write_timeout.get(),
+                frame_timeout: l.frame_timeout.get(),
+                max_buffered_bytes: l.max_buffered_bytes,
                 max_connections: l.max_connections,
                 active: AtomicUsize::new(0),
             });
@@ -533,17 +586,21 @@ impl Server {
             tracing::warn!(listener = %name, "hot restart: received sockets for a listener this config does not have; closing them");
         }
         let (stop_workers, stop_rx) = watch::channel(false);
+        let mut worker_threads = Vec::new();
         for (i, sockets) in per_worker.into_iter().enumerate() {
             let (drain, tracker, mut stop) = (drain_rx.clone(), tracker.clone(), stop_rx.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("metaproxy-worker-{i}"))
                 .spawn(move || run_worker(i, sockets, drain, tracker, &mut stop));
-            if let Err(source) = spawned {
-                return Err(BindError {
-                    listener: "worker".to_owned(),
-                    address: format!("worker {i}"),
-                    source,
-                });
+            match spawned {
+                Ok(thread) => worker_threads.push(thread),
+                Err(source) => {
+                    return Err(BindError {
+                        listener: "worker".to_owned(),
+                        address: format!("worker {i}"),
+                        source,
+                    })
+                }
             }
         }
         let handle = ServerHandle {
@@ -576,7 +633,26 @@ impl Server {
             let local = socket.local_addr().map_err(bind_err)?;
             tracing::info!(address = %local, "admin listening on {local}");
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let bridge: Arc<dyn AdminHandler> = Arc::new(AdminBridge(handle.clone()));
+            let token = match &admin.token_file {
+                None => None,
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| {
+                            bind_err(std::io::Error::other(format!(
+                                "admin.token_file {path}: {e}"
+                            )))
+                        })?
+                        .trim()
+                        .to_owned(),
+                ),
+            };
+            if !local.ip().is_loopback() {
+                tracing::warn!(address = %local, token = token.is_some(), "the admin server is reachable beyond this host");
+            }
+            let bridge: Arc<dyn AdminHandler> = Arc::new(AdminBridge {
+                handle: handle.clone(),
+                token,
+            });
             tokio::spawn(crate::observe::serve(socket, bridge, async move {
                 let _ = stop_rx.await;
             }));
@@ -623,6 +699,7 @@ impl Server {
             tracker,
             accepting,
             stop_workers,
+            worker_threads,
         })
     }
 }
@@ -809,6 +886,9 @@ pub struct RunningServer {
     /// Tracks every accept loop (on this runtime and on per-core workers).
     accepting: TaskTracker,
     stop_workers: watch::Sender<bool>,
+    /// Per-core worker threads; joined at shutdown so their sockets are closed when
+    /// it returns.
+    worker_threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -896,25 +976,36 @@ impl RunningServer {
             let _ = stop.send(());
         }
         let _ = self.stop_workers.send(true);
+        let threads = self.worker_threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
         done
     }
 }
 
 /// Serves the admin endpoints from a [`ServerHandle`].
-struct AdminBridge(ServerHandle);
+struct AdminBridge {
+    handle: ServerHandle,
+    /// `admin.token_file`'s content, read at start.
+    token: Option<String>,
+}
 
 #[async_trait::async_trait]
 impl AdminHandler for AdminBridge {
     fn metrics(&self) -> String {
-        self.0.metrics_text()
+        self.handle.metrics_text()
     }
 
     fn ready(&self) -> bool {
-        self.0.is_ready()
+        self.handle.is_ready()
     }
 
     fn config(&self) -> serde_json::Value {
-        let snap = self.0.shared.snapshot.load();
+        let snap = self.handle.shared.snapshot.load();
         let mut value = serde_json::to_value(&*snap.config).unwrap_or(serde_json::Value::Null);
         if let serde_json::Value::Object(map) = &mut value {
             map.insert(
@@ -926,10 +1017,14 @@ impl AdminHandler for AdminBridge {
     }
 
     fn clusters(&self) -> serde_json::Value {
-        self.0.clusters_json()
+        self.handle.clusters_json()
     }
 
     async fn reload(&self) -> Result<String, String> {
-        self.0.reload().await.map(|o| o.to_string())
+        self.handle.reload().await.map(|o| o.to_string())
+    }
+
+    fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 }

@@ -13,7 +13,8 @@ use metaproxy_router::{
 };
 
 use crate::cluster::{ClusterRt, EndpointRegistry};
-use crate::config::{self, Config, LbPolicyName, Problem, Provenance, RouteConfig};
+use crate::config::{self, Config, LbPolicyName, Problem, Provenance, RouteConfig, RouteMatch};
+use crate::filter::{FilterChain, FilterRegistry};
 use crate::observe::metrics::{Counter, Metrics, ResponseMetrics};
 
 /// A listener's routing state in one snapshot.
@@ -27,6 +28,8 @@ pub(crate) struct ListenerRt {
     pub(crate) responses: Vec<ResponseMetrics>,
     /// Metadata keys the routes look at (logged in access logs).
     pub(crate) log_keys: Vec<Arc<str>>,
+    /// The listener's filters, run before routing.
+    pub(crate) filters: FilterChain,
 }
 
 /// One compiled configuration.
@@ -56,6 +59,31 @@ fn lb_policy(name: LbPolicyName) -> LbPolicy {
     }
 }
 
+/// Converts a `match:` block into the router's matcher specs.
+pub(crate) fn matcher_specs(m: &RouteMatch) -> Vec<MatcherSpec> {
+    m.metadata
+        .iter()
+        .map(|m| {
+            let kind = if let Some(v) = &m.exact {
+                MatchKind::Exact(v.clone())
+            } else if let Some(v) = &m.prefix {
+                MatchKind::Prefix(v.clone())
+            } else if let Some(v) = &m.suffix {
+                MatchKind::Suffix(v.clone())
+            } else if let Some(v) = &m.regex {
+                MatchKind::Regex(v.clone())
+            } else {
+                MatchKind::Present
+            };
+            MatcherSpec {
+                key: m.key.clone(),
+                kind,
+                invert: m.invert,
+            }
+        })
+        .collect()
+}
+
 /// Converts a config route table into the router's input.
 pub(crate) fn route_spec(rc: &RouteConfig) -> RouteConfigSpec {
     let routes = rc
@@ -63,29 +91,7 @@ pub(crate) fn route_spec(rc: &RouteConfig) -> RouteConfigSpec {
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let matchers = r
-                .match_
-                .metadata
-                .iter()
-                .map(|m| {
-                    let kind = if let Some(v) = &m.exact {
-                        MatchKind::Exact(v.clone())
-                    } else if let Some(v) = &m.prefix {
-                        MatchKind::Prefix(v.clone())
-                    } else if let Some(v) = &m.suffix {
-                        MatchKind::Suffix(v.clone())
-                    } else if let Some(v) = &m.regex {
-                        MatchKind::Regex(v.clone())
-                    } else {
-                        MatchKind::Present
-                    };
-                    MatcherSpec {
-                        key: m.key.clone(),
-                        kind,
-                        invert: m.invert,
-                    }
-                })
-                .collect();
+            let matchers = matcher_specs(&r.match_);
             let action = &r.route;
             let target = match (&action.cluster, &action.weighted_clusters) {
                 (Some(c), _) => TargetSpec::Cluster(c.clone()),
@@ -128,20 +134,43 @@ pub(crate) fn route_spec(rc: &RouteConfig) -> RouteConfigSpec {
     }
 }
 
-/// Validates `config` and compiles it, returning the snapshot and the warnings. On
-/// failure returns every problem found.
-pub(crate) fn build(
+/// A cluster compiled but not yet connected to live endpoints.
+struct ClusterPlan {
+    index: usize,
+    addrs: Vec<SocketAddr>,
+    lb: LoadBalancer,
+}
+
+/// Everything a config compiles to, built without touching live state: committing it
+/// ([`Compiled::commit`]) cannot fail, so a config either compiles whole or changes
+/// nothing.
+pub(crate) struct Compiled {
+    config: Arc<Config>,
+    clusters: Vec<ClusterPlan>,
+    tables: HashMap<String, Arc<RouteTable>>,
+    /// Each listener's filter chain, by listener name; its metric counters are
+    /// attached on commit.
+    chains: HashMap<String, FilterChain>,
+    /// Things that work but are probably not what was meant.
+    pub(crate) warnings: Vec<Problem>,
+}
+
+/// Validates `config` and compiles its route tables and load balancers, touching no
+/// live state. This is the only validation: `metaproxy check`, start-up and every
+/// reload run it. On failure returns every problem found, each with its field path.
+/// Filters whose name and config are unchanged from `previous` are carried over with
+/// their state (a rate limiter keeps its buckets); `previous` itself is not changed.
+pub(crate) fn compile(
     config: Arc<Config>,
     codecs: &CodecRegistry,
-    endpoints: &EndpointRegistry,
-    metrics: &Metrics,
-) -> Result<(Snapshot, Vec<Problem>), Vec<Problem>> {
-    let validated = config::validate(&config, codecs)?;
-    let mut problems = Vec::new();
-
-    let mut cluster_index = HashMap::new();
+    filters: &FilterRegistry,
+    previous: Option<&Snapshot>,
+) -> Result<Compiled, Vec<Problem>> {
+    let (mut problems, warnings) = match config::validate_fields(&config, codecs) {
+        Ok(v) => (Vec::new(), v.warnings),
+        Err(problems) => (problems, Vec::new()),
+    };
     let mut clusters = Vec::new();
-    let mut keep = Vec::new();
     for (i, c) in config.clusters.iter().enumerate() {
         let addrs: Vec<SocketAddr> = c
             .endpoints
@@ -156,24 +185,18 @@ pub(crate) fn build(
                 weight: e.weight(),
             })
             .collect();
-        let lb = match LoadBalancer::new(lb_policy(c.lb_policy), &specs) {
-            Ok(lb) => lb,
-            Err(e) => {
-                problems.push(Problem {
-                    field: format!("clusters[{i}].endpoints"),
-                    message: e.to_string(),
-                });
-                continue;
-            }
-        };
-        for e in &c.endpoints {
-            keep.push((c.name.clone(), e.address().to_owned()));
+        match LoadBalancer::new(lb_policy(c.lb_policy), &specs) {
+            Ok(lb) => clusters.push(ClusterPlan {
+                index: i,
+                addrs,
+                lb,
+            }),
+            Err(e) => problems.push(Problem {
+                field: format!("clusters[{i}].endpoints"),
+                message: e.to_string(),
+            }),
         }
-        let rt = endpoints.build_cluster(c, &addrs, lb, metrics.cluster(&c.name));
-        cluster_index.insert(c.name.clone(), clusters.len());
-        clusters.push(Arc::new(rt));
     }
-
     let mut tables = HashMap::new();
     for (i, rc) in config.route_configs.iter().enumerate() {
         match RouteTable::compile(&route_spec(rc)) {
@@ -182,85 +205,150 @@ pub(crate) fn build(
             }
             Err(e) => {
                 let e = e.prefixed(&format!("route_configs[{i}]"));
-                problems.push(Problem {
+                let problem = Problem {
                     field: e.path().to_owned(),
                     message: e.kind().to_string(),
+                };
+                // A field the checks above reported already is not reported twice.
+                let known = problems.iter().any(|p| {
+                    p.field.starts_with(&problem.field) || problem.field.starts_with(&p.field)
                 });
-            }
-        }
-    }
-
-    let mut listeners = HashMap::new();
-    for l in &config.listeners {
-        let Some(table) = tables.get(&l.route_config) else {
-            continue;
-        };
-        let table = table.clone();
-        let resolved: Vec<Arc<ClusterRt>> = table
-            .clusters()
-            .iter()
-            .filter_map(|name| cluster_index.get(&**name).map(|&i| clusters[i].clone()))
-            .collect();
-        if resolved.len() != table.clusters().len() {
-            continue; // dangling names were reported by validation
-        }
-        let requests = table
-            .routes()
-            .iter()
-            .map(|r| {
-                resolved
-                    .iter()
-                    .map(|c| metrics.request(&l.name, r.name(), &c.name))
-                    .collect()
-            })
-            .collect();
-        let responses = resolved
-            .iter()
-            .map(|c| metrics.upstream(&l.name, &c.name))
-            .collect();
-        let mut log_keys: Vec<Arc<str>> = Vec::new();
-        if let Some(rc) = config
-            .route_configs
-            .iter()
-            .find(|rc| rc.name == l.route_config)
-        {
-            for r in &rc.routes {
-                let keys = r
-                    .match_
-                    .metadata
-                    .iter()
-                    .map(|m| &m.key)
-                    .chain(&r.route.hash_policy);
-                for k in keys {
-                    if !log_keys.iter().any(|have| &**have == k.as_str()) {
-                        log_keys.push(k.as_str().into());
-                    }
+                if !known {
+                    problems.push(problem);
                 }
             }
         }
-        listeners.insert(
-            l.name.clone(),
-            Arc::new(ListenerRt {
-                table,
-                clusters: resolved,
-                requests,
-                responses,
-                log_keys,
-            }),
-        );
     }
-
+    let mut chains = HashMap::new();
+    for (index, l) in config.listeners.iter().enumerate() {
+        let carried = previous
+            .and_then(|p| p.listener(&l.name))
+            .map(|rt| &rt.filters);
+        match FilterChain::build(index, l, filters, carried) {
+            Ok(chain) => {
+                chains.insert(l.name.clone(), chain);
+            }
+            Err(found) => problems.extend(found),
+        }
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
-    endpoints.retain(&keep);
-    Ok((
+    Ok(Compiled {
+        config,
+        clusters,
+        tables,
+        chains,
+        warnings,
+    })
+}
+
+impl Compiled {
+    /// Connects the compiled config to live state: reuses (and reconfigures) endpoints
+    /// the registry knows, forgets those no cluster lists any more, and registers the
+    /// metric series. Nothing here can fail.
+    pub(crate) fn commit(mut self, endpoints: &EndpointRegistry, metrics: &Metrics) -> Snapshot {
+        let config = self.config;
+        let mut cluster_index = HashMap::new();
+        let mut clusters = Vec::new();
+        let mut keep = Vec::new();
+        for plan in self.clusters {
+            let c = &config.clusters[plan.index];
+            for e in &c.endpoints {
+                keep.push((c.name.clone(), e.address().to_owned()));
+            }
+            let rt = endpoints.build_cluster(c, &plan.addrs, plan.lb, metrics.cluster(&c.name));
+            cluster_index.insert(c.name.clone(), clusters.len());
+            clusters.push(Arc::new(rt));
+        }
+        endpoints.retain(&keep);
+
+        let mut listeners = HashMap::new();
+        for l in &config.listeners {
+            let Some(table) = self.tables.get(&l.route_config) else {
+                continue;
+            };
+            let table = table.clone();
+            let resolved: Vec<Arc<ClusterRt>> = table
+                .clusters()
+                .iter()
+                .filter_map(|name| cluster_index.get(&**name).map(|&i| clusters[i].clone()))
+                .collect();
+            if resolved.len() != table.clusters().len() {
+                continue; // compile rejects dangling names
+            }
+            let requests = table
+                .routes()
+                .iter()
+                .map(|r| {
+                    resolved
+                        .iter()
+                        .map(|c| metrics.request(&l.name, r.name(), &c.name))
+                        .collect()
+                })
+                .collect();
+            let responses = resolved
+                .iter()
+                .map(|c| metrics.upstream(&l.name, &c.name))
+                .collect();
+            let log_keys = log_keys(&config, &l.route_config);
+            let Some(mut filters) = self.chains.remove(&l.name) else {
+                continue; // compile builds a chain for every listener
+            };
+            filters.attach_metrics(metrics, &l.name);
+            listeners.insert(
+                l.name.clone(),
+                Arc::new(ListenerRt {
+                    table,
+                    clusters: resolved,
+                    requests,
+                    responses,
+                    log_keys,
+                    filters,
+                }),
+            );
+        }
         Snapshot {
             config,
             listeners,
             clusters,
             provenance: Provenance::default(),
-        },
-        validated.warnings,
-    ))
+        }
+    }
+}
+
+/// Compiles `config` ([`compile`]) and, only when all of it compiled, commits it to
+/// live state ([`Compiled::commit`]); returns the snapshot and the warnings.
+pub(crate) fn build(
+    config: Arc<Config>,
+    codecs: &CodecRegistry,
+    filters: &FilterRegistry,
+    endpoints: &EndpointRegistry,
+    metrics: &Metrics,
+    previous: Option<&Snapshot>,
+) -> Result<(Snapshot, Vec<Problem>), Vec<Problem>> {
+    let mut compiled = compile(config, codecs, filters, previous)?;
+    let warnings = std::mem::take(&mut compiled.warnings);
+    Ok((compiled.commit(endpoints, metrics), warnings))
+}
+
+/// Metadata keys the routes of route config `name` look at (logged in access logs).
+fn log_keys(config: &Config, name: &str) -> Vec<Arc<str>> {
+    let mut log_keys: Vec<Arc<str>> = Vec::new();
+    if let Some(rc) = config.route_configs.iter().find(|rc| rc.name == name) {
+        for r in &rc.routes {
+            let keys = r
+                .match_
+                .metadata
+                .iter()
+                .map(|m| &m.key)
+                .chain(&r.route.hash_policy);
+            for k in keys {
+                if !log_keys.iter().any(|have| &**have == k.as_str()) {
+                    log_keys.push(k.as_str().into());
+                }
+            }
+        }
+    }
+    log_keys
 }

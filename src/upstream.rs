@@ -7,10 +7,10 @@
 //! the token it gave. Codecs that cannot multiplex get one request per connection at a
 //! time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -24,7 +24,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::cluster::{Endpoint, PendingSlot};
+use crate::budget::BudgetCharge;
+use crate::cluster::{ConnectionSettings, Endpoint, PendingSlot};
 use crate::observe::metrics::ClusterMetrics;
 use crate::request_token::RequestToken;
 
@@ -32,9 +33,14 @@ use crate::request_token::RequestToken;
 const MUX_SPREAD_THRESHOLD: u32 = 64;
 /// Read buffer reservation.
 const READ_CHUNK: usize = 64 * 1024;
-/// Stop taking new requests while this much output waits for a backend that does not read.
-const MAX_PENDING_OUTPUT: usize = 4 * 1024 * 1024;
-/// How often expired pending entries are swept.
+/// Requests are encoded into the write buffer only while it holds less than this; the
+/// rest wait in the connection's queue, where a request whose deadline passes is
+/// dropped instead of being written late.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Why a connection that the backend told to go away, or that was idle, closed.
+const DRAINED: &str = "drained";
+/// How often expired entries are swept and timeouts checked (at most; shorter
+/// configured timeouts check more often).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Pending entries are dropped this long after their deadline.
 const SWEEP_GRACE: Duration = Duration::from_secs(1);
@@ -93,11 +99,15 @@ pub(crate) enum DownstreamEvent {
     /// The backend answered.
     Response { token: RequestToken, msg: Message },
     /// The request failed. `unsent` carries it back when it never reached the backend,
-    /// so it may be retried elsewhere.
+    /// so it may be retried elsewhere. `stale` says it was never written because its
+    /// connection went away between requests (closed by the backend after answering
+    /// others, idle, drained): a retry on a fresh connection that does not count
+    /// against the route's retries nor as an endpoint failure.
     Failed {
         token: RequestToken,
         unsent: Option<Message>,
         reason: &'static str,
+        stale: bool,
     },
 }
 
@@ -116,16 +126,24 @@ pub(crate) struct Outbound {
     /// For mirror copies and one-way calls: the cluster slot this request holds until
     /// it is written (one-way) or answered or expired (mirror).
     pub(crate) slot: Option<PendingSlot>,
+    /// For mirror copies and one-way calls: their bytes in the process-wide budget,
+    /// held as long as the slot.
+    pub(crate) charge: Option<BudgetCharge>,
 }
 
 impl Outbound {
     fn fail(self, sent: bool, reason: &'static str) {
+        self.fail_as(sent, false, reason);
+    }
+
+    fn fail_as(self, sent: bool, stale: bool, reason: &'static str) {
         if let Some(reply) = self.reply {
             let unsent = if sent { None } else { Some(self.msg) };
             let _ = reply.tx.send(DownstreamEvent::Failed {
                 token: reply.token,
                 unsent,
                 reason,
+                stale,
             });
         }
     }
@@ -136,10 +154,7 @@ enum Choice<'a> {
     /// A usable connection with room.
     Fit(&'a Arc<ConnHandle>),
     /// Every usable connection is at the threshold.
-    Full {
-        least: Option<&'a Arc<ConnHandle>>,
-        usable: usize,
-    },
+    Full { least: Option<&'a Arc<ConnHandle>> },
 }
 
 /// The pool's view of one upstream connection task.
@@ -153,6 +168,11 @@ pub(crate) struct ConnHandle {
 impl ConnHandle {
     fn usable(&self) -> bool {
         self.alive.load(Ordering::Relaxed) && self.accepting.load(Ordering::Relaxed)
+    }
+
+    /// Requests queued or in flight on this connection.
+    pub(crate) fn load(&self) -> u32 {
+        self.load.load(Ordering::Relaxed)
     }
 
     /// Queues `out`; gives it back when the connection is gone.
@@ -174,8 +194,6 @@ pub(crate) struct Pool {
     pub(crate) key: PoolKey,
     addr: SocketAddr,
     protocol: Arc<Protocol>,
-    connect_timeout_ms: AtomicU64,
-    max_connections: AtomicUsize,
     conns: ArcSwap<Vec<Arc<ConnHandle>>>,
     create_lock: Mutex<()>,
     metrics: ClusterMetrics,
@@ -186,27 +204,26 @@ impl Pool {
         key: PoolKey,
         addr: SocketAddr,
         protocol: Arc<Protocol>,
-        connect_timeout: Duration,
-        max_connections: usize,
         metrics: ClusterMetrics,
     ) -> Self {
         Pool {
             key,
             addr,
             protocol,
-            connect_timeout_ms: AtomicU64::new(connect_timeout.as_millis() as u64),
-            max_connections: AtomicUsize::new(max_connections.max(1)),
             conns: ArcSwap::from_pointee(Vec::new()),
             create_lock: Mutex::new(()),
             metrics,
         }
     }
 
-    pub(crate) fn reconfigure(&self, connect_timeout: Duration, max_connections: usize) {
-        self.connect_timeout_ms
-            .store(connect_timeout.as_millis() as u64, Ordering::Relaxed);
-        self.max_connections
-            .store(max_connections.max(1), Ordering::Relaxed);
+    /// The least loaded usable connection, if any.
+    pub(crate) fn least_loaded(&self) -> Option<Arc<ConnHandle>> {
+        self.conns
+            .load()
+            .iter()
+            .filter(|c| c.usable())
+            .min_by_key(|c| c.load())
+            .cloned()
     }
 
     pub(crate) fn open_connections(&self) -> usize {
@@ -220,51 +237,53 @@ impl Pool {
     /// First fit: the first usable connection below `threshold` in-flight requests, so
     /// traffic concentrates on few connections and batches into few writes (spreading a
     /// pipelined client over many idle connections costs a syscall per request). Also
-    /// the least-loaded usable connection and how many are usable, for when all are full.
+    /// the least-loaded usable connection, for when all are full.
     fn choose(conns: &[Arc<ConnHandle>], threshold: u32) -> Choice<'_> {
         let mut least: Option<&Arc<ConnHandle>> = None;
-        let mut usable = 0;
         for c in conns.iter().filter(|c| c.usable()) {
             let load = c.load.load(Ordering::Relaxed);
             if load < threshold {
                 return Choice::Fit(c);
             }
-            usable += 1;
             if least.is_none_or(|b| load < b.load.load(Ordering::Relaxed)) {
                 least = Some(c);
             }
         }
-        Choice::Full { least, usable }
+        Choice::Full { least }
     }
 
     /// A connection for the next request: the first one with room, or a new one when
-    /// all are busy and the pool is below `max_connections`, or else the least loaded.
-    pub(crate) fn pick(&self, endpoint: &Arc<Endpoint>) -> Arc<ConnHandle> {
+    /// all are busy and the endpoint is below `max_connections` (counted over every
+    /// worker's pool), or else the least loaded. `None` when this pool has no usable
+    /// connection and the endpoint may not open another.
+    pub(crate) fn pick(&self, endpoint: &Arc<Endpoint>) -> Option<Arc<ConnHandle>> {
         let threshold = if self.protocol.caps.multiplexing {
             MUX_SPREAD_THRESHOLD
         } else {
             1
         };
-        let max = self.max_connections.load(Ordering::Relaxed);
         // A connection to use without opening one: one with room, or the least loaded
-        // when the pool is full.
+        // when the endpoint is at its limit.
         let reuse = |conns: &[Arc<ConnHandle>]| match Self::choose(conns, threshold) {
             Choice::Fit(c) => Some(c.clone()),
-            Choice::Full {
-                least: Some(c),
-                usable,
-            } if usable >= max => Some(c.clone()),
+            Choice::Full { least: Some(c), .. } if !endpoint.may_open() => Some(c.clone()),
             Choice::Full { .. } => None,
         };
         if let Some(c) = reuse(&self.conns.load()) {
-            return c;
+            return Some(c);
         }
         let _guard = self.create_lock.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.conns.load_full();
         if let Some(c) = reuse(&current) {
-            return c;
+            return Some(c);
         }
-        let handle = self.spawn_connection(endpoint);
+        let Some(open) = endpoint.reserve_connection() else {
+            return match Self::choose(&current, threshold) {
+                Choice::Fit(c) => Some(c.clone()),
+                Choice::Full { least, .. } => least.cloned(),
+            };
+        };
+        let handle = self.spawn_connection(endpoint, open);
         let mut next: Vec<Arc<ConnHandle>> = current
             .iter()
             .filter(|c| c.alive.load(Ordering::Relaxed))
@@ -272,10 +291,14 @@ impl Pool {
             .collect();
         next.push(handle.clone());
         self.conns.store(Arc::new(next));
-        handle
+        Some(handle)
     }
 
-    fn spawn_connection(&self, endpoint: &Arc<Endpoint>) -> Arc<ConnHandle> {
+    fn spawn_connection(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        open: Arc<AtomicUsize>,
+    ) -> Arc<ConnHandle> {
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = Arc::new(ConnHandle {
             tx,
@@ -289,8 +312,9 @@ impl Pool {
             addr: self.addr,
             protocol: self.protocol.clone(),
             wire: self.key.wire,
-            connect_timeout: Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed)),
+            settings: endpoint.settings(),
             endpoint: Arc::downgrade(endpoint),
+            open: Some(OpenConnection(open)),
             metrics: self.metrics.clone(),
         };
         tokio::spawn(conn.run());
@@ -305,27 +329,103 @@ struct Pending {
     reply: Option<ReplyTo>,
     deadline: Instant,
     _slot: Option<PendingSlot>,
+    _charge: Option<BudgetCharge>,
+}
+
+impl Pending {
+    /// Hands a request that was never written back for a retry.
+    fn fail_unwritten(self, msg: Message, stale: bool, reason: &'static str) {
+        if let Some(reply) = self.reply {
+            let _ = reply.tx.send(DownstreamEvent::Failed {
+                token: reply.token,
+                unsent: Some(msg),
+                reason,
+                stale,
+            });
+        }
+    }
+}
+
+/// What one upstream connection holds besides its socket and codec.
+struct ConnState {
+    /// Requests written (or being written), by connection-local id.
+    pending: PendingMap,
+    /// Requests taken from the pool, not yet encoded (see [`WRITE_BATCH`]).
+    queue: VecDeque<Outbound>,
+    /// Two-way requests encoded but not completely written: (end offset in the
+    /// output stream, id, request), oldest first. Kept for a retry should the
+    /// connection go away before they are written.
+    unwritten: VecDeque<(u64, u64, Message)>,
+    /// Bytes encoded into / written from the output stream so far.
+    encoded: u64,
+    written: u64,
+    next_id: u32,
+    /// Responses received on this connection.
+    answered: u64,
+}
+
+impl ConnState {
+    /// Records `n` more bytes written; requests written in full are sent.
+    fn wrote(&mut self, n: usize) {
+        self.written += n as u64;
+        while self
+            .unwritten
+            .front()
+            .is_some_and(|(end, _, _)| *end <= self.written)
+        {
+            self.unwritten.pop_front();
+        }
+    }
+
+    /// Drops queued requests whose deadline passed (never written late) and pending
+    /// entries long past theirs.
+    fn sweep(&mut self, now: Instant, handle: &ConnHandle) {
+        let mut dropped = 0u32;
+        self.queue.retain(|out| {
+            let keep = out.deadline > now;
+            dropped += u32::from(!keep);
+            keep
+        });
+        let before = self.pending.len();
+        self.pending.retain(|_, p| p.deadline + SWEEP_GRACE > now);
+        dropped += (before - self.pending.len()) as u32;
+        if dropped > 0 {
+            handle.load.fetch_sub(dropped, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One count of an endpoint's open connections, given back when the connection ends.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 struct UpstreamConnection {
+    /// Counts against the endpoint's `max_connections`; given back as soon as the
+    /// connection is gone, before its requests are handed back for retries.
+    open: Option<OpenConnection>,
     handle: Arc<ConnHandle>,
     rx: mpsc::UnboundedReceiver<Outbound>,
     addr: SocketAddr,
     protocol: Arc<Protocol>,
     wire: WireFormat,
-    connect_timeout: Duration,
+    settings: ConnectionSettings,
     endpoint: Weak<Endpoint>,
     metrics: ClusterMetrics,
 }
 
 impl UpstreamConnection {
     async fn run(mut self) {
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return self.connect_failed(&e.to_string()),
-                Err(_) => return self.connect_failed("connect timeout"),
-            };
+        let connect = TcpStream::connect(self.addr);
+        let stream = match tokio::time::timeout(self.settings.connect_timeout, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return self.connect_failed(&e.to_string()),
+            Err(_) => return self.connect_failed("connect timeout"),
+        };
         let _ = stream.set_nodelay(true);
         if let Some(ep) = self.endpoint.upgrade() {
             ep.connected();
@@ -338,31 +438,56 @@ impl UpstreamConnection {
             }
         };
         self.metrics.upstream_connections_active.inc();
-        let mut pending: PendingMap =
-            HashMap::with_capacity_and_hasher(64, ahash::RandomState::new());
-        let reason = self.serve(stream, codec, &mut pending).await;
+        let mut state = ConnState {
+            pending: HashMap::with_capacity_and_hasher(64, ahash::RandomState::new()),
+            queue: VecDeque::new(),
+            unwritten: VecDeque::new(),
+            encoded: 0,
+            written: 0,
+            next_id: 0,
+            answered: 0,
+        };
+        let reason = self.serve(stream, codec, &mut state).await;
         self.metrics.upstream_connections_active.dec();
         self.handle.alive.store(false, Ordering::Relaxed);
-        tracing::debug!(addr = %self.addr, reason, pending = pending.len(), "upstream connection closed");
-        for (_, p) in pending.drain() {
+        drop(self.open.take());
+        tracing::debug!(addr = %self.addr, reason, pending = state.pending.len(), "upstream connection closed");
+        // Requests never written go back for a retry. When the connection had served
+        // requests (the backend closed it between requests) or the proxy retired it
+        // (idle, go-away), the retry is on the house.
+        let stale = state.answered > 0 || reason == DRAINED;
+        let mut retried = 0u32;
+        for (_, id, msg) in state.unwritten.drain(..) {
+            if let Some(p) = state.pending.remove(&id) {
+                retried += 1;
+                p.fail_unwritten(msg, stale, reason);
+            }
+        }
+        for (_, p) in state.pending.drain() {
             self.handle.load.fetch_sub(1, Ordering::Relaxed);
             if let Some(reply) = p.reply {
                 let _ = reply.tx.send(DownstreamEvent::Failed {
                     token: reply.token,
                     unsent: None,
                     reason: "upstream connection closed before replying",
+                    stale: false,
                 });
             }
         }
+        self.handle.load.fetch_sub(retried, Ordering::Relaxed);
+        for out in state.queue.drain(..) {
+            out.fail_as(false, stale, "upstream connection closed");
+        }
         self.rx.close();
         while let Ok(out) = self.rx.try_recv() {
-            out.fail(false, "upstream connection closed");
+            out.fail_as(false, stale, "upstream connection closed");
         }
     }
 
     fn connect_failed(mut self, why: &str) {
         tracing::debug!(addr = %self.addr, why, "upstream connect failed");
         self.handle.alive.store(false, Ordering::Relaxed);
+        drop(self.open.take());
         if let Some(ep) = self.endpoint.upgrade() {
             ep.connect_failed();
         }
@@ -376,30 +501,52 @@ impl UpstreamConnection {
         &mut self,
         stream: TcpStream,
         mut codec: Box<dyn Codec>,
-        pending: &mut PendingMap,
+        st: &mut ConnState,
     ) -> &'static str {
+        let settings = self.settings;
         let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
         let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
-        let mut next_id: u32 = 0;
-        let mut sweep = tokio::time::interval(SWEEP_EVERY);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let tick_every = [
+            SWEEP_EVERY,
+            settings.write_timeout / 2,
+            settings.idle_timeout / 2,
+            settings.heartbeat_interval / 2,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(SWEEP_EVERY)
+        .max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let multiplexing = self.protocol.caps.multiplexing;
         let mut rx_open = true;
+        let mut last_read = Instant::now();
+        let mut last_busy = Instant::now();
+        let mut write_stalled: Option<Instant> = None;
+        let mut heartbeat_sent: Option<Instant> = None;
+        let mut has_heartbeat = true;
         loop {
             if !self.handle.accepting.load(Ordering::Relaxed)
-                && pending.is_empty()
+                && st.pending.is_empty()
                 && wbuf.is_empty()
             {
-                // The backend said go away and everything it owed us has arrived.
-                self.rx.close();
-                while let Ok(out) = self.rx.try_recv() {
-                    self.handle.load.fetch_sub(1, Ordering::Relaxed);
-                    out.fail(false, "upstream connection is going away");
-                }
-                return "drained by upstream";
+                // Told to go away (or idle) and everything owed has arrived.
+                return DRAINED;
             }
-            let may_take =
-                rx_open && (multiplexing || pending.is_empty()) && wbuf.len() < MAX_PENDING_OUTPUT;
+            // Encode queued requests while the write buffer has room (and the backend
+            // still takes requests on this connection).
+            let accepting = self.handle.accepting.load(Ordering::Relaxed);
+            while accepting && wbuf.len() < WRITE_BATCH && (multiplexing || st.pending.is_empty()) {
+                let Some(out) = st.queue.pop_front() else {
+                    break;
+                };
+                self.enqueue(out, st, &mut *codec, &mut wbuf);
+            }
+            if wbuf.is_empty() {
+                write_stalled = None;
+            } else if write_stalled.is_none() {
+                write_stalled = Some(Instant::now());
+            }
             tokio::select! {
                 biased;
                 ready = stream.readable() => {
@@ -407,48 +554,81 @@ impl UpstreamConnection {
                     if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 { rbuf.reserve(READ_CHUNK); }
                     match crate::socket_io::read_once(&stream, &mut rbuf) {
                         Ok(0) => return "closed by upstream",
-                        Ok(_) => {}
+                        Ok(_) => {
+                            last_read = Instant::now();
+                            heartbeat_sent = None;
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                         Err(_) => return "read error",
                     }
                     loop {
                         match codec.decode(&mut rbuf) {
-                            Ok(Some(msg)) => self.on_message(msg, pending, &mut *codec, &mut wbuf),
+                            Ok(Some(msg)) => {
+                                st.answered += u64::from(msg.kind() == MessageKind::Response);
+                                self.on_message(msg, &mut st.pending, &mut *codec, &mut wbuf);
+                            }
                             Ok(None) => break,
                             Err(e) => {
-                                tracing::warn!(addr = %self.addr, error = %e, "bad frame from upstream");
+                                crate::observe::rate_limited!(tracing::Level::WARN, addr = %self.addr, error = %e, "bad frame from upstream");
                                 return "decode error";
                             }
                         }
                     }
                 }
-                out = self.rx.recv(), if may_take => {
-                    let Some(out) = out else { rx_open = false; if pending.is_empty() { return "pool closed"; } continue };
-                    self.enqueue(out, pending, &mut next_id, &mut *codec, &mut wbuf);
-                    // Batch whatever else is queued into the same write.
-                    while multiplexing || pending.is_empty() {
-                        match self.rx.try_recv() {
-                            Ok(out) => self.enqueue(out, pending, &mut next_id, &mut *codec, &mut wbuf),
-                            Err(_) => break,
-                        }
-                        if wbuf.len() > 256 * 1024 { break; }
+                out = self.rx.recv(), if rx_open => {
+                    let Some(out) = out else {
+                        rx_open = false;
+                        if st.pending.is_empty() && st.queue.is_empty() { return "pool closed"; }
+                        continue;
+                    };
+                    st.queue.push_back(out);
+                    while let Ok(out) = self.rx.try_recv() {
+                        st.queue.push_back(out);
                     }
                 }
                 ready = stream.writable(), if !wbuf.is_empty() => {
                     if ready.is_err() { return "write error"; }
                     match stream.try_write(&wbuf) {
-                        Ok(n) => bytes::Buf::advance(&mut wbuf, n),
+                        Ok(n) => {
+                            bytes::Buf::advance(&mut wbuf, n);
+                            if n > 0 {
+                                write_stalled = None;
+                                st.wrote(n);
+                            }
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(_) => return "write error",
                     }
                 }
-                _ = sweep.tick() => {
+                _ = tick.tick() => {
                     let now = Instant::now();
-                    let before = pending.len();
-                    pending.retain(|_, p| p.deadline + SWEEP_GRACE > now);
-                    let swept = before - pending.len();
-                    if swept > 0 { self.handle.load.fetch_sub(swept as u32, Ordering::Relaxed); }
-                    if !rx_open && pending.is_empty() { return "pool closed"; }
+                    st.sweep(now, &self.handle);
+                    if !rx_open && st.pending.is_empty() && st.queue.is_empty() { return "pool closed"; }
+                    if write_stalled.is_some_and(|t| now.duration_since(t) >= settings.write_timeout) {
+                        return "write timeout: the backend stopped reading";
+                    }
+                    if !st.pending.is_empty() || !st.queue.is_empty() || !wbuf.is_empty() {
+                        last_busy = now;
+                    } else if now.duration_since(last_busy) >= settings.idle_timeout {
+                        // Stop taking requests; the drained check above closes it.
+                        self.handle.accepting.store(false, Ordering::Relaxed);
+                        continue;
+                    }
+                    match heartbeat_sent {
+                        Some(at) if now.duration_since(at) >= settings.heartbeat_interval => {
+                            return "heartbeat unanswered";
+                        }
+                        None if has_heartbeat
+                            && now.duration_since(last_read) >= settings.heartbeat_interval =>
+                        {
+                            st.next_id = st.next_id.wrapping_add(1) & 0x7fff_ffff;
+                            match codec.encode_heartbeat(u64::from(st.next_id), &mut wbuf) {
+                                Ok(true) => heartbeat_sent = Some(now),
+                                Ok(false) | Err(_) => has_heartbeat = false,
+                            }
+                        }
+                        _ => {}
+                    }
                 }
             }
         }
@@ -457,32 +637,43 @@ impl UpstreamConnection {
     fn enqueue(
         &mut self,
         mut out: Outbound,
-        pending: &mut PendingMap,
-        next_id: &mut u32,
+        st: &mut ConnState,
         codec: &mut dyn Codec,
         wbuf: &mut BytesMut,
     ) {
+        if out.deadline <= Instant::now() {
+            // The client already got its timeout reply; never write it late.
+            self.handle.load.fetch_sub(1, Ordering::Relaxed);
+            return out.fail(false, "request expired before it was written");
+        }
         let two_way = out.msg.kind() == MessageKind::Request;
         let id = loop {
-            *next_id = next_id.wrapping_add(1) & 0x7fff_ffff;
-            if !pending.contains_key(&u64::from(*next_id)) {
-                break u64::from(*next_id);
+            st.next_id = st.next_id.wrapping_add(1) & 0x7fff_ffff;
+            if !st.pending.contains_key(&u64::from(st.next_id)) {
+                break u64::from(st.next_id);
             }
         };
         out.msg.set_request_id(id);
+        let before = wbuf.len();
         if let Err(e) = codec.encode(&out.msg, wbuf) {
-            tracing::warn!(error = %e, "cannot encode request for upstream");
+            crate::observe::rate_limited!(tracing::Level::WARN, error = %e, "cannot encode request for upstream");
+            wbuf.truncate(before);
             self.handle.load.fetch_sub(1, Ordering::Relaxed);
             out.fail(true, "request could not be encoded for upstream");
             return;
         }
+        st.encoded += (wbuf.len() - before) as u64;
         if two_way {
-            pending.insert(
+            if out.reply.is_some() {
+                st.unwritten.push_back((st.encoded, id, out.msg));
+            }
+            st.pending.insert(
                 id,
                 Pending {
                     reply: out.reply,
                     deadline: out.deadline,
                     _slot: out.slot,
+                    _charge: out.charge,
                 },
             );
         } else {
@@ -534,6 +725,64 @@ impl UpstreamConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+
+    fn state() -> ConnState {
+        ConnState {
+            pending: HashMap::with_hasher(ahash::RandomState::new()),
+            queue: VecDeque::new(),
+            unwritten: VecDeque::new(),
+            encoded: 0,
+            written: 0,
+            next_id: 0,
+            answered: 0,
+        }
+    }
+
+    fn request(id: u64) -> Message {
+        Message::new(MessageKind::Request, id, Bytes::from_static(b"frame"))
+    }
+
+    #[test]
+    fn a_request_is_unwritten_until_its_last_byte_is_written() {
+        let mut st = state();
+        for (end, id) in [(100, 1), (200, 2), (300, 3)] {
+            st.unwritten.push_back((end, id, request(id)));
+        }
+        st.wrote(150);
+        let left: Vec<u64> = st.unwritten.iter().map(|(_, id, _)| *id).collect();
+        assert_eq!(left, [2, 3], "request 2 is half written: still unwritten");
+        st.wrote(50);
+        assert_eq!(st.unwritten.len(), 1);
+        st.wrote(100);
+        assert!(st.unwritten.is_empty());
+    }
+
+    #[test]
+    fn sweeping_drops_queued_requests_past_their_deadline_and_their_load() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let handle = ConnHandle {
+            tx,
+            load: AtomicU32::new(2),
+            alive: AtomicBool::new(true),
+            accepting: AtomicBool::new(true),
+        };
+        let now = Instant::now();
+        let mut st = state();
+        for (id, deadline) in [(1, now - Duration::from_millis(1)), (2, now + SWEEP_EVERY)] {
+            st.queue.push_back(Outbound {
+                msg: request(id),
+                reply: None,
+                deadline,
+                slot: None,
+                charge: None,
+            });
+        }
+        st.sweep(now, &handle);
+        assert_eq!(st.queue.len(), 1);
+        assert_eq!(st.queue[0].msg.request_id(), 2);
+        assert_eq!(handle.load(), 1);
+    }
 
     /// A connection handle with `load` requests in flight (no task behind it).
     fn conn(load: u32, alive: bool) -> Arc<ConnHandle> {
@@ -583,15 +832,14 @@ mod tests {
             conn(t, true),
         ];
         match Pool::choose(&conns, t) {
-            Choice::Full { least, usable } => {
-                assert_eq!(usable, 3, "the dead one does not count");
+            Choice::Full { least } => {
                 let least = least.map(|c| conns.iter().position(|x| Arc::ptr_eq(x, c)));
                 assert_eq!(least, Some(Some(3)));
             }
             Choice::Fit(_) => panic!("no connection has room"),
         }
         match Pool::choose(&[], t) {
-            Choice::Full { least, usable } => assert!(least.is_none() && usable == 0),
+            Choice::Full { least } => assert!(least.is_none()),
             Choice::Fit(_) => panic!("an empty pool has no connection"),
         }
         // Codecs that cannot multiplex use threshold 1: only an idle connection fits.
@@ -613,6 +861,7 @@ mod tests {
             reply: None,
             deadline: Instant::now(),
             slot: None,
+            charge: None,
         };
         assert!(handle.send(out(1)).is_ok());
         assert_eq!(handle.load.load(Ordering::Relaxed), 1);

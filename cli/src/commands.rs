@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use metaproxy::filter::FilterRegistry;
 use metaproxy::meta_protocol::CodecRegistry;
 
 /// An L7 proxy for RPC protocols (Dubbo, Thrift, and any codec you add).
@@ -39,15 +40,28 @@ enum Command {
 }
 
 /// The `metaproxy` command line over a codec registry: what a custom binary's `main`
-/// returns. Built with [`Cli::new`], run with [`Cli::main`].
+/// returns. Built with [`Cli::new`] (and [`Cli::filters`] for your own filters), run
+/// with [`Cli::main`].
 pub struct Cli {
     codecs: CodecRegistry,
+    filters: FilterRegistry,
 }
 
 impl Cli {
-    /// A command line whose `run` and `check` know the codecs in `codecs`.
+    /// A command line whose `run` and `check` know the codecs in `codecs` and the
+    /// built-in filters.
     pub fn new(codecs: CodecRegistry) -> Self {
-        Cli { codecs }
+        Cli {
+            codecs,
+            filters: FilterRegistry::builtin(),
+        }
+    }
+
+    /// Makes `run` and `check` know the filters in `filters` instead of the built-in
+    /// ones only: start from [`FilterRegistry::builtin`] and register your own.
+    pub fn filters(mut self, filters: FilterRegistry) -> Self {
+        self.filters = filters;
+        self
     }
 
     /// Parses the process arguments, runs the command and returns the exit code: 0 on
@@ -75,10 +89,10 @@ impl Cli {
             }
         };
         let result = match args.command {
-            Command::Check { config } => check(&config, self.codecs),
+            Command::Check { config } => check(&config, self.codecs, self.filters),
             Command::Run { config, takeover } => {
                 init_logging();
-                run(&config, takeover, self.codecs)
+                run(&config, takeover, self.codecs, self.filters)
             }
             Command::Demo(args) => crate::demo::run(args)
                 .map(|()| ExitCode::SUCCESS)
@@ -124,7 +138,7 @@ fn bench(args: crate::loadgen::BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(path: &Path, codecs: CodecRegistry) -> anyhow::Result<ExitCode> {
+fn check(path: &Path, codecs: CodecRegistry, filters: FilterRegistry) -> anyhow::Result<ExitCode> {
     let config = match metaproxy::config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -132,7 +146,7 @@ fn check(path: &Path, codecs: CodecRegistry) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    match metaproxy::config::validate(&config, &codecs) {
+    match metaproxy::config::validate_with_filters(&config, &codecs, &filters) {
         Err(problems) => {
             eprintln!("{}: {} problem(s):", path.display(), problems.len());
             for p in problems {
@@ -142,7 +156,7 @@ fn check(path: &Path, codecs: CodecRegistry) -> anyhow::Result<ExitCode> {
         }
         Ok(validated) => {
             // Compile routes and balancers too, as `run` would.
-            if let Err(e) = metaproxy::Server::new(config.clone(), codecs) {
+            if let Err(e) = metaproxy::Server::with_filters(config.clone(), codecs, filters) {
                 eprintln!("{e}");
                 return Ok(ExitCode::FAILURE);
             }
@@ -221,9 +235,14 @@ impl NoXds {
     async fn shutdown(self) {}
 }
 
-fn run(path: &Path, takeover: bool, codecs: CodecRegistry) -> anyhow::Result<ExitCode> {
+fn run(
+    path: &Path,
+    takeover: bool,
+    codecs: CodecRegistry,
+    filters: FilterRegistry,
+) -> anyhow::Result<ExitCode> {
     let threading = metaproxy::runtime::Threading::from_env().map_err(anyhow::Error::msg)?;
-    let server = metaproxy::Server::from_file(path, codecs)?;
+    let server = metaproxy::Server::from_file_with_filters(path, codecs, filters)?;
     let rt = threading
         .build_runtime()
         .context("cannot start the runtime")?;

@@ -266,6 +266,93 @@ fn check_in_a_custom_binary_sees_its_codec() {
     );
 }
 
+/// A custom binary registers its own filters with `Cli::filters`: its `check` (and
+/// `run`) know them, and a binary without them reports the name with its field path.
+#[test]
+fn check_in_a_custom_binary_sees_its_filters() {
+    use metaproxy::filter::{
+        Filter, FilterConfigError, FilterContext, FilterFactory, FilterRegistry,
+    };
+    use metaproxy_cli::Cli;
+    use std::process::ExitCode;
+    use std::sync::Arc;
+
+    struct PassThrough;
+    impl Filter for PassThrough {}
+    struct PassThroughFactory;
+    impl FilterFactory for PassThroughFactory {
+        fn name(&self) -> &str {
+            "pass_through"
+        }
+        fn build(
+            &self,
+            config: &serde_json::Value,
+            _ctx: &FilterContext<'_>,
+        ) -> Result<Arc<dyn Filter>, Vec<FilterConfigError>> {
+            match config.get("strict") {
+                Some(serde_json::Value::Bool(_)) | None => Ok(Arc::new(PassThrough)),
+                Some(_) => Err(vec![FilterConfigError::new("strict", "must be a boolean")]),
+            }
+        }
+    }
+
+    let dir = std::env::temp_dir().join(format!("metaproxy-cli-filters-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, strict: &str| {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+listeners:
+  - name: in
+    address: "127.0.0.1:0"
+    codec: dubbo
+    route_config: r
+    filters:
+      - {{name: pass_through, config: {{strict: {strict}}}}}
+      - {{name: local_rate_limit, config: {{rate: 10}}}}
+route_configs: [{{name: r, routes: [{{route: {{cluster: c}}}}]}}]
+clusters: [{{name: c, endpoints: ["127.0.0.1:1"]}}]
+"#
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let good = write("good.yaml", "true");
+    let bad = write("bad.yaml", "\"yes\"");
+    let with_filter = || {
+        let mut filters = FilterRegistry::builtin();
+        filters.register(Arc::new(PassThroughFactory));
+        Cli::new(metaproxy::default_registry()).filters(filters)
+    };
+    let check = |cli: Cli, path: &std::path::Path| {
+        cli.main_from(["my-proxy", "check", "--config", path.to_str().unwrap()])
+    };
+    assert_eq!(check(with_filter(), &good), ExitCode::SUCCESS);
+    assert_eq!(check(with_filter(), &bad), ExitCode::FAILURE);
+    assert_eq!(
+        check(Cli::new(metaproxy::default_registry()), &good),
+        ExitCode::FAILURE,
+        "without the registration the filter name is unknown"
+    );
+    let out = bin()
+        .args(["check", "--config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("listeners[0].filters[0].name: unknown filter \"pass_through\""),
+        "{stderr}"
+    );
+    let out = bin()
+        .args(["check", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
 /// With `xds:`, `check` accepts a listener whose route config is to come from the
 /// control plane, and `run` opens a gRPC (HTTP/2) connection to the control plane.
 #[test]

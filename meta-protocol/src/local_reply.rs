@@ -15,16 +15,22 @@ pub enum LocalReplyKind {
     Overloaded,
     /// The request could not be decoded.
     BadRequest,
+    /// A filter's rate limit refused the request (for example `local_rate_limit`).
+    RateLimited,
+    /// A filter's access rule refused the request (for example `access_control`).
+    Forbidden,
 }
 
 impl LocalReplyKind {
     /// Every kind, in metric order.
-    pub const ALL: [LocalReplyKind; 5] = [
+    pub const ALL: [LocalReplyKind; 7] = [
         LocalReplyKind::NoRoute,
         LocalReplyKind::UpstreamFailure,
         LocalReplyKind::Timeout,
         LocalReplyKind::Overloaded,
         LocalReplyKind::BadRequest,
+        LocalReplyKind::RateLimited,
+        LocalReplyKind::Forbidden,
     ];
 
     /// The `reason` label of `local_replies_total`.
@@ -35,6 +41,8 @@ impl LocalReplyKind {
             LocalReplyKind::Timeout => "timeout",
             LocalReplyKind::Overloaded => "overloaded",
             LocalReplyKind::BadRequest => "bad_request",
+            LocalReplyKind::RateLimited => "rate_limited",
+            LocalReplyKind::Forbidden => "forbidden",
         }
     }
 }

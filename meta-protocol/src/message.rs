@@ -256,6 +256,15 @@ impl Message {
         Arc::make_mut(self.mutations.get_or_insert_with(Default::default)).push((key, value));
     }
 
+    /// Drops every pending mutation of `key` (copies a shared set only when it has one).
+    pub fn remove_mutation(&mut self, key: &str) {
+        if let Some(m) = &mut self.mutations {
+            if m.iter().any(|(k, _)| &**k == key) {
+                Arc::make_mut(m).retain(|(k, _)| &**k != key);
+            }
+        }
+    }
+
     /// Adds several mutations in order.
     pub fn extend_mutations<'a, I>(&mut self, pairs: I)
     where
@@ -359,6 +368,9 @@ mod tests {
         // Adding more copies on write; the shared set is untouched.
         m.push_mutation("k2".into(), "v2".into());
         assert_eq!(m.mutations().len(), 2);
+        m.remove_mutation("k2");
+        assert_eq!(m.mutations().len(), 1);
+        assert_eq!(shared.len(), 1, "the shared set is never changed");
         assert_eq!(shared.len(), 1);
     }
 

@@ -76,6 +76,7 @@ mod table;
 pub use error::{RouterError, RouterErrorKind};
 pub use hash::{hash_bytes as stable_hash, mix64};
 pub use lb::{AllAvailable, EndpointSpec, EndpointView, LbPolicy, LoadBalancer};
+pub use matcher::MatchConditions;
 pub use route::{Mirror, Route, WeightedCluster};
 pub use spec::{
     MatchKind, MatcherSpec, MirrorSpec, RouteConfigSpec, RouteSpec, TargetSpec,

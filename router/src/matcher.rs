@@ -146,6 +146,37 @@ pub(crate) fn order_by_cost(conditions: &mut [Condition]) {
     conditions.sort_by_key(|c| c.test.cost());
 }
 
+/// A compiled `match:` block: metadata conditions that must all hold, tested exactly as
+/// a route's (case-sensitive keys, a missing key fails every test, `invert` negates).
+/// Used by other components that select requests the way routes do (access rules).
+#[derive(Debug, Clone)]
+pub struct MatchConditions {
+    conditions: Box<[Condition]>,
+}
+
+impl MatchConditions {
+    /// Compiles `matchers`; `path` is the field path of the `match:` block, so an error
+    /// names `{path}.metadata[i].regex` and the like.
+    pub fn compile(matchers: &[MatcherSpec], path: &str) -> Result<Self, RouterError> {
+        let mut conditions = matchers
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Condition::compile(m, &format!("{path}.metadata[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        order_by_cost(&mut conditions);
+        Ok(MatchConditions {
+            conditions: conditions.into_boxed_slice(),
+        })
+    }
+
+    /// Whether every condition holds for `metadata` (no conditions: true). Allocates
+    /// nothing.
+    #[inline]
+    pub fn holds(&self, metadata: &Metadata) -> bool {
+        self.conditions.iter().all(|c| c.holds(metadata))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +280,22 @@ mod tests {
             lits(MatchKind::Regex(r"^svc\.v[0-9]+$".into()), false),
             Some(vec![b"svc.v".to_vec()])
         );
+    }
+
+    #[test]
+    fn match_conditions_hold_only_when_all_do() {
+        let specs = [
+            MatcherSpec::new("user", MatchKind::Present),
+            MatcherSpec::new("method", MatchKind::Regex("^get".into())).inverted(),
+        ];
+        let all = MatchConditions::compile(&specs, "rules[0]").unwrap();
+        assert!(all.holds(&md(&[("user", "u"), ("method", "setX")])));
+        assert!(!all.holds(&md(&[("user", "u"), ("method", "getX")])));
+        assert!(!all.holds(&md(&[("method", "setX")])));
+        assert!(MatchConditions::compile(&[], "m").unwrap().holds(&md(&[])));
+        let bad = [MatcherSpec::new("m", MatchKind::Regex("(".into()))];
+        let e = MatchConditions::compile(&bad, "filters[0].config.rules[2]").unwrap_err();
+        assert_eq!(e.path(), "filters[0].config.rules[2].metadata[0].regex");
     }
 
     #[test]

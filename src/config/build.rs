@@ -58,7 +58,7 @@ impl Config {
 
 impl ListenerConfig {
     /// A listener with every optional field at its default (16 MiB frames, 300 s idle
-    /// timeout, 10,000 connections, no access log, no codec options). Port 0 binds an
+    /// timeout, 10,000 connections, no access log, no codec options, no filters). Port 0 binds an
     /// ephemeral port.
     pub fn new(name: &str, address: &str, codec: &str, route_config: &str) -> ListenerConfig {
         with_defaults(json!({

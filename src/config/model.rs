@@ -29,6 +29,32 @@ pub struct Config {
     /// Named groups of upstream endpoints.
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
+    /// Process-wide limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `limits:`: bounds over the whole process.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Bytes of requests in flight plus replies waiting for clients, over every
+    /// connection; a request beyond it gets the local reply `overloaded`. Default
+    /// 512 MiB.
+    #[serde(default = "default_process_buffered_bytes")]
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_buffered_bytes: default_process_buffered_bytes(),
+        }
+    }
+}
+
+fn default_process_buffered_bytes() -> usize {
+    512 * 1024 * 1024
 }
 
 /// `admin:`.
@@ -37,6 +63,10 @@ pub struct Config {
 pub struct AdminConfig {
     /// `host:port` to bind the admin server to (loopback in every example).
     pub address: String,
+    /// A file holding a bearer token; then every admin request needs
+    /// `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
 }
 
 /// `xds:`: clusters, endpoints and route configs from an xDS control plane over ADS
@@ -125,9 +155,38 @@ pub struct ListenerConfig {
     /// Connections beyond this are closed at once. Default 10000.
     #[serde(default = "default_max_connections_listener")]
     pub max_connections: usize,
+    /// Per connection: reading pauses while requests in flight, or replies waiting
+    /// for the client, hold this many bytes; replies past twice this close the
+    /// connection. Default 4 MiB.
+    #[serde(default = "default_connection_buffered_bytes")]
+    pub max_buffered_bytes: usize,
+    /// Replies waiting this long without the client reading any close the
+    /// connection. Default 30s.
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout: ConfigDuration,
+    /// A frame started must be complete within this, or the connection closes.
+    /// Default 30s.
+    #[serde(default = "default_frame_timeout")]
+    pub frame_timeout: ConfigDuration,
     /// Optional access log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogConfig>,
+    /// Filters run in this order on each request, after decode and before routing
+    /// (and in reverse order on each response). None by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<FilterConfig>,
+}
+
+/// One entry of a listener's `filters:`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// The filter's registered name (`local_rate_limit`, `access_control`, or one an
+    /// embedding program registered).
+    pub name: String,
+    /// The filter's own settings, checked by the filter (absent = `null`).
+    #[serde(default)]
+    pub config: serde_json::Value,
 }
 
 fn default_max_frame_size() -> usize {
@@ -138,6 +197,24 @@ fn default_idle_timeout() -> ConfigDuration {
 }
 fn default_max_connections_listener() -> usize {
     10_000
+}
+fn default_connection_buffered_bytes() -> usize {
+    4 * 1024 * 1024
+}
+fn default_write_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(30)
+}
+fn default_frame_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(30)
+}
+fn default_upstream_write_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(10)
+}
+fn default_upstream_idle_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(300)
+}
+fn default_heartbeat_interval() -> ConfigDuration {
+    ConfigDuration::from_secs(30)
 }
 
 /// `access_log:` of a listener: one JSON line per request.
@@ -307,9 +384,21 @@ pub struct ClusterConfig {
     /// Default 1024.
     #[serde(default = "default_max_pending")]
     pub max_pending_requests: usize,
-    /// Outlier detection; off when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outlier_detection: Option<OutlierDetectionConfig>,
+    /// Output to a backend that makes no write progress for this long closes the
+    /// connection (its requests fail). Default 10s.
+    #[serde(default = "default_upstream_write_timeout")]
+    pub write_timeout: ConfigDuration,
+    /// An upstream connection with no request in flight for this long is closed.
+    /// Default 300s.
+    #[serde(default = "default_upstream_idle_timeout")]
+    pub idle_timeout: ConfigDuration,
+    /// Where the protocol has heartbeats (Dubbo): an upstream connection quiet this
+    /// long is probed; no answer within another interval closes it. Default 30s.
+    #[serde(default = "default_heartbeat_interval")]
+    pub heartbeat_interval: ConfigDuration,
+    /// Outlier detection; on by default.
+    #[serde(default)]
+    pub outlier_detection: OutlierDetectionConfig,
 }
 
 fn default_connect_timeout() -> ConfigDuration {
@@ -386,6 +475,9 @@ pub enum LbPolicyName {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierDetectionConfig {
+    /// Whether outlier detection runs for the cluster. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
     /// Failures in a row that eject an endpoint. Default 5.
     #[serde(default = "default_consecutive_failures")]
     pub consecutive_failures: u32,
@@ -397,6 +489,20 @@ pub struct OutlierDetectionConfig {
     pub max_ejection_percent: u32,
 }
 
+impl Default for OutlierDetectionConfig {
+    fn default() -> Self {
+        OutlierDetectionConfig {
+            enabled: true,
+            consecutive_failures: default_consecutive_failures(),
+            base_ejection_time: default_base_ejection(),
+            max_ejection_percent: default_max_ejection_percent(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
 fn default_consecutive_failures() -> u32 {
     5
 }

@@ -6,8 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::Serialize;
 
-use super::model::{ClusterConfig, Config, LbPolicyName, RouteConfig};
-use super::ConfigDuration;
+use super::model::{ClusterConfig, Config, RouteConfig};
 
 /// The source name of resources delivered by a control plane.
 pub const XDS_SOURCE: &str = "xds";
@@ -201,15 +200,7 @@ fn add_dynamic<T: Clone>(
 
 /// A cluster with no endpoints and default settings.
 fn empty_cluster(name: String) -> ClusterConfig {
-    ClusterConfig {
-        name,
-        endpoints: Vec::new(),
-        lb_policy: LbPolicyName::RoundRobin,
-        connect_timeout: ConfigDuration::from_secs(1),
-        max_connections: 64,
-        max_pending_requests: 1024,
-        outlier_detection: None,
-    }
+    ClusterConfig::new(&name, std::iter::empty::<&str>())
 }
 
 #[cfg(test)]

@@ -78,9 +78,13 @@ fn check_unique<'a>(r: &mut Report, what: &str, names: impl Iterator<Item = &'a 
     }
 }
 
-/// Checks everything that can be checked without binding: names, references, values,
-/// codec options. Returns every problem found, not just the first.
-pub fn validate(config: &Config, codecs: &CodecRegistry) -> Result<Validated, Vec<Problem>> {
+/// Checks names, references, values and codec options field by field; the route
+/// tables, balancers and filter chains are compiled by [`super::validate`], which
+/// calls this first.
+pub(crate) fn validate_fields(
+    config: &Config,
+    codecs: &CodecRegistry,
+) -> Result<Validated, Vec<Problem>> {
     let mut r = Report {
         problems: Vec::new(),
         warnings: Vec::new(),
@@ -103,9 +107,29 @@ pub fn validate(config: &Config, codecs: &CodecRegistry) -> Result<Validated, Ve
     let clusters: HashSet<&str> = config.clusters.iter().map(|c| c.name.as_str()).collect();
 
     if let Some(admin) = &config.admin {
-        if let Err(e) = resolve(&admin.address) {
-            r.err("admin.address", e);
+        match resolve(&admin.address) {
+            Err(e) => r.err("admin.address", e),
+            Ok(addr) if !addr.ip().is_loopback() => r.warn(
+                "admin.address",
+                format!(
+                    "{addr} is reachable beyond this host: anyone who can connect can read the config and reload it{}",
+                    if admin.token_file.is_some() { " (with the token)" } else { "; set admin.token_file" }
+                ),
+            ),
+            Ok(_) => {}
         }
+        if let Some(path) = &admin.token_file {
+            match std::fs::read_to_string(path) {
+                Ok(t) if t.trim().is_empty() => {
+                    r.err("admin.token_file", format!("{path}: the file is empty"))
+                }
+                Ok(_) => {}
+                Err(e) => r.err("admin.token_file", format!("{path}: cannot read: {e}")),
+            }
+        }
+    }
+    if config.limits.max_buffered_bytes < 65536 {
+        r.err("limits.max_buffered_bytes", "must be at least 65536 bytes");
     }
     if let Some(xds) = &config.xds {
         validate_xds(&mut r, xds);
@@ -145,8 +169,20 @@ pub fn validate(config: &Config, codecs: &CodecRegistry) -> Result<Validated, Ve
         if l.max_connections == 0 {
             r.err(format!("{at}.max_connections"), "must be greater than 0");
         }
-        if l.idle_timeout.get().is_zero() {
-            r.err(format!("{at}.idle_timeout"), "must be greater than 0");
+        for (field, d) in [
+            ("idle_timeout", l.idle_timeout),
+            ("write_timeout", l.write_timeout),
+            ("frame_timeout", l.frame_timeout),
+        ] {
+            if d.get().is_zero() {
+                r.err(format!("{at}.{field}"), "must be greater than 0");
+            }
+        }
+        if l.max_buffered_bytes < 4096 {
+            r.err(
+                format!("{at}.max_buffered_bytes"),
+                "must be at least 4096 bytes",
+            );
         }
         if let Some(log) = &l.access_log {
             if log.path.trim().is_empty() {
@@ -229,7 +265,17 @@ pub fn validate(config: &Config, codecs: &CodecRegistry) -> Result<Validated, Ve
         if c.connect_timeout.get().is_zero() {
             r.err(format!("{at}.connect_timeout"), "must be greater than 0");
         }
-        if let Some(od) = &c.outlier_detection {
+        for (field, d) in [
+            ("write_timeout", c.write_timeout),
+            ("idle_timeout", c.idle_timeout),
+            ("heartbeat_interval", c.heartbeat_interval),
+        ] {
+            if d.get().is_zero() {
+                r.err(format!("{at}.{field}"), "must be greater than 0");
+            }
+        }
+        {
+            let od = &c.outlier_detection;
             if od.consecutive_failures == 0 {
                 r.err(
                     format!("{at}.outlier_detection.consecutive_failures"),
@@ -278,9 +324,15 @@ fn validate_xds(r: &mut Report, xds: &XdsConfig) {
     }
 }
 
-fn validate_route(r: &mut Report, at: &str, route: &RouteEntry, clusters: &HashSet<&str>) {
-    for (k, m) in route.match_.metadata.iter().enumerate() {
-        let mat = format!("{at}.match.metadata[{k}]");
+/// Checks one `match:` block at field path `at` (a route's `...match`, an access rule):
+/// exactly one test per condition, non-empty keys, valid regexes.
+pub(crate) fn check_match(at: &str, m: &RouteMatch) -> Vec<Problem> {
+    let mut r = Report {
+        problems: Vec::new(),
+        warnings: Vec::new(),
+    };
+    for (k, m) in m.metadata.iter().enumerate() {
+        let mat = format!("{at}.metadata[{k}]");
         if m.key.is_empty() {
             r.err(format!("{mat}.key"), "must not be empty");
         }
@@ -312,6 +364,12 @@ fn validate_route(r: &mut Report, at: &str, route: &RouteEntry, clusters: &HashS
             }
         }
     }
+    r.problems
+}
+
+fn validate_route(r: &mut Report, at: &str, route: &RouteEntry, clusters: &HashSet<&str>) {
+    r.problems
+        .extend(check_match(&format!("{at}.match"), &route.match_));
     let action = &route.route;
     let ra = format!("{at}.route");
     match (&action.cluster, &action.weighted_clusters) {
@@ -387,7 +445,7 @@ mod tests {
 
     fn problems(yaml: &str) -> Vec<String> {
         let c = crate::config::parse(yaml, Path::new("t.yaml")).unwrap();
-        match validate(&c, &registry()) {
+        match crate::config::validate(&c, &registry()) {
             Ok(_) => vec![],
             Err(p) => p.iter().map(|p| p.to_string()).collect(),
         }
@@ -418,7 +476,7 @@ clusters:
         let with = format!("xds: {{address: \"127.0.0.1:15010\", node_id: n1}}\n{y}");
         assert!(problems(&with).is_empty(), "{:?}", problems(&with));
         let c = crate::config::parse(&with, Path::new("t.yaml")).unwrap();
-        let warnings = validate(&c, &registry()).unwrap().warnings;
+        let warnings = crate::config::validate(&c, &registry()).unwrap().warnings;
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert_eq!(warnings[0].field, "listeners[0].route_config");
         assert_eq!(warnings[1].field, "clusters[0].endpoints");
@@ -521,6 +579,27 @@ clusters:
                 .any(|p| p.starts_with("clusters[0].endpoints[0]: ")),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn filter_problems_name_their_fields() {
+        let y = BASE.replace(
+            "route_config: r}",
+            "route_config: r, filters: [{name: local_rate_limit, config: {rate: 0}}, {name: nope}, {name: access_control, config: {action: deny, rules: [{metadata: [{key: u}]}]}}]}",
+        );
+        assert_eq!(
+            problems(&y),
+            vec![
+                "listeners[0].filters[0].config.rate: must be greater than 0",
+                "listeners[0].filters[1].name: unknown filter \"nope\" (known: access_control, local_rate_limit)",
+                "listeners[0].filters[2].config.rules[0].metadata[0]: exactly one of exact, prefix, suffix, regex, present must be set",
+            ]
+        );
+        let ok = BASE.replace(
+            "route_config: r}",
+            "route_config: r, filters: [{name: local_rate_limit, config: {rate: 5, by: metadata, key: user}}]}",
+        );
+        assert!(problems(&ok).is_empty(), "{:?}", problems(&ok));
     }
 
     #[test]

@@ -11,6 +11,11 @@
 //!
 //! `HEAD` is accepted wherever `GET` is. Another method on a known path gets 405 with
 //! an `Allow` header; an unknown path gets 404. Bodies end with a line feed.
+//!
+//! Access: when the handler has a token ([`AdminHandler::token`]), every request
+//! without `Authorization: Bearer <token>` gets 401. `POST /reload` from a browser page
+//! of another origin gets 403: a request whose `Sec-Fetch-Site` is neither
+//! `same-origin` nor `none`, or whose `Origin` names another host than `Host`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,7 +25,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE,
+};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -53,6 +60,48 @@ pub trait AdminHandler: Send + Sync {
     /// operator (including any listener change that needs a restart), or `Err` with
     /// why the new config was rejected.
     async fn reload(&self) -> Result<String, String>;
+    /// The bearer token every request must carry (`admin.token_file`).
+    ///
+    /// By default returns `None`: no token is required.
+    fn token(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// Whether `req` carries `Authorization: Bearer <token>` (compared in constant time).
+fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether a state-changing request comes from a browser page of another origin.
+fn cross_origin(req: &Request<Incoming>) -> bool {
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if let Some(site) = header("sec-fetch-site") {
+        if site != "same-origin" && site != "none" {
+            return true;
+        }
+    }
+    match (header("origin"), header("host")) {
+        (None, _) => false,
+        (Some(origin), Some(host)) => {
+            let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+            !origin_host.eq_ignore_ascii_case(host)
+        }
+        (Some(_), None) => true,
+    }
 }
 
 /// Serves the admin routes on `listener` until `shutdown` completes, then stops
@@ -143,7 +192,31 @@ fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
 }
 
 async fn route(handler: &dyn AdminHandler, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(token) = handler.token() {
+        if !authorized(&req, token) {
+            let mut resp = response(
+                StatusCode::UNAUTHORIZED,
+                TEXT,
+                "missing or wrong bearer token\n".to_owned(),
+            );
+            resp.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    }
     let method = req.method();
+    if method == Method::POST && cross_origin(&req) {
+        crate::observe::rate_limited!(
+            tracing::Level::WARN,
+            path = req.uri().path(),
+            "admin: refused a cross-origin POST"
+        );
+        return response(
+            StatusCode::FORBIDDEN,
+            TEXT,
+            "cross-origin requests may not change state\n".to_owned(),
+        );
+    }
     let readable = method == Method::GET || method == Method::HEAD;
     match req.uri().path() {
         "/metrics" | "/ready" | "/config" | "/clusters" if !readable => {

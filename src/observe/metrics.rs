@@ -164,6 +164,12 @@ impl Gauge {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Adds `delta` (which may be negative).
+    #[inline]
+    pub fn add(&self, delta: i64) {
+        self.0.fetch_add(delta, Ordering::Relaxed);
+    }
+
     /// Sets the value.
     #[inline]
     pub fn set(&self, value: i64) {
@@ -460,7 +466,7 @@ fn escape_label_value(out: &mut String, value: &str) {
 }
 
 /// The metric names of docs/METRICS.md, without the `metaproxy_` prefix, in rendering order.
-pub const METRIC_NAMES: [&str; 13] = [
+pub const METRIC_NAMES: [&str; 16] = [
     "downstream_connections_total",
     "downstream_connections_active",
     "requests_total",
@@ -472,8 +478,11 @@ pub const METRIC_NAMES: [&str; 13] = [
     "decode_errors_total",
     "outlier_ejections_total",
     "config_reloads_total",
+    "rate_limited_total",
     "hot_restart_epoch",
     "xds_updates_total",
+    "buffered_bytes",
+    "connections_closed_total",
 ];
 
 /// Every metric of the proxy. Create one with [`Metrics::new`] and share it.
@@ -490,11 +499,14 @@ pub struct Metrics {
     decode_errors_total: Family,
     outlier_ejections_total: Family,
     config_reloads_total: Family,
+    rate_limited_total: Family,
     hot_restart_epoch_family: Family,
     xds_updates_total: Family,
     reload_ok: Counter,
     reload_error: Counter,
     hot_restart_epoch: Gauge,
+    buffered_bytes: Family,
+    connections_closed_total: Family,
 }
 
 /// Per-listener handles, looked up once per listener (or per accepted connection).
@@ -506,7 +518,37 @@ pub struct ListenerMetrics {
     pub connections_active: Gauge,
     /// `decode_errors_total{listener}`.
     pub decode_errors: Counter,
-    local_replies: [Counter; 5],
+    local_replies: [Counter; LocalReplyKind::ALL.len()],
+    closed: [Counter; ClosedReason::ALL.len()],
+}
+
+/// Why the proxy closed a client connection on its own (`connections_closed_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClosedReason {
+    /// Replies waited longer than `write_timeout` without the client reading any.
+    WriteTimeout,
+    /// A frame was started but not finished within `frame_timeout`.
+    FrameTimeout,
+    /// Replies waiting for the client passed twice `max_buffered_bytes`.
+    OutputLimit,
+}
+
+impl ClosedReason {
+    /// Every reason, in metric order.
+    pub const ALL: [ClosedReason; 3] = [
+        ClosedReason::WriteTimeout,
+        ClosedReason::FrameTimeout,
+        ClosedReason::OutputLimit,
+    ];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClosedReason::WriteTimeout => "write_timeout",
+            ClosedReason::FrameTimeout => "frame_timeout",
+            ClosedReason::OutputLimit => "output_limit",
+        }
+    }
 }
 
 impl ListenerMetrics {
@@ -519,8 +561,15 @@ impl ListenerMetrics {
             LocalReplyKind::Timeout => 2,
             LocalReplyKind::Overloaded => 3,
             LocalReplyKind::BadRequest => 4,
+            LocalReplyKind::RateLimited => 5,
+            LocalReplyKind::Forbidden => 6,
         };
         &self.local_replies[index]
+    }
+
+    /// `connections_closed_total{listener,reason}` for `reason`.
+    pub fn closed(&self, reason: ClosedReason) -> &Counter {
+        &self.closed[reason as usize]
     }
 
     /// Counts an accepted connection and tracks it as active until the guard drops.
@@ -650,6 +699,12 @@ impl Metrics {
                 &["cluster"],
             ),
             config_reloads_total,
+            rate_limited_total: Family::new(
+                "metaproxy_rate_limited_total",
+                "Requests refused by a rate-limiting filter, by listener and filter.",
+                Kind::Counter,
+                &["listener", "filter"],
+            ),
             hot_restart_epoch_family,
             xds_updates_total: Family::new(
                 "metaproxy_xds_updates_total",
@@ -660,10 +715,27 @@ impl Metrics {
             reload_ok,
             reload_error,
             hot_restart_epoch,
+            buffered_bytes: Family::new(
+                "metaproxy_buffered_bytes",
+                "Bytes of requests in flight and replies waiting for clients, over the whole process.",
+                Kind::Gauge,
+                &[],
+            ),
+            connections_closed_total: Family::new(
+                "metaproxy_connections_closed_total",
+                "Client connections the proxy closed on its own, by reason (write_timeout, frame_timeout, output_limit).",
+                Kind::Counter,
+                &["listener", "reason"],
+            ),
         })
     }
 
-    fn families(&self) -> [&Family; 13] {
+    /// `buffered_bytes`: the process-wide buffer budget in use.
+    pub fn buffered_bytes(&self) -> Gauge {
+        self.buffered_bytes.gauge(&[])
+    }
+
+    fn families(&self) -> [&Family; 16] {
         [
             &self.downstream_connections_total,
             &self.downstream_connections_active,
@@ -676,8 +748,11 @@ impl Metrics {
             &self.decode_errors_total,
             &self.outlier_ejections_total,
             &self.config_reloads_total,
+            &self.rate_limited_total,
             &self.hot_restart_epoch_family,
             &self.xds_updates_total,
+            &self.buffered_bytes,
+            &self.connections_closed_total,
         ]
     }
 
@@ -689,6 +764,10 @@ impl Metrics {
             decode_errors: self.decode_errors_total.counter(&[name]),
             local_replies: LocalReplyKind::ALL
                 .map(|kind| self.local_replies_total.counter(&[name, kind.as_str()])),
+            closed: ClosedReason::ALL.map(|reason| {
+                self.connections_closed_total
+                    .counter(&[name, reason.as_str()])
+            }),
         }
     }
 
@@ -721,6 +800,11 @@ impl Metrics {
             mirror_sent: self.mirror_requests_total.counter(&[name, "sent"]),
             mirror_dropped: self.mirror_requests_total.counter(&[name, "dropped"]),
         }
+    }
+
+    /// `rate_limited_total{listener,filter}`.
+    pub fn rate_limited(&self, listener: &str, filter: &str) -> Counter {
+        self.rate_limited_total.counter(&[listener, filter])
     }
 
     /// Counts a config reload attempt (`config_reloads_total{result}`).
@@ -810,6 +894,9 @@ mod tests {
         l.decode_errors.inc();
         l.local_reply(LocalReplyKind::NoRoute).add(4);
         l.local_reply(LocalReplyKind::Timeout).inc();
+        l.local_reply(LocalReplyKind::RateLimited).add(6);
+        l.local_reply(LocalReplyKind::Forbidden).add(2);
+        m.rate_limited("dubbo-in", "local_rate_limit").add(6);
         m.request("dubbo-in", "beta", "demo-v2").add(7);
         m.request("dubbo-in", "default", "demo-v1").add(5);
         let up = m.upstream("dubbo-in", "demo-v1");
@@ -828,6 +915,8 @@ mod tests {
         m.config_reload(true);
         m.config_reload(false);
         m.config_reload(false);
+        m.buffered_bytes().add(4096);
+        l.closed(ClosedReason::FrameTimeout).inc();
         m
     }
 
@@ -871,12 +960,22 @@ mod tests {
             find(&scrape, "metaproxy_decode_errors_total", &[("listener", l)]),
             &Counter(1.0)
         );
+        assert_eq!(
+            find(
+                &scrape,
+                "metaproxy_rate_limited_total",
+                &[("listener", l), ("filter", "local_rate_limit")]
+            ),
+            &Counter(6.0)
+        );
         let reasons: HashMap<&str, f64> = [
             ("no_route", 4.0),
             ("upstream_failure", 0.0),
             ("timeout", 1.0),
             ("overloaded", 0.0),
             ("bad_request", 0.0),
+            ("rate_limited", 6.0),
+            ("forbidden", 2.0),
         ]
         .into();
         for (reason, n) in reasons {

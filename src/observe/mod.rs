@@ -7,7 +7,10 @@
 
 pub mod access_log;
 pub mod admin;
+pub(crate) mod log_limit;
 pub mod metrics;
+
+pub(crate) use log_limit::rate_limited;
 
 pub use access_log::{
     AccessLogConfig, AccessLogEntry, AccessLogError, AccessLogTarget, AccessLogger, AccessStatus,

@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: kv backends and clients on loopback.
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod net;
 
 use std::collections::HashMap;

@@ -104,16 +104,22 @@ pub fn cluster(c: &Cluster) -> Result<ConvertedCluster, String> {
         .and_then(|cb| cb.thresholds.iter().find(|t| t.priority == 0))
         .and_then(|t| t.max_requests.as_ref())
         .map_or(DEFAULT_MAX_PENDING_REQUESTS, |v| v.value as usize);
+    // As in Envoy, a cluster without an outlier_detection block has none (the file's
+    // clusters have it on by default).
     let outlier_detection = match &c.outlier_detection {
-        None => None,
-        Some(od) => Some(OutlierDetectionConfig {
+        None => OutlierDetectionConfig {
+            enabled: false,
+            ..OutlierDetectionConfig::default()
+        },
+        Some(od) => OutlierDetectionConfig {
+            enabled: true,
             consecutive_failures: od.consecutive_5xx.as_ref().map_or(5, |v| v.value),
             base_ejection_time: ConfigDuration(match &od.base_ejection_time {
                 Some(d) => duration(d, "outlier_detection.base_ejection_time")?,
                 None => Duration::from_secs(30),
             }),
             max_ejection_percent: od.max_ejection_percent.as_ref().map_or(10, |v| v.value),
-        }),
+        },
     };
     let endpoints = match kind {
         cluster::DiscoveryType::Eds => {
@@ -144,6 +150,7 @@ pub fn cluster(c: &Cluster) -> Result<ConvertedCluster, String> {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_pending_requests,
             outlier_detection,
+            ..ClusterConfig::new(&c.name, std::iter::empty::<&str>())
         },
         endpoints,
     })

@@ -479,6 +479,11 @@ fn reply_context(h: &Header) -> Option<ReplyContext> {
 }
 
 /// The Dubbo status for a local reply.
+///
+/// A filter's refusal (`rate_limited`, `forbidden`) is answered with 70 SERVICE_ERROR,
+/// the status an Apache Dubbo provider itself sends when one of its own filters
+/// (`tps` limit, `executes` limit, `token` check) refuses a call; the message tells the
+/// reasons apart. 100 stays reserved for `overloaded` and 80 for broken upstreams.
 pub fn local_reply_status(kind: LocalReplyKind) -> u8 {
     match kind {
         LocalReplyKind::NoRoute => status::SERVICE_NOT_FOUND,
@@ -486,6 +491,7 @@ pub fn local_reply_status(kind: LocalReplyKind) -> u8 {
         LocalReplyKind::Timeout => status::SERVER_TIMEOUT,
         LocalReplyKind::Overloaded => status::SERVER_THREADPOOL_EXHAUSTED_ERROR,
         LocalReplyKind::BadRequest => status::BAD_REQUEST,
+        LocalReplyKind::RateLimited | LocalReplyKind::Forbidden => status::SERVICE_ERROR,
     }
 }
 
@@ -679,6 +685,8 @@ mod tests {
         assert_eq!(local_reply_status(LocalReplyKind::Timeout), 31);
         assert_eq!(local_reply_status(LocalReplyKind::Overloaded), 100);
         assert_eq!(local_reply_status(LocalReplyKind::BadRequest), 40);
+        assert_eq!(local_reply_status(LocalReplyKind::RateLimited), 70);
+        assert_eq!(local_reply_status(LocalReplyKind::Forbidden), 70);
     }
 
     #[test]

@@ -20,11 +20,11 @@ use crate::write::{varint_len, write_frame, write_header_section, ProtoWriter};
 /// TApplicationException types the proxy sends in local replies (see the crate's
 /// README for which reply uses which).
 pub mod app_exception {
-    /// 0: unknown.
+    /// 0: unknown; sent when a filter denies the request (`forbidden`).
     pub const UNKNOWN: i32 = 0;
     /// 1: no route matched the method.
     pub const UNKNOWN_METHOD: i32 = 1;
-    /// 6: upstream failure, timeout or overload.
+    /// 6: upstream failure, timeout, overload, or a filter's rate limit.
     pub const INTERNAL_ERROR: i32 = 6;
     /// 7: the request could not be decoded.
     pub const PROTOCOL_ERROR: i32 = 7;
@@ -197,7 +197,7 @@ impl ThriftCodec {
         };
         let len = len as usize;
         if len > self.max_frame_size {
-            return Err(DecodeError::too_large(len as u64, self.max_frame_size));
+            return Err(self.over_limit(src, len, 4, Transport::Framed));
         }
         let b0 = match src.get(4) {
             Some(&b) => b,
@@ -246,7 +246,14 @@ impl ThriftCodec {
         }
         match skip_struct(&mut c, protocol) {
             Ok(()) => {}
-            Err(Fault::Incomplete(n)) => return self.incomplete(n),
+            Err(Fault::Incomplete(n)) => {
+                return self.incomplete(n).map_err(|e| {
+                    match reply_ctx(view, &head, Transport::Unframed, protocol) {
+                        Some(r) if head.mtype != mtype::REPLY => e.with_reply(r),
+                        _ => e,
+                    }
+                })
+            }
             Err(f) => {
                 let e = fault(f);
                 return Err(
@@ -269,6 +276,31 @@ impl ThriftCodec {
             info_start: 0,
         };
         build(frame, &head, Transport::Unframed, protocol, status, layout)
+    }
+
+    /// The error for a frame of `len` bytes over the limit, answerable (with a
+    /// `TApplicationException` PROTOCOL_ERROR) when the bytes already buffered hold
+    /// the message header with the method name and seqid of a call. The frame body
+    /// is never waited for.
+    fn over_limit(&self, src: &[u8], len: usize, start: usize, t: Transport) -> DecodeError {
+        let e = DecodeError::too_large(len as u64, self.max_frame_size);
+        let Some(protocol) = src
+            .get(start)
+            .and_then(|&b0| sniff_protocol(b0).ok())
+            .filter(|p| self.protocol.is_none_or(|want| want == *p))
+        else {
+            return e;
+        };
+        let view = src.get(..src.len().min(start + len)).unwrap_or_default();
+        match read_msg_head(&mut Cursor::at(view, start), protocol) {
+            Ok(head) if head.mtype == mtype::CALL || head.mtype == mtype::ONEWAY => {
+                match reply_ctx(view, &head, t, protocol) {
+                    Some(r) => e.with_reply(r),
+                    None => e,
+                }
+            }
+            _ => e,
+        }
     }
 
     /// An unframed message needs at least `n` bytes in all.
@@ -609,6 +641,8 @@ pub(crate) fn local_reply_text<'a>(reply: &LocalReply<'a>) -> (i32, Cow<'a, str>
         LocalReplyKind::Timeout => (app_exception::INTERNAL_ERROR, ensure("timeout")),
         LocalReplyKind::Overloaded => (app_exception::INTERNAL_ERROR, ensure("overloaded")),
         LocalReplyKind::BadRequest => (app_exception::PROTOCOL_ERROR, Cow::Borrowed(reply.message)),
+        LocalReplyKind::RateLimited => (app_exception::INTERNAL_ERROR, ensure("rate limited")),
+        LocalReplyKind::Forbidden => (app_exception::UNKNOWN, ensure("forbidden")),
     }
 }
 
@@ -1010,6 +1044,8 @@ mod tests {
             (LocalReplyKind::Timeout, 6, "timeout"),
             (LocalReplyKind::Overloaded, 6, "overloaded"),
             (LocalReplyKind::BadRequest, 7, "bad"),
+            (LocalReplyKind::RateLimited, 6, "rate limited"),
+            (LocalReplyKind::Forbidden, 0, "forbidden"),
         ];
         for (t, p) in all() {
             for (kind, ty, word) in cases {
@@ -1019,7 +1055,8 @@ mod tests {
                     .unwrap()
                     .unwrap();
                 let mut out = BytesMut::new();
-                let text = if word == "timeout" || word == "overloaded" {
+                let text = if ["timeout", "overloaded", "rate limited", "forbidden"].contains(&word)
+                {
                     "upstream slow"
                 } else {
                     word
@@ -1070,10 +1107,50 @@ mod tests {
         )
         .unwrap();
         b.truncate(40);
-        assert!(matches!(
-            codec.decode(&mut b).unwrap_err().kind,
-            DecodeErrorKind::FrameTooLarge { .. }
-        ));
+        let e = codec.decode(&mut b).unwrap_err();
+        assert!(matches!(e.kind, DecodeErrorKind::FrameTooLarge { .. }));
+        // The call's name and seqid were read: the error is answerable.
+        let r = e.reply.expect("an answerable error");
+        assert_eq!((r.request_id, &*r.name), (1, "m"));
+    }
+
+    #[test]
+    fn an_over_limit_frame_whose_header_arrived_gets_a_protocol_error_reply() {
+        for p in Protocol::ALL {
+            let mut codec = ThriftCodec::new(Some(Transport::Framed), None, 100);
+            let mut b = BytesMut::new();
+            frames::write_call(
+                &FrameSpec::new(Transport::Framed, p, "getUser", 42),
+                &[7; 1000],
+                &mut b,
+            )
+            .unwrap();
+            b.truncate(64);
+            let e = codec.decode(&mut b).unwrap_err();
+            assert!(
+                matches!(e.kind, DecodeErrorKind::FrameTooLarge { .. }),
+                "{p:?}"
+            );
+            let ctx = e.reply.expect("answerable");
+            assert_eq!((ctx.request_id, &*ctx.name), (42, "getUser"), "{p:?}");
+            let mut out = BytesMut::new();
+            codec
+                .encode_local_reply(
+                    &ctx,
+                    &LocalReply::new(LocalReplyKind::BadRequest, "too large"),
+                    &mut out,
+                )
+                .unwrap();
+            let mut reader = ThriftCodec::new(Some(Transport::Framed), Some(p), 1 << 20);
+            let reply = reader.decode(&mut out).unwrap().unwrap();
+            assert_eq!(reply.request_id(), 42);
+            assert_eq!(
+                reply.status(),
+                meta_protocol::ResponseStatus::Error,
+                "{p:?}"
+            );
+            assert!(reply.frame().windows(9).any(|w| w == b"too large"));
+        }
     }
 
     #[test]

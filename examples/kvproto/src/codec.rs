@@ -34,6 +34,10 @@ pub enum Status {
     Overloaded = 13,
     /// The request could not be decoded.
     BadRequest = 14,
+    /// A filter's rate limit refused the request.
+    RateLimited = 15,
+    /// A filter's access rule refused the request.
+    Forbidden = 16,
 }
 
 impl Status {
@@ -45,6 +49,8 @@ impl Status {
             LocalReplyKind::Timeout => Status::Timeout,
             LocalReplyKind::Overloaded => Status::Overloaded,
             LocalReplyKind::BadRequest => Status::BadRequest,
+            LocalReplyKind::RateLimited => Status::RateLimited,
+            LocalReplyKind::Forbidden => Status::Forbidden,
         }
     }
 }

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | 0-3 | length of the rest of the frame, u32 big-endian |
 //! | 4 | kind: 0 request, 1 one-way, 2 response, 3 heartbeat, 4 heartbeat reply |
-//! | 5 | status (responses): 0 ok, 1 exception, 10 no route, 11 upstream failure, 12 timeout, 13 overloaded, 14 bad request |
+//! | 5 | status (responses): 0 ok, 1 exception, 10 no route, 11 upstream failure, 12 timeout, 13 overloaded, 14 bad request, 15 rate limited, 16 forbidden |
 //! | 6-13 | request id, u64 |
 //! | 14-15 | header count, u16 |
 //! | ... | headers: u16 key length, key, u16 value length, value (UTF-8) |
