@@ -119,14 +119,14 @@ mod tests {
         );
         let config = config::load(path.as_ref()).unwrap();
         let (codecs, filters) = registries();
-        config::validate_with_filters(&config, &codecs, &filters).unwrap();
+        metaproxy::validate_with_filters(&config, &codecs, &filters).unwrap();
         // The stock registry does not know `require_key`.
-        let e = config::validate(&config, &codecs).unwrap_err();
+        let e = metaproxy::validate(&config, &codecs).unwrap_err();
         assert_eq!(e[0].field, "listeners[0].filters[0].name");
         // A bad `key` is reported with its field path.
         let mut bad = config.clone();
         bad.listeners[0].filters[0].config = serde_json::json!({"key": ""});
-        let e = config::validate_with_filters(&bad, &codecs, &filters).unwrap_err();
+        let e = metaproxy::validate_with_filters(&bad, &codecs, &filters).unwrap_err();
         assert_eq!(
             e[0].to_string(),
             "listeners[0].filters[0].config.key: must not be empty"

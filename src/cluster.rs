@@ -2,40 +2,18 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use metaproxy_router::{EndpointView, LoadBalancer};
 
 use crate::clock::now_ms;
 use crate::config::{ClusterConfig, OutlierDetectionConfig};
+use crate::endpoint_link::EndpointLink;
 use crate::observe::metrics::ClusterMetrics;
+use crate::pending::{PendingLimit, PendingSlot};
 use crate::upstream::{Pool, PoolKey, Protocol};
-
-/// How long an endpoint that refused a connection is skipped by load balancing.
-const UNREACHABLE_BACKOFF_MS: u64 = 1_000;
-
-/// Timeouts of an upstream connection, from its cluster's config.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct ConnectionSettings {
-    pub(crate) connect_timeout: Duration,
-    pub(crate) write_timeout: Duration,
-    pub(crate) idle_timeout: Duration,
-    pub(crate) heartbeat_interval: Duration,
-}
-
-impl ConnectionSettings {
-    fn of(config: &ClusterConfig) -> Self {
-        ConnectionSettings {
-            connect_timeout: config.connect_timeout.get(),
-            write_timeout: config.write_timeout.get(),
-            idle_timeout: config.idle_timeout.get(),
-            heartbeat_interval: config.heartbeat_interval.get(),
-        }
-    }
-}
 
 /// One upstream address of one cluster. Kept across config reloads while the cluster
 /// still lists the address, so its connection pools and health survive.
@@ -47,13 +25,8 @@ pub(crate) struct Endpoint {
     consecutive_failures: AtomicU32,
     ejected_until_ms: AtomicU64,
     ejections: AtomicU32,
-    unreachable_until_ms: AtomicU64,
-    /// The cluster's `max_connections`: upstream connections to this endpoint over
-    /// every pool and worker together.
-    max_connections: AtomicUsize,
-    settings: ArcSwap<ConnectionSettings>,
-    /// Upstream connections open or opening, over every pool and worker.
-    open: Arc<AtomicUsize>,
+    /// What the endpoint's upstream connections share with it.
+    pub(crate) link: Arc<EndpointLink>,
     pools: ArcSwap<Vec<Arc<Pool>>>,
     pools_lock: Mutex<()>,
     metrics: ClusterMetrics,
@@ -69,9 +42,7 @@ impl Endpoint {
     ) -> Self {
         Endpoint {
             metrics: metrics.clone(),
-            max_connections: AtomicUsize::new(config.max_connections.max(1)),
-            settings: ArcSwap::from_pointee(ConnectionSettings::of(config)),
-            open: Arc::new(AtomicUsize::new(0)),
+            link: Arc::new(EndpointLink::new(config)),
             addr,
             address: address.into(),
             weight,
@@ -79,7 +50,6 @@ impl Endpoint {
             consecutive_failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
-            unreachable_until_ms: AtomicU64::new(0),
             pools: ArcSwap::from_pointee(Vec::new()),
             pools_lock: Mutex::new(()),
         }
@@ -105,40 +75,7 @@ impl Endpoint {
 
     /// Whether the endpoint recently refused connections.
     pub(crate) fn is_unreachable(&self) -> bool {
-        self.unreachable_until_ms.load(Ordering::Relaxed) > now_ms()
-    }
-
-    /// Records a failed connection attempt.
-    pub(crate) fn connect_failed(&self) {
-        self.unreachable_until_ms
-            .store(now_ms() + UNREACHABLE_BACKOFF_MS, Ordering::Relaxed);
-    }
-
-    /// Records a connection that was established.
-    pub(crate) fn connected(&self) {
-        self.unreachable_until_ms.store(0, Ordering::Relaxed);
-    }
-
-    /// The timeouts new upstream connections get.
-    pub(crate) fn settings(&self) -> ConnectionSettings {
-        **self.settings.load()
-    }
-
-    /// Whether another connection may be opened without going over `max_connections`.
-    pub(crate) fn may_open(&self) -> bool {
-        self.open.load(Ordering::Relaxed) < self.max_connections.load(Ordering::Relaxed)
-    }
-
-    /// Counts a new connection against `max_connections`; `None` when at the limit.
-    /// The returned counter is decremented by the connection when it ends.
-    pub(crate) fn reserve_connection(&self) -> Option<Arc<AtomicUsize>> {
-        let max = self.max_connections.load(Ordering::Relaxed);
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| self.open.clone())
+        self.link.is_unreachable()
     }
 
     /// A connection for a request of `key`: from this worker's pool, or, when the
@@ -150,7 +87,7 @@ impl Endpoint {
         protocol: &Arc<Protocol>,
     ) -> Option<Arc<crate::upstream::ConnHandle>> {
         let pool = self.pool(key, protocol);
-        if let Some(c) = pool.pick(self) {
+        if let Some(c) = pool.pick(&self.link) {
             return Some(c);
         }
         self.pools
@@ -186,10 +123,7 @@ impl Endpoint {
     /// Updates the connection limits after a reload (called only once the whole new
     /// config compiled).
     fn reconfigure(&self, config: &ClusterConfig) {
-        self.settings
-            .store(Arc::new(ConnectionSettings::of(config)));
-        self.max_connections
-            .store(config.max_connections.max(1), Ordering::Relaxed);
+        self.link.reconfigure(config);
     }
 
     /// Open upstream connections to this endpoint.
@@ -203,8 +137,7 @@ pub(crate) struct ClusterRt {
     pub(crate) name: Arc<str>,
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
     pub(crate) lb: LoadBalancer,
-    pub(crate) max_pending: usize,
-    pending: AtomicUsize,
+    pending: Arc<PendingLimit>,
     outlier: Option<OutlierDetectionConfig>,
     pub(crate) metrics: ClusterMetrics,
 }
@@ -212,29 +145,23 @@ pub(crate) struct ClusterRt {
 impl ClusterRt {
     /// Reserves a pending-request slot; false when `max_pending_requests` is reached.
     pub(crate) fn try_acquire_pending(&self) -> bool {
-        let prev = self.pending.fetch_add(1, Ordering::Relaxed);
-        if prev >= self.max_pending {
-            self.pending.fetch_sub(1, Ordering::Relaxed);
-            return false;
-        }
-        true
+        self.pending.try_acquire()
     }
 
     /// A pending-request slot released when the guard drops (for requests whose
     /// completion the upstream connection sees: mirror copies and one-way calls).
-    pub(crate) fn try_slot(self: &Arc<Self>) -> Option<PendingSlot> {
-        self.try_acquire_pending()
-            .then(|| PendingSlot(self.clone()))
+    pub(crate) fn try_slot(&self) -> Option<PendingSlot> {
+        self.pending.try_slot()
     }
 
     /// Releases a slot taken by [`ClusterRt::try_acquire_pending`].
     pub(crate) fn release_pending(&self) {
-        self.pending.fetch_sub(1, Ordering::Relaxed);
+        self.pending.release();
     }
 
     /// Requests in flight to the cluster.
     pub(crate) fn pending(&self) -> usize {
-        self.pending.load(Ordering::Relaxed)
+        self.pending.count()
     }
 
     /// Records a successful exchange with `endpoint`.
@@ -291,8 +218,8 @@ impl ClusterRt {
                     "consecutive_failures": e.consecutive_failures.load(Ordering::Relaxed),
                     "active_requests": e.active_requests(),
                     "upstream_connections": e.open_connections(),
-                    "max_connections": e.max_connections.load(Ordering::Relaxed),
-                    "connect_timeout_ms": e.settings().connect_timeout.as_millis() as u64,
+                    "max_connections": e.link.max_connections(),
+                    "connect_timeout_ms": e.link.settings().connect_timeout.as_millis() as u64,
                 })
             })
             .collect();
@@ -317,15 +244,6 @@ impl EndpointView for ClusterRt {
 
     fn active_requests(&self, i: usize) -> u32 {
         self.endpoints.get(i).map_or(0, |e| e.active_requests())
-    }
-}
-
-/// A slot of a cluster's `max_pending_requests`, released on drop.
-pub(crate) struct PendingSlot(Arc<ClusterRt>);
-
-impl Drop for PendingSlot {
-    fn drop(&mut self) {
-        self.0.release_pending();
     }
 }
 
@@ -382,8 +300,7 @@ impl EndpointRegistry {
             name: config.name.as_str().into(),
             endpoints,
             lb,
-            max_pending: config.max_pending_requests,
-            pending: AtomicUsize::new(0),
+            pending: Arc::new(PendingLimit::new(config.max_pending_requests)),
             outlier: config
                 .outlier_detection
                 .enabled
@@ -404,8 +321,10 @@ impl EndpointRegistry {
 mod tests {
     use super::*;
     use crate::config::ConfigDuration;
+    use crate::endpoint_link::UNREACHABLE_BACKOFF_MS;
     use crate::observe::metrics::Metrics;
     use metaproxy_router::{EndpointSpec, LbPolicy};
+    use std::time::Duration;
 
     fn cluster(endpoints: &[&str], od: OutlierDetectionConfig) -> ClusterRt {
         let mut config = ClusterConfig::new("c", endpoints);
@@ -501,7 +420,7 @@ mod tests {
         }
         assert!(c.is_available(0));
         // A refused connection makes the endpoint unavailable for a second.
-        c.endpoints[0].connect_failed();
+        c.endpoints[0].link.connect_failed();
         assert!(!c.is_available(0));
         advance_ms(UNREACHABLE_BACKOFF_MS + 1).await;
         assert!(c.is_available(0));

@@ -32,10 +32,10 @@ use crate::cluster::{ClusterRt, Endpoint};
 use crate::filter::{
     ChainStep, Decision, FilterResponse, MAX_FILTER_WAIT, MAX_WAITING_PER_CONNECTION,
 };
-use crate::listener::ListenerCtx;
 use crate::observe::metrics::ClosedReason;
 use crate::observe::{AccessLogEntry, AccessStatus, LoggedMetadata};
 use crate::request_token::RequestToken;
+use crate::shared::ListenerCtx;
 use crate::snapshot::ListenerRt;
 use crate::upstream::{DownstreamEvent, Outbound, PoolKey, ReplyTo};
 

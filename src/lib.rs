@@ -26,13 +26,16 @@ mod cluster;
 mod codecs;
 pub mod config;
 mod downstream;
+mod endpoint_link;
 pub mod filter;
 pub mod hot_restart;
 mod listener;
 pub mod observe;
+mod pending;
 mod request_token;
 pub mod runtime;
 mod server;
+mod shared;
 mod snapshot;
 mod socket_io;
 mod upstream;
@@ -40,6 +43,7 @@ mod upstream;
 pub use codecs::default_registry;
 pub use hot_restart::HotRestartError;
 pub use server::{BindError, ReloadOutcome, RunningServer, Server, ServerHandle};
+pub use snapshot::{validate, validate_with_filters};
 
 pub use meta_protocol;
 #[cfg(feature = "dubbo")]

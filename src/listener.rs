@@ -1,7 +1,7 @@
 //! Listeners: bind (or adopt) a socket, accept, and run one task per connection.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,27 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use crate::observe::metrics::ListenerMetrics;
-use crate::server::Shared;
-use crate::upstream::Protocol;
-
-/// What every connection of a listener shares.
-pub(crate) struct ListenerCtx {
-    pub(crate) name: Arc<str>,
-    pub(crate) protocol: Arc<Protocol>,
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) metrics: ListenerMetrics,
-    pub(crate) idle_timeout: Duration,
-    /// Replies waiting this long without the client reading any close the connection.
-    pub(crate) write_timeout: Duration,
-    /// A frame started must be complete within this.
-    pub(crate) frame_timeout: Duration,
-    /// Per connection and direction: reading pauses at this many buffered bytes.
-    pub(crate) max_buffered_bytes: usize,
-    pub(crate) max_connections: usize,
-    pub(crate) active: AtomicUsize,
-    pub(crate) access_log: Option<crate::observe::AccessLogger>,
-}
+use crate::shared::ListenerCtx;
 
 /// Binds `addr` with the options a proxy listener wants (`SO_REUSEADDR`, a deep backlog).
 ///

@@ -24,39 +24,13 @@ use crate::filter::FilterRegistry;
 use crate::hot_restart::{
     self, DrainRequest, HandoverHandle, HotRestartError, Inherited, Offer, OfferedListener,
 };
-use crate::listener::{self, ListenerCtx};
+use crate::listener;
 use crate::observe::metrics::Metrics;
 use crate::observe::{AccessLogTarget, AccessLogger, AdminHandler};
 use crate::runtime::Threading;
+use crate::shared::{Layers, ListenerCtx, Shared};
 use crate::snapshot::{self, Snapshot};
 use crate::upstream::Protocol;
-
-/// State shared by every listener, connection and the admin server.
-pub(crate) struct Shared {
-    pub(crate) snapshot: ArcSwap<Snapshot>,
-    pub(crate) codecs: CodecRegistry,
-    pub(crate) filters: FilterRegistry,
-    pub(crate) endpoints: EndpointRegistry,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) config_path: Option<PathBuf>,
-    pub(crate) ready: AtomicBool,
-    /// `limits.max_buffered_bytes` and its use.
-    pub(crate) budget: Arc<BufferBudget>,
-    /// Listeners as bound at start: name -> (address, codec, options) fingerprint.
-    pub(crate) bound: std::sync::Mutex<HashMap<String, String>>,
-    reload_lock: tokio::sync::Mutex<()>,
-    /// The two sources of the config in force: the base (file) config and the
-    /// resources from a control plane. Changed only under `reload_lock`.
-    layers: std::sync::Mutex<Layers>,
-    /// How the base config is named in the provenance: `file` or `static`.
-    base_source: &'static str,
-}
-
-/// The sources the config in force was merged from.
-struct Layers {
-    base: Config,
-    dynamic: DynamicResources,
-}
 
 /// What a swap replaces.
 enum Change {

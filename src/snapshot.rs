@@ -13,7 +13,9 @@ use metaproxy_router::{
 };
 
 use crate::cluster::{ClusterRt, EndpointRegistry};
-use crate::config::{self, Config, LbPolicyName, Problem, Provenance, RouteConfig, RouteMatch};
+use crate::config::{
+    self, Config, LbPolicyName, Problem, Provenance, RouteConfig, RouteMatch, Validated,
+};
 use crate::filter::{FilterChain, FilterRegistry};
 use crate::observe::metrics::{Counter, Metrics, ResponseMetrics};
 
@@ -132,6 +134,28 @@ pub(crate) fn route_spec(rc: &RouteConfig) -> RouteConfigSpec {
         name: rc.name.clone(),
         routes,
     }
+}
+
+/// Checks everything that can be checked without binding: names, references, values,
+/// codec options, the built-in filters' configs ([`FilterRegistry::builtin`]), and the
+/// compilation of every route table and load balancer, exactly as start-up and reload
+/// compile them (the same code). Returns every problem found, each with the path of
+/// the offending field, or the warnings.
+///
+/// `metaproxy check` runs exactly this.
+pub fn validate(config: &Config, codecs: &CodecRegistry) -> Result<Validated, Vec<Problem>> {
+    validate_with_filters(config, codecs, &FilterRegistry::builtin())
+}
+
+/// [`validate`] with the filters of `filters` (an embedding program's registry).
+pub fn validate_with_filters(
+    config: &Config,
+    codecs: &CodecRegistry,
+    filters: &FilterRegistry,
+) -> Result<Validated, Vec<Problem>> {
+    compile(std::sync::Arc::new(config.clone()), codecs, filters, None).map(|c| Validated {
+        warnings: c.warnings,
+    })
 }
 
 /// A cluster compiled but not yet connected to live endpoints.

@@ -25,8 +25,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::budget::BudgetCharge;
-use crate::cluster::{ConnectionSettings, Endpoint, PendingSlot};
+use crate::endpoint_link::{ConnectionSettings, EndpointLink};
 use crate::observe::metrics::ClusterMetrics;
+use crate::pending::PendingSlot;
 use crate::request_token::RequestToken;
 
 /// Requests in flight on one multiplexed connection before the pool opens another.
@@ -256,7 +257,7 @@ impl Pool {
     /// all are busy and the endpoint is below `max_connections` (counted over every
     /// worker's pool), or else the least loaded. `None` when this pool has no usable
     /// connection and the endpoint may not open another.
-    pub(crate) fn pick(&self, endpoint: &Arc<Endpoint>) -> Option<Arc<ConnHandle>> {
+    pub(crate) fn pick(&self, endpoint: &Arc<EndpointLink>) -> Option<Arc<ConnHandle>> {
         let threshold = if self.protocol.caps.multiplexing {
             MUX_SPREAD_THRESHOLD
         } else {
@@ -296,7 +297,7 @@ impl Pool {
 
     fn spawn_connection(
         &self,
-        endpoint: &Arc<Endpoint>,
+        endpoint: &Arc<EndpointLink>,
         open: Arc<AtomicUsize>,
     ) -> Arc<ConnHandle> {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -414,7 +415,7 @@ struct UpstreamConnection {
     protocol: Arc<Protocol>,
     wire: WireFormat,
     settings: ConnectionSettings,
-    endpoint: Weak<Endpoint>,
+    endpoint: Weak<EndpointLink>,
     metrics: ClusterMetrics,
 }
 

@@ -69,7 +69,7 @@ async fn a_rejected_reload_changes_no_live_setting() {
     // `check` runs the same compile step and reports the same field.
     let mut bad = (*handle.config()).clone();
     bad.route_configs[0].routes[0].route.hash_policy = vec![String::new()];
-    let problems = metaproxy::config::validate(&bad, &registry()).expect_err("rejected");
+    let problems = metaproxy::validate(&bad, &registry()).expect_err("rejected");
     assert!(problems
         .iter()
         .any(|p| p.field.starts_with("route_configs[0].routes[0]")));
@@ -510,9 +510,7 @@ async fn admin_needs_the_token_and_refuses_cross_origin_reloads() {
     // Bound beyond loopback: `check` (the same validation) warns.
     let mut open = (*p.handle().config()).clone();
     open.admin.as_mut().unwrap().address = "0.0.0.0:0".into();
-    let warnings = metaproxy::config::validate(&open, &registry())
-        .unwrap()
-        .warnings;
+    let warnings = metaproxy::validate(&open, &registry()).unwrap().warnings;
     assert!(
         warnings.iter().any(|w| w.field == "admin.address"),
         "{warnings:?}"

@@ -146,7 +146,7 @@ fn check(path: &Path, codecs: CodecRegistry, filters: FilterRegistry) -> anyhow:
             return Ok(ExitCode::FAILURE);
         }
     };
-    match metaproxy::config::validate_with_filters(&config, &codecs, &filters) {
+    match metaproxy::validate_with_filters(&config, &codecs, &filters) {
         Err(problems) => {
             eprintln!("{}: {} problem(s):", path.display(), problems.len());
             for p in problems {

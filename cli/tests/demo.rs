@@ -181,7 +181,7 @@ fn printed_config_runs_as_is() {
     let text = String::from_utf8(out.stdout).expect("UTF-8 config");
     let config =
         metaproxy::config::parse(&text, Path::new("demo.yaml")).unwrap_or_else(|e| panic!("{e}"));
-    if let Err(problems) = metaproxy::config::validate(&config, &metaproxy::default_registry()) {
+    if let Err(problems) = metaproxy::validate(&config, &metaproxy::default_registry()) {
         panic!("printed config is invalid: {problems:?}");
     }
     // Fixed, conventional addresses a user can run against.

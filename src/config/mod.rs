@@ -1,7 +1,7 @@
 //! Loading and validating the YAML configuration (reference: docs/CONFIG.md).
 //!
 //! Loading has two stages: YAML syntax and schema (unknown fields are errors), then
-//! [`validate`], which checks every cross-reference and value and reports each problem
+//! [`crate::validate`], which checks every cross-reference and value and reports each problem
 //! with the path of the offending field, e.g.
 //! `route_configs[0].routes[2].route.weighted_clusters: total weight is 0`.
 
@@ -13,37 +13,11 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
-use meta_protocol::CodecRegistry;
-
-use crate::filter::FilterRegistry;
-
 pub use duration::ConfigDuration;
 pub use model::*;
 pub use sources::{merge, DynamicResources, Merged, Origin, Provenance, Versioned, XDS_SOURCE};
 pub(crate) use validate::{check_match, validate_fields};
 pub use validate::{resolve as resolve_address, Problem, Validated};
-
-/// Checks everything that can be checked without binding: names, references, values,
-/// codec options, the built-in filters' configs ([`FilterRegistry::builtin`]), and the
-/// compilation of every route table and load balancer, exactly as start-up and reload
-/// compile them (the same code). Returns every problem found, each with the path of
-/// the offending field, or the warnings.
-pub fn validate(config: &Config, codecs: &CodecRegistry) -> Result<Validated, Vec<Problem>> {
-    validate_with_filters(config, codecs, &FilterRegistry::builtin())
-}
-
-/// [`validate`] with the filters of `filters` (an embedding program's registry).
-pub fn validate_with_filters(
-    config: &Config,
-    codecs: &CodecRegistry,
-    filters: &FilterRegistry,
-) -> Result<Validated, Vec<Problem>> {
-    crate::snapshot::compile(std::sync::Arc::new(config.clone()), codecs, filters, None).map(|c| {
-        Validated {
-            warnings: c.warnings,
-        }
-    })
-}
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]

@@ -273,6 +273,6 @@ clusters:
         assert_eq!(p.route_configs["file-routes"].source, "file");
         assert_eq!(p.listeners["in"].source, "file");
         let codecs = crate::codecs::default_registry();
-        crate::config::validate(&merged.config, &codecs).unwrap();
+        crate::validate(&merged.config, &codecs).unwrap();
     }
 }

@@ -445,7 +445,7 @@ mod tests {
 
     fn problems(yaml: &str) -> Vec<String> {
         let c = crate::config::parse(yaml, Path::new("t.yaml")).unwrap();
-        match crate::config::validate(&c, &registry()) {
+        match crate::validate(&c, &registry()) {
             Ok(_) => vec![],
             Err(p) => p.iter().map(|p| p.to_string()).collect(),
         }
@@ -476,7 +476,7 @@ clusters:
         let with = format!("xds: {{address: \"127.0.0.1:15010\", node_id: n1}}\n{y}");
         assert!(problems(&with).is_empty(), "{:?}", problems(&with));
         let c = crate::config::parse(&with, Path::new("t.yaml")).unwrap();
-        let warnings = crate::config::validate(&c, &registry()).unwrap().warnings;
+        let warnings = crate::validate(&c, &registry()).unwrap().warnings;
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert_eq!(warnings[0].field, "listeners[0].route_config");
         assert_eq!(warnings[1].field, "clusters[0].endpoints");

@@ -268,7 +268,7 @@ mod tests {
         ] {
             let text = render(&addrs);
             let config = metaproxy::config::parse(&text, "demo.yaml".as_ref()).unwrap();
-            let validated = metaproxy::config::validate(&config, &metaproxy::default_registry());
+            let validated = metaproxy::validate(&config, &metaproxy::default_registry());
             assert!(validated.is_ok(), "{validated:?}");
             assert!(validated.unwrap().warnings.is_empty());
         }
