@@ -37,7 +37,7 @@ pub enum RouterErrorKind {
 /// A compile error with the path of the offending field, relative to the route config
 /// (`routes[2].route.weighted_clusters`) or to the cluster (`endpoints[1].weight`).
 ///
-/// Displays as `path: message`, in the SPEC's style. The runtime adds its own prefix
+/// Displays as `path: message`, in the style of the config docs (docs/CONFIG.md). The runtime adds its own prefix
 /// with [`RouterError::prefixed`] (`route_configs[0].` or `clusters[3].`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub struct RouterError {

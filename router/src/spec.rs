@@ -1,9 +1,9 @@
-//! Plain input specs: what the runtime builds from the YAML config (SPEC §3) and hands
+//! Plain input specs: what the runtime builds from the YAML config (docs/CONFIG.md) and hands
 //! to [`crate::RouteTable::compile`]. No serde here; the runtime owns parsing.
 
 use std::time::Duration;
 
-/// Default per-request timeout when a route sets none (SPEC §3: 15s).
+/// Default per-request timeout when a route sets none (15s, as docs/CONFIG.md says).
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One `route_configs[]` entry: a name and its routes, in order.
@@ -40,7 +40,7 @@ pub struct RouteSpec {
 
 impl RouteSpec {
     /// A route named `name` that matches everything and sends to `cluster`, with the
-    /// SPEC defaults (15s timeout, no retries, no mirrors, no mutations). Handy in tests
+    /// The config defaults (15s timeout, no retries, no mirrors, no mutations). Handy in tests
     /// and for building specs field by field.
     pub fn new(name: impl Into<String>, cluster: impl Into<String>) -> Self {
         RouteSpec {

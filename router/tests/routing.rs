@@ -29,7 +29,7 @@ fn weighted(pairs: &[(&str, u32)]) -> TargetSpec {
     TargetSpec::Weighted(pairs.iter().map(|&(c, w)| (c.to_owned(), w)).collect())
 }
 
-/// Reference semantics written straight from SPEC §3, independent of the crate: a
+/// Reference semantics written straight from the route rules of docs/CONFIG.md, independent of the crate: a
 /// condition tests the value of its key (absent fails every kind), `invert` negates,
 /// all conditions must hold, first route in order wins.
 fn naive_route(spec: &RouteConfigSpec, m: &Metadata) -> Option<usize> {
@@ -202,7 +202,7 @@ fn many_exact_routes_interleaved_with_scanned_ones() {
 
 #[test]
 fn spec_example_route_holds_as_documented() {
-    // SPEC §3's example conditions: interface exact, user present, method NOT ^(get|list).
+    // The example conditions of docs/CONFIG.md: interface exact, user present, method NOT ^(get|list).
     let route = RouteSpec {
         matchers: vec![
             MatcherSpec::new(

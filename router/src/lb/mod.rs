@@ -63,7 +63,7 @@ pub enum LbPolicy {
 }
 
 impl LbPolicy {
-    /// Every policy, in SPEC order.
+    /// Every policy, in the order docs/CONFIG.md lists them.
     pub const ALL: [LbPolicy; 5] = [
         LbPolicy::RoundRobin,
         LbPolicy::Random,
@@ -115,7 +115,7 @@ pub struct EndpointSpec {
     /// `host:port`. Consistent hashing (ring_hash, maglev) places endpoints by this
     /// string, so an endpoint keeps its keys whatever its position in the list.
     pub address: String,
-    /// Relative weight, at least 1 (SPEC default 1).
+    /// Relative weight, at least 1 (default 1).
     pub weight: u32,
 }
 
