@@ -318,7 +318,11 @@ impl ThriftCodec {
         };
         let len = len as usize;
         if len > self.max_frame_size {
-            return Err(DecodeError::too_large(len as u64, self.max_frame_size));
+            // Answerable when the header section and the message header arrived.
+            return Err(match read_theader(src) {
+                Ok(th) => self.over_limit(src, len, th.payload, Transport::Header),
+                Err(_) => DecodeError::too_large(len as u64, self.max_frame_size),
+            });
         }
         if len < HEADER_SECTION - 4 {
             return Err(DecodeError::malformed(
@@ -1116,11 +1120,14 @@ mod tests {
 
     #[test]
     fn an_over_limit_frame_whose_header_arrived_gets_a_protocol_error_reply() {
-        for p in Protocol::ALL {
-            let mut codec = ThriftCodec::new(Some(Transport::Framed), None, 100);
+        for (t, p) in [Transport::Framed, Transport::Header]
+            .into_iter()
+            .flat_map(|t| Protocol::ALL.map(|p| (t, p)))
+        {
+            let mut codec = ThriftCodec::new(Some(t), None, 100);
             let mut b = BytesMut::new();
             frames::write_call(
-                &FrameSpec::new(Transport::Framed, p, "getUser", 42),
+                &FrameSpec::new(t, p, "getUser", 42).with_headers(&[("user", "alice")]),
                 &[7; 1000],
                 &mut b,
             )
@@ -1129,10 +1136,10 @@ mod tests {
             let e = codec.decode(&mut b).unwrap_err();
             assert!(
                 matches!(e.kind, DecodeErrorKind::FrameTooLarge { .. }),
-                "{p:?}"
+                "{t:?}/{p:?}"
             );
             let ctx = e.reply.expect("answerable");
-            assert_eq!((ctx.request_id, &*ctx.name), (42, "getUser"), "{p:?}");
+            assert_eq!((ctx.request_id, &*ctx.name), (42, "getUser"), "{t:?}/{p:?}");
             let mut out = BytesMut::new();
             codec
                 .encode_local_reply(
@@ -1141,9 +1148,10 @@ mod tests {
                     &mut out,
                 )
                 .unwrap();
-            let mut reader = ThriftCodec::new(Some(Transport::Framed), Some(p), 1 << 20);
+            // The reply is in the client's own transport and protocol.
+            let mut reader = ThriftCodec::new(Some(t), Some(p), 1 << 20);
             let reply = reader.decode(&mut out).unwrap().unwrap();
-            assert_eq!(reply.request_id(), 42);
+            assert_eq!(reply.request_id(), 42, "{t:?}/{p:?}");
             assert_eq!(
                 reply.status(),
                 meta_protocol::ResponseStatus::Error,
