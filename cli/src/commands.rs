@@ -35,7 +35,8 @@ enum Command {
     },
     /// Self-contained demo: in-process backends, a proxy, traffic and a report.
     Demo(crate::demo::DemoArgs),
-    /// Load generator for Dubbo and Thrift servers or proxies.
+    /// Load generator for Dubbo and Thrift servers or proxies, and for any registered
+    /// codec with `--protocol frame --codec NAME --request-file FILE`.
     Bench(crate::loadgen::BenchArgs),
 }
 
@@ -97,7 +98,10 @@ impl Cli {
             Command::Demo(args) => crate::demo::run(args)
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(anyhow::Error::from),
-            Command::Bench(args) => bench(args),
+            Command::Bench(mut args) => {
+                args.codecs = Some(self.codecs);
+                bench(args)
+            }
         };
         match result {
             Ok(code) => code,

@@ -25,6 +25,7 @@ fn spawn(rt: &tokio::runtime::Runtime, protocol: BenchProtocol, responder: Respo
     let factory = match protocol {
         BenchProtocol::Dubbo => backend::dubbo_factory(),
         BenchProtocol::Thrift => backend::thrift_factory(),
+        BenchProtocol::Frame => unreachable!("frame benches spawn their own codec's backend"),
     };
     rt.block_on(backend::spawn(
         "127.0.0.1:0".parse().unwrap(),
@@ -374,4 +375,82 @@ fn cli_exits_non_zero_after_its_report_when_a_reply_was_wrong() {
         err.contains("20 of 20 replies were wrong or failed"),
         "{err}"
     );
+}
+
+/// A custom binary benches its own protocol: `--protocol frame` with its codec and a
+/// request frame from a file, every reply checked by id and status.
+#[test]
+fn a_custom_binary_benches_its_own_codec_from_a_request_file() {
+    use metaproxy_cli::Cli;
+    use metaproxy_example_kv::{frames, KvCodecFactory};
+    use std::process::ExitCode;
+
+    let rt = runtime();
+    let kv_backend = |status: u8| {
+        let responder: Responder = Arc::new(move |req: &Message, out: &mut BytesMut| {
+            if req.kind() == MessageKind::Request {
+                out.extend_from_slice(&frames::response(req.request_id(), status, &[], b"ok"));
+            }
+        });
+        rt.block_on(backend::spawn(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(KvCodecFactory),
+            Default::default(),
+            responder,
+        ))
+        .unwrap()
+    };
+    let dir = std::env::temp_dir().join(format!("metaproxy-bench-frame-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let request = dir.join("request.bin");
+    std::fs::write(&request, frames::request(1, &[("service", "calc")], b"2+2")).unwrap();
+
+    let with_kv = || {
+        let mut codecs = metaproxy::default_registry();
+        codecs.register(Arc::new(KvCodecFactory));
+        Cli::new(codecs)
+    };
+    let bench = |cli: Cli, target: String| {
+        cli.main_from([
+            "my-proxy",
+            "bench",
+            "--protocol",
+            "frame",
+            "--codec",
+            "kv",
+            "--request-file",
+            request.to_str().unwrap(),
+            "--target",
+            &target,
+            "--connections",
+            "2",
+            "--pipeline",
+            "4",
+            "--requests",
+            "200",
+            "--json",
+        ])
+    };
+
+    let ok = kv_backend(0);
+    assert_eq!(bench(with_kv(), ok.addr().to_string()), ExitCode::SUCCESS);
+    assert_eq!(
+        ok.stats().requests(),
+        200,
+        "every request reached the backend"
+    );
+
+    // Error statuses are wrong replies: the run fails after its report.
+    let failing = kv_backend(10);
+    assert_eq!(
+        bench(with_kv(), failing.addr().to_string()),
+        ExitCode::FAILURE
+    );
+    assert!(failing.stats().requests() > 0);
+
+    // A binary without the codec cannot bench it.
+    let none = Cli::new(metaproxy::default_registry());
+    assert_eq!(bench(none, ok.addr().to_string()), ExitCode::FAILURE);
+    assert_eq!(ok.stats().requests(), 200);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -40,6 +40,11 @@ pub enum BenchProtocol {
     Dubbo,
     /// Apache Thrift.
     Thrift,
+    /// Any codec the binary registers (`--codec NAME`), sending the request frame read
+    /// from `--request-file` with a fresh id each time; a reply passes when its id is
+    /// outstanding and its status is OK. This is how a custom binary benches its own
+    /// protocol.
+    Frame,
 }
 
 impl BenchProtocol {
@@ -48,6 +53,7 @@ impl BenchProtocol {
         match self {
             BenchProtocol::Dubbo => "dubbo",
             BenchProtocol::Thrift => "thrift",
+            BenchProtocol::Frame => "frame",
         }
     }
 }
@@ -98,6 +104,18 @@ pub struct BenchArgs {
     /// header-transport headers. Repeatable.
     #[arg(long = "header", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
+    /// With `--protocol frame`: the codec to speak, by its registered name (`dubbo`,
+    /// `thrift`, or one the binary registers).
+    #[arg(long)]
+    pub codec: Option<String>,
+    /// With `--protocol frame`: a file holding one request frame in the codec's wire
+    /// format (for example captured from a client).
+    #[arg(long = "request-file")]
+    pub request_file: Option<std::path::PathBuf>,
+    /// The codecs `--codec` is looked up in (the binary's registry; the reference
+    /// codecs when unset).
+    #[arg(skip)]
+    pub codecs: Option<metaproxy::meta_protocol::CodecRegistry>,
     /// A request with no reply for this long counts as a `timeout` error (and its
     /// connection is reopened).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
@@ -134,6 +152,9 @@ impl BenchArgs {
             interface: "org.apache.dubbo.bench.EchoService".to_owned(),
             method: "echo".to_owned(),
             headers: Vec::new(),
+            codec: None,
+            request_file: None,
+            codecs: None,
             timeout: Duration::from_secs(10),
             threads: None,
             json: false,

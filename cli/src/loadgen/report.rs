@@ -166,8 +166,8 @@ impl LatencySummary {
 /// The result of one run (`--json` prints it as one object).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchReport {
-    /// `dubbo` or `thrift`.
-    pub protocol: &'static str,
+    /// `dubbo`, `thrift`, or with `--protocol frame` the codec's name.
+    pub protocol: String,
     /// Thrift `transport/protocol`, absent for Dubbo.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub thrift: Option<String>,
@@ -208,7 +208,10 @@ impl BenchReport {
     ) -> Self {
         let secs = elapsed.as_secs_f64().max(1e-9);
         BenchReport {
-            protocol: args.protocol.as_str(),
+            protocol: match (args.protocol, &args.codec) {
+                (BenchProtocol::Frame, Some(codec)) => codec.clone(),
+                (p, _) => p.as_str().to_owned(),
+            },
             thrift: (args.protocol == BenchProtocol::Thrift).then(|| {
                 format!(
                     "{}/{}",

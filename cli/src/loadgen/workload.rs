@@ -77,6 +77,7 @@ impl Workload {
             message,
         };
         let (factory, template): (Arc<dyn CodecFactory>, Message) = match args.protocol {
+            BenchProtocol::Frame => frame_template(args).map_err(fail)?,
             BenchProtocol::Dubbo => {
                 let mut frame = BytesMut::new();
                 RequestFrame {
@@ -142,6 +143,8 @@ impl Workload {
             ResponseStatus::Error => return Err(ErrorKind::ErrorStatus),
         }
         let got = match self.protocol {
+            // A frame of another protocol: the status is all that is known.
+            BenchProtocol::Frame => return Ok(()),
             BenchProtocol::Dubbo => dubbo_payload_len(reply)?,
             BenchProtocol::Thrift => match frames::read_reply(reply) {
                 Ok(Reply::Success(b)) => b.len(),
@@ -157,6 +160,42 @@ impl Workload {
             Err(ErrorKind::PayloadMismatch)
         }
     }
+}
+
+/// `--protocol frame`: the codec named by `--codec` and the request read from
+/// `--request-file`, decoded once by that codec.
+fn frame_template(args: &BenchArgs) -> Result<(Arc<dyn CodecFactory>, Message), String> {
+    let name = args
+        .codec
+        .as_deref()
+        .ok_or("--protocol frame needs --codec NAME")?;
+    let path = args
+        .request_file
+        .as_deref()
+        .ok_or("--protocol frame needs --request-file FILE")?;
+    let codecs = args
+        .codecs
+        .clone()
+        .unwrap_or_else(metaproxy::default_registry);
+    let factory = codecs.get(name).map_err(|e| e.to_string())?.clone();
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut frame = BytesMut::from(&bytes[..]);
+    let mut codec = factory
+        .configure(&CodecOptions::new())
+        .and_then(|p| p.new_codec(&CodecContext::downstream(usize::MAX)))
+        .map_err(|e| e.to_string())?;
+    let msg = codec
+        .decode(&mut frame)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .ok_or_else(|| format!("{}: not one whole {name} frame", path.display()))?;
+    if !frame.is_empty() {
+        return Err(format!(
+            "{}: {} bytes after the first {name} frame; the file must hold exactly one",
+            path.display(),
+            frame.len()
+        ));
+    }
+    Ok((factory, msg))
 }
 
 /// The length of the binary value of an OK Dubbo response, read without copying.
