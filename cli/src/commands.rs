@@ -37,7 +37,7 @@ enum Command {
     Demo(crate::demo::DemoArgs),
     /// Load generator for Dubbo and Thrift servers or proxies, and for any registered
     /// codec with `--protocol frame --codec NAME --request-file FILE`.
-    Bench(crate::loadgen::BenchArgs),
+    Bench(Box<crate::loadgen::BenchArgs>),
 }
 
 /// The `metaproxy` command line over a codec registry: what a custom binary's `main`
@@ -100,7 +100,7 @@ impl Cli {
                 .map_err(anyhow::Error::from),
             Command::Bench(mut args) => {
                 args.codecs = Some(self.codecs);
-                bench(args)
+                bench(*args)
             }
         };
         match result {
