@@ -6,10 +6,9 @@
 //! `scripts/test.sh`).
 #![cfg(feature = "interop")]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -18,30 +17,13 @@ use metaproxy_cli::backend::{self, Responder};
 use metaproxy_dubbo::frames::{echo_response, ResponseFrame};
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn run_json_lines(mut cmd: Command) -> Vec<Value> {
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !stdout.trim().is_empty(),
-        "client printed nothing; stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+mod common;
+use common::peers::{dubbo_python, json_lines, thrift_python, workspace_root, ThriftServer};
 
 /// The Python Dubbo client: one JSON object per call.
 fn dubbo_client(target: SocketAddr, args: &[&str]) -> Vec<Value> {
-    let py = root().join(".interop/dubbo/venv/bin/python");
-    assert!(py.exists(), "run scripts/interop/dubbo.sh first");
-    let mut cmd = Command::new(py);
-    cmd.arg(root().join("codecs/dubbo/interop/client.py"))
+    let mut cmd = Command::new(dubbo_python());
+    cmd.arg(workspace_root().join("codecs/dubbo/interop/client.py"))
         .args(["--target", &target.to_string()])
         .args([
             "--interface",
@@ -52,7 +34,7 @@ fn dubbo_client(target: SocketAddr, args: &[&str]) -> Vec<Value> {
             "[\"hi\"]",
         ])
         .args(args);
-    run_json_lines(cmd)
+    json_lines(cmd)
 }
 
 /// Writes `yaml` to `path` and starts the proxy from that file in-process.
@@ -183,56 +165,18 @@ async fn python_dubbo_client_per_user_limit_access_rules_and_reload() {
     );
 }
 
-struct PyServer(Child, String);
-
-impl Drop for PyServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn thrift_python() -> PathBuf {
-    let py = root().join(".interop/thrift/venv/bin/python");
-    assert!(py.exists(), "run scripts/interop/thrift.sh first");
-    py
-}
-
-fn thrift_server() -> PyServer {
-    let mut child = Command::new(thrift_python())
-        .arg(root().join("codecs/thrift/interop/server.py"))
-        .args([
-            "--transport",
-            "header",
-            "--protocol",
-            "binary",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the Python thrift server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: Value = serde_json::from_str(&line).unwrap();
-    let addr = v["listening"].as_str().unwrap().to_owned();
-    PyServer(child, addr)
-}
-
 fn thrift_client(addr: SocketAddr, args: &[&str]) -> Vec<Value> {
     let mut cmd = Command::new(thrift_python());
-    cmd.arg(root().join("codecs/thrift/interop/client.py"))
+    cmd.arg(workspace_root().join("codecs/thrift/interop/client.py"))
         .args(["--transport", "header", "--protocol", "binary"])
         .arg(addr.to_string())
         .args(args);
-    run_json_lines(cmd)
+    json_lines(cmd)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apache_thrift_python_per_user_limit_and_access_rules() {
-    let server = thrift_server();
+    let server = ThriftServer::start("header", "binary");
     let yaml = format!(
         r#"
 listeners:
@@ -254,7 +198,7 @@ route_configs:
 clusters:
   - {{name: py, endpoints: ["{}"]}}
 "#,
-        server.1
+        server.addr
     );
     let dir = std::env::temp_dir().join(format!("metaproxy-filters-thrift-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -9,7 +9,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,39 +16,19 @@ use std::time::Duration;
 use bytes::BytesMut;
 use common::binary::start_proxy;
 use common::net::{dead_addr, silent_backend};
+use common::peers::{dubbo_python, json_lines, workspace_root};
 use meta_protocol::{Message, MessageKind};
 use metaproxy_cli::backend::{self, Responder};
 use metaproxy_dubbo::frames::{echo_response, parse_request, ResponseFrame};
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    // The workspace root, one level above this crate.
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
 /// Runs the Python client; one JSON object per call.
 fn client(target: SocketAddr, args: &[&str]) -> Vec<Value> {
-    let py = root().join(".interop/dubbo/venv/bin/python");
-    assert!(
-        py.exists(),
-        "the Python Dubbo client is missing: run scripts/interop/dubbo.sh (scripts/test.sh does)"
-    );
-    let out = Command::new(py)
-        .arg(root().join("codecs/dubbo/interop/client.py"))
+    let mut cmd = Command::new(dubbo_python());
+    cmd.arg(workspace_root().join("codecs/dubbo/interop/client.py"))
         .args(["--target", &target.to_string()])
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !stdout.trim().is_empty(),
-        "client printed nothing; stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+        .args(args);
+    json_lines(cmd)
 }
 
 /// Answers each call with the string `<name>|x-route=<attachment or ->`.

@@ -6,14 +6,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::binary::start_proxy;
 use common::net::{dead_addr, silent_backend};
+use common::peers::{json_lines, thrift_python, workspace_root, ThriftServer};
 use serde_json::Value;
 
 const COMBOS: [(&str, &str); 6] = [
@@ -25,60 +25,9 @@ const COMBOS: [(&str, &str); 6] = [
     ("header", "compact"),
 ];
 
-fn root() -> PathBuf {
-    // The workspace root, one level above this crate.
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
-fn python() -> PathBuf {
-    let py = root().join(".interop/thrift/venv/bin/python");
-    assert!(
-        py.exists() && root().join(".interop/thrift/gen-py/interop").exists(),
-        "Apache Thrift Python peers are missing: run scripts/interop/thrift.sh (scripts/test.sh does)"
-    );
-    py
-}
-
-fn script(name: &str) -> PathBuf {
-    root().join("codecs/thrift/interop").join(name)
-}
-
-struct PyServer(Child, String);
-
-impl Drop for PyServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn py_server(transport: &str, protocol: &str) -> PyServer {
-    let mut child = Command::new(python())
-        .arg(script("server.py"))
-        .args([
-            "--transport",
-            transport,
-            "--protocol",
-            protocol,
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the Python thrift server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: Value =
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("server said {line:?}: {e}"));
-    let addr = v["listening"].as_str().unwrap().to_owned();
-    PyServer(child, addr)
-}
-
 fn py_client(transport: &str, protocol: &str, addr: SocketAddr, extra: &[&str]) -> Vec<Value> {
-    let out = Command::new(python())
-        .arg(script("client.py"))
+    let mut cmd = Command::new(thrift_python());
+    cmd.arg(workspace_root().join("codecs/thrift/interop/client.py"))
         .args([
             "--transport",
             transport,
@@ -86,19 +35,8 @@ fn py_client(transport: &str, protocol: &str, addr: SocketAddr, extra: &[&str]) 
             protocol,
             &addr.to_string(),
         ])
-        .args(extra)
-        .output()
-        .expect("run the Python thrift client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !stdout.trim().is_empty(),
-        "client printed nothing; stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+        .args(extra);
+    json_lines(cmd)
 }
 
 fn by_call<'a>(lines: &'a [Value], call: &str) -> &'a Value {
@@ -126,7 +64,10 @@ fn comparable(lines: &[Value]) -> Vec<Value> {
 
 #[test]
 fn apache_thrift_python_through_the_proxy_binary() {
-    let servers: Vec<PyServer> = COMBOS.iter().map(|(t, p)| py_server(t, p)).collect();
+    let servers: Vec<ThriftServer> = COMBOS
+        .iter()
+        .map(|(t, p)| ThriftServer::start(t, p))
+        .collect();
     let silent = silent_backend();
     let dead = dead_addr();
     let mut yaml = String::from("listeners:\n");
@@ -163,7 +104,7 @@ fn apache_thrift_python_through_the_proxy_binary() {
 clusters:
 "#;
     for (i, s) in servers.iter().enumerate() {
-        yaml += &format!("  - {{name: c{i}, endpoints: [\"{}\"]}}\n", s.1);
+        yaml += &format!("  - {{name: c{i}, endpoints: [\"{}\"]}}\n", s.addr);
     }
     yaml += &format!("  - {{name: dead, endpoints: [\"{dead}\"]}}\n  - {{name: silent, endpoints: [\"{silent}\"]}}\n");
     let dir = std::env::temp_dir().join(format!("metaproxy-thrift-e2e-{}", std::process::id()));
@@ -199,7 +140,7 @@ clusters:
     // nested struct, declared exception, one-way + read back, server-side internal error,
     // multiplexed services).
     for (i, (t, p)) in COMBOS.iter().enumerate() {
-        let direct = py_client(t, p, servers[i].1.parse().unwrap(), &[]);
+        let direct = py_client(t, p, servers[i].addr.parse().unwrap(), &[]);
         let proxied = py_client(t, p, addrs[&format!("l{i}")], &[]);
         assert_eq!(comparable(&proxied), comparable(&direct), "{t}/{p}");
         assert_eq!(by_call(&proxied, "put")["ok"], true, "{t}/{p}: {proxied:?}");

@@ -3,6 +3,7 @@
 
 pub mod hostile;
 pub mod net;
+pub mod peers;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -4,3 +4,5 @@
 pub mod binary;
 #[path = "../../../tests/common/net.rs"]
 pub mod net;
+#[path = "../../../tests/common/peers.rs"]
+pub mod peers;
