@@ -106,7 +106,7 @@ impl Cli {
         match result {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", describe(&e));
                 ExitCode::FAILURE
             }
         }
@@ -117,6 +117,21 @@ impl Cli {
 /// custom proxy binary. Same as `Cli::new(codecs).main()`.
 pub fn main_with(codecs: CodecRegistry) -> ExitCode {
     Cli::new(codecs).main()
+}
+
+/// An error and its causes on one line, each cause once: many errors already name their
+/// cause in their own message (`cannot bind 127.0.0.1:1: address in use`), so a cause
+/// whose text is already there is not repeated.
+fn describe(error: &anyhow::Error) -> String {
+    let mut line = error.to_string();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn init_logging() {
@@ -286,4 +301,34 @@ fn run(
         tracing::info!(drained, "stopped");
         anyhow::Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_printed_once() {
+        let bind = metaproxy::BindError {
+            listener: "in".into(),
+            address: "127.0.0.1:1".into(),
+            source: std::io::Error::other("another metaproxy process is running"),
+        };
+        let line = describe(&anyhow::Error::from(bind));
+        assert_eq!(
+            line.matches("another metaproxy process is running").count(),
+            1,
+            "{line}"
+        );
+        assert!(
+            line.starts_with("listener \"in\": cannot bind 127.0.0.1:1"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_cause_not_in_the_message_is_appended() {
+        let e = anyhow::Error::from(std::io::Error::other("disk full")).context("cannot write");
+        assert_eq!(describe(&e), "cannot write: disk full");
+    }
 }
