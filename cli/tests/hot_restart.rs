@@ -7,11 +7,11 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
@@ -25,7 +25,7 @@ use metaproxy_dubbo::frames::{parse_response, Args, RequestFrame};
 use metaproxy_thrift::frames::{write_call, FrameSpec, Reply};
 use metaproxy_thrift::{Protocol, ThriftCodec, Transport};
 
-use common::binary::bin;
+use common::binary::{bin, spawn_logged};
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long after `drain_timeout` an old process may take to exit.
@@ -115,22 +115,7 @@ fn spawn(config: &Path, takeover: bool, env: &[(&str, &str)]) -> (Child, Receive
     if takeover {
         cmd.arg("--takeover");
     }
-    let mut child = cmd
-        .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    (child, rx)
+    spawn_logged(cmd, env)
 }
 
 /// Starts a proxy and waits until every listener and the admin server are bound.

@@ -24,26 +24,17 @@ impl Drop for Proxy {
     }
 }
 
-/// Starts `metaproxy run --config CONFIG`; returns the process, the first listener's
-/// address and the stderr lines.
-pub fn start_proxy(
-    config: &std::path::Path,
-) -> (Proxy, SocketAddr, std::sync::mpsc::Receiver<String>) {
-    start_proxy_env(config, &[])
-}
-
-/// Like [`start_proxy`] with extra environment variables.
+/// Spawns `cmd` (a `metaproxy` command) with `RUST_LOG=info` and `env`, its stderr
+/// lines sent to the returned receiver as they come.
 #[allow(
     clippy::zombie_processes,
-    reason = "the returned Proxy kills and waits on drop"
+    reason = "callers wait on the child (or kill it through Proxy's drop)"
 )]
-pub fn start_proxy_env(
-    config: &std::path::Path,
+pub fn spawn_logged(
+    mut cmd: Command,
     env: &[(&str, &str)],
-) -> (Proxy, SocketAddr, std::sync::mpsc::Receiver<String>) {
-    let mut child = bin()
-        .args(["run", "--config"])
-        .arg(config)
+) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = cmd
         .env("RUST_LOG", "info")
         .envs(env.iter().copied())
         .stderr(Stdio::piped())
@@ -58,6 +49,25 @@ pub fn start_proxy_env(
             }
         }
     });
+    (child, rx)
+}
+
+/// Starts `metaproxy run --config CONFIG`; returns the process, the first listener's
+/// address and the stderr lines.
+pub fn start_proxy(
+    config: &std::path::Path,
+) -> (Proxy, SocketAddr, std::sync::mpsc::Receiver<String>) {
+    start_proxy_env(config, &[])
+}
+
+/// Like [`start_proxy`] with extra environment variables.
+pub fn start_proxy_env(
+    config: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (Proxy, SocketAddr, std::sync::mpsc::Receiver<String>) {
+    let mut cmd = bin();
+    cmd.args(["run", "--config"]).arg(config);
+    let (child, rx) = spawn_logged(cmd, env);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let line = rx
