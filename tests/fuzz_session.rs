@@ -12,24 +12,10 @@ mod session_fuzz;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use meta_protocol::testing::FuzzRng;
 use metaproxy::thrift::frames::{write_call, write_oneway, FrameSpec};
 use metaproxy::thrift::{Protocol, Transport};
 use session_fuzz::{valid_request, Proto, SessionFuzz};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// Valid streams, each prefixed with its listener selector (0 Dubbo, 1 Thrift, 2 kv).
 fn seeds() -> Vec<Vec<u8>> {
@@ -63,7 +49,7 @@ fn seeds() -> Vec<Vec<u8>> {
     out
 }
 
-fn mutate(rng: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
+fn mutate(rng: &mut FuzzRng, seeds: &[Vec<u8>]) -> Vec<u8> {
     let mut data = seeds[rng.below(seeds.len())].clone();
     // Keep the selector, vary the chunking bits.
     data[0] = (data[0] % 3) | ((rng.below(8) as u8) << 2);
@@ -121,7 +107,7 @@ fn random_byte_streams_through_full_sessions_hold_the_invariants() {
         harness.session(s);
     }
     harness.check_healthy();
-    let mut rng = Rng(seed);
+    let mut rng = FuzzRng::new(seed);
     let started = Instant::now();
     let mut sessions = 0;
     while started.elapsed() < Duration::from_secs(secs) {

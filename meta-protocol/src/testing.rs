@@ -207,6 +207,36 @@ pub fn check_roundtrip<C: Codec>(mut new_codec: impl FnMut() -> C, frame: &[u8])
     original
 }
 
+/// A small deterministic random number generator (xorshift64*) for stable fuzz
+/// harnesses: mutate valid frames with it and feed them to [`check_no_panic`]. The same
+/// seed gives the same sequence, so a failing run is reproduced from its seed.
+#[derive(Clone, Debug)]
+pub struct FuzzRng(u64);
+
+impl FuzzRng {
+    /// A generator started from `seed` (0 is replaced by 1: xorshift never leaves 0).
+    pub fn new(seed: u64) -> Self {
+        FuzzRng(seed.max(1))
+    }
+
+    /// The next 64 random bits.
+    #[allow(
+        clippy::should_implement_trait,
+        reason = "a generator, not an iterator: it never ends"
+    )]
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,25 +11,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use common::{payload_request, typical_request};
+use meta_protocol::testing::FuzzRng;
 use meta_protocol::{Codec, MessageKind, Side};
 use metaproxy_dubbo::frames::{Args, RequestFrame, ResponseFrame};
 use metaproxy_dubbo::hessian2::{Reader, Value, Writer};
 use metaproxy_dubbo::DubboCodec;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 fn seeds() -> Vec<Bytes> {
     let mut args = BytesMut::new();
@@ -122,7 +108,7 @@ const INTERESTING: &[u8] = &[
     0xff,
 ];
 
-fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
+fn mutate(rng: &mut FuzzRng, seed: &[u8]) -> Vec<u8> {
     let mut v = seed.to_vec();
     for _ in 0..1 + rng.below(4) {
         let len = v.len();
@@ -212,7 +198,7 @@ fn mutated_frames_never_panic_and_round_trip() {
     for s in &seeds {
         check(s);
     }
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = FuzzRng::new(0x9e37_79b9_7f4a_7c15);
     let deadline = Instant::now() + Duration::from_secs(8);
     let mut runs = 0u64;
     while runs < 300_000 && Instant::now() < deadline {

@@ -13,24 +13,10 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::*;
+use meta_protocol::testing::FuzzRng;
 use metaproxy_thrift::frames::{self, FrameSpec};
 use metaproxy_thrift::{Protocol, Transport};
 use thrift::protocol::TMessageType;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 fn seeds() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
@@ -78,7 +64,7 @@ fn seeds() -> Vec<Vec<u8>> {
     out
 }
 
-fn mutate(rng: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
+fn mutate(rng: &mut FuzzRng, seeds: &[Vec<u8>]) -> Vec<u8> {
     let mut v = seeds[rng.below(seeds.len())].clone();
     for _ in 0..=rng.below(4) {
         let len = v.len();
@@ -137,7 +123,7 @@ fn randomized_mutations_of_valid_frames_hold_the_invariants() {
         .unwrap_or(0x5eed_1234_u64);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let seeds = seeds();
-    let mut rng = Rng(seed | 1);
+    let mut rng = FuzzRng::new(seed | 1);
     // Unmutated seeds must pass in every configuration.
     for s in &seeds {
         for sel in 0u8..64 {
