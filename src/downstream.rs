@@ -1,13 +1,17 @@
 //! One client connection: decode requests, route them, send them upstream, and write
 //! back responses in whatever order they complete.
 //!
-//! The connection is a single task owning its socket, codec, in-flight table and deadlines,
-//! so nothing on the request path is shared with other connections except the snapshot
-//! (read without a lock), the clusters' atomic counters and the upstream channels.
+//! The connection is one task that reads its socket, and a state ([`ClientLink`]: codec,
+//! in-flight table, deadlines, write buffer) that the task and the upstream connections
+//! of the same worker call into directly. A request is decoded, routed and encoded into
+//! an upstream connection's write buffer in one go; a response is encoded into this
+//! connection's write buffer by the upstream connection's task that read it. No channel
+//! on the request path; the snapshot is read without a lock, clusters through atomic
+//! counters.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
 use std::future::Future;
@@ -25,10 +29,12 @@ use slab::Slab;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::buffer_pool;
 use crate::cluster::{ClusterRt, Endpoint};
+use crate::delivery::{Failure, ReplyTo, ResponseSink};
 use crate::filter::{
     ChainStep, Decision, FilterResponse, MAX_FILTER_WAIT, MAX_WAITING_PER_CONNECTION,
 };
@@ -37,7 +43,8 @@ use crate::observe::{AccessLogEntry, AccessStatus, LoggedMetadata};
 use crate::request_token::RequestToken;
 use crate::shared::ListenerCtx;
 use crate::snapshot::ListenerRt;
-use crate::upstream::{DownstreamEvent, Outbound, PoolKey, ReplyTo};
+use crate::task_wake::TaskWake;
+use crate::upstream::{Outbound, PoolKey, Refused};
 
 /// When no request is in flight the deadline timer is parked this far ahead.
 const PARKED: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -54,8 +61,6 @@ const DRAIN_QUIET: Duration = Duration::from_millis(250);
 /// pace. The connection itself stays open until the client closes it.
 pub(crate) const DRAIN_HEADER: (&str, &str) = ("metaproxy-drain", "1");
 
-/// Read buffer reservation.
-const READ_CHUNK: usize = 32 * 1024;
 /// Free retries of a request whose connections kept going away before writing it
 /// (each one had served other requests, or was retired by the proxy).
 const MAX_STALE_RETRIES: u8 = 16;
@@ -129,6 +134,9 @@ struct NotSent {
     reason: &'static str,
 }
 
+/// A request parked on a waiting filter.
+type Parked = Pin<Box<dyn Future<Output = Resumed> + Send>>;
+
 /// Serves one accepted client connection until it closes.
 pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
@@ -139,26 +147,39 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
             return;
         }
     };
-    // Buffers, tables and the response channel are made on first use, so an idle
-    // connection costs little memory.
-    let mut conn = Downstream {
-        ctx,
-        codec,
-        inflight: Slab::new(),
-        deadlines: BinaryHeap::new(),
-        generation: 0,
-        tx: None,
-        rx: None,
-        wbuf: BytesMut::new(),
-        rng: SmallRng::from_rng(&mut rand::rng()),
-        closing: false,
-        inflight_bytes: 0,
-        accounted: 0,
-        waiting: None,
-        drain_notice: None,
-    };
+    // Buffers and tables are made on first use, so an idle connection costs little
+    // memory.
+    let link = Arc::new_cyclic(|me: &Weak<ClientLink>| {
+        let me: Weak<dyn ResponseSink> = me.clone();
+        ClientLink {
+            state: Mutex::new(Downstream {
+                me,
+                ctx,
+                codec,
+                inflight: Slab::new(),
+                deadlines: BinaryHeap::new(),
+                generation: 0,
+                wbuf: BytesMut::new(),
+                rng: SmallRng::from_rng(&mut rand::rng()),
+                closing: false,
+                inflight_bytes: 0,
+                accounted: 0,
+                read_buffered: 0,
+                parked: Vec::new(),
+                waiting: 0,
+                drain_notice: None,
+                flush_queued: false,
+                read_paused: false,
+                stalled_since: None,
+            }),
+            stream,
+            wake: TaskWake::default(),
+        }
+    });
     let mut rbuf = BytesMut::new();
-    if let Some(reason) = conn.run(stream, drain, &mut rbuf).await {
+    let reason = run(&link, drain, &mut rbuf).await;
+    let mut conn = link.lock();
+    if let Some(reason) = reason {
         conn.ctx.metrics.closed(reason).inc();
         crate::observe::rate_limited!(
             tracing::Level::INFO,
@@ -172,9 +193,54 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
         f.release();
     }
     conn.ctx.shared.budget.update(conn.accounted, 0);
+    conn.accounted = 0;
+    conn.closing = true;
+}
+
+/// A client connection as its task and the upstream connections see it: the state
+/// under a mutex (only ever taken by the worker thread that owns the connection with
+/// per-core threading, never across an `.await`), the socket, and the task's wake-up.
+struct ClientLink {
+    state: Mutex<Downstream>,
+    stream: TcpStream,
+    wake: TaskWake,
+}
+
+impl ClientLink {
+    fn lock(&self) -> MutexGuard<'_, Downstream> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ResponseSink for ClientLink {
+    fn respond(&self, token: RequestToken, msg: &mut Message) -> bool {
+        let mut conn = self.lock();
+        conn.on_response(token, msg);
+        !std::mem::replace(&mut conn.flush_queued, true)
+    }
+
+    fn fail(&self, token: RequestToken, failure: Failure) -> bool {
+        let mut conn = self.lock();
+        conn.on_failure(token, failure);
+        !std::mem::replace(&mut conn.flush_queued, true)
+    }
+
+    fn flush(&self) {
+        let mut conn = self.lock();
+        conn.flush_queued = false;
+        let left = conn.write_to(&self.stream).unwrap_or(true);
+        conn.sync_budget();
+        let wake = left || conn.closing || conn.read_paused;
+        drop(conn);
+        if wake {
+            self.wake.wake();
+        }
+    }
 }
 
 struct Downstream {
+    /// This connection, as upstream connections deliver to it.
+    me: Weak<dyn ResponseSink>,
     ctx: Arc<ListenerCtx>,
     codec: Box<dyn Codec>,
     inflight: Slab<InFlight>,
@@ -182,8 +248,6 @@ struct Downstream {
     /// and skipped when they surface (or pruned when they outnumber live requests).
     deadlines: BinaryHeap<Reverse<(Instant, RequestToken)>>,
     generation: u32,
-    tx: Option<mpsc::UnboundedSender<DownstreamEvent>>,
-    rx: Option<mpsc::UnboundedReceiver<DownstreamEvent>>,
     wbuf: BytesMut,
     rng: SmallRng,
     closing: bool,
@@ -191,11 +255,21 @@ struct Downstream {
     inflight_bytes: usize,
     /// What this connection counts in the process-wide buffer budget.
     accounted: usize,
-    /// Requests parked until a filter decides (at most [`MAX_WAITING_PER_CONNECTION`]);
-    /// made on first use, so connections whose filters never wait pay nothing.
-    waiting: Option<FuturesUnordered<Pin<Box<dyn Future<Output = Resumed> + Send>>>>,
+    /// Bytes waiting in the task's read buffer (a frame not complete yet).
+    read_buffered: usize,
+    /// Requests parked on waiting filters, not yet handed to the task.
+    parked: Vec<Parked>,
+    /// Requests parked on waiting filters (at most [`MAX_WAITING_PER_CONNECTION`]).
+    waiting: usize,
     /// While draining without a go-away: [`DRAIN_HEADER`], added to every response.
     drain_notice: Option<Arc<meta_protocol::Mutations>>,
+    /// An upstream connection will call [`ResponseSink::flush`] after its batch.
+    flush_queued: bool,
+    /// The task stopped reading (the write buffer or the requests in flight are at the
+    /// limit): a delivery that frees room must wake it.
+    read_paused: bool,
+    /// Since when the write buffer has held bytes without any being written.
+    stalled_since: Option<Instant>,
 }
 
 /// A parked request, back from its waiting filter.
@@ -207,176 +281,225 @@ struct Resumed {
     decision: Decision,
 }
 
-impl Downstream {
-    /// Serves until the connection ends; returns why when the proxy closed it on its
-    /// own for misbehaviour (write timeout, frame timeout, output limit).
-    async fn run(
-        &mut self,
-        stream: TcpStream,
-        mut drain: watch::Receiver<bool>,
-        rbuf: &mut BytesMut,
-    ) -> Option<ClosedReason> {
-        let limit = self.ctx.max_buffered_bytes;
-        let mut reading = true;
-        // When the oldest unwritten reply started waiting / the partial frame started.
-        let mut write_stalled: Option<Instant> = None;
-        let mut frame_started: Option<Instant> = None;
-        let mut guard_at = Instant::now() + PARKED;
-        let mut guard_idle = true;
-        let guard_timer = tokio::time::sleep_until(guard_at);
-        tokio::pin!(guard_timer);
-        // A connection accepted as the drain begins learns it on the first poll of
-        // `drain.changed()`, like every other.
-        if *drain.borrow() {
-            drain.mark_changed();
-        }
-        let mut draining = false;
-        let mut told_to_move = false;
-        let idle = tokio::time::sleep(self.ctx.idle_timeout);
-        tokio::pin!(idle);
-        let mut armed = Instant::now() + PARKED;
-        let deadline_timer = tokio::time::sleep_until(armed);
-        tokio::pin!(deadline_timer);
-        loop {
-            if self.closing
-                && self.inflight.is_empty()
-                && self.waiting_count() == 0
-                && self.wbuf.is_empty()
+/// Serves until the connection ends; returns why when the proxy closed it on its own
+/// for misbehaviour (write timeout, frame timeout, output limit).
+async fn run(
+    link: &ClientLink,
+    mut drain: watch::Receiver<bool>,
+    rbuf: &mut BytesMut,
+) -> Option<ClosedReason> {
+    let ctx = link.lock().ctx.clone();
+    let stream = &link.stream;
+    let limit = ctx.max_buffered_bytes;
+    let mut reading = true;
+    // When the partial frame started.
+    let mut frame_started: Option<Instant> = None;
+    let mut guard_at = Instant::now() + PARKED;
+    let mut guard_idle = true;
+    let guard_timer = tokio::time::sleep_until(guard_at);
+    tokio::pin!(guard_timer);
+    // A connection accepted as the drain begins learns it on the first poll of
+    // `drain.changed()`, like every other.
+    if *drain.borrow() {
+        drain.mark_changed();
+    }
+    let mut draining = false;
+    let mut told_to_move = false;
+    let idle = tokio::time::sleep(ctx.idle_timeout);
+    tokio::pin!(idle);
+    let mut armed = Instant::now() + PARKED;
+    let deadline_timer = tokio::time::sleep_until(armed);
+    tokio::pin!(deadline_timer);
+    // Requests parked on waiting filters; made on first use, so connections whose
+    // filters never wait pay nothing.
+    let mut waiting: Option<FuturesUnordered<Parked>> = None;
+    loop {
+        let (read_allowed, want_write, write_stalled, has_deadlines) = {
+            let mut conn = link.lock();
+            if !conn.parked.is_empty() {
+                let w = waiting.get_or_insert_with(FuturesUnordered::new);
+                for parked in conn.parked.drain(..) {
+                    w.push(parked);
+                }
+            }
+            if conn.closing && conn.inflight.is_empty() && conn.waiting == 0 && conn.wbuf.is_empty()
             {
                 return None;
             }
-            if self.wbuf.len() > 2 * limit {
+            if conn.wbuf.len() > 2 * limit {
                 return Some(ClosedReason::OutputLimit);
             }
-            self.sync_budget(rbuf.len());
-            let next = self.deadlines.peek().map_or(armed, |Reverse((at, _))| *at);
+            conn.read_buffered = rbuf.len();
+            conn.sync_budget();
+            let next = conn.deadlines.peek().map_or(armed, |Reverse((at, _))| *at);
             if next != armed {
                 armed = next;
                 deadline_timer.as_mut().reset(armed);
             }
-            let read_allowed =
-                reading && !self.closing && self.wbuf.len() < limit && self.inflight_bytes < limit;
-            if self.wbuf.is_empty() {
-                write_stalled = None;
-            } else if write_stalled.is_none() {
-                write_stalled = Some(Instant::now());
+            conn.read_paused = conn.wbuf.len() >= limit || conn.inflight_bytes >= limit;
+            let read_allowed = reading && !conn.closing && !conn.read_paused;
+            if conn.wbuf.is_empty() {
+                conn.stalled_since = None;
+            } else if conn.stalled_since.is_none() {
+                conn.stalled_since = Some(Instant::now());
             }
-            if !read_allowed {
-                // Our own back-pressure is not the client's slowness.
-                frame_started = None;
+            (
+                read_allowed,
+                !conn.wbuf.is_empty(),
+                conn.stalled_since,
+                !conn.deadlines.is_empty(),
+            )
+        };
+        if !read_allowed {
+            // Our own back-pressure is not the client's slowness.
+            frame_started = None;
+        }
+        // Guards only move later (a new stall or frame starts after the old one), so
+        // an armed timer is left alone and re-armed lazily when it fires early: no
+        // timer reset per reply on the request path.
+        let next_guard = [
+            write_stalled.map(|t| t + ctx.write_timeout),
+            frame_started.map(|t| t + ctx.frame_timeout),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if let Some(next) = next_guard {
+            if guard_idle || next < guard_at {
+                guard_at = next;
+                guard_idle = false;
+                guard_timer.as_mut().reset(guard_at);
             }
-            // Guards only move later (a new stall or frame starts after the old one), so
-            // an armed timer is left alone and re-armed lazily when it fires early: no
-            // timer reset per reply on the request path.
-            let next_guard = [
-                write_stalled.map(|t| t + self.ctx.write_timeout),
-                frame_started.map(|t| t + self.ctx.frame_timeout),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            if let Some(next) = next_guard {
-                if guard_idle || next < guard_at {
-                    guard_at = next;
-                    guard_idle = false;
-                    guard_timer.as_mut().reset(guard_at);
+        }
+        tokio::select! {
+            biased;
+            () = link.wake.woken() => {}
+            Some(resumed) = std::future::poll_fn(|cx| match waiting.as_mut() {
+                Some(w) if !w.is_empty() => w.poll_next_unpin(cx),
+                _ => std::task::Poll::Pending,
+            }) => {
+                let mut conn = link.lock();
+                conn.waiting -= 1;
+                conn.on_resumed(resumed);
+                if conn.write_to(stream).is_err() { return None; }
+            }
+            _ = &mut deadline_timer, if has_deadlines => {
+                let mut conn = link.lock();
+                conn.expire_due();
+                if conn.write_to(stream).is_err() { return None; }
+            }
+            _ = &mut guard_timer, if !guard_idle && (write_stalled.is_some() || frame_started.is_some()) => {
+                let now = Instant::now();
+                let stalled = link.lock().stalled_since;
+                if stalled.is_some_and(|t| t + ctx.write_timeout <= now) {
+                    return Some(ClosedReason::WriteTimeout);
+                }
+                if frame_started.is_some_and(|t| t + ctx.frame_timeout <= now) {
+                    return Some(ClosedReason::FrameTimeout);
+                }
+                // Fired for a stall or frame that has ended: re-arm for the current one.
+                guard_idle = true;
+            }
+            ready = stream.writable(), if want_write => {
+                if ready.is_err() { return None; }
+                if link.lock().write_to(stream).is_err() { return None; }
+            }
+            ready = stream.readable(), if read_allowed => {
+                if ready.is_err() { return None; }
+                buffer_pool::ready_for_read(rbuf);
+                match crate::socket_io::read_once(stream, rbuf) {
+                    Ok(0) => {
+                        reading = false;
+                        let mut conn = link.lock();
+                        conn.closing = true;
+                        conn.on_eof(rbuf);
+                        buffer_pool::release(rbuf);
+                    }
+                    Ok(_) => {
+                        let quiet = if told_to_move { DRAIN_QUIET } else { ctx.idle_timeout };
+                        let now = Instant::now();
+                        idle.as_mut().reset(now + quiet);
+                        let mut conn = link.lock();
+                        let decoded = conn.decode_all(rbuf);
+                                if conn.write_to(stream).is_err() { return None; }
+                        drop(conn);
+                        if rbuf.is_empty() {
+                            buffer_pool::release(rbuf);
+                            frame_started = None;
+                        } else if decoded > 0 || frame_started.is_none() {
+                            frame_started = Some(now);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return None,
                 }
             }
-            tokio::select! {
-                biased;
-                Some(ev) = std::future::poll_fn(|cx| match self.rx.as_mut() {
-                    Some(rx) => rx.poll_recv(cx),
-                    None => std::task::Poll::Pending,
-                }) => self.on_event(ev),
-                Some(resumed) = std::future::poll_fn(|cx| match self.waiting.as_mut() {
-                    Some(waiting) if !waiting.is_empty() => waiting.poll_next_unpin(cx),
-                    _ => std::task::Poll::Pending,
-                }) => self.on_resumed(resumed),
-                _ = &mut deadline_timer, if !self.deadlines.is_empty() => self.expire_due(),
-                _ = &mut guard_timer, if !guard_idle && (write_stalled.is_some() || frame_started.is_some()) => {
-                    let now = Instant::now();
-                    if write_stalled.is_some_and(|t| t + self.ctx.write_timeout <= now) {
-                        return Some(ClosedReason::WriteTimeout);
-                    }
-                    if frame_started.is_some_and(|t| t + self.ctx.frame_timeout <= now) {
-                        return Some(ClosedReason::FrameTimeout);
-                    }
-                    // Fired for a stall or frame that has ended: re-arm for the current one.
-                    guard_idle = true;
-                }
-                ready = stream.writable(), if !self.wbuf.is_empty() => {
-                    if ready.is_err() { return None; }
-                    match stream.try_write(&self.wbuf) {
-                        Ok(n) => {
-                            bytes::Buf::advance(&mut self.wbuf, n);
-                            if n > 0 {
-                                write_stalled = None;
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => return None,
-                    }
-                }
-                ready = stream.readable(), if read_allowed => {
-                    if ready.is_err() { return None; }
-                    if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-                        rbuf.reserve(READ_CHUNK);
-                    }
-                    match crate::socket_io::read_once(&stream, rbuf) {
-                        Ok(0) => {
-                            reading = false;
-                            self.closing = true;
-                            self.on_eof(rbuf);
-                        }
-                        Ok(_) => {
-                            let quiet = if told_to_move { DRAIN_QUIET } else { self.ctx.idle_timeout };
-                            let now = Instant::now();
-                            idle.as_mut().reset(now + quiet);
-                            let decoded = self.decode_all(rbuf);
-                            if rbuf.is_empty() {
-                                frame_started = None;
-                            } else if decoded > 0 || frame_started.is_none() {
-                                frame_started = Some(now);
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => return None,
-                    }
-                }
-                _ = &mut idle, if self.inflight.is_empty() && self.waiting_count() == 0 && self.wbuf.is_empty() => {
-                    tracing::debug!(listener = %self.ctx.name, draining, "closing idle connection");
+            _ = &mut idle => {
+                let conn = link.lock();
+                if conn.inflight.is_empty() && conn.waiting == 0 && conn.wbuf.is_empty() {
+                    tracing::debug!(listener = %ctx.name, draining, "closing idle connection");
                     return None;
                 }
-                changed = drain.changed(), if !draining => {
-                    draining = true;
-                    if changed.is_ok() {
-                        // Tell the client to move where the protocol can say so; keep
-                        // answering what it already sent, and close once the connection
-                        // has been quiet with nothing in flight. A protocol that cannot
-                        // announce it keeps its connection until the client closes it
-                        // (or idle_timeout, or the drain timeout): closing between two
-                        // requests would fail the client's next one.
-                        told_to_move = self.codec.encode_go_away(&mut self.wbuf).unwrap_or(false);
-                        if told_to_move {
-                            idle.as_mut().reset(Instant::now() + DRAIN_QUIET);
-                        } else {
-                            let (key, value) = DRAIN_HEADER;
-                            self.drain_notice = Some(Arc::new(
-                                [(key.into(), value.into())].into_iter().collect(),
-                            ));
-                        }
+                drop(conn);
+                // Busy when the timer fired (answers came without waking this task):
+                // the quiet period starts again.
+                let quiet = if told_to_move { DRAIN_QUIET } else { ctx.idle_timeout };
+                idle.as_mut().reset(Instant::now() + quiet);
+            }
+            changed = drain.changed(), if !draining => {
+                draining = true;
+                if changed.is_ok() {
+                    // Tell the client to move where the protocol can say so; keep
+                    // answering what it already sent, and close once the connection
+                    // has been quiet with nothing in flight. A protocol that cannot
+                    // announce it keeps its connection until the client closes it
+                    // (or idle_timeout, or the drain timeout): closing between two
+                    // requests would fail the client's next one.
+                    let mut conn = link.lock();
+                    let conn = &mut *conn;
+                    told_to_move = conn.codec.encode_go_away(&mut conn.wbuf).unwrap_or(false);
+                    if told_to_move {
+                        idle.as_mut().reset(Instant::now() + DRAIN_QUIET);
+                    } else {
+                        let (key, value) = DRAIN_HEADER;
+                        conn.drain_notice = Some(Arc::new(
+                            [(key.into(), value.into())].into_iter().collect(),
+                        ));
                     }
                 }
             }
         }
+    }
+}
+
+impl Downstream {
+    /// One `write` of the write buffer. Returns whether bytes are left.
+    fn write_to(&mut self, stream: &TcpStream) -> io::Result<bool> {
+        if self.wbuf.is_empty() {
+            return Ok(false);
+        }
+        match stream.try_write(&self.wbuf) {
+            Ok(n) => {
+                bytes::Buf::advance(&mut self.wbuf, n);
+                if self.wbuf.is_empty() {
+                    buffer_pool::release(&mut self.wbuf);
+                    self.stalled_since = None;
+                } else if n > 0 {
+                    self.stalled_since = Some(Instant::now());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        Ok(!self.wbuf.is_empty())
     }
 
     /// Brings this connection's share of the process-wide buffer budget up to date, in
     /// steps of [`BUDGET_STEP`] (or to exactly zero) so that connections do not contend
     /// on the shared counter for every small request.
     #[inline]
-    fn sync_budget(&mut self, read_buffered: usize) {
-        let now = self.inflight_bytes + self.wbuf.len() + read_buffered;
+    fn sync_budget(&mut self) {
+        let now = self.inflight_bytes + self.wbuf.len() + self.read_buffered;
         if now.abs_diff(self.accounted) >= BUDGET_STEP || (now == 0 && self.accounted != 0) {
             self.ctx.shared.budget.update(self.accounted, now);
             self.accounted = now;
@@ -542,7 +665,7 @@ impl Downstream {
                 self.local_reply_logged(&ctx, kind, &text, log, None);
             }
             ChainStep::Wait { index, pending } => {
-                if self.waiting_count() >= MAX_WAITING_PER_CONNECTION {
+                if self.waiting >= MAX_WAITING_PER_CONNECTION {
                     let ctx = msg.reply_context();
                     let text = "metaproxy: overloaded: too many requests waiting on filters";
                     return self.local_reply_logged(
@@ -553,8 +676,8 @@ impl Downstream {
                         None,
                     );
                 }
-                let waiting = self.waiting.get_or_insert_with(FuturesUnordered::new);
-                waiting.push(Box::pin(async move {
+                self.waiting += 1;
+                self.parked.push(Box::pin(async move {
                     let waited = tokio::time::timeout(
                         MAX_FILTER_WAIT,
                         std::panic::AssertUnwindSafe(pending).catch_unwind(),
@@ -581,11 +704,6 @@ impl Downstream {
                 }));
             }
         }
-    }
-
-    /// Requests parked on waiting filters.
-    fn waiting_count(&self) -> usize {
-        self.waiting.as_ref().map_or(0, FuturesUnordered::len)
     }
 
     /// Goes on with a request a waiting filter has decided on.
@@ -710,7 +828,7 @@ impl Downstream {
     ) -> Result<Arc<Endpoint>, NotSent> {
         loop {
             let reply_to = ReplyTo {
-                tx: self.sender(),
+                sink: self.me.clone(),
                 token,
             };
             match self.send(cluster, msg, hash, Some(reply_to), deadline) {
@@ -789,20 +907,18 @@ impl Downstream {
             wire: msg.wire(),
             worker: crate::runtime::worker_id(),
         };
+        let out = Outbound {
+            msg,
+            reply,
+            deadline,
+            slot,
+            charge,
+        };
         let sent = match endpoint.connection(key, &self.ctx.protocol) {
-            Some(conn) => conn.send(Outbound {
-                msg,
-                reply,
-                deadline,
-                slot,
-                charge,
-            }),
-            None => Err(Outbound {
-                msg,
-                reply,
-                deadline,
-                slot,
-                charge,
+            Some(conn) => conn.send(out),
+            None => Err(Refused {
+                out,
+                reason: "upstream connection unavailable",
             }),
         };
         match sent {
@@ -812,14 +928,14 @@ impl Downstream {
                 }
                 Ok(endpoint)
             }
-            Err(out) => {
+            Err(Refused { out, reason }) => {
                 if two_way {
                     cluster.release_pending();
                 }
                 Err(NotSent {
                     msg: out.msg,
                     kind: LocalReplyKind::UpstreamFailure,
-                    reason: "upstream connection unavailable",
+                    reason,
                 })
             }
         }
@@ -836,120 +952,103 @@ impl Downstream {
         }
     }
 
-    fn on_event(&mut self, ev: DownstreamEvent) {
-        match ev {
-            DownstreamEvent::Response { token, mut msg } => {
-                let Some(mut f) = self.take(token) else {
-                    return;
-                };
-                f.release();
-                let cluster = f.cluster();
-                cluster.record_success(&f.endpoint);
-                f.listener.responses[f.cluster].record(msg.status(), f.started.elapsed());
-                msg.set_request_id(f.reply.request_id);
-                if let Some(route) = f.listener.table.routes().get(f.route) {
-                    msg.add_shared_mutations(route.response_mutations());
-                    if !f.listener.filters.is_empty() {
-                        f.listener.filters.on_response(&mut FilterResponse::new(
-                            &self.ctx.name,
-                            route.name(),
-                            &f.cluster().name,
-                            &mut msg,
-                            f.started.elapsed(),
-                        ));
-                    }
-                }
-                if let Some(notice) = &self.drain_notice {
-                    msg.add_shared_mutations(notice);
-                }
-                let before = self.wbuf.len();
-                let log = f.log.take();
-                let endpoint = Some(f.endpoint.addr);
-                match self.codec.encode(&msg, &mut self.wbuf) {
-                    Ok(()) => {
-                        let bytes = self.wbuf.len() - before;
-                        self.access(log, AccessStatus::Response(msg.status()), endpoint, bytes);
-                    }
-                    Err(e) => {
-                        crate::observe::rate_limited!(tracing::Level::WARN, error = %e, "cannot encode response for client");
-                        let text = format!("metaproxy: response could not be forwarded: {e}");
-                        self.local_reply_logged(
-                            &f.reply,
-                            LocalReplyKind::UpstreamFailure,
-                            &text,
-                            log,
-                            endpoint,
-                        );
-                    }
-                }
+    /// The response to request `token`, encoded for the client in place.
+    fn on_response(&mut self, token: RequestToken, msg: &mut Message) {
+        let Some(mut f) = self.take(token) else {
+            return;
+        };
+        f.release();
+        let cluster = f.cluster();
+        cluster.record_success(&f.endpoint);
+        f.listener.responses[f.cluster].record(msg.status(), f.started.elapsed());
+        msg.set_request_id(f.reply.request_id);
+        if let Some(route) = f.listener.table.routes().get(f.route) {
+            msg.add_shared_mutations(route.response_mutations());
+            if !f.listener.filters.is_empty() {
+                f.listener.filters.on_response(&mut FilterResponse::new(
+                    &self.ctx.name,
+                    route.name(),
+                    &f.cluster().name,
+                    msg,
+                    f.started.elapsed(),
+                ));
             }
-            DownstreamEvent::Failed {
-                token,
-                unsent,
-                reason,
-                stale,
-            } => {
-                let Some(mut f) = self.take(token) else {
-                    return;
-                };
-                f.release();
-                let cluster = f.cluster().clone();
-                // A connection the backend closed between requests is no sign of a
-                // failing endpoint, and its unwritten request gets a free retry.
-                let stale_retry = stale && f.stale_retries < MAX_STALE_RETRIES;
-                if !stale {
-                    cluster.record_failure(&f.endpoint);
-                }
-                if let (Some(msg), true) = (unsent, stale_retry || f.attempts_left > 0) {
-                    if stale_retry {
-                        f.stale_retries += 1;
-                    } else {
-                        f.attempts_left -= 1;
-                    }
-                    let deadline = f.deadline;
-                    let mut attempts_left = f.attempts_left;
-                    if let Ok(endpoint) = self.send_two_way(
-                        &cluster,
-                        msg,
-                        f.hash,
-                        token,
-                        deadline,
-                        &mut attempts_left,
-                    ) {
-                        f.endpoint = endpoint;
-                        f.attempts_left = attempts_left;
-                        // `take` freed this slot and nothing was inserted since.
-                        let entry = self.inflight.vacant_entry();
-                        debug_assert_eq!(entry.key(), token.slot());
-                        self.inflight_bytes += f.bytes;
-                        entry.insert(f);
-                        return;
-                    }
-                }
-                let text = format!("metaproxy: {reason}");
-                let endpoint = Some(f.endpoint.addr);
+        }
+        if let Some(notice) = &self.drain_notice {
+            msg.add_shared_mutations(notice);
+        }
+        buffer_pool::ready_for_write(&mut self.wbuf);
+        let before = self.wbuf.len();
+        let log = f.log.take();
+        let endpoint = Some(f.endpoint.addr);
+        match self.codec.encode(msg, &mut self.wbuf) {
+            Ok(()) => {
+                let bytes = self.wbuf.len() - before;
+                self.access(log, AccessStatus::Response(msg.status()), endpoint, bytes);
+            }
+            Err(e) => {
+                crate::observe::rate_limited!(tracing::Level::WARN, error = %e, "cannot encode response for client");
+                let text = format!("metaproxy: response could not be forwarded: {e}");
                 self.local_reply_logged(
                     &f.reply,
                     LocalReplyKind::UpstreamFailure,
                     &text,
-                    f.log.take(),
+                    log,
                     endpoint,
                 );
             }
         }
     }
 
-    /// The sender half of this connection's response channel, made on first use.
-    fn sender(&mut self) -> mpsc::UnboundedSender<DownstreamEvent> {
-        match &self.tx {
-            Some(tx) => tx.clone(),
-            None => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                self.rx = Some(rx);
-                self.tx = Some(tx.clone());
-                tx
+    /// The failure of request `token`: a retry when it was never written and the route
+    /// allows one, else a local reply.
+    fn on_failure(&mut self, token: RequestToken, failure: Failure) {
+        let Failure {
+            unsent,
+            reason,
+            stale,
+        } = failure;
+        let Some(mut f) = self.take(token) else {
+            return;
+        };
+        f.release();
+        let cluster = f.cluster().clone();
+        // A connection the backend closed between requests is no sign of a
+        // failing endpoint, and its unwritten request gets a free retry.
+        let stale_retry = stale && f.stale_retries < MAX_STALE_RETRIES;
+        if !stale {
+            cluster.record_failure(&f.endpoint);
+        }
+        if let (Some(msg), true) = (unsent, stale_retry || f.attempts_left > 0) {
+            if stale_retry {
+                f.stale_retries += 1;
+            } else {
+                f.attempts_left -= 1;
+            }
+            let deadline = f.deadline;
+            let mut attempts_left = f.attempts_left;
+            if let Ok(endpoint) =
+                self.send_two_way(&cluster, msg, f.hash, token, deadline, &mut attempts_left)
+            {
+                f.endpoint = endpoint;
+                f.attempts_left = attempts_left;
+                // `take` freed this slot and nothing was inserted since.
+                let entry = self.inflight.vacant_entry();
+                debug_assert_eq!(entry.key(), token.slot());
+                self.inflight_bytes += f.bytes;
+                entry.insert(f);
+                return;
             }
         }
+        let text = format!("metaproxy: {reason}");
+        let endpoint = Some(f.endpoint.addr);
+        self.local_reply_logged(
+            &f.reply,
+            LocalReplyKind::UpstreamFailure,
+            &text,
+            f.log.take(),
+            endpoint,
+        );
     }
 
     /// Remembers that request `token` times out at `at`.

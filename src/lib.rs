@@ -21,10 +21,12 @@
 #![warn(missing_docs)]
 
 mod budget;
+mod buffer_pool;
 mod clock;
 mod cluster;
 mod codecs;
 pub mod config;
+mod delivery;
 mod downstream;
 mod endpoint_link;
 pub mod filter;
@@ -38,6 +40,7 @@ mod server;
 mod shared;
 mod snapshot;
 mod socket_io;
+mod task_wake;
 mod upstream;
 
 pub use codecs::default_registry;

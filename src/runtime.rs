@@ -7,9 +7,10 @@
 //!   client connections from accept to close, and has its own upstream connection pools,
 //!   so a request never crosses threads.
 //! - **Work stealing**: tokio's multi-threaded runtime, one worker per core. A
-//!   connection's task may move between workers; requests hop once, from the client
-//!   connection's task to the upstream connection's task. This is what
-//!   [`crate::Server::bind`] uses inside an embedding program's own runtime.
+//!   connection's task may move between workers, so the direct calls between a client
+//!   connection and an upstream connection may cross threads (their state is behind a
+//!   mutex that per-core workers never contend). This is what [`crate::Server::bind`]
+//!   uses inside an embedding program's own runtime.
 //!
 //! Chosen by measurement: with the bench suite's quick matrix (`scripts/bench-e2e.sh
 //! --quick`, proxy pinned to one core), per core reached 0.90× HAProxy's throughput

@@ -1,8 +1,8 @@
 //! How many heap allocations the proxy makes per request, counted on the proxy's own
 //! thread (the client and the backend run on another thread and are not counted).
 //!
-//! The figure is printed and bounded; it is the evidence for "no per-request heap
-//! allocation beyond the frame buffers".
+//! The figure is printed and bounded; it is the evidence for "no heap allocation per
+//! request in steady state".
 
 mod common;
 
@@ -97,6 +97,12 @@ clusters:
         "proxy thread: {} allocations, {} bytes over {MEASURED} requests = {per_request:.3} allocations and {bytes_per_request:.0} bytes per request",
         info.count_total, info.bytes_total
     );
-    // Only the read/write buffers may allocate, amortised over many requests.
-    assert!(per_request < 0.1, "{per_request} allocations per request");
+    // Buffers come from the worker's pool and tables keep their room: in steady state
+    // no request allocates (a handful of allocations over the whole run, for tables
+    // reaching their working size, is not per request).
+    assert!(
+        info.count_total <= 20,
+        "{} allocations over {MEASURED} requests ({per_request} per request)",
+        info.count_total
+    );
 }
