@@ -15,8 +15,9 @@ use bytes::BytesMut;
 
 /// Size of a buffer made for the pool; a read asks for at least a quarter of it free.
 pub(crate) const BUFFER_SIZE: usize = 32 * 1024;
-/// Free buffers kept per worker thread: with [`BUFFER_SIZE`] at most 2 MiB per worker.
-pub(crate) const POOL_MAX: usize = 64;
+/// Free buffers kept per worker thread: with [`BUFFER_SIZE`] at most 512 KiB per worker
+/// (a connection holds a buffer only while it reads or writes, so few are out at once).
+pub(crate) const POOL_MAX: usize = 16;
 /// Buffers that grew beyond this (a large frame) are freed instead of kept.
 pub(crate) const POOL_MAX_CAPACITY: usize = 2 * BUFFER_SIZE;
 
