@@ -44,7 +44,7 @@ use crate::request_token::RequestToken;
 use crate::shared::ListenerCtx;
 use crate::snapshot::ListenerRt;
 use crate::task_wake::TaskWake;
-use crate::upstream::{Outbound, PoolKey, Refused};
+use crate::upstream::{Envelope, PoolKey, Refused};
 
 /// When no request is in flight the deadline timer is parked this far ahead.
 const PARKED: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -129,7 +129,6 @@ impl InFlight {
 
 /// Why a request could not be handed to an upstream connection.
 struct NotSent {
-    msg: Message,
     kind: LocalReplyKind,
     reason: &'static str,
 }
@@ -511,11 +510,13 @@ impl Downstream {
         let mut decoded = 0;
         while !self.closing {
             match self.codec.decode(rbuf) {
-                Ok(Some(msg)) => {
-                    decoded += 1;
-                    self.on_message(msg);
-                }
                 Ok(None) => break,
+                // The message stays in this slot while it is routed and encoded for the
+                // backend (passed by reference; moved only where it must be kept).
+                Ok(mut slot) => {
+                    decoded += 1;
+                    self.on_message(&mut slot);
+                }
                 Err(e) => {
                     self.on_decode_error(e, rbuf);
                     break;
@@ -552,11 +553,15 @@ impl Downstream {
         rbuf.clear();
     }
 
-    fn on_message(&mut self, msg: Message) {
-        match msg.kind() {
-            MessageKind::Request | MessageKind::OneWay => self.dispatch(msg),
+    fn on_message(&mut self, slot: &mut Option<Message>) {
+        let Some(kind) = slot.as_ref().map(Message::kind) else {
+            return;
+        };
+        match kind {
+            MessageKind::Request | MessageKind::OneWay => self.dispatch(slot),
             MessageKind::Heartbeat => {
-                if let Err(e) = self.codec.encode_heartbeat_reply(&msg, &mut self.wbuf) {
+                let Some(msg) = slot.as_ref() else { return };
+                if let Err(e) = self.codec.encode_heartbeat_reply(msg, &mut self.wbuf) {
                     tracing::debug!(error = %e, "cannot answer heartbeat");
                 }
             }
@@ -617,7 +622,8 @@ impl Downstream {
         });
     }
 
-    fn dispatch(&mut self, mut msg: Message) {
+    fn dispatch(&mut self, slot: &mut Option<Message>) {
+        let Some(msg) = slot.as_mut() else { return };
         let snapshot = self.ctx.shared.snapshot.load();
         let Some(listener) = snapshot.listener(&self.ctx.name).cloned() else {
             let ctx = msg.reply_context();
@@ -625,7 +631,7 @@ impl Downstream {
                 .ctx
                 .access_log
                 .as_ref()
-                .map(|_| LogStart::new(None, &msg));
+                .map(|_| LogStart::new(None, msg));
             return self.local_reply_logged(
                 &ctx,
                 LocalReplyKind::NoRoute,
@@ -639,14 +645,14 @@ impl Downstream {
             .ctx
             .access_log
             .as_ref()
-            .map(|_| LogStart::new(Some(&listener), &msg));
+            .map(|_| LogStart::new(Some(&listener), msg));
         if !listener.filters.is_empty() {
             let step = listener
                 .filters
-                .on_request(0, &self.ctx.name, &mut msg, &listener.table);
-            return self.after_filters(step, msg, listener, log);
+                .on_request(0, &self.ctx.name, msg, &listener.table);
+            return self.after_filters(step, slot, listener, log);
         }
-        self.forward(msg, listener, log);
+        self.forward(slot, listener, log);
     }
 
     /// Acts on where the request filters left a request: forward it, answer it, or park
@@ -654,12 +660,13 @@ impl Downstream {
     fn after_filters(
         &mut self,
         step: ChainStep,
-        msg: Message,
+        slot: &mut Option<Message>,
         listener: Arc<ListenerRt>,
         log: Option<LogStart>,
     ) {
+        let Some(msg) = slot.as_ref() else { return };
         match step {
-            ChainStep::Continue => self.forward(msg, listener, log),
+            ChainStep::Continue => self.forward(slot, listener, log),
             ChainStep::Reply(kind, text) => {
                 let ctx = msg.reply_context();
                 self.local_reply_logged(&ctx, kind, &text, log, None);
@@ -676,6 +683,7 @@ impl Downstream {
                         None,
                     );
                 }
+                let Some(msg) = slot.take() else { return };
                 self.waiting += 1;
                 self.parked.push(Box::pin(async move {
                     let waited = tokio::time::timeout(
@@ -719,14 +727,20 @@ impl Downstream {
             listener
                 .filters
                 .resume(index, decision, &self.ctx.name, &mut msg, &listener.table);
-        self.after_filters(step, msg, listener, log);
+        self.after_filters(step, &mut Some(msg), listener, log);
     }
 
     /// Routes a request that passed the filters and hands it to an upstream connection.
-    fn forward(&mut self, mut msg: Message, listener: Arc<ListenerRt>, mut log: Option<LogStart>) {
+    fn forward(
+        &mut self,
+        slot: &mut Option<Message>,
+        listener: Arc<ListenerRt>,
+        mut log: Option<LogStart>,
+    ) {
+        let Some(msg) = slot.as_mut() else { return };
         let Some(route) = listener.table.route(msg.metadata()) else {
             let ctx = msg.reply_context();
-            let text = no_route_message(&msg);
+            let text = no_route_message(msg);
             return self.local_reply_logged(&ctx, LocalReplyKind::NoRoute, &text, log, None);
         };
         let route_index = route.index();
@@ -749,15 +763,15 @@ impl Downstream {
             .collect();
         for mirror in mirrors {
             let target = &listener.clusters[mirror];
-            let copy = msg.clone();
-            match self.send(target, copy, hash, None, deadline) {
+            let mut copy = Some(msg.clone());
+            match self.send(target, &mut copy, hash, None, deadline) {
                 Ok(_) => target.metrics.mirror_sent.inc(),
                 Err(_) => target.metrics.mirror_dropped.inc(),
             }
         }
 
         if msg.kind() == MessageKind::OneWay {
-            match self.send(&listener.clusters[cluster], msg, hash, None, deadline) {
+            match self.send(&listener.clusters[cluster], slot, hash, None, deadline) {
                 Ok(endpoint) => self.access(log, AccessStatus::OneWay, Some(endpoint.addr), 0),
                 Err(not_sent) => {
                     tracing::debug!(reason = not_sent.reason, "one-way request dropped");
@@ -784,7 +798,7 @@ impl Downstream {
         let token = RequestToken::new(key, self.generation);
         let mut attempts_left = attempts;
         let target = listener.clusters[cluster].clone();
-        match self.send_two_way(&target, msg, hash, token, deadline, &mut attempts_left) {
+        match self.send_two_way(&target, slot, hash, token, deadline, &mut attempts_left) {
             Ok(endpoint) => {
                 self.push_deadline(deadline, token);
                 self.inflight.insert(InFlight {
@@ -820,7 +834,7 @@ impl Downstream {
     fn send_two_way(
         &mut self,
         cluster: &Arc<ClusterRt>,
-        mut msg: Message,
+        msg: &mut Option<Message>,
         hash: Option<u64>,
         token: RequestToken,
         deadline: Instant,
@@ -834,30 +848,35 @@ impl Downstream {
             match self.send(cluster, msg, hash, Some(reply_to), deadline) {
                 Ok(endpoint) => return Ok(endpoint),
                 Err(not_sent)
-                    if not_sent.kind == LocalReplyKind::UpstreamFailure && *attempts_left > 0 =>
+                    if not_sent.kind == LocalReplyKind::UpstreamFailure
+                        && *attempts_left > 0
+                        && msg.is_some() =>
                 {
                     *attempts_left -= 1;
-                    msg = not_sent.msg;
                 }
                 Err(not_sent) => return Err(not_sent),
             }
         }
     }
 
-    /// Hands `msg` to a connection of an endpoint of `cluster`.
-    #[allow(
-        clippy::result_large_err,
-        reason = "the error hands the request back for a retry without a heap allocation"
-    )]
+    /// Hands the request in `msg` to a connection of an endpoint of `cluster`, which
+    /// encodes it where it lies and moves it out only to keep it (see
+    /// [`crate::upstream::ConnHandle::send`]); when it is not sent it stays in `msg`.
     fn send(
         &mut self,
         cluster: &Arc<ClusterRt>,
-        msg: Message,
+        msg: &mut Option<Message>,
         hash: Option<u64>,
         reply: Option<ReplyTo>,
         deadline: Instant,
     ) -> Result<Arc<Endpoint>, NotSent> {
         let two_way = reply.is_some();
+        let Some((frame_len, wire)) = msg.as_ref().map(|m| (m.frame().len(), m.wire())) else {
+            return Err(NotSent {
+                kind: LocalReplyKind::UpstreamFailure,
+                reason: "no request to send",
+            });
+        };
         // Two-way requests hold a pending slot until their reply reaches this connection;
         // mirror copies and one-way calls hold one (a guard) inside the upstream
         // connection, so a slow backend bounds them too.
@@ -870,7 +889,6 @@ impl Downstream {
         };
         if !acquired {
             return Err(NotSent {
-                msg,
                 kind: LocalReplyKind::Overloaded,
                 reason: "overloaded: too many pending requests",
             });
@@ -880,11 +898,10 @@ impl Downstream {
         let charge = if two_way {
             None
         } else {
-            match self.ctx.shared.budget.charge(msg.frame().len()) {
+            match self.ctx.shared.budget.charge(frame_len) {
                 Some(c) => Some(c),
                 None => {
                     return Err(NotSent {
-                        msg,
                         kind: LocalReplyKind::Overloaded,
                         reason: "overloaded: the proxy's buffer budget is used up",
                     })
@@ -896,7 +913,6 @@ impl Downstream {
                 cluster.release_pending();
             }
             return Err(NotSent {
-                msg,
                 kind: LocalReplyKind::UpstreamFailure,
                 reason: "no healthy endpoint",
             });
@@ -904,20 +920,19 @@ impl Downstream {
         let endpoint = cluster.endpoints[index].clone();
         let key = PoolKey {
             protocol: self.ctx.protocol.id,
-            wire: msg.wire(),
+            wire,
             worker: crate::runtime::worker_id(),
         };
-        let out = Outbound {
-            msg,
+        let env = Envelope {
             reply,
             deadline,
             slot,
             charge,
         };
         let sent = match endpoint.connection(key, &self.ctx.protocol) {
-            Some(conn) => conn.send(out),
+            Some(conn) => conn.send(msg, env),
             None => Err(Refused {
-                out,
+                env,
                 reason: "upstream connection unavailable",
             }),
         };
@@ -928,12 +943,12 @@ impl Downstream {
                 }
                 Ok(endpoint)
             }
-            Err(Refused { out, reason }) => {
+            Err(Refused { env, reason }) => {
+                drop(env);
                 if two_way {
                     cluster.release_pending();
                 }
                 Err(NotSent {
-                    msg: out.msg,
                     kind: LocalReplyKind::UpstreamFailure,
                     reason,
                 })
@@ -1019,7 +1034,8 @@ impl Downstream {
         if !stale {
             cluster.record_failure(&f.endpoint);
         }
-        if let (Some(msg), true) = (unsent, stale_retry || f.attempts_left > 0) {
+        let mut unsent = unsent;
+        if unsent.is_some() && (stale_retry || f.attempts_left > 0) {
             if stale_retry {
                 f.stale_retries += 1;
             } else {
@@ -1027,9 +1043,14 @@ impl Downstream {
             }
             let deadline = f.deadline;
             let mut attempts_left = f.attempts_left;
-            if let Ok(endpoint) =
-                self.send_two_way(&cluster, msg, f.hash, token, deadline, &mut attempts_left)
-            {
+            if let Ok(endpoint) = self.send_two_way(
+                &cluster,
+                &mut unsent,
+                f.hash,
+                token,
+                deadline,
+                &mut attempts_left,
+            ) {
                 f.endpoint = endpoint;
                 f.attempts_left = attempts_left;
                 // `take` freed this slot and nothing was inserted since.

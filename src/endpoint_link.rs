@@ -5,7 +5,7 @@
 //! or pools.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -45,6 +45,10 @@ pub(crate) struct EndpointLink {
     /// Upstream connections open or opening, over every pool and worker.
     open: Arc<AtomicUsize>,
     unreachable_until_ms: AtomicU64,
+    /// Held by a pool while it reserves, opens and publishes a new connection, so that
+    /// another worker's pool that finds the endpoint at its limit also finds the new
+    /// connection published (and borrows it) instead of finding none.
+    opening: Mutex<()>,
 }
 
 impl EndpointLink {
@@ -54,7 +58,14 @@ impl EndpointLink {
             settings: ArcSwap::from_pointee(ConnectionSettings::of(config)),
             open: Arc::new(AtomicUsize::new(0)),
             unreachable_until_ms: AtomicU64::new(0),
+            opening: Mutex::new(()),
         }
+    }
+
+    /// Held while a connection to this endpoint is reserved, opened and published in
+    /// its pool (see the field's note); only taken when a pool may need a connection.
+    pub(crate) fn opening(&self) -> MutexGuard<'_, ()> {
+        self.opening.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The timeouts new upstream connections get.

@@ -98,9 +98,8 @@ pub(crate) struct PoolKey {
     pub(crate) worker: u16,
 }
 
-/// A request on its way to an upstream connection.
-pub(crate) struct Outbound {
-    pub(crate) msg: Message,
+/// What goes with a request to an upstream connection besides the message itself.
+pub(crate) struct Envelope {
     /// `None` for one-way calls and mirror copies: the response (if any) is dropped.
     pub(crate) reply: Option<ReplyTo>,
     pub(crate) deadline: Instant,
@@ -112,12 +111,18 @@ pub(crate) struct Outbound {
     pub(crate) charge: Option<BudgetCharge>,
 }
 
-impl Outbound {
-    /// The failure to deliver for this request, if anyone waits for it. `sent` says it
+impl Envelope {
+    /// The failure to deliver for request `msg`, if anyone waits for it. `sent` says it
     /// may have reached the backend (so it is not handed back for a retry).
-    fn failure(self, sent: bool, stale: bool, reason: &'static str) -> Option<(ReplyTo, Failure)> {
+    fn failure(
+        self,
+        msg: Option<Message>,
+        sent: bool,
+        stale: bool,
+        reason: &'static str,
+    ) -> Option<(ReplyTo, Failure)> {
         let reply = self.reply?;
-        let unsent = if sent { None } else { Some(self.msg) };
+        let unsent = if sent { None } else { msg };
         Some((
             reply,
             Failure {
@@ -129,9 +134,16 @@ impl Outbound {
     }
 }
 
-/// A request a connection did not take, handed back with the reason.
+/// A request waiting in an upstream connection's queue.
+struct Queued {
+    msg: Message,
+    env: Envelope,
+}
+
+/// A request a connection did not take, with the reason. The message itself stays
+/// with the caller (see [`ConnHandle::send`]).
 pub(crate) struct Refused {
-    pub(crate) out: Outbound,
+    pub(crate) env: Envelope,
     pub(crate) reason: &'static str,
 }
 
@@ -214,18 +226,16 @@ impl ConnHandle {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes `out`: encodes it into the write buffer at once when the connection is up
-    /// and has room, or queues it; either way the connection's task writes it. Hands it
-    /// back when the connection is gone or the request cannot be encoded.
-    #[allow(
-        clippy::result_large_err,
-        reason = "the error hands the request back for a retry without a heap allocation"
-    )]
-    pub(crate) fn send(&self, out: Outbound) -> Result<(), Refused> {
+    /// Takes the request in `msg`: encodes it into the write buffer at once, where it
+    /// lies, when the connection is up and has room, or queues it; either way the
+    /// connection's task writes it. The message is moved out of `msg` only where it must
+    /// be kept (a two-way request until it is written, for a retry; a queued one); when
+    /// the connection refuses it, it is still in `msg` for the caller to retry.
+    pub(crate) fn send(&self, msg: &mut Option<Message>, env: Envelope) -> Result<(), Refused> {
         let mut inner = self.lock();
         if inner.closed {
             return Err(Refused {
-                out,
+                env,
                 reason: "upstream connection unavailable",
             });
         }
@@ -236,12 +246,19 @@ impl ConnHandle {
             && self.accepting.load(Ordering::Relaxed)
             && (self.multiplexing || inner.st.pending.is_empty());
         if !direct {
-            inner.st.queue.push_back(out);
+            let Some(msg) = msg.take() else {
+                self.load.fetch_sub(1, Ordering::Relaxed);
+                return Err(Refused {
+                    env,
+                    reason: "no request to send",
+                });
+            };
+            inner.st.queue.push_back(Queued { msg, env });
             drop(inner);
             self.wake.wake();
             return Ok(());
         }
-        match inner.encode(out, Instant::now()) {
+        match inner.encode(msg, env, Instant::now()) {
             Ok(two_way) => {
                 if !two_way {
                     self.load.fetch_sub(1, Ordering::Relaxed);
@@ -261,57 +278,62 @@ impl ConnHandle {
 }
 
 impl ConnInner {
-    /// Encodes `out` with a fresh connection-local request id. Returns whether it is a
-    /// two-way request (now pending) or hands it back.
-    #[allow(
-        clippy::result_large_err,
-        reason = "the error hands the request back for a retry without a heap allocation"
-    )]
-    fn encode(&mut self, mut out: Outbound, now: Instant) -> Result<bool, Refused> {
-        if out.deadline <= now {
+    /// Encodes the request in `slot` with a fresh connection-local request id, reading
+    /// it where it lies. Returns whether it is a two-way request (now pending; moved out
+    /// of `slot` when it is kept for a retry), or the refusal (the request stays in
+    /// `slot`).
+    fn encode(
+        &mut self,
+        slot: &mut Option<Message>,
+        env: Envelope,
+        now: Instant,
+    ) -> Result<bool, Refused> {
+        if env.deadline <= now {
             // The client already got its timeout reply; never write it late.
             return Err(Refused {
-                out,
+                env,
                 reason: "request expired before it was written",
             });
         }
-        let Some(io) = self.io.as_mut() else {
+        let (Some(io), Some(msg)) = (self.io.as_mut(), slot.as_mut()) else {
             return Err(Refused {
-                out,
+                env,
                 reason: "upstream connection unavailable",
             });
         };
         let st = &mut self.st;
-        let two_way = out.msg.kind() == MessageKind::Request;
+        let two_way = msg.kind() == MessageKind::Request;
         let id = loop {
             st.next_id = st.next_id.wrapping_add(1) & 0x7fff_ffff;
             if !st.pending.contains_key(&u64::from(st.next_id)) {
                 break u64::from(st.next_id);
             }
         };
-        out.msg.set_request_id(id);
+        msg.set_request_id(id);
         buffer_pool::ready_for_write(&mut self.wbuf);
         let before = self.wbuf.len();
-        if let Err(e) = io.codec.encode(&out.msg, &mut self.wbuf) {
+        if let Err(e) = io.codec.encode(msg, &mut self.wbuf) {
             crate::observe::rate_limited!(tracing::Level::WARN, error = %e, "cannot encode request for upstream");
             self.wbuf.truncate(before);
             return Err(Refused {
-                out,
+                env,
                 reason: "request could not be encoded for upstream",
             });
         }
         st.encoded += (self.wbuf.len() - before) as u64;
         if two_way {
-            if out.reply.is_some() {
-                st.unwritten.push_back((st.encoded, id, out.msg));
+            if env.reply.is_some() {
+                if let Some(msg) = slot.take() {
+                    st.unwritten.push_back((st.encoded, id, msg));
+                }
             }
             st.pending.insert(
                 id,
                 Pending {
-                    reply: out.reply,
-                    deadline: out.deadline,
-                    _slot: out.slot,
-                    _charge: out.charge,
+                    reply: env.reply,
+                    deadline: env.deadline,
+                    _slot: env.slot,
+                    _charge: env.charge,
                 },
             );
         }
@@ -353,16 +375,17 @@ impl ConnInner {
         }
         let now = Instant::now();
         while self.wbuf.len() < WRITE_BATCH && (multiplexing || self.st.pending.is_empty()) {
-            let Some(out) = self.st.queue.pop_front() else {
+            let Some(Queued { msg, env }) = self.st.queue.pop_front() else {
                 break;
             };
-            match self.encode(out, now) {
+            let mut slot = Some(msg);
+            match self.encode(&mut slot, env, now) {
                 Ok(true) => {}
                 Ok(false) => unloaded += 1,
-                Err(Refused { out, reason }) => {
+                Err(Refused { env, reason }) => {
                     unloaded += 1;
                     // Not written, but expired or unencodable: no retry.
-                    failed.extend(out.failure(true, false, reason));
+                    failed.extend(env.failure(None, true, false, reason));
                 }
             }
         }
@@ -376,7 +399,6 @@ pub(crate) struct Pool {
     addr: SocketAddr,
     protocol: Arc<Protocol>,
     conns: ArcSwap<Vec<Arc<ConnHandle>>>,
-    create_lock: Mutex<()>,
     metrics: ClusterMetrics,
 }
 
@@ -392,7 +414,6 @@ impl Pool {
             addr,
             protocol,
             conns: ArcSwap::from_pointee(Vec::new()),
-            create_lock: Mutex::new(()),
             metrics,
         }
     }
@@ -453,7 +474,7 @@ impl Pool {
         if let Some(c) = reuse(&self.conns.load()) {
             return Some(c);
         }
-        let _guard = self.create_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = endpoint.opening();
         let current = self.conns.load_full();
         if let Some(c) = reuse(&current) {
             return Some(c);
@@ -511,7 +532,7 @@ struct ConnState {
     /// Requests written (or being written), by connection-local id.
     pending: PendingMap,
     /// Requests taken, not yet encoded (see [`WRITE_BATCH`]).
-    queue: VecDeque<Outbound>,
+    queue: VecDeque<Queued>,
     /// Two-way requests encoded but not completely written: (end offset in the
     /// output stream, id, request), oldest first. Kept for a retry should the
     /// connection go away before they are written.
@@ -567,8 +588,8 @@ impl ConnState {
     /// entries long past theirs; returns how many.
     fn sweep(&mut self, now: Instant) -> u32 {
         let mut dropped = 0u32;
-        self.queue.retain(|out| {
-            let keep = out.deadline > now;
+        self.queue.retain(|q| {
+            let keep = q.env.deadline > now;
             dropped += u32::from(!keep);
             keep
         });
@@ -672,8 +693,9 @@ impl UpstreamConnection {
                 reply.fail(failure, &mut sinks);
             }
         }
-        for out in st.queue.drain(..) {
-            if let Some((reply, failure)) = out.failure(false, stale, "upstream connection closed")
+        for Queued { msg, env } in st.queue.drain(..) {
+            if let Some((reply, failure)) =
+                env.failure(Some(msg), false, stale, "upstream connection closed")
             {
                 reply.fail(failure, &mut sinks);
             }
@@ -694,8 +716,10 @@ impl UpstreamConnection {
         let queue = std::mem::take(&mut inner.st.queue);
         drop(inner);
         let mut sinks = Vec::new();
-        for out in queue {
-            if let Some((reply, failure)) = out.failure(false, false, "upstream connect failed") {
+        for Queued { msg, env } in queue {
+            if let Some((reply, failure)) =
+                env.failure(Some(msg), false, false, "upstream connect failed")
+            {
                 reply.fail(failure, &mut sinks);
             }
         }
@@ -911,13 +935,19 @@ mod tests {
         Message::new(MessageKind::Request, id, Bytes::from_static(b"frame"))
     }
 
-    fn outbound(id: u64, deadline: Instant) -> Outbound {
-        Outbound {
-            msg: request(id),
+    fn envelope(deadline: Instant) -> Envelope {
+        Envelope {
             reply: None,
             deadline,
             slot: None,
             charge: None,
+        }
+    }
+
+    fn queued(id: u64, deadline: Instant) -> Queued {
+        Queued {
+            msg: request(id),
+            env: envelope(deadline),
         }
     }
 
@@ -958,8 +988,8 @@ mod tests {
         let now = Instant::now();
         let mut st = ConnState::new();
         st.queue
-            .push_back(outbound(1, now - Duration::from_millis(1)));
-        st.queue.push_back(outbound(2, now + SWEEP_EVERY));
+            .push_back(queued(1, now - Duration::from_millis(1)));
+        st.queue.push_back(queued(2, now + SWEEP_EVERY));
         assert_eq!(st.sweep(now), 1);
         assert_eq!(st.queue.len(), 1);
         assert_eq!(st.queue[0].msg.request_id(), 2);
@@ -1028,8 +1058,10 @@ mod tests {
     #[tokio::test]
     async fn a_request_before_the_connection_is_up_is_queued_and_wakes_its_task() {
         let c = conn(0, true);
-        let sent = c.send(outbound(7, Instant::now() + SWEEP_EVERY));
+        let mut msg = Some(request(7));
+        let sent = c.send(&mut msg, envelope(Instant::now() + SWEEP_EVERY));
         assert!(sent.is_ok(), "queued");
+        assert!(msg.is_none(), "the queue keeps the request");
         assert_eq!(c.load(), 1);
         assert_eq!(c.lock().st.queue.len(), 1);
         tokio::time::timeout(Duration::from_secs(5), c.wake.woken())
@@ -1041,10 +1073,16 @@ mod tests {
     fn a_closed_connection_hands_the_request_back_uncounted() {
         let c = conn(0, false);
         c.lock().closed = true;
-        let Err(refused) = c.send(outbound(2, Instant::now() + SWEEP_EVERY)) else {
+        let mut msg = Some(request(2));
+        let Err(refused) = c.send(&mut msg, envelope(Instant::now() + SWEEP_EVERY)) else {
             panic!("a closed connection takes nothing");
         };
-        assert_eq!(refused.out.msg.request_id(), 2);
+        assert_eq!(refused.reason, "upstream connection unavailable");
+        assert_eq!(
+            msg.map(|m| m.request_id()),
+            Some(2),
+            "the request stays with the caller, for a retry"
+        );
         assert_eq!(c.load(), 0, "the refused request is not counted");
     }
 }
