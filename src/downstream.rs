@@ -304,6 +304,14 @@ async fn run(
     }
     let mut draining = false;
     let mut told_to_move = false;
+    // How long the connection may stay quiet with nothing in flight before it closes.
+    let quiet_period = |told_to_move: bool| {
+        if told_to_move {
+            DRAIN_QUIET
+        } else {
+            ctx.idle_timeout
+        }
+    };
     let idle = tokio::time::sleep(ctx.idle_timeout);
     tokio::pin!(idle);
     let mut armed = Instant::now() + PARKED;
@@ -415,12 +423,11 @@ async fn run(
                         buffer_pool::release(rbuf);
                     }
                     Ok(_) => {
-                        let quiet = if told_to_move { DRAIN_QUIET } else { ctx.idle_timeout };
                         let now = Instant::now();
-                        idle.as_mut().reset(now + quiet);
+                        idle.as_mut().reset(now + quiet_period(told_to_move));
                         let mut conn = link.lock();
                         let decoded = conn.decode_all(rbuf);
-                                if conn.write_to(stream).is_err() { return None; }
+                        if conn.write_to(stream).is_err() { return None; }
                         drop(conn);
                         if rbuf.is_empty() {
                             buffer_pool::release(rbuf);
@@ -442,8 +449,7 @@ async fn run(
                 drop(conn);
                 // Busy when the timer fired (answers came without waking this task):
                 // the quiet period starts again.
-                let quiet = if told_to_move { DRAIN_QUIET } else { ctx.idle_timeout };
-                idle.as_mut().reset(Instant::now() + quiet);
+                idle.as_mut().reset(Instant::now() + quiet_period(told_to_move));
             }
             changed = drain.changed(), if !draining => {
                 draining = true;
@@ -458,7 +464,7 @@ async fn run(
                     let conn = &mut *conn;
                     told_to_move = conn.codec.encode_go_away(&mut conn.wbuf).unwrap_or(false);
                     if told_to_move {
-                        idle.as_mut().reset(Instant::now() + DRAIN_QUIET);
+                        idle.as_mut().reset(Instant::now() + quiet_period(told_to_move));
                     } else {
                         let (key, value) = DRAIN_HEADER;
                         conn.drain_notice = Some(Arc::new(
@@ -474,21 +480,11 @@ async fn run(
 impl Downstream {
     /// One `write` of the write buffer. Returns whether bytes are left.
     fn write_to(&mut self, stream: &TcpStream) -> io::Result<bool> {
+        let n = crate::socket_io::write_once(stream, &mut self.wbuf)?;
         if self.wbuf.is_empty() {
-            return Ok(false);
-        }
-        match stream.try_write(&self.wbuf) {
-            Ok(n) => {
-                bytes::Buf::advance(&mut self.wbuf, n);
-                if self.wbuf.is_empty() {
-                    buffer_pool::release(&mut self.wbuf);
-                    self.stalled_since = None;
-                } else if n > 0 {
-                    self.stalled_since = Some(Instant::now());
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+            self.stalled_since = None;
+        } else if n > 0 {
+            self.stalled_since = Some(Instant::now());
         }
         Ok(!self.wbuf.is_empty())
     }

@@ -1,8 +1,9 @@
-//! Socket reads with one `read` call per wake-up.
+//! Socket reads with one `read` call per wake-up, and single writes from a pooled
+//! buffer.
 
 use std::io;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -26,6 +27,24 @@ pub(crate) fn read_once(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<us
     match (result, read) {
         (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
         (result, _) => result,
+    }
+}
+
+/// Writes what `buf` holds with one `write` call and removes the bytes written; a
+/// buffer left empty goes back to the worker's pool ([`crate::buffer_pool`]). Returns how
+/// many bytes were written: 0 when `buf` is empty or the socket would block.
+pub(crate) fn write_once(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.is_empty() {
+        return Ok(0);
+    }
+    match stream.try_write(buf) {
+        Ok(n) => {
+            buf.advance(n);
+            crate::buffer_pool::release(buf);
+            Ok(n)
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        Err(e) => Err(e),
     }
 }
 
@@ -77,5 +96,33 @@ mod tests {
             }
         }
         assert_eq!(small.len() + rest.len(), 8);
+    }
+
+    #[tokio::test]
+    async fn a_write_removes_what_it_wrote_and_an_emptied_buffer_is_released() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut buf = BytesMut::with_capacity(64);
+        assert_eq!(
+            write_once(&client, &mut buf).unwrap(),
+            0,
+            "nothing to write"
+        );
+        buf.extend_from_slice(b"reply");
+        client.writable().await.unwrap();
+        assert_eq!(write_once(&client, &mut buf).unwrap(), 5);
+        assert!(buf.is_empty());
+        assert_eq!(
+            buf.capacity(),
+            0,
+            "the emptied buffer went back to the pool"
+        );
+        let mut got = BytesMut::with_capacity(16);
+        server.readable().await.unwrap();
+        read_once(&server, &mut got).unwrap();
+        assert_eq!(&got[..], b"reply");
     }
 }

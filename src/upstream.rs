@@ -242,9 +242,8 @@ impl ConnHandle {
         self.load.fetch_add(1, Ordering::Relaxed);
         let direct = inner.io.is_some()
             && inner.st.queue.is_empty()
-            && inner.wbuf.len() < WRITE_BATCH
             && self.accepting.load(Ordering::Relaxed)
-            && (self.multiplexing || inner.st.pending.is_empty());
+            && inner.has_room(self.multiplexing);
         if !direct {
             let Some(msg) = msg.take() else {
                 self.load.fetch_sub(1, Ordering::Relaxed);
@@ -340,25 +339,20 @@ impl ConnInner {
         Ok(two_way)
     }
 
-    /// One `write` of the write buffer. Returns whether bytes are left, or `Err` on a
-    /// socket error (the task finds it too, on its next write).
-    fn write_once(&mut self) -> Result<bool, ()> {
-        if self.wbuf.is_empty() {
-            return Ok(false);
+    /// One `write` of the write buffer; requests written in full are sent.
+    fn write_once(&mut self) -> io::Result<()> {
+        let Some(io) = &self.io else { return Ok(()) };
+        let n = crate::socket_io::write_once(&io.stream, &mut self.wbuf)?;
+        if n > 0 {
+            self.st.wrote(n);
         }
-        let Some(io) = &self.io else { return Ok(true) };
-        match io.stream.try_write(&self.wbuf) {
-            Ok(n) => {
-                bytes::Buf::advance(&mut self.wbuf, n);
-                if n > 0 {
-                    self.st.wrote(n);
-                }
-                buffer_pool::release(&mut self.wbuf);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return Err(()),
-        }
-        Ok(!self.wbuf.is_empty())
+        Ok(())
+    }
+
+    /// Whether another request may be encoded now: the write buffer is below
+    /// [`WRITE_BATCH`], and a connection that cannot multiplex has nothing in flight.
+    fn has_room(&self, multiplexing: bool) -> bool {
+        self.wbuf.len() < WRITE_BATCH && (multiplexing || self.st.pending.is_empty())
     }
 
     /// Encodes queued requests while the write buffer has room; the ones that cannot
@@ -374,7 +368,7 @@ impl ConnInner {
             return 0;
         }
         let now = Instant::now();
-        while self.wbuf.len() < WRITE_BATCH && (multiplexing || self.st.pending.is_empty()) {
+        while self.has_room(multiplexing) {
             let Some(Queued { msg, env }) = self.st.queue.pop_front() else {
                 break;
             };
@@ -609,6 +603,21 @@ impl Drop for OpenConnection {
     }
 }
 
+/// Hands requests that never left a connection's queue back to their clients for a
+/// retry (`stale`: one that does not count, see [`Failure`]).
+fn fail_queued(
+    queue: VecDeque<Queued>,
+    stale: bool,
+    reason: &'static str,
+    sinks: &mut Vec<Arc<dyn ResponseSink>>,
+) {
+    for Queued { msg, env } in queue {
+        if let Some((reply, failure)) = env.failure(Some(msg), false, stale, reason) {
+            reply.fail(failure, sinks);
+        }
+    }
+}
+
 struct UpstreamConnection {
     /// Counts against the endpoint's `max_connections`; given back as soon as the
     /// connection is gone, before its requests are handed back for retries.
@@ -693,13 +702,7 @@ impl UpstreamConnection {
                 reply.fail(failure, &mut sinks);
             }
         }
-        for Queued { msg, env } in st.queue.drain(..) {
-            if let Some((reply, failure)) =
-                env.failure(Some(msg), false, stale, "upstream connection closed")
-            {
-                reply.fail(failure, &mut sinks);
-            }
-        }
+        fail_queued(st.queue, stale, "upstream connection closed", &mut sinks);
         self.handle.load.store(0, Ordering::Relaxed);
         flush_all(&mut sinks);
     }
@@ -716,13 +719,7 @@ impl UpstreamConnection {
         let queue = std::mem::take(&mut inner.st.queue);
         drop(inner);
         let mut sinks = Vec::new();
-        for Queued { msg, env } in queue {
-            if let Some((reply, failure)) =
-                env.failure(Some(msg), false, false, "upstream connect failed")
-            {
-                reply.fail(failure, &mut sinks);
-            }
-        }
+        fail_queued(queue, false, "upstream connect failed", &mut sinks);
         self.handle.load.store(0, Ordering::Relaxed);
         flush_all(&mut sinks);
     }
