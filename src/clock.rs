@@ -1,5 +1,6 @@
 //! A monotonic millisecond clock that fits in an atomic.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use tokio::time::Instant;
@@ -11,4 +12,39 @@ static START: OnceLock<Instant> = OnceLock::new();
 pub(crate) fn now_ms() -> u64 {
     let start = *START.get_or_init(Instant::now);
     Instant::now().saturating_duration_since(start).as_millis() as u64
+}
+
+/// Whether the [`now_ms`] instant stored in `until` (0: none) is still ahead. Reads the
+/// clock only while one is set, and clears one found past, so the common case (never
+/// set, or over) costs one relaxed load: load balancers ask this of every endpoint on
+/// every request. A store racing the clear is not lost: the clear only replaces the
+/// exact value it found past.
+pub(crate) fn until_in_future(until: &AtomicU64) -> bool {
+    let at = until.load(Ordering::Relaxed);
+    if at == 0 {
+        return false;
+    }
+    if at > now_ms() {
+        return true;
+    }
+    let _ = until.compare_exchange(at, 0, Ordering::Relaxed, Ordering::Relaxed);
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_is_ahead_until_it_passes_and_is_then_cleared() {
+        let until = AtomicU64::new(0);
+        assert!(!until_in_future(&until));
+        until.store(now_ms() + 1_000, Ordering::Relaxed);
+        assert!(until_in_future(&until));
+        tokio::time::advance(std::time::Duration::from_millis(999)).await;
+        assert!(until_in_future(&until));
+        tokio::time::advance(std::time::Duration::from_millis(2)).await;
+        assert!(!until_in_future(&until));
+        assert_eq!(until.load(Ordering::Relaxed), 0, "cleared once past");
+    }
 }

@@ -70,7 +70,7 @@ impl Endpoint {
 
     /// Whether outlier detection has ejected the endpoint now.
     pub(crate) fn is_ejected(&self) -> bool {
-        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms()
+        crate::clock::until_in_future(&self.ejected_until_ms)
     }
 
     /// Whether the endpoint recently refused connections.

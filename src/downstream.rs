@@ -69,6 +69,10 @@ const MAX_STALE_RETRIES: u8 = 16;
 const BUDGET_STEP: usize = 16 * 1024;
 
 /// What an access log entry needs from the start of a request.
+/// Boxed where it is kept or passed (`Option<Box<LogStart>>`): a request carries it
+/// through several calls and in its in-flight entry, which stay small (moved by a
+/// pointer, not 330 bytes) whether access logging is on or not. With logging on, this
+/// is the one allocation per request.
 struct LogStart {
     time: SystemTime,
     metadata: LoggedMetadata,
@@ -98,7 +102,7 @@ impl LogStart {
 }
 
 struct InFlight {
-    log: Option<LogStart>,
+    log: Option<Box<LogStart>>,
     generation: u32,
     reply: ReplyContext,
     deadline: Instant,
@@ -167,6 +171,8 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
                 parked: Vec::new(),
                 waiting: 0,
                 drain_notice: None,
+                batch_listener: None,
+                listener_seen: None,
                 flush_queued: false,
                 read_paused: false,
                 stalled_since: None,
@@ -191,6 +197,14 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
     for f in conn.inflight.drain() {
         f.release();
     }
+    // What is left unwritten is dropped with the connection. An upstream connection
+    // may still hold this link for the end of its batch (its flush runs after other
+    // tasks, this one included, had their turn): it then finds no request to answer
+    // and nothing buffered, so nothing is counted in the budget again.
+    conn.inflight_bytes = 0;
+    conn.read_buffered = 0;
+    conn.wbuf.clear();
+    buffer_pool::release(&mut conn.wbuf);
     conn.ctx.shared.budget.update(conn.accounted, 0);
     conn.accounted = 0;
     conn.closing = true;
@@ -262,6 +276,11 @@ struct Downstream {
     waiting: usize,
     /// While draining without a go-away: [`DRAIN_HEADER`], added to every response.
     drain_notice: Option<Arc<meta_protocol::Mutations>>,
+    /// The listener's routing state while a batch of requests is decoded (see
+    /// `decode_all`); `None` otherwise.
+    batch_listener: Option<Arc<ListenerRt>>,
+    /// The listener last found and the snapshot generation it was found in.
+    listener_seen: Option<(u64, Weak<ListenerRt>)>,
     /// An upstream connection will call [`ResponseSink::flush`] after its batch.
     flush_queued: bool,
     /// The task stopped reading (the write buffer or the requests in flight are at the
@@ -275,7 +294,7 @@ struct Downstream {
 struct Resumed {
     msg: Message,
     listener: Arc<ListenerRt>,
-    log: Option<LogStart>,
+    log: Option<Box<LogStart>>,
     index: usize,
     decision: Decision,
 }
@@ -293,15 +312,23 @@ async fn run(
     let mut reading = true;
     // When the partial frame started.
     let mut frame_started: Option<Instant> = None;
-    let mut guard_at = Instant::now() + PARKED;
-    let mut guard_idle = true;
-    let guard_timer = tokio::time::sleep_until(guard_at);
-    tokio::pin!(guard_timer);
+    // One timer for everything this loop waits for in time: request deadlines, the
+    // idle close, and the write-stall and frame guards. It is armed at the earliest of
+    // them and only ever moved earlier; when it fires before anything is due (the
+    // deadline of a request answered since, a quiet period a read restarted), it is
+    // re-armed for what is left. So a request, a reply or a read resets no timer.
+    let mut timer_at = Instant::now() + PARKED;
+    let timer = tokio::time::sleep_until(timer_at);
+    tokio::pin!(timer);
     // A connection accepted as the drain begins learns it on the first poll of
     // `drain.changed()`, like every other.
     if *drain.borrow() {
         drain.mark_changed();
     }
+    // One future for the whole loop: polling it again costs a flag check, where a new
+    // `changed()` per pass would join and leave the channel's waiter list.
+    let drain_signal = drain.changed();
+    tokio::pin!(drain_signal);
     let mut draining = false;
     let mut told_to_move = false;
     // How long the connection may stay quiet with nothing in flight before it closes.
@@ -312,16 +339,15 @@ async fn run(
             ctx.idle_timeout
         }
     };
-    let idle = tokio::time::sleep(ctx.idle_timeout);
-    tokio::pin!(idle);
-    let mut armed = Instant::now() + PARKED;
-    let deadline_timer = tokio::time::sleep_until(armed);
-    tokio::pin!(deadline_timer);
+    // The connection closes once it has been quiet for `quiet` since `quiet_from` with
+    // nothing in flight.
+    let mut quiet = quiet_period(told_to_move);
+    let mut quiet_from = Instant::now();
     // Requests parked on waiting filters; made on first use, so connections whose
     // filters never wait pay nothing.
     let mut waiting: Option<FuturesUnordered<Parked>> = None;
     loop {
-        let (read_allowed, want_write, write_stalled, has_deadlines) = {
+        let (read_allowed, want_write, write_stalled, next_deadline) = {
             let mut conn = link.lock();
             if !conn.parked.is_empty() {
                 let w = waiting.get_or_insert_with(FuturesUnordered::new);
@@ -338,11 +364,7 @@ async fn run(
             }
             conn.read_buffered = rbuf.len();
             conn.sync_budget();
-            let next = conn.deadlines.peek().map_or(armed, |Reverse((at, _))| *at);
-            if next != armed {
-                armed = next;
-                deadline_timer.as_mut().reset(armed);
-            }
+            let next_deadline = conn.deadlines.peek().map(|Reverse((at, _))| *at);
             conn.read_paused = conn.wbuf.len() >= limit || conn.inflight_bytes >= limit;
             let read_allowed = reading && !conn.closing && !conn.read_paused;
             if conn.wbuf.is_empty() {
@@ -354,29 +376,26 @@ async fn run(
                 read_allowed,
                 !conn.wbuf.is_empty(),
                 conn.stalled_since,
-                !conn.deadlines.is_empty(),
+                next_deadline,
             )
         };
         if !read_allowed {
             // Our own back-pressure is not the client's slowness.
             frame_started = None;
         }
-        // Guards only move later (a new stall or frame starts after the old one), so
-        // an armed timer is left alone and re-armed lazily when it fires early: no
-        // timer reset per reply on the request path.
-        let next_guard = [
+        let due = [
+            Some(quiet_from + quiet),
+            next_deadline,
             write_stalled.map(|t| t + ctx.write_timeout),
             frame_started.map(|t| t + ctx.frame_timeout),
         ]
         .into_iter()
         .flatten()
-        .min();
-        if let Some(next) = next_guard {
-            if guard_idle || next < guard_at {
-                guard_at = next;
-                guard_idle = false;
-                guard_timer.as_mut().reset(guard_at);
-            }
+        .min()
+        .unwrap_or(timer_at);
+        if due < timer_at {
+            timer_at = due;
+            timer.as_mut().reset(timer_at);
         }
         tokio::select! {
             biased;
@@ -390,28 +409,40 @@ async fn run(
                 conn.on_resumed(resumed);
                 if conn.write_to(stream).is_err() { return None; }
             }
-            _ = &mut deadline_timer, if has_deadlines => {
-                let mut conn = link.lock();
-                conn.expire_due();
-                if conn.write_to(stream).is_err() { return None; }
-            }
-            _ = &mut guard_timer, if !guard_idle && (write_stalled.is_some() || frame_started.is_some()) => {
+            () = &mut timer => {
                 let now = Instant::now();
-                let stalled = link.lock().stalled_since;
-                if stalled.is_some_and(|t| t + ctx.write_timeout <= now) {
+                // Re-armed at the top of the loop for whatever is left.
+                timer_at = now + PARKED;
+                let mut conn = link.lock();
+                if next_deadline.is_some_and(|at| at <= now) {
+                    conn.expire_due();
+                    if conn.write_to(stream).is_err() { return None; }
+                }
+                if conn.stalled_since.is_some_and(|t| t + ctx.write_timeout <= now) {
                     return Some(ClosedReason::WriteTimeout);
                 }
                 if frame_started.is_some_and(|t| t + ctx.frame_timeout <= now) {
                     return Some(ClosedReason::FrameTimeout);
                 }
-                // Fired for a stall or frame that has ended: re-arm for the current one.
-                guard_idle = true;
+                if quiet_from + quiet <= now {
+                    if conn.inflight.is_empty() && conn.waiting == 0 && conn.wbuf.is_empty() {
+                        tracing::debug!(listener = %ctx.name, draining, "closing idle connection");
+                        return None;
+                    }
+                    // Busy when the quiet period ended (answers came without waking
+                    // this task): it starts again.
+                    quiet_from = now;
+                }
             }
-            ready = stream.writable(), if want_write => {
+            ready = std::future::poll_fn(|cx| stream.poll_write_ready(cx)), if want_write => {
                 if ready.is_err() { return None; }
                 if link.lock().write_to(stream).is_err() { return None; }
             }
-            ready = stream.readable(), if read_allowed => {
+            // `poll_read_ready`/`poll_write_ready` keep one waker per direction in the
+            // socket's registration; `readable()`/`writable()` would enter and leave
+            // its waiter list (under a lock) on every pass of this loop. This task is
+            // the only one that waits on this socket.
+            ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx)), if read_allowed => {
                 if ready.is_err() { return None; }
                 buffer_pool::ready_for_read(rbuf);
                 match crate::socket_io::read_once(stream, rbuf) {
@@ -424,7 +455,7 @@ async fn run(
                     }
                     Ok(_) => {
                         let now = Instant::now();
-                        idle.as_mut().reset(now + quiet_period(told_to_move));
+                        quiet_from = now;
                         let mut conn = link.lock();
                         let decoded = conn.decode_all(rbuf);
                         if conn.write_to(stream).is_err() { return None; }
@@ -440,18 +471,7 @@ async fn run(
                     Err(_) => return None,
                 }
             }
-            _ = &mut idle => {
-                let conn = link.lock();
-                if conn.inflight.is_empty() && conn.waiting == 0 && conn.wbuf.is_empty() {
-                    tracing::debug!(listener = %ctx.name, draining, "closing idle connection");
-                    return None;
-                }
-                drop(conn);
-                // Busy when the timer fired (answers came without waking this task):
-                // the quiet period starts again.
-                idle.as_mut().reset(Instant::now() + quiet_period(told_to_move));
-            }
-            changed = drain.changed(), if !draining => {
+            changed = &mut drain_signal, if !draining => {
                 draining = true;
                 if changed.is_ok() {
                     // Tell the client to move where the protocol can say so; keep
@@ -464,7 +484,8 @@ async fn run(
                     let conn = &mut *conn;
                     told_to_move = conn.codec.encode_go_away(&mut conn.wbuf).unwrap_or(false);
                     if told_to_move {
-                        idle.as_mut().reset(Instant::now() + quiet_period(told_to_move));
+                        quiet = quiet_period(told_to_move);
+                        quiet_from = Instant::now();
                     } else {
                         let (key, value) = DRAIN_HEADER;
                         conn.drain_notice = Some(Arc::new(
@@ -504,22 +525,52 @@ impl Downstream {
     /// Decodes and handles every complete frame in `rbuf`; returns how many.
     fn decode_all(&mut self, rbuf: &mut BytesMut) -> usize {
         let mut decoded = 0;
+        // One snapshot for the batch: requests read together are routed by the same
+        // config, and the snapshot is not loaded per request. Not kept after the batch,
+        // so an idle connection never holds an old config alive.
+        self.batch_listener = self.current_listener();
         while !self.closing {
-            match self.codec.decode(rbuf) {
+            // The message stays where the codec returned it while it is routed and
+            // encoded for the backend (passed by reference; moved only where it must be
+            // kept): matching on a reference moves nothing out of the result.
+            let mut result = self.codec.decode(rbuf);
+            match &mut result {
                 Ok(None) => break,
-                // The message stays in this slot while it is routed and encoded for the
-                // backend (passed by reference; moved only where it must be kept).
-                Ok(mut slot) => {
+                Ok(slot) => {
                     decoded += 1;
-                    self.on_message(&mut slot);
+                    self.on_message(slot);
                 }
-                Err(e) => {
-                    self.on_decode_error(e, rbuf);
+                Err(_) => {
+                    if let Err(e) = result {
+                        self.on_decode_error(e, rbuf);
+                    }
                     break;
                 }
             }
         }
+        self.batch_listener = None;
         decoded
+    }
+
+    /// The routing state of this connection's listener in the current snapshot. The
+    /// last one found is remembered with the snapshot's generation, weakly (an idle
+    /// connection does not keep an old config alive): while no new snapshot was stored
+    /// it is used again without loading the snapshot or looking the listener up.
+    fn current_listener(&mut self) -> Option<Arc<ListenerRt>> {
+        let shared = &self.ctx.shared;
+        // Read before the snapshot, so a remembered pair never claims a newer
+        // generation than the snapshot it came from.
+        let generation = shared.generation.load(std::sync::atomic::Ordering::Acquire);
+        if let Some((seen, weak)) = &self.listener_seen {
+            if *seen == generation {
+                if let Some(listener) = weak.upgrade() {
+                    return Some(listener);
+                }
+            }
+        }
+        let listener = shared.snapshot.load().listener(&self.ctx.name).cloned();
+        self.listener_seen = listener.as_ref().map(|l| (generation, Arc::downgrade(l)));
+        listener
     }
 
     fn on_decode_error(&mut self, e: DecodeError, rbuf: &mut BytesMut) {
@@ -586,7 +637,7 @@ impl Downstream {
         ctx: &ReplyContext,
         kind: LocalReplyKind,
         message: &str,
-        log: Option<LogStart>,
+        log: Option<Box<LogStart>>,
         endpoint: Option<SocketAddr>,
     ) {
         let bytes = self.local_reply(ctx, kind, message);
@@ -595,7 +646,7 @@ impl Downstream {
 
     fn access(
         &self,
-        log: Option<LogStart>,
+        log: Option<Box<LogStart>>,
         status: AccessStatus,
         endpoint: Option<SocketAddr>,
         bytes_out: usize,
@@ -603,6 +654,7 @@ impl Downstream {
         let (Some(logger), Some(start)) = (&self.ctx.access_log, log) else {
             return;
         };
+        let start = *start;
         let duration = start.time.elapsed().unwrap_or_default();
         logger.log(AccessLogEntry {
             time: start.time,
@@ -620,14 +672,17 @@ impl Downstream {
 
     fn dispatch(&mut self, slot: &mut Option<Message>) {
         let Some(msg) = slot.as_mut() else { return };
-        let snapshot = self.ctx.shared.snapshot.load();
-        let Some(listener) = snapshot.listener(&self.ctx.name).cloned() else {
+        let listener = match &self.batch_listener {
+            Some(l) => Some(l.clone()),
+            None => self.current_listener(),
+        };
+        let Some(listener) = listener else {
             let ctx = msg.reply_context();
             let log = self
                 .ctx
                 .access_log
                 .as_ref()
-                .map(|_| LogStart::new(None, msg));
+                .map(|_| Box::new(LogStart::new(None, msg)));
             return self.local_reply_logged(
                 &ctx,
                 LocalReplyKind::NoRoute,
@@ -636,12 +691,11 @@ impl Downstream {
                 None,
             );
         };
-        drop(snapshot);
         let log = self
             .ctx
             .access_log
             .as_ref()
-            .map(|_| LogStart::new(Some(&listener), msg));
+            .map(|_| Box::new(LogStart::new(Some(&listener), msg)));
         if !listener.filters.is_empty() {
             let step = listener
                 .filters
@@ -658,7 +712,7 @@ impl Downstream {
         step: ChainStep,
         slot: &mut Option<Message>,
         listener: Arc<ListenerRt>,
-        log: Option<LogStart>,
+        log: Option<Box<LogStart>>,
     ) {
         let Some(msg) = slot.as_ref() else { return };
         match step {
@@ -731,7 +785,7 @@ impl Downstream {
         &mut self,
         slot: &mut Option<Message>,
         listener: Arc<ListenerRt>,
-        mut log: Option<LogStart>,
+        mut log: Option<Box<LogStart>>,
     ) {
         let Some(msg) = slot.as_mut() else { return };
         let Some(route) = listener.table.route(msg.metadata()) else {

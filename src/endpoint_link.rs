@@ -97,7 +97,7 @@ impl EndpointLink {
 
     /// Whether the endpoint recently refused connections.
     pub(crate) fn is_unreachable(&self) -> bool {
-        self.unreachable_until_ms.load(Ordering::Relaxed) > now_ms()
+        crate::clock::until_in_future(&self.unreachable_until_ms)
     }
 
     /// Records a failed connection attempt.

@@ -155,6 +155,8 @@ impl Shared {
             }
         }
         self.snapshot.store(Arc::new(snap));
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         *self.layers.lock().unwrap_or_else(|e| e.into_inner()) = Layers { base, dynamic };
         if is_reload {
             self.metrics.config_reload(true);
@@ -272,6 +274,7 @@ impl Server {
         Ok(Server {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(snap),
+                generation: std::sync::atomic::AtomicU64::new(0),
                 codecs,
                 filters,
                 endpoints,

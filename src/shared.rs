@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,10 @@ use crate::upstream::Protocol;
 /// State shared by every listener, connection and the admin server.
 pub(crate) struct Shared {
     pub(crate) snapshot: ArcSwap<Snapshot>,
+    /// Bumped after each new `snapshot` is stored: a connection that saw the same
+    /// number may keep using what it looked up in the snapshot (see
+    /// `Downstream::current_listener`).
+    pub(crate) generation: AtomicU64,
     pub(crate) codecs: CodecRegistry,
     pub(crate) filters: FilterRegistry,
     pub(crate) endpoints: EndpointRegistry,

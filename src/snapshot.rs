@@ -38,7 +38,8 @@ pub(crate) struct ListenerRt {
 pub(crate) struct Snapshot {
     pub(crate) config: Arc<Config>,
     /// Routing state per running listener, by listener name.
-    pub(crate) listeners: HashMap<String, Arc<ListenerRt>>,
+    /// By name, hashed with aHash: every request looks its listener up here.
+    pub(crate) listeners: HashMap<String, Arc<ListenerRt>, ahash::RandomState>,
     pub(crate) clusters: Vec<Arc<ClusterRt>>,
     /// Where each resource came from (`GET /config`).
     pub(crate) provenance: Provenance,
@@ -287,7 +288,7 @@ impl Compiled {
         }
         endpoints.retain(&keep);
 
-        let mut listeners = HashMap::new();
+        let mut listeners = HashMap::with_hasher(ahash::RandomState::new());
         for l in &config.listeners {
             let Some(table) = self.tables.get(&l.route_config) else {
                 continue;

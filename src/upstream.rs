@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use meta_protocol::{
     Codec, CodecCapabilities, CodecContext, CodecError, CodecFactory, CodecOptions,
@@ -392,7 +391,10 @@ pub(crate) struct Pool {
     pub(crate) key: PoolKey,
     addr: SocketAddr,
     protocol: Arc<Protocol>,
-    conns: ArcSwap<Vec<Arc<ConnHandle>>>,
+    /// Locked only to pick, publish or count: never across an `.await` or a call out.
+    /// (An uncontended lock is cheaper per request than an `ArcSwap` load; other
+    /// workers take it only when this endpoint is at `max_connections`.)
+    conns: std::sync::Mutex<Vec<Arc<ConnHandle>>>,
     metrics: ClusterMetrics,
 }
 
@@ -407,15 +409,18 @@ impl Pool {
             key,
             addr,
             protocol,
-            conns: ArcSwap::from_pointee(Vec::new()),
+            conns: std::sync::Mutex::new(Vec::new()),
             metrics,
         }
     }
 
+    fn conns(&self) -> std::sync::MutexGuard<'_, Vec<Arc<ConnHandle>>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The least loaded usable connection, if any.
     pub(crate) fn least_loaded(&self) -> Option<Arc<ConnHandle>> {
-        self.conns
-            .load()
+        self.conns()
             .iter()
             .filter(|c| c.usable())
             .min_by_key(|c| c.load())
@@ -423,8 +428,7 @@ impl Pool {
     }
 
     pub(crate) fn open_connections(&self) -> usize {
-        self.conns
-            .load()
+        self.conns()
             .iter()
             .filter(|c| c.alive.load(Ordering::Relaxed))
             .count()
@@ -465,28 +469,27 @@ impl Pool {
             Choice::Full { least: Some(c), .. } if !endpoint.may_open() => Some(c.clone()),
             Choice::Full { .. } => None,
         };
-        if let Some(c) = reuse(&self.conns.load()) {
+        if let Some(c) = reuse(&self.conns()) {
             return Some(c);
         }
+        // Lock order: the endpoint's opening lock, then this pool's list.
         let _guard = endpoint.opening();
-        let current = self.conns.load_full();
-        if let Some(c) = reuse(&current) {
-            return Some(c);
+        {
+            let current = self.conns();
+            if let Some(c) = reuse(&current) {
+                return Some(c);
+            }
         }
         let Some(open) = endpoint.reserve_connection() else {
-            return match Self::choose(&current, threshold) {
+            return match Self::choose(&self.conns(), threshold) {
                 Choice::Fit(c) => Some(c.clone()),
                 Choice::Full { least, .. } => least.cloned(),
             };
         };
         let handle = self.spawn_connection(endpoint, open);
-        let mut next: Vec<Arc<ConnHandle>> = current
-            .iter()
-            .filter(|c| c.alive.load(Ordering::Relaxed))
-            .cloned()
-            .collect();
-        next.push(handle.clone());
-        self.conns.store(Arc::new(next));
+        let mut conns = self.conns();
+        conns.retain(|c| c.alive.load(Ordering::Relaxed));
+        conns.push(handle.clone());
         Some(handle)
     }
 
@@ -774,7 +777,9 @@ impl UpstreamConnection {
             flush_all(&mut sinks);
             tokio::select! {
                 biased;
-                ready = stream.readable() => {
+                // One waker slot per direction (see the client side's loop): this task
+                // is the only one that waits on the socket.
+                ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => {
                     if let Err(e) = ready { tracing::debug!(error = %e, "upstream readable"); return "read error"; }
                     buffer_pool::ready_for_read(&mut rbuf);
                     match crate::socket_io::read_once(stream, &mut rbuf) {
@@ -788,13 +793,20 @@ impl UpstreamConnection {
                     }
                     let result = self.decode_all(&mut rbuf, &mut sinks);
                     buffer_pool::release(&mut rbuf);
+                    if !sinks.is_empty() {
+                        // Let the other tasks this wake-up made ready run first (other
+                        // upstream connections answering the same clients): a client
+                        // whose requests went to several backends then gets one write
+                        // for all their answers instead of one per backend.
+                        tokio::task::yield_now().await;
+                    }
                     flush_all(&mut sinks);
                     if let Err(reason) = result {
                         return reason;
                     }
                 }
                 () = handle.wake.woken() => {}
-                ready = stream.writable(), if want_write => {
+                ready = std::future::poll_fn(|cx| stream.poll_write_ready(cx)), if want_write => {
                     if ready.is_err() { return "write error"; }
                     if handle.lock().write_once().is_err() {
                         return "write error";
@@ -869,7 +881,9 @@ impl UpstreamConnection {
             let Some(io) = inner.io.as_mut() else {
                 return Ok(());
             };
-            let mut msg = match io.codec.decode(rbuf) {
+            // Borrowed where the codec returned it: nothing is moved out of the result.
+            let mut result = io.codec.decode(rbuf);
+            let msg = match &mut result {
                 Ok(Some(msg)) => msg,
                 Ok(None) => return Ok(()),
                 Err(e) => {
@@ -877,10 +891,10 @@ impl UpstreamConnection {
                     return Err("decode error");
                 }
             };
-            let reply = self.on_message(&msg, &mut inner);
+            let reply = self.on_message(msg, &mut inner);
             drop(inner);
             if let Some(reply) = reply {
-                reply.respond(&mut msg, sinks);
+                reply.respond(msg, sinks);
             }
         }
     }

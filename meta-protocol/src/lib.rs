@@ -33,10 +33,12 @@
 //!         let frame = src.split_to(4 + len).freeze();
 //!         let raw_id = u32::from_be_bytes(frame[4..8].try_into().unwrap());
 //!         let kind = if raw_id >> 31 == 1 { MessageKind::Response } else { MessageKind::Request };
-//!         let method = MetaStr::try_from(frame.slice(8..))
+//!         std::str::from_utf8(&frame[8..])
 //!             .map_err(|_| DecodeError::malformed("method is not UTF-8"))?;
+//!         let end = frame.len();
 //!         let mut msg = Message::new(kind, u64::from(raw_id & 0x7fff_ffff), frame);
-//!         msg.metadata_mut().set(MetaStr::from_static("method"), method);
+//!         // The value is recorded as its place in the frame: no copy, no reference count.
+//!         msg.metadata_mut().set_value_in_frame(MetaStr::from_static("method"), 8..end);
 //!         Ok(Some(msg))
 //!     }
 //!
@@ -95,8 +97,9 @@
 //! ## Rules a codec follows
 //! - `decode` never does I/O and never panics on any input; it checks the announced
 //!   frame size against `max_frame_size` from the header alone.
-//! - Metadata values slice the frame ([`MetaStr`] over [`bytes::Bytes`]); copy only when
-//!   the wire form is not plain UTF-8.
+//! - Metadata values are places in the frame ([`Metadata::set_in_frame`],
+//!   [`Metadata::set_value_in_frame`]), checked UTF-8 by the codec; decode into a new
+//!   string ([`Metadata::set`]) only when the wire form is not plain UTF-8.
 //! - `encode` forwards the frame byte for byte apart from the request id and mutations.
 //! - Local replies are what a stock client of the protocol understands as an error.
 //!
@@ -159,6 +162,8 @@ pub use message::{
     FrameLayout, LayoutWords, Message, MessageKind, ReplyContext, ResponseStatus, WireFormat,
     LAYOUT_WORDS,
 };
-pub use metadata::{MetaStr, Metadata, Mutations, INLINE_METADATA_ENTRIES};
+pub use metadata::{
+    MetaStr, Metadata, Mutations, WellKnownKey, INLINE_METADATA_ENTRIES, INLINE_OWNED_STRINGS,
+};
 
 pub use bytes;

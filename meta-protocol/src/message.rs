@@ -174,6 +174,7 @@ pub struct Message {
     kind: MessageKind,
     request_id: u64,
     frame: Bytes,
+    /// Holds a second reference to the frame: its entries are offsets into it.
     metadata: Metadata,
     mutations: Option<Arc<Mutations>>,
     status: ResponseStatus,
@@ -188,8 +189,8 @@ impl Message {
         Message {
             kind,
             request_id,
+            metadata: Metadata::over_frame(frame.clone()),
             frame,
-            metadata: Metadata::new(),
             mutations: None,
             status: ResponseStatus::Ok,
             wire: WireFormat::default(),

@@ -1,14 +1,22 @@
-//! Routable metadata: small, ordered key/value string pairs sliced from a frame.
+//! Routable metadata: small, ordered key/value string pairs, stored as offsets into the
+//! frame they were read from.
 
+use std::ops::Range;
+
+use bytes::Bytes;
 use bytestring::ByteString;
 use smallvec::SmallVec;
 
 /// Entries kept inline before [`Metadata`] spills to the heap.
 ///
 /// Typical RPC requests carry a handful of keys (interface, method, version, group and a
-/// few attachments); twelve covers them without an allocation while keeping a message
-/// small enough to move cheaply between tasks.
+/// few attachments); twelve covers them without an allocation. An entry is 16 bytes (two
+/// offset pairs into the frame), so the whole table is 200 bytes.
 pub const INLINE_METADATA_ENTRIES: usize = 12;
+
+/// Strings not found in the frame (static keys such as `interface`, values set by
+/// filters) kept inline before they spill to the heap.
+pub const INLINE_OWNED_STRINGS: usize = 4;
 
 /// A UTF-8 string shared with the frame it was read from.
 ///
@@ -16,36 +24,218 @@ pub const INLINE_METADATA_ENTRIES: usize = 12;
 /// or by slicing a frame's [`bytes::Bytes`] allocates nothing.
 pub type MetaStr = ByteString;
 
+/// Keys a codec names itself rather than reading them from the frame (Dubbo's
+/// `interface` is the service path of the body, Thrift's `method` the message name):
+/// kept as a number, so setting one stores nothing beside the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WellKnownKey {
+    /// `interface`.
+    Interface,
+    /// `method`.
+    Method,
+    /// `version`.
+    Version,
+    /// `service`.
+    Service,
+    /// `group`.
+    Group,
+}
+
+impl WellKnownKey {
+    const ALL: [WellKnownKey; 5] = [
+        WellKnownKey::Interface,
+        WellKnownKey::Method,
+        WellKnownKey::Version,
+        WellKnownKey::Service,
+        WellKnownKey::Group,
+    ];
+
+    /// The key as routes name it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            WellKnownKey::Interface => "interface",
+            WellKnownKey::Method => "method",
+            WellKnownKey::Version => "version",
+            WellKnownKey::Service => "service",
+            WellKnownKey::Group => "group",
+        }
+    }
+}
+
+/// Where one key or value is: `len` bytes at `start` of the frame; or, when `len` has
+/// [`OWNED`] set, the owned string at index `start`; or, with [`KNOWN`], the
+/// [`WellKnownKey`] number `start`. The low bits of `len` are always the length, so
+/// lookups compare lengths without resolving any string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Slot {
+    start: u32,
+    len: u32,
+}
+
+/// The bit of `keys` for `key`, from its length and first and last bytes.
+#[inline]
+fn key_bit(key: &[u8]) -> u64 {
+    let first = key.first().map_or(0, |&b| usize::from(b));
+    let last = key.last().map_or(0, |&b| usize::from(b));
+    1 << ((key.len() * 7 + first + last * 3) & 63)
+}
+
+/// Marks a [`Slot`] that names an owned string.
+const OWNED: u32 = 1 << 31;
+/// Marks a [`Slot`] that names a [`WellKnownKey`].
+const KNOWN: u32 = 1 << 30;
+/// The length bits of a [`Slot`].
+const LEN: u32 = KNOWN - 1;
+
+impl Slot {
+    fn owned(index: usize, len: usize) -> Slot {
+        Slot {
+            start: index as u32,
+            len: OWNED | (len.min(LEN as usize) as u32),
+        }
+    }
+
+    fn known(key: WellKnownKey) -> Slot {
+        Slot {
+            start: key as u32,
+            len: KNOWN | key.as_str().len() as u32,
+        }
+    }
+
+    fn is_owned(self) -> bool {
+        self.len & OWNED != 0
+    }
+
+    /// The string's length (an owned one over 1 GiB: 1 GiB - 1, and never found).
+    fn byte_len(self) -> usize {
+        (self.len & LEN) as usize
+    }
+
+    /// The frame range `r` as a slot, when it fits (frames are far below 1 GiB).
+    fn in_frame(r: &Range<usize>) -> Option<Slot> {
+        let start = u32::try_from(r.start).ok()?;
+        let len = u32::try_from(r.end.checked_sub(r.start)?).ok()?;
+        (len <= LEN).then_some(Slot { start, len })
+    }
+}
+
 /// Ordered key/value strings that routes match on.
 ///
 /// Keys are matched case-sensitively. Lookups are linear scans, which beat hashing for
 /// the dozen-or-so entries a request carries.
-#[derive(Clone, Default, PartialEq, Eq)]
+///
+/// A codec records where each string is in the frame ([`Metadata::set_in_frame`],
+/// [`Metadata::set_value_in_frame`]): an entry is two offset pairs, so filling the
+/// table copies no bytes, counts no references and checks no UTF-8. The check happens
+/// when a value is read as `&str` ([`Metadata::get`], [`Metadata::iter`]); a frame range
+/// that is not UTF-8 or lies outside the frame reads as absent. Strings from elsewhere
+/// ([`Metadata::set`] with a string that is not a slice of the frame) are kept beside
+/// the table.
+#[derive(Clone, Default)]
 pub struct Metadata {
-    entries: SmallVec<[(MetaStr, MetaStr); INLINE_METADATA_ENTRIES]>,
+    frame: Bytes,
+    /// One bit per key present ([`key_bit`]): a lookup of a key whose bit is clear
+    /// (most of the codec's duplicate checks) scans nothing.
+    keys: u64,
+    entries: SmallVec<[(Slot, Slot); INLINE_METADATA_ENTRIES]>,
+    owned: SmallVec<[MetaStr; INLINE_OWNED_STRINGS]>,
 }
 
 impl Metadata {
-    /// An empty set; allocates nothing.
+    /// An empty set over no frame; allocates nothing.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty set whose entries may point into `frame`.
+    pub fn over_frame(frame: Bytes) -> Self {
+        Metadata {
+            frame,
+            ..Self::default()
+        }
+    }
+
+    /// The frame entries point into (empty for a set built without one).
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
+    }
+
+    #[inline]
+    fn bytes(&self, s: Slot) -> Option<&[u8]> {
+        if s.is_owned() {
+            self.owned
+                .get(s.start as usize)
+                .map(|m| m.as_bytes().as_ref())
+        } else if s.len & KNOWN != 0 {
+            WellKnownKey::ALL
+                .get(s.start as usize)
+                .map(|k| k.as_str().as_bytes())
+        } else {
+            let start = s.start as usize;
+            self.frame.get(start..start + s.byte_len())
+        }
+    }
+
+    #[inline]
+    fn text(&self, s: Slot) -> Option<&str> {
+        if s.is_owned() {
+            self.owned.get(s.start as usize).map(|m| &**m)
+        } else if s.len & KNOWN != 0 {
+            WellKnownKey::ALL.get(s.start as usize).map(|k| k.as_str())
+        } else {
+            std::str::from_utf8(self.bytes(s)?).ok()
+        }
+    }
+
+    /// The entry whose key is `key`: lengths are compared before any bytes.
+    #[inline]
+    fn position(&self, key: &[u8]) -> Option<usize> {
+        if self.keys & key_bit(key) == 0 {
+            return None;
+        }
+        let len = key.len();
+        self.entries
+            .iter()
+            .position(|(k, _)| k.byte_len() == len && self.bytes(*k) == Some(key))
     }
 
     /// The value of `key`, if present.
     #[inline]
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries
-            .iter()
-            .find(|(k, _)| &**k == key)
-            .map(|(_, v)| &**v)
+        let (_, v) = self.entries[self.position(key.as_bytes())?];
+        self.text(v)
     }
 
-    /// The shared value of `key`, if present (cheap to clone).
-    pub fn get_shared(&self, key: &str) -> Option<&MetaStr> {
-        self.entries
-            .iter()
-            .find(|(k, _)| &**k == key)
-            .map(|(_, v)| v)
+    /// The bytes of `key`'s value, if present, without the UTF-8 check of
+    /// [`Metadata::get`]: for comparing with a known string.
+    #[inline]
+    pub fn get_bytes(&self, key: &str) -> Option<&[u8]> {
+        let (_, v) = self.entries[self.position(key.as_bytes())?];
+        self.bytes(v)
+    }
+
+    /// The value of `key` as a shared string (a slice of the frame or a clone of the
+    /// string set; no copy).
+    pub fn get_shared(&self, key: &str) -> Option<MetaStr> {
+        let (_, v) = self.entries[self.position(key.as_bytes())?];
+        self.shared(v)
+    }
+
+    fn shared(&self, s: Slot) -> Option<MetaStr> {
+        if s.is_owned() {
+            self.owned.get(s.start as usize).cloned()
+        } else if s.len & KNOWN != 0 {
+            WellKnownKey::ALL
+                .get(s.start as usize)
+                .map(|k| MetaStr::from_static(k.as_str()))
+        } else {
+            let start = s.start as usize;
+            let end = start + s.len as usize;
+            if end > self.frame.len() {
+                return None;
+            }
+            MetaStr::try_from(self.frame.slice(start..end)).ok()
+        }
     }
 
     /// Whether `key` is present.
@@ -53,25 +243,153 @@ impl Metadata {
         self.get(key).is_some()
     }
 
-    /// Sets `key` to `value`, replacing an existing value.
+    /// A slot for `s`: its place in the frame when it is a slice of it, else a new
+    /// owned string.
+    fn slot_for(&mut self, s: MetaStr) -> Slot {
+        let base = self.frame.as_ptr() as usize;
+        let at = s.as_bytes().as_ptr() as usize;
+        if !s.is_empty() && at >= base && at + s.len() <= base + self.frame.len() {
+            if let Some(slot) = Slot::in_frame(&(at - base..at - base + s.len())) {
+                return slot;
+            }
+        }
+        let len = s.len();
+        self.owned.push(s);
+        Slot::owned(self.owned.len() - 1, len)
+    }
+
+    /// Points entry `i` at a new value, reusing its owned string's place when it had one.
+    fn replace_value(&mut self, i: usize, value: MetaStr) {
+        let old = self.entries[i].1;
+        let slot = match old.is_owned() {
+            true => {
+                let base = self.frame.as_ptr() as usize;
+                let at = value.as_bytes().as_ptr() as usize;
+                let in_frame =
+                    !value.is_empty() && at >= base && at + value.len() <= base + self.frame.len();
+                if in_frame {
+                    self.slot_for(value)
+                } else {
+                    let len = value.len();
+                    self.owned[old.start as usize] = value;
+                    Slot::owned(old.start as usize, len)
+                }
+            }
+            false => self.slot_for(value),
+        };
+        self.entries[i].1 = slot;
+    }
+
+    /// Sets `key` to `value`, replacing an existing value. A string that is a slice of
+    /// the frame is stored as its offsets; any other is kept beside the table.
     pub fn set(&mut self, key: MetaStr, value: MetaStr) {
-        match self.entries.iter_mut().find(|(k, _)| *k == key) {
-            Some(entry) => entry.1 = value,
-            None => self.entries.push((key, value)),
+        match self.position(key.as_bytes()) {
+            Some(i) => self.replace_value(i, value),
+            None => {
+                let bit = key_bit(key.as_bytes());
+                let k = self.slot_for(key);
+                let v = self.slot_for(value);
+                self.push(bit, k, v);
+            }
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, bit: u64, k: Slot, v: Slot) {
+        self.keys |= bit;
+        self.entries.push((k, v));
+    }
+
+    /// Recomputes the key bits after entries were removed.
+    fn rebuild_keys(&mut self) {
+        self.keys = 0;
+        for i in 0..self.entries.len() {
+            let bit = self.bytes(self.entries[i].0).map_or(0, key_bit);
+            self.keys |= bit;
+        }
+    }
+
+    /// Sets the key at frame range `key` to the value at frame range `value`,
+    /// replacing an existing value. Both must be UTF-8 (the codec checks; a range that
+    /// is not reads as absent) and lie inside the frame (a range that does not is
+    /// ignored). Copies nothing and counts no reference.
+    #[inline]
+    pub fn set_in_frame(&mut self, key: Range<usize>, value: Range<usize>) {
+        let (Some(k), Some(v)) = (Slot::in_frame(&key), Slot::in_frame(&value)) else {
+            return;
+        };
+        if value.end > self.frame.len() {
+            return;
+        }
+        let Some(key_bytes) = self.frame.get(key) else {
+            return;
+        };
+        let bit = key_bit(key_bytes);
+        match self.position(key_bytes) {
+            Some(i) => self.entries[i].1 = v,
+            None => self.push(bit, k, v),
+        }
+    }
+
+    /// Sets `key` (typically [`MetaStr::from_static`]) to the value at frame range
+    /// `value`, under the rules of [`Metadata::set_in_frame`].
+    #[inline]
+    pub fn set_value_in_frame(&mut self, key: MetaStr, value: Range<usize>) {
+        let Some(v) = Slot::in_frame(&value).filter(|_| value.end <= self.frame.len()) else {
+            return;
+        };
+        match self.position(key.as_bytes()) {
+            Some(i) => self.entries[i].1 = v,
+            None => {
+                let bit = key_bit(key.as_bytes());
+                let k = self.slot_for(key);
+                self.push(bit, k, v);
+            }
+        }
+    }
+
+    /// Sets the well-known `key` to the value at frame range `value`, under the rules
+    /// of [`Metadata::set_in_frame`]; the key takes no room beside the table.
+    #[inline]
+    pub fn set_known_in_frame(&mut self, key: WellKnownKey, value: Range<usize>) {
+        let Some(v) = Slot::in_frame(&value).filter(|_| value.end <= self.frame.len()) else {
+            return;
+        };
+        let name = key.as_str().as_bytes();
+        match self.position(name) {
+            Some(i) => self.entries[i].1 = v,
+            None => self.push(key_bit(name), Slot::known(key), v),
         }
     }
 
     /// Adds `key` only when it is not present yet (an earlier, stronger source wins).
     pub fn set_if_absent(&mut self, key: MetaStr, value: MetaStr) {
-        if !self.contains(&key) {
-            self.entries.push((key, value));
+        if self.position(key.as_bytes()).is_none() {
+            let bit = key_bit(key.as_bytes());
+            let k = self.slot_for(key);
+            let v = self.slot_for(value);
+            self.push(bit, k, v);
         }
     }
 
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: &str) -> Option<MetaStr> {
-        let pos = self.entries.iter().position(|(k, _)| &**k == key)?;
-        Some(self.entries.remove(pos).1)
+        self.remove_bytes(key.as_bytes())
+    }
+
+    /// Removes the key at frame range `key` (a codec's "a later null value wins").
+    pub fn remove_in_frame(&mut self, key: Range<usize>) {
+        let frame = self.frame.clone();
+        if let Some(k) = frame.get(key) {
+            self.remove_bytes(k);
+        }
+    }
+
+    fn remove_bytes(&mut self, key: &[u8]) -> Option<MetaStr> {
+        let i = self.position(key)?;
+        let (_, v) = self.entries.remove(i);
+        self.rebuild_keys();
+        self.shared(v)
     }
 
     /// Number of entries.
@@ -84,16 +402,37 @@ impl Metadata {
         self.entries.is_empty()
     }
 
-    /// Removes every entry, keeping the storage.
-    pub fn clear(&mut self) {
-        self.entries.clear();
+    /// Keeps the first `len` entries (in insertion order) and drops the rest: undoes
+    /// what a codec added since [`Metadata::len`] was `len`, when it adds entries only.
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.entries.len() {
+            self.entries.truncate(len);
+            self.rebuild_keys();
+        }
     }
 
-    /// The entries in insertion order.
+    /// Removes every entry, keeping the storage and the frame.
+    pub fn clear(&mut self) {
+        self.keys = 0;
+        self.entries.clear();
+        self.owned.clear();
+    }
+
+    /// The entries in insertion order (an entry that is not UTF-8 is left out).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.entries.iter().map(|(k, v)| (&**k, &**v))
+        self.entries
+            .iter()
+            .filter_map(|(k, v)| Some((self.text(*k)?, self.text(*v)?)))
     }
 }
+
+impl PartialEq for Metadata {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Metadata {}
 
 impl std::fmt::Debug for Metadata {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -142,8 +481,125 @@ mod tests {
 
     #[test]
     fn values_share_the_frame() {
-        let frame = bytes::Bytes::from_static(b"interface=com.example.Demo");
-        let value = MetaStr::try_from(frame.slice(10..)).unwrap();
+        let frame = Bytes::from_static(b"interface=com.example.Demo");
+        let mut m = Metadata::over_frame(frame.clone());
+        m.set(
+            "interface".into(),
+            MetaStr::try_from(frame.slice(10..)).unwrap(),
+        );
+        // A slice of the frame is kept as offsets, not as a second reference.
+        assert!(m.owned.len() == 1, "only the key is owned: {:?}", m.owned);
+        let value = m.get_shared("interface").unwrap();
         assert_eq!(value.as_bytes().as_ptr(), frame[10..].as_ptr());
+        assert_eq!(m.get("interface"), Some("com.example.Demo"));
+    }
+
+    #[test]
+    fn frame_ranges_are_read_back_and_a_later_key_wins() {
+        let frame = Bytes::from_static(b"user=alice;user=bob;group=g");
+        let mut m = Metadata::over_frame(frame);
+        m.set_in_frame(0..4, 5..10);
+        m.set_in_frame(11..15, 16..19);
+        m.set_in_frame(20..25, 26..27);
+        m.set_value_in_frame(MetaStr::from_static("method"), 5..10);
+        assert_eq!(m.get("user"), Some("bob"));
+        assert_eq!(m.get_bytes("group"), Some(&b"g"[..]));
+        assert_eq!(m.get("method"), Some("alice"));
+        assert_eq!(
+            m.iter().collect::<Vec<_>>(),
+            [("user", "bob"), ("group", "g"), ("method", "alice")]
+        );
+        m.remove_in_frame(0..4);
+        assert_eq!(m.get("user"), None);
+        assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn a_range_that_is_not_utf8_reads_as_absent_and_one_outside_is_ignored() {
+        let frame = Bytes::from_static(b"k\xffv");
+        let mut m = Metadata::over_frame(frame);
+        m.set_in_frame(0..1, 1..2);
+        assert_eq!(m.get("k"), None);
+        assert_eq!(m.get_bytes("k"), Some(&[0xff][..]));
+        assert_eq!(m.iter().count(), 0);
+        m.set_in_frame(0..1, 2..9);
+        m.set_in_frame(7..9, 0..1);
+        assert_eq!(m.len(), 1, "ranges outside the frame are not stored");
+        assert_eq!(m.get_bytes("k"), Some(&[0xff][..]));
+    }
+
+    #[test]
+    fn well_known_keys_read_like_any_other() {
+        let frame = Bytes::from_static(b"svc.Demo/sayHi");
+        let mut m = Metadata::over_frame(frame);
+        m.set_known_in_frame(WellKnownKey::Interface, 0..8);
+        m.set_known_in_frame(WellKnownKey::Method, 9..14);
+        m.set_known_in_frame(WellKnownKey::Method, 9..12);
+        assert!(m.owned.is_empty(), "no string kept beside the table");
+        assert_eq!(m.get("interface"), Some("svc.Demo"));
+        assert_eq!(m.get("method"), Some("say"));
+        assert_eq!(m.get_shared("method").as_deref(), Some("say"));
+        m.set("method".into(), "other".into());
+        assert_eq!(m.get("method"), Some("other"));
+        assert_eq!(
+            m.iter().collect::<Vec<_>>(),
+            [("interface", "svc.Demo"), ("method", "other")]
+        );
+        assert_eq!(m.remove("interface").as_deref(), Some("svc.Demo"));
+        for k in WellKnownKey::ALL {
+            assert_eq!(Slot::known(k).byte_len(), k.as_str().len());
+        }
+    }
+
+    #[test]
+    fn keys_are_found_after_removals_and_truncation() {
+        let mut m = Metadata::new();
+        let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
+        for k in &keys {
+            m.set(k.as_str().into(), "v".into());
+        }
+        assert!(keys.iter().all(|k| m.contains(k)));
+        m.remove("key-3");
+        m.truncate(30);
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(m.contains(k), i != 3 && i < 31, "{k}");
+        }
+        m.set("key-3".into(), "again".into());
+        assert_eq!(m.get("key-3"), Some("again"));
+        m.clear();
+        assert!(!m.contains("key-0"));
+    }
+
+    #[test]
+    fn replacing_an_owned_value_reuses_its_place() {
+        let mut m = Metadata::new();
+        for v in ["a", "b", "c", "d", "e", "f"] {
+            m.set("k".into(), MetaStr::from(v.to_owned()));
+        }
+        assert_eq!(m.get("k"), Some("f"));
+        assert_eq!(m.owned.len(), 2, "one key and one value: {:?}", m.owned);
+    }
+
+    #[test]
+    fn equality_compares_contents_not_where_they_are_kept() {
+        let frame = Bytes::from_static(b"user=alice");
+        let mut a = Metadata::over_frame(frame);
+        a.set_in_frame(0..4, 5..10);
+        let b: Metadata = [("user", "alice")].into_iter().collect();
+        assert_eq!(a, b);
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        let c: Metadata = [("user", "bob")].into_iter().collect();
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn a_message_is_small_enough_to_move_cheaply() {
+        // Two offset pairs per entry: the inline table is 16 bytes an entry.
+        assert_eq!(std::mem::size_of::<(Slot, Slot)>(), 16);
+        assert!(
+            std::mem::size_of::<Metadata>() <= 400,
+            "{}",
+            std::mem::size_of::<Metadata>()
+        );
     }
 }

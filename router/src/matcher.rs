@@ -68,14 +68,18 @@ impl Condition {
     /// (including `present`), and `invert` negates the result.
     #[inline]
     pub(crate) fn holds(&self, metadata: &Metadata) -> bool {
-        let hit = match metadata.get(&self.key) {
-            None => false,
-            Some(v) => match &self.test {
-                Test::Exact(x) => v == &**x,
-                Test::Prefix(x) => v.starts_with(&**x),
-                Test::Suffix(x) => v.ends_with(&**x),
-                Test::Regex(re) => re.is_match(v),
-                Test::Present => true,
+        // Byte comparisons need no UTF-8 check of the value (codecs store checked
+        // values; equal bytes to a `str` are UTF-8 anyway); only a regex reads `&str`.
+        let hit = match &self.test {
+            Test::Regex(re) => metadata.get(&self.key).is_some_and(|v| re.is_match(v)),
+            test => match metadata.get_bytes(&self.key) {
+                None => false,
+                Some(v) => match test {
+                    Test::Exact(x) => v == x.as_bytes(),
+                    Test::Prefix(x) => v.starts_with(x.as_bytes()),
+                    Test::Suffix(x) => v.ends_with(x.as_bytes()),
+                    Test::Regex(_) | Test::Present => true,
+                },
             },
         };
         hit != self.invert

@@ -193,10 +193,9 @@ impl RouteTable {
             }
         }
         for pk in self.prefix_keys.iter() {
-            let Some(value) = metadata.get(&pk.key) else {
+            let Some(value) = metadata.get_bytes(&pk.key) else {
                 continue;
             };
-            let value = value.as_bytes();
             for &len in pk.lengths.iter() {
                 let Some(prefix) = value.get(..len) else {
                     break;

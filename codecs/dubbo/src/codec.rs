@@ -5,7 +5,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use meta_protocol::{
     reject_options, Codec, CodecContext, CodecError, CodecFactory, CodecOptions,
     ConfiguredProtocol, DecodeError, DecodeErrorKind, EncodeError, FrameLayout, LayoutWords,
-    LocalReply, LocalReplyKind, Message, MessageKind, MetaStr, ReplyContext, ResponseStatus, Side,
+    LocalReply, LocalReplyKind, Message, MessageKind, MetaStr, Metadata, ReplyContext,
+    ResponseStatus, Side, WellKnownKey,
 };
 
 use crate::header::{
@@ -18,11 +19,6 @@ use crate::hessian2::{code, HessianError, Reader, StrSpan, Writer, DEFAULT_MAX_D
 const MAX_RESERVE: usize = 64 * 1024;
 /// Layout flag: an attachments map is present.
 const LF_HAS_MAP: u32 = 1;
-
-/// Attachment keys and body fields in metadata.
-const KEY_INTERFACE: MetaStr = MetaStr::from_static("interface");
-const KEY_METHOD: MetaStr = MetaStr::from_static("method");
-const KEY_VERSION: MetaStr = MetaStr::from_static("version");
 
 /// Creates [`DubboCodec`]s; registered as `dubbo`. Accepts no options.
 #[derive(Clone, Copy, Debug, Default)]
@@ -142,38 +138,122 @@ pub fn count_parameters(desc: &[u8]) -> Option<usize> {
     Some(n)
 }
 
-/// Standard Dubbo attachment keys, shared statically instead of sliced from the frame.
-fn well_known_key(key: &[u8]) -> Option<MetaStr> {
-    Some(MetaStr::from_static(match key {
-        b"path" => "path",
-        b"interface" => "interface",
-        b"version" => "version",
-        b"group" => "group",
-        b"timeout" => "timeout",
-        b"application" => "application",
-        b"remote.application" => "remote.application",
-        b"side" => "side",
-        b"dubbo" => "dubbo",
-        b"token" => "token",
-        b"async" => "async",
-        b"generic" => "generic",
-        b"tag" => "tag",
-        b"dubbo.tag" => "dubbo.tag",
-        b"id" => "id",
-        b"input" => "input",
-        b"output" => "output",
-        b"traceId" => "traceId",
-        _ => return None,
-    }))
+/// Which body field (bit 0 interface, 1 method, 2 version) an attachment key names.
+fn body_field(key: &[u8]) -> u8 {
+    match key {
+        b"interface" => 1,
+        b"method" => 2,
+        b"version" => 4,
+        _ => 0,
+    }
 }
 
-/// Which body field (bit 0 interface, 1 method, 2 version) an attachment key names.
-fn body_field(key: &str) -> u8 {
-    match key {
-        "interface" => 1,
-        "method" => 2,
-        "version" => 4,
-        _ => 0,
+/// Whether `code` starts a string.
+fn is_string(code: Option<u8>) -> bool {
+    matches!(
+        code,
+        Some(0x00..=0x1f | 0x30..=0x33 | code::STRING_FINAL | code::STRING_CHUNK)
+    )
+}
+
+/// A string read from the body: where its UTF-8 is in the frame, or, for chunked and
+/// surrogate-pair encodings, decoded.
+enum Text {
+    InFrame(std::ops::Range<usize>),
+    Decoded(MetaStr),
+}
+
+impl Text {
+    fn bytes<'a>(&'a self, frame: &'a [u8]) -> &'a [u8] {
+        match self {
+            Text::InFrame(r) => &frame[r.clone()],
+            Text::Decoded(s) => s.as_bytes(),
+        }
+    }
+
+    fn into_str(self, frame: &Bytes) -> Option<MetaStr> {
+        match self {
+            Text::InFrame(r) => MetaStr::try_from(frame.slice(r)).ok(),
+            Text::Decoded(s) => Some(s),
+        }
+    }
+}
+
+/// Reads a string (an error on anything else), checking its UTF-8.
+#[inline]
+fn read_text(r: &mut Reader<'_>, frame: &Bytes) -> Result<Text, HessianError> {
+    if let Some(ascii) = r.read_ascii_str() {
+        return Ok(Text::InFrame(ascii));
+    }
+    let at = r.position();
+    let span = r.read_str_span()?;
+    if span.plain {
+        if !span.ascii && std::str::from_utf8(&frame[span.data.clone()]).is_err() {
+            return Err(HessianError::BadUtf8 {
+                at: span.data.start,
+            });
+        }
+        Ok(Text::InFrame(span.data))
+    } else {
+        Reader::with_range(frame, at, r.position())
+            .read_string()
+            .map(Text::Decoded)
+    }
+}
+
+/// Reads a string or a null (`None`).
+fn read_nullable_text(r: &mut Reader<'_>, frame: &Bytes) -> Result<Option<Text>, HessianError> {
+    if r.read_null()? {
+        Ok(None)
+    } else {
+        read_text(r, frame).map(Some)
+    }
+}
+
+/// Reads an attachments map of the common shape (`H`, pairs of short ASCII strings,
+/// `Z`) straight into `md`, leaving out keys in `skip` (body fields, see
+/// [`body_field`]). Returns `false`, with `md` and `r` as they were, for any other
+/// shape: the caller then reads the map with the general reader.
+fn read_plain_map(r: &mut Reader<'_>, frame: &[u8], md: &mut Metadata, skip: u8) -> bool {
+    let start = r.position();
+    let kept = md.len();
+    if r.skip_code(code::MAP_UNTYPED) {
+        loop {
+            if r.skip_code(code::END) {
+                return true;
+            }
+            let (Some(k), Some(v)) = (r.read_ascii_str(), r.read_ascii_str()) else {
+                break;
+            };
+            if skip & body_field(&frame[k.clone()]) == 0 {
+                md.set_in_frame(k, v);
+            }
+        }
+    }
+    // Only entries were added (a key set before the map is a body field, skipped), so
+    // dropping the new ones restores `md`.
+    md.truncate(kept);
+    r.rewind_to(start);
+    false
+}
+
+/// Sets `key` to `value` in `md`, as frame offsets when both are in the frame.
+fn set_text(md: &mut Metadata, frame: &Bytes, key: Text, value: Text) {
+    match (key, value) {
+        (Text::InFrame(k), Text::InFrame(v)) => md.set_in_frame(k, v),
+        (k, v) => {
+            if let (Some(k), Some(v)) = (k.into_str(frame), v.into_str(frame)) {
+                md.set(k, v);
+            }
+        }
+    }
+}
+
+/// Sets the body field `key` to `value` in `md`.
+fn set_field(md: &mut Metadata, key: WellKnownKey, value: Text) {
+    match value {
+        Text::InFrame(v) => md.set_known_in_frame(key, v),
+        Text::Decoded(v) => md.set(MetaStr::from_static(key.as_str()), v),
     }
 }
 
@@ -234,15 +314,10 @@ impl DubboCodec {
             MessageKind::OneWay
         };
         skip_nullable_string(&mut r).map_err(|e| hessian(e, "dubbo version"))?;
-        let path = r
-            .read_nullable_string()
-            .map_err(|e| hessian(e, "service path"))?;
-        let version = r
-            .read_nullable_string()
-            .map_err(|e| hessian(e, "service version"))?;
-        let method = r
-            .read_nullable_string()
-            .map_err(|e| hessian(e, "method name"))?;
+        let path = read_nullable_text(&mut r, &frame).map_err(|e| hessian(e, "service path"))?;
+        let version =
+            read_nullable_text(&mut r, &frame).map_err(|e| hessian(e, "service version"))?;
+        let method = read_nullable_text(&mut r, &frame).map_err(|e| hessian(e, "method name"))?;
         let desc_start = r.position();
         let params = if r.read_null().map_err(|e| hessian(e, "parameter types"))? {
             0
@@ -273,32 +348,45 @@ impl DubboCodec {
             | u8::from(method.is_some()) << 1
             | u8::from(version.is_some()) << 2;
         if let Some(p) = path {
-            md.set(KEY_INTERFACE, p);
+            set_field(md, WellKnownKey::Interface, p);
         }
         if let Some(m) = method {
-            md.set(KEY_METHOD, m);
+            set_field(md, WellKnownKey::Method, m);
         }
         if let Some(v) = version {
-            md.set(KEY_VERSION, v);
+            set_field(md, WellKnownKey::Version, v);
         }
         let map_start = r.position();
         let attachments = if r.is_at_end() {
             None
+        } else if read_plain_map(&mut r, &frame, md, body_fields) {
+            Some((map_start, map_start + 1, r.position()))
         } else {
             let first = r
                 .visit_map(|r, _| {
-                    match r.read_string_interned(well_known_key)? {
-                        // Body fields win: skip their attachment without slicing it.
-                        Some(k) if body_fields & body_field(&k) != 0 => r.skip_value()?,
+                    if !is_string(r.peek()) {
+                        r.skip_value()?;
+                        return r.skip_value();
+                    }
+                    let key = read_text(r, &frame)?;
+                    if body_fields & body_field(key.bytes(&frame)) != 0 {
+                        // Body fields win: skip their attachment without reading it.
+                        return r.skip_value();
+                    }
+                    if is_string(r.peek()) {
+                        let value = read_text(r, &frame)?;
+                        set_text(md, &frame, key, value);
+                    } else {
                         // A later duplicate wins, as in the HashMap a Java peer reads
-                        // the attachments into (and as mutations rely on).
-                        Some(k) => match r.read_string_or_skip()? {
-                            Some(v) => md.set(k, v),
-                            None => {
+                        // the attachments into (and as mutations rely on): a null or
+                        // non-string value removes an earlier string.
+                        r.skip_value()?;
+                        match key {
+                            Text::InFrame(k) => md.remove_in_frame(k),
+                            Text::Decoded(k) => {
                                 md.remove(&k);
                             }
-                        },
-                        None => r.skip_value()?,
+                        }
                     }
                     Ok(())
                 })
@@ -352,9 +440,25 @@ impl DubboCodec {
             layout.first_arg_end = r.position();
             let map_start = r.position();
             let md = msg.metadata_mut();
-            let first = r
-                .read_string_map(|k, v| md.set(k, v))
-                .map_err(|e| hessian(e, "response attachments"))?;
+            let first = if read_plain_map(&mut r, &frame, md, 0) {
+                Ok(map_start + 1)
+            } else {
+                r.visit_map(|r, _| {
+                    let key = match is_string(r.peek()) {
+                        true => Some(read_text(r, &frame)?),
+                        false => r.skip_value().map(|_| None)?,
+                    };
+                    let value = match is_string(r.peek()) {
+                        true => Some(read_text(r, &frame)?),
+                        false => r.skip_value().map(|_| None)?,
+                    };
+                    if let (Some(k), Some(v)) = (key, value) {
+                        set_text(md, &frame, k, v);
+                    }
+                    Ok(())
+                })
+            }
+            .map_err(|e| hessian(e, "response attachments"))?;
             layout.attachments = Some((map_start, first, r.position()));
         }
         msg.set_layout(layout);

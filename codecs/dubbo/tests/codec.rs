@@ -655,26 +655,77 @@ fn fuzz_regression_mutation_over_an_unwalkable_map_wins() {
     assert_eq!(decode_one(&out).metadata().get("x-fuzz"), Some("v"));
 }
 
-#[test]
-fn later_duplicate_attachments_win_and_non_strings_remove() {
-    let frame = raw_request(0xc2, 5, |w| {
+/// A request for `svc` `m` version `1` with no arguments, whose attachments map
+/// `entries` writes.
+fn request_with_attachments(entries: impl FnOnce(&mut Writer<'_>)) -> Bytes {
+    raw_request(0xc2, 5, |w| {
         w.write_string("2.0.2")
             .write_string("svc")
             .write_string("1")
             .write_string("m");
         w.write_string("");
         w.write_map_start(None);
+        entries(w);
+        w.write_end();
+    })
+}
+
+#[test]
+fn later_duplicate_attachments_win_and_non_strings_remove() {
+    let frame = request_with_attachments(|w| {
         w.write_string("k").write_string("first");
         w.write_string("k").write_string("second");
         w.write_string("n").write_string("string");
         w.write_string("n").write_int(3);
         w.write_string("method").write_string("not-the-body");
-        w.write_end();
     });
     let md = decode_one(&frame).metadata().clone();
     assert_eq!(md.get("k"), Some("second"));
     assert_eq!(md.get("n"), None);
     assert_eq!(md.get("method"), Some("m"));
+}
+
+#[test]
+fn a_map_that_turns_unusual_midway_reads_as_if_read_entry_by_entry() {
+    // Plain entries first (the fast reader takes them), then a non-ASCII value: the
+    // map is read again by the general reader, with nothing counted twice.
+    let frame = request_with_attachments(|w| {
+        w.write_string("a").write_string("1");
+        w.write_string("interface").write_string("not-the-body");
+        w.write_string("b").write_string("caf\u{e9}");
+        w.write_string("a").write_string("2");
+    });
+    let msg = decode_one(&frame);
+    let entries: Vec<_> = msg.metadata().iter().collect();
+    assert_eq!(
+        entries,
+        [
+            ("interface", "svc"),
+            ("method", "m"),
+            ("version", "1"),
+            ("a", "2"),
+            ("b", "caf\u{e9}")
+        ]
+    );
+    // Re-encoded with a mutation, the map keeps every entry the general path keeps.
+    let mut msg = msg;
+    msg.push_mutation("a".into(), "3".into());
+    let again = decode_one(&encode(&msg));
+    assert_eq!(again.metadata().get("a"), Some("3"));
+    assert_eq!(again.metadata().get("b"), Some("caf\u{e9}"));
+}
+
+#[test]
+fn response_attachments_in_the_common_shape_and_not() {
+    for (value, expected) in [("plain", "plain"), ("\u{e9}t\u{e9}", "\u{e9}t\u{e9}")] {
+        let frame = ResponseFrame::null(9)
+            .with_attachments(&[("k", "v1"), ("tag", value), ("k", "v2")])
+            .encode();
+        let msg = decode_one(&frame);
+        assert_eq!(msg.metadata().get("k"), Some("v2"));
+        assert_eq!(msg.metadata().get("tag"), Some(expected));
+        assert_eq!(msg.metadata().len(), 2);
+    }
 }
 
 #[test]

@@ -7,6 +7,7 @@ use meta_protocol::{
     Codec, CodecCapabilities, CodecContext, CodecError, CodecFactory, CodecOptions,
     ConfiguredProtocol, DecodeError, DecodeErrorKind, EncodeError, FrameLayout, LayoutWords,
     LocalReply, LocalReplyKind, Message, MessageKind, MetaStr, ReplyContext, ResponseStatus, Side,
+    WellKnownKey,
 };
 
 use crate::format::{split_wire, wire_format, Protocol, ThriftOptions, Transport};
@@ -385,15 +386,15 @@ impl ThriftCodec {
         let meta = msg.metadata_mut();
         let parsed =
             for_each_info_header(&frame, th.info_start, th.payload, |(ks, ke), (vs, ve)| {
-                if let (Ok(k), Ok(v)) = (
-                    MetaStr::try_from(frame.slice(ks..ke)),
-                    MetaStr::try_from(frame.slice(vs..ve)),
-                ) {
-                    // `method`/`service` from the message win; among headers the
-                    // last of a key wins (as in Python's and C++'s header maps).
-                    if &*k != "method" && &*k != "service" {
-                        meta.set(k, v);
-                    }
+                let utf8 = |r: std::ops::Range<usize>| {
+                    frame.get(r).is_some_and(|b| std::str::from_utf8(b).is_ok())
+                };
+                // `method`/`service` from the message win; among headers the last of
+                // a key wins (as in Python's and C++'s header maps). Headers that are
+                // not UTF-8 are forwarded but not routable.
+                let key = &frame[ks..ke];
+                if key != b"method" && key != b"service" && utf8(ks..ke) && utf8(vs..ve) {
+                    meta.set_in_frame(ks..ke, vs..ve);
                 }
                 Ok(())
             });
@@ -751,19 +752,17 @@ fn build(
         })
     })?;
     let mut msg = Message::new(kind, u64::from(head.seqid), frame);
-    // A byte loop beats `str::find` on names of a few bytes.
+    // Metadata values are offsets into the frame (the name is checked UTF-8 above, and
+    // ':' is ASCII, so both halves are too). A byte loop beats `str::find` on names of
+    // a few bytes.
+    let (start, end) = (head.name_start, head.name_end);
+    let md = msg.metadata_mut();
     match name.as_bytes().iter().position(|&b| b == b':') {
         Some(i) => {
-            let (service, method) = (&name[..i], &name[i + 1..]);
-            let (service, method) = (name.slice_ref(service), name.slice_ref(method));
-            msg.metadata_mut()
-                .set(MetaStr::from_static("method"), method);
-            msg.metadata_mut()
-                .set(MetaStr::from_static("service"), service);
+            md.set_known_in_frame(WellKnownKey::Method, start + i + 1..end);
+            md.set_known_in_frame(WellKnownKey::Service, start..start + i);
         }
-        None => msg
-            .metadata_mut()
-            .set(MetaStr::from_static("method"), name.clone()),
+        None => md.set_known_in_frame(WellKnownKey::Method, start..end),
     }
     msg.set_name(name);
     msg.set_status(status);

@@ -78,6 +78,8 @@ pub struct StrSpan {
     /// True when the value is one chunk with no surrogate-pair encoding: `data` is the
     /// string's UTF-8 (still to be validated).
     pub plain: bool,
+    /// True when `plain` and every byte is ASCII: `data` is valid UTF-8 as it stands.
+    pub ascii: bool,
 }
 
 /// A class definition seen in the body: field count and where it starts.
@@ -98,6 +100,21 @@ pub struct Reader<'a> {
     pos: usize,
     classes: SmallVec<[ClassDef; 8]>,
     max_depth: usize,
+}
+
+/// Whether every byte of `s` is ASCII, eight bytes at a time (short strings are the
+/// common case, where the standard library's check costs more in set-up).
+#[inline]
+fn all_ascii(s: &[u8]) -> bool {
+    let mut chunks = s.chunks_exact(8);
+    let mut wide = 0u64;
+    for c in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(c);
+        wide |= u64::from_ne_bytes(word);
+    }
+    let narrow = chunks.remainder().iter().fold(0u8, |a, &b| a | b);
+    wide & 0x8080_8080_8080_8080 == 0 && narrow < 0x80
 }
 
 /// Length of a UTF-8 sequence from its lead byte, and its UTF-16 unit count.
@@ -156,6 +173,42 @@ impl<'a> Reader<'a> {
     #[inline]
     pub fn peek(&self) -> Option<u8> {
         self.buf.get(self.pos).copied()
+    }
+
+    /// Consumes `code` if it is next, returning whether it did.
+    #[inline]
+    pub fn skip_code(&mut self, code: u8) -> bool {
+        let next = self.peek() == Some(code);
+        self.pos += usize::from(next);
+        next
+    }
+
+    /// Moves back to `pos`, an offset this reader returned from [`Reader::position`].
+    #[inline]
+    pub fn rewind_to(&mut self, pos: usize) {
+        self.pos = pos.min(self.pos);
+    }
+
+    /// A string of the short or medium form (at most 1,023 units) made only of ASCII:
+    /// consumes it and returns its data's range. Anything else (another form, a
+    /// non-ASCII byte, too few bytes) returns `None` and consumes nothing: the common
+    /// case without the general path's bookkeeping.
+    #[inline]
+    pub fn read_ascii_str(&mut self) -> Option<Range<usize>> {
+        let (start, units) = match *self.buf.get(self.pos)? {
+            c @ 0x00..=0x1f => (self.pos + 1, usize::from(c)),
+            c @ 0x30..=0x33 => (
+                self.pos + 2,
+                (usize::from(c - 0x30) << 8) | usize::from(*self.buf.get(self.pos + 1)?),
+            ),
+            _ => return None,
+        };
+        let end = start + units;
+        if !all_ascii(self.buf.get(start..end)?) {
+            return None;
+        }
+        self.pos = end;
+        Some(start..end)
     }
 
     #[inline]
@@ -358,11 +411,12 @@ impl<'a> Reader<'a> {
             _ => return self.read_str_span_slow(),
         };
         if let Some(s) = self.buf.get(start..start + units) {
-            if s.iter().fold(0u8, |a, &b| a | b) < 0x80 {
+            if all_ascii(s) {
                 self.pos = start + units;
                 return Ok(StrSpan {
                     data: start..start + units,
                     plain: true,
+                    ascii: true,
                 });
             }
         }
@@ -380,6 +434,7 @@ impl<'a> Reader<'a> {
         let mut surrogate = self.scan_units(units)?;
         if is_final {
             return Ok(StrSpan {
+                ascii: !surrogate && self.buf[start..self.pos].is_ascii(),
                 data: start..self.pos,
                 plain: !surrogate,
             });
@@ -396,6 +451,7 @@ impl<'a> Reader<'a> {
                 return Ok(StrSpan {
                     data: value_start..self.pos,
                     plain: false,
+                    ascii: false,
                 });
             }
         }
@@ -739,37 +795,6 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Like [`Reader::read_string_or_skip`], but a plain string for which `intern`
-    /// returns a shared value (a well-known key) is not sliced from the frame.
-    #[inline]
-    pub fn read_string_interned(
-        &mut self,
-        intern: impl FnOnce(&[u8]) -> Option<MetaStr>,
-    ) -> Result<Option<MetaStr>> {
-        match self.peek() {
-            Some(0x00..=0x1f | 0x30..=0x33 | code::STRING_FINAL | code::STRING_CHUNK) => {
-                let at = self.pos;
-                let span = self.read_str_span()?;
-                if span.plain {
-                    if let Some(m) = intern(&self.buf[span.data.clone()]) {
-                        return Ok(Some(m));
-                    }
-                    MetaStr::try_from(self.frame.slice(span.data.clone()))
-                        .map(Some)
-                        .map_err(|_| HessianError::BadUtf8 {
-                            at: span.data.start,
-                        })
-                } else {
-                    let mut sub = Reader::with_range(self.frame, at, self.pos);
-                    let mut out = String::new();
-                    sub.decode_string_into(&mut out)?;
-                    Ok(Some(MetaStr::from(out)))
-                }
-            }
-            _ => self.skip_value().map(|_| None),
-        }
-    }
-
     /// Reads a string if one is next; otherwise skips the value and returns `None`.
     pub fn read_string_or_skip(&mut self) -> Result<Option<MetaStr>> {
         match self.peek() {
@@ -927,6 +952,38 @@ mod tests {
         let mut r = Reader::new(&b);
         r.skip_value()?;
         Ok(r.position())
+    }
+
+    #[test]
+    fn ascii_strings_are_read_where_they_stand_and_others_left_alone() {
+        let frame = Bytes::from_static(b"\x03abc\x30\x02hi\x01\xc3\xa9S\x00\x01x\x05ab");
+        let mut r = Reader::new(&frame);
+        assert_eq!(r.read_ascii_str(), Some(1..4));
+        assert_eq!(r.read_ascii_str(), Some(6..8));
+        let at = r.position();
+        assert_eq!(r.read_ascii_str(), None, "non-ASCII");
+        assert_eq!(r.position(), at, "nothing consumed");
+        assert_eq!(r.read_string().unwrap(), "\u{e9}");
+        assert_eq!(r.read_ascii_str(), None, "long form");
+        r.skip_value().unwrap();
+        assert_eq!(r.read_ascii_str(), None, "truncated");
+        assert_eq!(r.position(), frame.len() - 3);
+        r.rewind_to(0);
+        assert!(r.skip_code(0x03));
+        assert!(!r.skip_code(0x03));
+    }
+
+    #[test]
+    fn ascii_check_sees_a_high_byte_anywhere() {
+        for len in 0..40 {
+            let mut s = vec![b'a'; len];
+            assert!(all_ascii(&s));
+            for i in 0..len {
+                s[i] = 0x80;
+                assert!(!all_ascii(&s), "len {len}, high byte at {i}");
+                s[i] = b'a';
+            }
+        }
     }
 
     #[test]
