@@ -31,6 +31,8 @@ struct Opts {
     haproxy: Option<PathBuf>,
     out: PathBuf,
     quick: bool,
+    /// Payload sizes to run (default: 128 in quick mode, else 128 and 4096).
+    payloads: Vec<usize>,
     duration: Duration,
     protocols: Vec<String>,
     pin: bool,
@@ -52,6 +54,7 @@ fn parse_opts() -> Result<Option<Opts>> {
         haproxy: None,
         out: PathBuf::from("target/bench-report"),
         quick: false,
+        payloads: Vec::new(),
         duration: Duration::ZERO,
         protocols: vec!["dubbo".into(), "thrift".into()],
         pin: true,
@@ -80,6 +83,12 @@ fn parse_opts() -> Result<Option<Opts>> {
             "--serve" => o.serve = true,
             "--no-syscalls" => o.syscalls = false,
             "--only-multiplexing-cases" => o.only_multiplexing_cases = true,
+            "--payloads" => {
+                o.payloads = val()?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -153,8 +162,13 @@ fn multiplexing_cases(payload: usize) -> [Case; 2] {
     ]
 }
 
-fn matrix(quick: bool, only_multiplexing: bool) -> Vec<Case> {
-    let payloads: &[usize] = if quick { &[128] } else { &[128, 4096] };
+fn matrix(quick: bool, only_multiplexing: bool, payloads: &[usize]) -> Vec<Case> {
+    let default: &[usize] = if quick { &[128] } else { &[128, 4096] };
+    let payloads = if payloads.is_empty() {
+        default
+    } else {
+        payloads
+    };
     let mut v = Vec::new();
     for &payload in payloads {
         v.extend(multiplexing_cases(payload));
@@ -888,7 +902,7 @@ fn run(opts: Opts) -> Result<()> {
         None => None,
     };
 
-    let cases = matrix(opts.quick, opts.only_multiplexing_cases);
+    let cases = matrix(opts.quick, opts.only_multiplexing_cases, &opts.payloads);
     let syscall_method = opts.syscalls.then(SyscallMethod::detect);
     let mut results = Vec::new();
     let total = cases.len() * env.addrs.len();
