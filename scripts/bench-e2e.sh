@@ -2,14 +2,15 @@
 # End-to-end benchmark, one command: direct vs metaproxy vs HAProxy (TCP mode) on
 # loopback, with the in-process echo backends of `metaproxy_cli::backend`.
 #
-#   scripts/bench-e2e.sh            # full matrix (~6-8 minutes)
+#   scripts/bench-e2e.sh            # full matrix (about 12 minutes on 2 cores)
 #   scripts/bench-e2e.sh --quick    # 128 B only, 1 s runs, no profile (under 2 minutes)
 #
 # BENCH_PROFILE=0|1 forces the profile off/on; BENCH_REPORT_DIR changes the output dir.
 # Extra arguments go to the harness (cli/benches/e2e.rs): --duration 3s, --protocols dubbo,
 # --serve (start backends + proxies, print addresses and pids, wait for stdin to close),
 # --no-pin, --idle-connections N, --out DIR, --only-multiplexing-cases (1 connection × 64
-# and 256 × 4 to one backend only), --no-syscalls (skip the perf syscall counts).
+# and 256 × 4 to one backend only), --payloads 4096 (chosen payload sizes; with --quick
+# the default is 128 only), --no-syscalls (skip the perf syscall counts).
 # Installs Debian's haproxy when missing.
 # Writes target/bench-report/{report.md,results.json,*.svg}.
 set -euo pipefail

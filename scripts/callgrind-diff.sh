@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Instructions per proxied request in steady state, start-up and shut-down excluded:
+# runs `metaproxy run` under callgrind twice (2,000 and 22,000 requests from 16 client
+# connections through a weighted 90/10 route to the bench harness's echo backends) and
+# divides the difference by 20,000. Counts are exact, so they compare builds on a busy
+# machine where timings cannot.
+#
+#   scripts/callgrind-diff.sh [PROTOCOL [PIPELINE [PAYLOAD [METAPROXY]]]]
+#   scripts/callgrind-diff.sh dubbo 16 128            # the default
+#   scripts/callgrind-diff.sh thrift 1 128 /tmp/old-metaproxy
+#
+# Needs valgrind; builds the release binary and the harness when METAPROXY is not given.
+# Leaves the profiles in target/callgrind-diff/ for callgrind_annotate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PROTO=${1:-dubbo}
+PIPE=${2:-16}
+PAY=${3:-128}
+MP=${4:-}
+command -v valgrind >/dev/null || { echo "callgrind-diff: valgrind is not installed" >&2; exit 1; }
+if [ -z "$MP" ]; then
+    cargo build --release --bin metaproxy >&2
+    MP=target/release/metaproxy
+fi
+E2E=$(cargo bench -p metaproxy-cli --bench e2e --no-run --message-format=json 2>/dev/null \
+    | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | grep '/deps/e2e-' | tail -1)
+OUT=target/callgrind-diff/$PROTO-p$PIPE-$PAY
+rm -rf "$OUT" && mkdir -p "$OUT"
+mkfifo "$OUT/hold"
+( sleep 100000 > "$OUT/hold" ) &
+HOLD=$!
+"$E2E" --e2e --serve --protocols "$PROTO" --metaproxy "$MP" --out "$OUT" \
+    < "$OUT/hold" > "$OUT/serve.txt" 2> "$OUT/serve.err" &
+SERVE=$!
+cleanup() { kill "$HOLD" 2>/dev/null || true; wait "$SERVE" 2>/dev/null || true; }
+trap cleanup EXIT
+for _ in $(seq 1 150); do grep -q backend "$OUT/serve.txt" 2>/dev/null && break; sleep 0.2; done
+V1=$(grep -o 'v1 [0-9.:]*' "$OUT/serve.txt" | head -1 | cut -d' ' -f2)
+V2=$(grep -o 'v2 [0-9.:]*' "$OUT/serve.txt" | head -1 | cut -d' ' -f2)
+PORT=$((20000 + RANDOM % 20000))
+cat > "$OUT/metaproxy.yaml" <<YAML
+listeners:
+  - {name: in, address: "127.0.0.1:$PORT", codec: $PROTO, route_config: r, max_connections: 30000}
+route_configs:
+  - name: r
+    routes:
+      - route: {weighted_clusters: [{cluster: v1, weight: 90}, {cluster: v2, weight: 10}]}
+clusters:
+  - {name: v1, endpoints: ["$V1"], max_pending_requests: 100000}
+  - {name: v2, endpoints: ["$V2"], max_pending_requests: 100000}
+YAML
+declare -A TOTAL
+for N in 2000 22000; do
+    taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind-$N.out" \
+        "$MP" run --config "$OUT/metaproxy.yaml" > /dev/null 2> "$OUT/valgrind-$N.log" &
+    VG=$!
+    for _ in $(seq 1 300); do (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.2; done
+    taskset -c 1 "$MP" bench --protocol "$PROTO" --target "127.0.0.1:$PORT" --connections 16 \
+        --pipeline "$PIPE" --payload "$PAY" --requests "$N" --header user=bench \
+        --timeout 30s --json > "$OUT/bench-$N.json"
+    kill -TERM "$VG"
+    wait "$VG" || true
+    TOTAL[$N]=$(callgrind_annotate "$OUT/callgrind-$N.out" 2>/dev/null \
+        | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+done
+echo "$PROTO pipeline $PIPE, $PAY B: $(( (TOTAL[22000] - TOTAL[2000]) / 20000 )) instructions per request (${TOTAL[2000]} for 2,000 requests, ${TOTAL[22000]} for 22,000)"
