@@ -171,7 +171,6 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
                 parked: Vec::new(),
                 waiting: 0,
                 drain_notice: None,
-                batch_listener: None,
                 listener_seen: None,
                 flush_queued: false,
                 read_paused: false,
@@ -276,9 +275,6 @@ struct Downstream {
     waiting: usize,
     /// While draining without a go-away: [`DRAIN_HEADER`], added to every response.
     drain_notice: Option<Arc<meta_protocol::Mutations>>,
-    /// The listener's routing state while a batch of requests is decoded (see
-    /// `decode_all`); `None` otherwise.
-    batch_listener: Option<Arc<ListenerRt>>,
     /// The listener last found and the snapshot generation it was found in.
     listener_seen: Option<(u64, Weak<ListenerRt>)>,
     /// An upstream connection will call [`ResponseSink::flush`] after its batch.
@@ -330,18 +326,9 @@ async fn run(
     let drain_signal = drain.changed();
     tokio::pin!(drain_signal);
     let mut draining = false;
-    let mut told_to_move = false;
-    // How long the connection may stay quiet with nothing in flight before it closes.
-    let quiet_period = |told_to_move: bool| {
-        if told_to_move {
-            DRAIN_QUIET
-        } else {
-            ctx.idle_timeout
-        }
-    };
     // The connection closes once it has been quiet for `quiet` since `quiet_from` with
-    // nothing in flight.
-    let mut quiet = quiet_period(told_to_move);
+    // nothing in flight (`idle_timeout`, or `DRAIN_QUIET` once told to move).
+    let mut quiet = ctx.idle_timeout;
     let mut quiet_from = Instant::now();
     // Requests parked on waiting filters; made on first use, so connections whose
     // filters never wait pay nothing.
@@ -482,9 +469,10 @@ async fn run(
                     // requests would fail the client's next one.
                     let mut conn = link.lock();
                     let conn = &mut *conn;
-                    told_to_move = conn.codec.encode_go_away(&mut conn.wbuf).unwrap_or(false);
+                    let told_to_move =
+                        conn.codec.encode_go_away(&mut conn.wbuf).unwrap_or(false);
                     if told_to_move {
-                        quiet = quiet_period(told_to_move);
+                        quiet = DRAIN_QUIET;
                         quiet_from = Instant::now();
                     } else {
                         let (key, value) = DRAIN_HEADER;
@@ -525,10 +513,6 @@ impl Downstream {
     /// Decodes and handles every complete frame in `rbuf`; returns how many.
     fn decode_all(&mut self, rbuf: &mut BytesMut) -> usize {
         let mut decoded = 0;
-        // One snapshot for the batch: requests read together are routed by the same
-        // config, and the snapshot is not loaded per request. Not kept after the batch,
-        // so an idle connection never holds an old config alive.
-        self.batch_listener = self.current_listener();
         while !self.closing {
             // The message stays where the codec returned it while it is routed and
             // encoded for the backend (passed by reference; moved only where it must be
@@ -548,7 +532,6 @@ impl Downstream {
                 }
             }
         }
-        self.batch_listener = None;
         decoded
     }
 
@@ -672,11 +655,7 @@ impl Downstream {
 
     fn dispatch(&mut self, slot: &mut Option<Message>) {
         let Some(msg) = slot.as_mut() else { return };
-        let listener = match &self.batch_listener {
-            Some(l) => Some(l.clone()),
-            None => self.current_listener(),
-        };
-        let Some(listener) = listener else {
+        let Some(listener) = self.current_listener() else {
             let ctx = msg.reply_context();
             let log = self
                 .ctx

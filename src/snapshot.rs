@@ -38,8 +38,7 @@ pub(crate) struct ListenerRt {
 pub(crate) struct Snapshot {
     pub(crate) config: Arc<Config>,
     /// Routing state per running listener, by listener name.
-    /// By name, hashed with aHash: every request looks its listener up here.
-    pub(crate) listeners: HashMap<String, Arc<ListenerRt>, ahash::RandomState>,
+    pub(crate) listeners: HashMap<String, Arc<ListenerRt>>,
     pub(crate) clusters: Vec<Arc<ClusterRt>>,
     /// Where each resource came from (`GET /config`).
     pub(crate) provenance: Provenance,
@@ -288,7 +287,7 @@ impl Compiled {
         }
         endpoints.retain(&keep);
 
-        let mut listeners = HashMap::with_hasher(ahash::RandomState::new());
+        let mut listeners = HashMap::new();
         for l in &config.listeners {
             let Some(table) = self.tables.get(&l.route_config) else {
                 continue;

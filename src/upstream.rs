@@ -403,10 +403,10 @@ pub(crate) struct Pool {
     pub(crate) key: PoolKey,
     addr: SocketAddr,
     protocol: Arc<Protocol>,
-    /// Locked only to pick, publish or count: never across an `.await` or a call out.
-    /// (An uncontended lock is cheaper per request than an `ArcSwap` load; other
-    /// workers take it only when this endpoint is at `max_connections`.)
-    conns: std::sync::Mutex<Vec<Arc<ConnHandle>>>,
+    /// Locked only to pick, open, publish or count, never across an `.await`. (An
+    /// uncontended lock is cheaper per request than an `ArcSwap` load; other workers
+    /// take it only when this endpoint is at `max_connections`.)
+    conns: Mutex<Vec<Arc<ConnHandle>>>,
     metrics: ClusterMetrics,
 }
 
@@ -421,12 +421,12 @@ impl Pool {
             key,
             addr,
             protocol,
-            conns: std::sync::Mutex::new(Vec::new()),
+            conns: Mutex::new(Vec::new()),
             metrics,
         }
     }
 
-    fn conns(&self) -> std::sync::MutexGuard<'_, Vec<Arc<ConnHandle>>> {
+    fn conns(&self) -> MutexGuard<'_, Vec<Arc<ConnHandle>>> {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -486,20 +486,17 @@ impl Pool {
         }
         // Lock order: the endpoint's opening lock, then this pool's list.
         let _guard = endpoint.opening();
-        {
-            let current = self.conns();
-            if let Some(c) = reuse(&current) {
-                return Some(c);
-            }
+        let mut conns = self.conns();
+        if let Some(c) = reuse(&conns) {
+            return Some(c);
         }
         let Some(open) = endpoint.reserve_connection() else {
-            return match Self::choose(&self.conns(), threshold) {
+            return match Self::choose(&conns, threshold) {
                 Choice::Fit(c) => Some(c.clone()),
                 Choice::Full { least, .. } => least.cloned(),
             };
         };
         let handle = self.spawn_connection(endpoint, open);
-        let mut conns = self.conns();
         conns.retain(|c| c.alive.load(Ordering::Relaxed));
         conns.push(handle.clone());
         Some(handle)

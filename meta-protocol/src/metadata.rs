@@ -229,12 +229,8 @@ impl Metadata {
                 .get(s.start as usize)
                 .map(|k| MetaStr::from_static(k.as_str()))
         } else {
-            let start = s.start as usize;
-            let end = start + s.len as usize;
-            if end > self.frame.len() {
-                return None;
-            }
-            MetaStr::try_from(self.frame.slice(start..end)).ok()
+            let bytes = self.bytes(s)?;
+            MetaStr::try_from(self.frame.slice_ref(bytes)).ok()
         }
     }
 
@@ -243,15 +239,29 @@ impl Metadata {
         self.get(key).is_some()
     }
 
+    /// The slot of frame range `r`, when it lies inside the frame (and fits a slot).
+    #[inline]
+    fn frame_slot(&self, r: &Range<usize>) -> Option<Slot> {
+        if r.end > self.frame.len() {
+            return None;
+        }
+        Slot::in_frame(r)
+    }
+
+    /// `s`'s place in the frame, when it is a slice of it.
+    fn place_in_frame(&self, s: &MetaStr) -> Option<Slot> {
+        let base = self.frame.as_ptr() as usize;
+        let at = (s.as_bytes().as_ptr() as usize).checked_sub(base)?;
+        (!s.is_empty())
+            .then(|| self.frame_slot(&(at..at + s.len())))
+            .flatten()
+    }
+
     /// A slot for `s`: its place in the frame when it is a slice of it, else a new
     /// owned string.
     fn slot_for(&mut self, s: MetaStr) -> Slot {
-        let base = self.frame.as_ptr() as usize;
-        let at = s.as_bytes().as_ptr() as usize;
-        if !s.is_empty() && at >= base && at + s.len() <= base + self.frame.len() {
-            if let Some(slot) = Slot::in_frame(&(at - base..at - base + s.len())) {
-                return slot;
-            }
+        if let Some(slot) = self.place_in_frame(&s) {
+            return slot;
         }
         let len = s.len();
         self.owned.push(s);
@@ -261,23 +271,15 @@ impl Metadata {
     /// Points entry `i` at a new value, reusing its owned string's place when it had one.
     fn replace_value(&mut self, i: usize, value: MetaStr) {
         let old = self.entries[i].1;
-        let slot = match old.is_owned() {
-            true => {
-                let base = self.frame.as_ptr() as usize;
-                let at = value.as_bytes().as_ptr() as usize;
-                let in_frame =
-                    !value.is_empty() && at >= base && at + value.len() <= base + self.frame.len();
-                if in_frame {
-                    self.slot_for(value)
-                } else {
-                    let len = value.len();
-                    self.owned[old.start as usize] = value;
-                    Slot::owned(old.start as usize, len)
-                }
+        self.entries[i].1 = match self.place_in_frame(&value) {
+            Some(slot) => slot,
+            None if old.is_owned() => {
+                let len = value.len();
+                self.owned[old.start as usize] = value;
+                Slot::owned(old.start as usize, len)
             }
-            false => self.slot_for(value),
+            None => self.slot_for(value),
         };
-        self.entries[i].1 = slot;
     }
 
     /// Sets `key` to `value`, replacing an existing value. A string that is a slice of
@@ -315,12 +317,9 @@ impl Metadata {
     /// ignored). Copies nothing and counts no reference.
     #[inline]
     pub fn set_in_frame(&mut self, key: Range<usize>, value: Range<usize>) {
-        let (Some(k), Some(v)) = (Slot::in_frame(&key), Slot::in_frame(&value)) else {
+        let (Some(k), Some(v)) = (Slot::in_frame(&key), self.frame_slot(&value)) else {
             return;
         };
-        if value.end > self.frame.len() {
-            return;
-        }
         let Some(key_bytes) = self.frame.get(key) else {
             return;
         };
@@ -335,7 +334,7 @@ impl Metadata {
     /// `value`, under the rules of [`Metadata::set_in_frame`].
     #[inline]
     pub fn set_value_in_frame(&mut self, key: MetaStr, value: Range<usize>) {
-        let Some(v) = Slot::in_frame(&value).filter(|_| value.end <= self.frame.len()) else {
+        let Some(v) = self.frame_slot(&value) else {
             return;
         };
         match self.position(key.as_bytes()) {
@@ -352,7 +351,7 @@ impl Metadata {
     /// of [`Metadata::set_in_frame`]; the key takes no room beside the table.
     #[inline]
     pub fn set_known_in_frame(&mut self, key: WellKnownKey, value: Range<usize>) {
-        let Some(v) = Slot::in_frame(&value).filter(|_| value.end <= self.frame.len()) else {
+        let Some(v) = self.frame_slot(&value) else {
             return;
         };
         let name = key.as_str().as_bytes();
@@ -374,19 +373,18 @@ impl Metadata {
 
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: &str) -> Option<MetaStr> {
-        self.remove_bytes(key.as_bytes())
+        let i = self.position(key.as_bytes())?;
+        self.remove_at(i)
     }
 
     /// Removes the key at frame range `key` (a codec's "a later null value wins").
     pub fn remove_in_frame(&mut self, key: Range<usize>) {
-        let frame = self.frame.clone();
-        if let Some(k) = frame.get(key) {
-            self.remove_bytes(k);
+        if let Some(i) = self.frame.get(key).and_then(|k| self.position(k)) {
+            self.remove_at(i);
         }
     }
 
-    fn remove_bytes(&mut self, key: &[u8]) -> Option<MetaStr> {
-        let i = self.position(key)?;
+    fn remove_at(&mut self, i: usize) -> Option<MetaStr> {
         let (_, v) = self.entries.remove(i);
         self.rebuild_keys();
         self.shared(v)

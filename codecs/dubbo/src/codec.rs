@@ -148,14 +148,6 @@ fn body_field(key: &[u8]) -> u8 {
     }
 }
 
-/// Whether `code` starts a string.
-fn is_string(code: Option<u8>) -> bool {
-    matches!(
-        code,
-        Some(0x00..=0x1f | 0x30..=0x33 | code::STRING_FINAL | code::STRING_CHUNK)
-    )
-}
-
 /// A string read from the body: where its UTF-8 is in the frame, or, for chunked and
 /// surrogate-pair encodings, decoded.
 enum Text {
@@ -182,9 +174,6 @@ impl Text {
 /// Reads a string (an error on anything else), checking its UTF-8.
 #[inline]
 fn read_text(r: &mut Reader<'_>, frame: &Bytes) -> Result<Text, HessianError> {
-    if let Some(ascii) = r.read_ascii_str() {
-        return Ok(Text::InFrame(ascii));
-    }
     let at = r.position();
     let span = r.read_str_span()?;
     if span.plain {
@@ -207,6 +196,15 @@ fn read_nullable_text(r: &mut Reader<'_>, frame: &Bytes) -> Result<Option<Text>,
         Ok(None)
     } else {
         read_text(r, frame).map(Some)
+    }
+}
+
+/// Reads a string if one is next; otherwise skips the value and returns `None`.
+fn read_text_or_skip(r: &mut Reader<'_>, frame: &Bytes) -> Result<Option<Text>, HessianError> {
+    if r.at_string() {
+        read_text(r, frame).map(Some)
+    } else {
+        r.skip_value().map(|_| None)
     }
 }
 
@@ -364,7 +362,7 @@ impl DubboCodec {
         } else {
             let first = r
                 .visit_map(|r, _| {
-                    if !is_string(r.peek()) {
+                    if !r.at_string() {
                         r.skip_value()?;
                         return r.skip_value();
                     }
@@ -373,7 +371,7 @@ impl DubboCodec {
                         // Body fields win: skip their attachment without reading it.
                         return r.skip_value();
                     }
-                    if is_string(r.peek()) {
+                    if r.at_string() {
                         let value = read_text(r, &frame)?;
                         set_text(md, &frame, key, value);
                     } else {
@@ -444,14 +442,8 @@ impl DubboCodec {
                 Ok(map_start + 1)
             } else {
                 r.visit_map(|r, _| {
-                    let key = match is_string(r.peek()) {
-                        true => Some(read_text(r, &frame)?),
-                        false => r.skip_value().map(|_| None)?,
-                    };
-                    let value = match is_string(r.peek()) {
-                        true => Some(read_text(r, &frame)?),
-                        false => r.skip_value().map(|_| None)?,
-                    };
+                    let key = read_text_or_skip(r, &frame)?;
+                    let value = read_text_or_skip(r, &frame)?;
                     if let (Some(k), Some(v)) = (key, value) {
                         set_text(md, &frame, k, v);
                     }
@@ -539,11 +531,7 @@ fn copy_entries(
             let entry = r.position();
             // Compare plain keys where they stand; decode only unusual encodings.
             let key_at = r.position();
-            let is_string = matches!(
-                r.peek(),
-                Some(0x00..=0x1f | 0x30..=0x33 | code::STRING_FINAL | code::STRING_CHUNK)
-            );
-            let mutated_key = if is_string {
+            let mutated_key = if r.at_string() {
                 let span = r.read_str_span()?;
                 if span.plain {
                     let k = &frame[span.data];

@@ -386,15 +386,17 @@ impl ThriftCodec {
         let meta = msg.metadata_mut();
         let parsed =
             for_each_info_header(&frame, th.info_start, th.payload, |(ks, ke), (vs, ve)| {
-                let utf8 = |r: std::ops::Range<usize>| {
-                    frame.get(r).is_some_and(|b| std::str::from_utf8(b).is_ok())
-                };
                 // `method`/`service` from the message win; among headers the last of
                 // a key wins (as in Python's and C++'s header maps). Headers that are
                 // not UTF-8 are forwarded but not routable.
-                let key = &frame[ks..ke];
-                if key != b"method" && key != b"service" && utf8(ks..ke) && utf8(vs..ve) {
-                    meta.set_in_frame(ks..ke, vs..ve);
+                if let (Some(key), Some(value)) = (frame.get(ks..ke), frame.get(vs..ve)) {
+                    if key != b"method"
+                        && key != b"service"
+                        && std::str::from_utf8(key).is_ok()
+                        && std::str::from_utf8(value).is_ok()
+                    {
+                        meta.set_in_frame(ks..ke, vs..ve);
+                    }
                 }
                 Ok(())
             });

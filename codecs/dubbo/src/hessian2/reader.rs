@@ -175,6 +175,15 @@ impl<'a> Reader<'a> {
         self.buf.get(self.pos).copied()
     }
 
+    /// Whether a string (of any form) is next.
+    #[inline]
+    pub fn at_string(&self) -> bool {
+        matches!(
+            self.peek(),
+            Some(0x00..=0x1f | 0x30..=0x33 | code::STRING_FINAL | code::STRING_CHUNK)
+        )
+    }
+
     /// Consumes `code` if it is next, returning whether it did.
     #[inline]
     pub fn skip_code(&mut self, code: u8) -> bool {
@@ -401,26 +410,14 @@ impl<'a> Reader<'a> {
     /// Reads a string's position without materialising it. Errors on null.
     #[inline]
     pub fn read_str_span(&mut self) -> Result<StrSpan> {
-        // Fast path: a short (one-byte length) or medium (two-byte length) ASCII string.
-        let (start, units) = match self.buf.get(self.pos) {
-            Some(&c @ 0x00..=0x1f) => (self.pos + 1, usize::from(c)),
-            Some(&c @ 0x30..=0x33) => match self.buf.get(self.pos + 1) {
-                Some(&b) => (self.pos + 2, (usize::from(c - 0x30) << 8) | usize::from(b)),
-                None => return Err(HessianError::UnexpectedEnd { at: self.pos + 1 }),
-            },
-            _ => return self.read_str_span_slow(),
-        };
-        if let Some(s) = self.buf.get(start..start + units) {
-            if all_ascii(s) {
-                self.pos = start + units;
-                return Ok(StrSpan {
-                    data: start..start + units,
-                    plain: true,
-                    ascii: true,
-                });
-            }
+        match self.read_ascii_str() {
+            Some(data) => Ok(StrSpan {
+                data,
+                plain: true,
+                ascii: true,
+            }),
+            None => self.read_str_span_slow(),
         }
-        self.read_str_span_slow()
     }
 
     fn read_str_span_slow(&mut self) -> Result<StrSpan> {
@@ -582,9 +579,7 @@ impl<'a> Reader<'a> {
     /// Skips a type (a string, or an int referring to an earlier type).
     fn skip_type(&mut self) -> Result<()> {
         match self.peek() {
-            Some(0x00..=0x1f | 0x30..=0x33 | code::STRING_FINAL | code::STRING_CHUNK) => {
-                self.read_str_span().map(|_| ())
-            }
+            Some(_) if self.at_string() => self.read_str_span().map(|_| ()),
             Some(_) => self.read_long().map(|_| ()),
             None => Err(self.eof()),
         }
@@ -797,11 +792,10 @@ impl<'a> Reader<'a> {
 
     /// Reads a string if one is next; otherwise skips the value and returns `None`.
     pub fn read_string_or_skip(&mut self) -> Result<Option<MetaStr>> {
-        match self.peek() {
-            Some(0x00..=0x1f | 0x30..=0x33 | code::STRING_FINAL | code::STRING_CHUNK) => {
-                self.read_string().map(Some)
-            }
-            _ => self.skip_value().map(|_| None),
+        if self.at_string() {
+            self.read_string().map(Some)
+        } else {
+            self.skip_value().map(|_| None)
         }
     }
 
@@ -811,11 +805,10 @@ impl<'a> Reader<'a> {
     }
 
     fn read_type(&mut self) -> Result<String> {
-        match self.peek() {
-            Some(0x00..=0x1f | 0x30..=0x33 | code::STRING_FINAL | code::STRING_CHUNK) => {
-                Ok(self.read_string()?.to_string())
-            }
-            _ => Ok(format!("#{}", self.read_long()?)),
+        if self.at_string() {
+            Ok(self.read_string()?.to_string())
+        } else {
+            Ok(format!("#{}", self.read_long()?))
         }
     }
 
