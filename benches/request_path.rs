@@ -85,6 +85,8 @@ fn codec(
         side,
         max_frame_size: meta_protocol::DEFAULT_MAX_FRAME_SIZE,
         wire,
+        // As the runtime's upstream connections make them.
+        lazy_response_metadata: side == Side::Upstream,
     };
     f.configure(&CodecOptions::new())
         .and_then(|protocol| protocol.new_codec(&ctx))

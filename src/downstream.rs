@@ -1009,6 +1009,10 @@ impl Downstream {
         if let Some(route) = f.listener.table.routes().get(f.route) {
             msg.add_shared_mutations(route.response_mutations());
             if !f.listener.filters.is_empty() {
+                if let Err(e) = self.codec.decode_metadata(msg) {
+                    self.bad_response(f, &e);
+                    return;
+                }
                 f.listener.filters.on_response(&mut FilterResponse::new(
                     &self.ctx.name,
                     route.name(),
@@ -1020,6 +1024,14 @@ impl Downstream {
         }
         if let Some(notice) = &self.drain_notice {
             msg.add_shared_mutations(notice);
+        }
+        if msg.metadata_deferred() && !msg.mutations().is_empty() {
+            // Mutations are merged where the metadata lies: read it (the codec could
+            // on its own, on a copy of the message).
+            if let Err(e) = self.codec.decode_metadata(msg) {
+                self.bad_response(f, &e);
+                return;
+            }
         }
         buffer_pool::ready_for_write(&mut self.wbuf);
         let before = self.wbuf.len();
@@ -1033,15 +1045,30 @@ impl Downstream {
             Err(e) => {
                 crate::observe::rate_limited!(tracing::Level::WARN, error = %e, "cannot encode response for client");
                 let text = format!("metaproxy: response could not be forwarded: {e}");
-                self.local_reply_logged(
-                    &f.reply,
-                    LocalReplyKind::UpstreamFailure,
-                    &text,
-                    log,
-                    endpoint,
-                );
+                self.response_failed(&f.reply, &text, log, endpoint);
             }
         }
+    }
+
+    /// A response whose metadata, read on demand, turned out malformed: the client gets
+    /// a local reply (the backend answered, so no retry) and the connection stays.
+    fn bad_response(&mut self, mut f: InFlight, e: &meta_protocol::DecodeError) {
+        crate::observe::rate_limited!(tracing::Level::WARN, error = %e, "malformed response from upstream");
+        let text = format!("metaproxy: the upstream response could not be decoded: {e}");
+        let log = f.log.take();
+        self.response_failed(&f.reply, &text, log, Some(f.endpoint.addr));
+    }
+
+    /// Answers a request whose response cannot be forwarded with an upstream-failure
+    /// local reply.
+    fn response_failed(
+        &mut self,
+        reply: &ReplyContext,
+        text: &str,
+        log: Option<Box<LogStart>>,
+        endpoint: Option<SocketAddr>,
+    ) {
+        self.local_reply_logged(reply, LocalReplyKind::UpstreamFailure, text, log, endpoint);
     }
 
     /// The failure of request `token`: a retry when it was never written and the route

@@ -83,8 +83,9 @@ impl Protocol {
 
     /// A codec for a backend connection carrying requests in `wire` format.
     pub(crate) fn upstream_codec(&self, wire: WireFormat) -> Result<Box<dyn Codec>, CodecError> {
-        self.configured
-            .new_codec(&CodecContext::upstream(self.max_frame_size, wire))
+        self.configured.new_codec(
+            &CodecContext::upstream(self.max_frame_size, wire).with_lazy_response_metadata(),
+        )
     }
 }
 

@@ -48,6 +48,26 @@ pub trait Codec: Send + 'static {
     /// carries the id its client sent, as [`Codec::decode`] returned it.
     fn encode(&mut self, msg: &Message, dst: &mut BytesMut) -> Result<(), EncodeError>;
 
+    /// Reads the metadata of a message that [`Codec::decode`] returned with it left
+    /// unread ([`Message::metadata_deferred`]), and clears that mark. A codec defers only
+    /// when its [`CodecContext::lazy_response_metadata`] allows it, and only for
+    /// responses; the runtime then calls this before a filter sees the response, so a
+    /// response nobody reads costs the header alone.
+    ///
+    /// It may be called on any codec of the same configured protocol (the runtime uses
+    /// the client connection's), so it must depend on the message alone (its frame and
+    /// the layout `decode` recorded), never on connection state. [`Codec::encode`] must
+    /// still accept a deferred message, mutations included.
+    ///
+    /// An error means the frame's body is malformed; the runtime answers that request
+    /// with a local reply and keeps the connection.
+    ///
+    /// By default does nothing (for codecs that never defer).
+    fn decode_metadata(&mut self, msg: &mut Message) -> Result<(), DecodeError> {
+        let _ = msg;
+        Ok(())
+    }
+
     /// Appends a protocol-native error reply to the request described by `ctx`.
     ///
     /// `reply.message` is a human-readable text that starts with `metaproxy: ` (for
@@ -117,6 +137,12 @@ pub struct CodecContext {
     /// For upstream codecs: the wire format of the requests this connection will carry
     /// (the format the client spoke). `None` on the downstream side.
     pub wire: Option<WireFormat>,
+    /// Whether `decode` may leave a response's metadata unread for
+    /// [`Codec::decode_metadata`] (see [`Message::metadata_deferred`]). The runtime's
+    /// upstream connections set it; it is false in a context made by
+    /// [`CodecContext::downstream`] or [`CodecContext::upstream`], so a codec used on
+    /// its own always decodes everything. A codec may ignore it.
+    pub lazy_response_metadata: bool,
 }
 
 impl CodecContext {
@@ -126,6 +152,7 @@ impl CodecContext {
             side: Side::Downstream,
             max_frame_size,
             wire: None,
+            lazy_response_metadata: false,
         }
     }
 
@@ -135,7 +162,15 @@ impl CodecContext {
             side: Side::Upstream,
             max_frame_size,
             wire: Some(wire),
+            lazy_response_metadata: false,
         }
+    }
+
+    /// This context with [`CodecContext::lazy_response_metadata`] set: responses may
+    /// be decoded header first, metadata on demand.
+    pub fn with_lazy_response_metadata(mut self) -> Self {
+        self.lazy_response_metadata = true;
+        self
     }
 }
 

@@ -181,6 +181,7 @@ pub struct Message {
     wire: WireFormat,
     layout: LayoutWords,
     name: MetaStr,
+    metadata_deferred: bool,
 }
 
 impl Message {
@@ -196,6 +197,7 @@ impl Message {
             wire: WireFormat::default(),
             layout: LayoutWords::new([0; LAYOUT_WORDS]),
             name: MetaStr::new(),
+            metadata_deferred: false,
         }
     }
 
@@ -233,6 +235,21 @@ impl Message {
     /// Routable metadata, for codecs filling it in.
     pub fn metadata_mut(&mut self) -> &mut Metadata {
         &mut self.metadata
+    }
+
+    /// Whether the codec left the metadata of this message unread (and the layout of
+    /// what it would have read): true only for a response decoded by a codec made with
+    /// [`crate::CodecContext::lazy_response_metadata`]. [`crate::Codec::decode_metadata`]
+    /// reads it; until then [`Message::metadata`] is empty. The kind, request id and
+    /// status are always decoded.
+    pub fn metadata_deferred(&self) -> bool {
+        self.metadata_deferred
+    }
+
+    /// Marks the metadata as left unread (`true`, by a codec's `decode`) or read
+    /// (`false`, by its `decode_metadata`).
+    pub fn set_metadata_deferred(&mut self, deferred: bool) {
+        self.metadata_deferred = deferred;
     }
 
     /// Pending mutations, applied on encode (a later pair with the same key wins).

@@ -37,7 +37,10 @@ impl CodecFactory for DubboCodecFactory {
     fn configure(&self, options: &CodecOptions) -> Result<Box<dyn ConfiguredProtocol>, CodecError> {
         reject_options(options)?;
         Ok(Box::new(|ctx: &CodecContext| -> Box<dyn Codec> {
-            Box::new(DubboCodec::new(ctx.side, ctx.max_frame_size))
+            Box::new(
+                DubboCodec::new(ctx.side, ctx.max_frame_size)
+                    .with_lazy_response_metadata(ctx.lazy_response_metadata),
+            )
         }))
     }
 }
@@ -48,6 +51,7 @@ pub struct DubboCodec {
     side: Side,
     max_frame_size: usize,
     max_depth: usize,
+    lazy_response_metadata: bool,
 }
 
 /// What a request's arguments and attachments look like, for [`FrameLayout`].
@@ -280,7 +284,16 @@ impl DubboCodec {
             side,
             max_frame_size,
             max_depth: DEFAULT_MAX_DEPTH,
+            lazy_response_metadata: false,
         }
+    }
+
+    /// Leaves a response's attachments unread until [`Codec::decode_metadata`] (see
+    /// [`CodecContext::lazy_response_metadata`]): the response type (its status) is
+    /// still read on decode, the value and the attachments map only on demand.
+    pub fn with_lazy_response_metadata(mut self, lazy: bool) -> Self {
+        self.lazy_response_metadata = lazy;
+        self
     }
 
     /// The side this codec serves.
@@ -295,7 +308,7 @@ impl DubboCodec {
     }
 
     #[inline(always)]
-    fn decode_request(&self, h: &Header, frame: Bytes) -> Result<Message, DecodeError> {
+    fn decode_request(&self, h: &Header, frame: Bytes) -> Result<Option<Message>, DecodeError> {
         let mut r =
             Reader::with_range(&frame, HEADER_LEN, frame.len()).with_max_depth(self.max_depth);
         if h.is_event() {
@@ -304,7 +317,7 @@ impl DubboCodec {
                 Some(0x01) if frame.get(HEADER_LEN + 1) == Some(&b'R') => MessageKind::GoAway,
                 _ => MessageKind::Event,
             };
-            return Ok(Message::new(kind, h.id, frame));
+            return Ok(Some(Message::new(kind, h.id, frame)));
         }
         let kind = if h.is_two_way() {
             MessageKind::Request
@@ -397,20 +410,21 @@ impl DubboCodec {
             attachments,
             response_type: None,
         });
-        Ok(msg)
+        Ok(Some(msg))
     }
 
-    fn decode_response(&self, h: &Header, frame: Bytes) -> Result<Message, DecodeError> {
+    fn decode_response(&self, h: &Header, frame: Bytes) -> Result<Option<Message>, DecodeError> {
         if h.is_event() {
-            return Ok(Message::new(MessageKind::Event, h.id, frame));
+            return Ok(Some(Message::new(MessageKind::Event, h.id, frame)));
         }
-        let mut msg = Message::new(MessageKind::Response, h.id, frame.clone());
+        let mut msg = Message::new(MessageKind::Response, h.id, frame);
         if h.status != status::OK {
             msg.set_status(ResponseStatus::Error);
-            return Ok(msg);
+            return Ok(Some(msg));
         }
+        let frame = msg.frame();
         let mut r =
-            Reader::with_range(&frame, HEADER_LEN, frame.len()).with_max_depth(self.max_depth);
+            Reader::with_range(frame, HEADER_LEN, frame.len()).with_max_depth(self.max_depth);
         let rt = r.read_int().map_err(|e| hessian(e, "response type"))?;
         let status = match rt {
             response_type::EXCEPTION | response_type::EXCEPTION_WITH_ATTACHMENTS => {
@@ -423,38 +437,58 @@ impl DubboCodec {
                 )))
             }
         };
-        msg.set_status(status);
         let args = r.position();
-        let mut layout = DubboLayout {
+        msg.set_status(status);
+        msg.set_layout(DubboLayout {
             args,
             first_arg_end: args,
             attachments: None,
             response_type: Some(rt),
-        };
+        });
         if response_type::has_attachments(rt) {
-            if rt != response_type::NULL_WITH_ATTACHMENTS {
-                r.skip_value().map_err(|e| hessian(e, "response value"))?;
-            }
-            layout.first_arg_end = r.position();
-            let map_start = r.position();
-            let md = msg.metadata_mut();
-            let first = if read_plain_map(&mut r, &frame, md, 0) {
-                Ok(map_start + 1)
+            if self.lazy_response_metadata {
+                msg.set_metadata_deferred(true);
             } else {
-                r.visit_map(|r, _| {
-                    let key = read_text_or_skip(r, &frame)?;
-                    let value = read_text_or_skip(r, &frame)?;
-                    if let (Some(k), Some(v)) = (key, value) {
-                        set_text(md, &frame, k, v);
-                    }
-                    Ok(())
-                })
+                self.read_response_attachments(&mut msg)?;
             }
-            .map_err(|e| hessian(e, "response attachments"))?;
-            layout.attachments = Some((map_start, first, r.position()));
         }
+        Ok(Some(msg))
+    }
+
+    /// Skips a response's value and reads its attachments map into the metadata,
+    /// recording where the map lies (the layout's `response_type` must be set).
+    fn read_response_attachments(&self, msg: &mut Message) -> Result<(), DecodeError> {
+        let mut layout = DubboLayout::of(msg);
+        let Some(rt) = layout.response_type else {
+            return Ok(());
+        };
+        // A second handle on the frame (a reference count): the metadata is filled
+        // while the frame is read.
+        let frame = msg.frame().clone();
+        let mut r =
+            Reader::with_range(&frame, layout.args, frame.len()).with_max_depth(self.max_depth);
+        if rt != response_type::NULL_WITH_ATTACHMENTS {
+            r.skip_value().map_err(|e| hessian(e, "response value"))?;
+        }
+        layout.first_arg_end = r.position();
+        let map_start = r.position();
+        let md = msg.metadata_mut();
+        let first = if read_plain_map(&mut r, &frame, md, 0) {
+            Ok(map_start + 1)
+        } else {
+            r.visit_map(|r, _| {
+                let key = read_text_or_skip(r, &frame)?;
+                let value = read_text_or_skip(r, &frame)?;
+                if let (Some(k), Some(v)) = (key, value) {
+                    set_text(md, &frame, k, v);
+                }
+                Ok(())
+            })
+        }
+        .map_err(|e| hessian(e, "response attachments"))?;
+        layout.attachments = Some((map_start, first, r.position()));
         msg.set_layout(layout);
-        Ok(msg)
+        Ok(())
     }
 
     /// Writes `frame` with `mutations` merged over its attachments map (or a new map at
@@ -629,15 +663,17 @@ impl Codec for DubboCodec {
             return Ok(None);
         }
         let frame = src.split_to(total).freeze();
-        let msg = if h.flags & FLAG_REQUEST != 0 {
+        // Returned where it was built: a `Message` is large, so it is not moved into a
+        // second `Result`.
+        let mut decoded = if h.flags & FLAG_REQUEST != 0 {
             self.decode_request(&h, frame)
         } else {
             self.decode_response(&h, frame)
         };
-        match msg {
-            Ok(m) => Ok(Some(m)),
-            Err(e) => Err(with_reply(e)),
+        if let (Err(e), Some(ctx)) = (&mut decoded, reply_context(&h)) {
+            e.reply = Some(ctx);
         }
+        decoded
     }
 
     fn encode(&mut self, msg: &Message, dst: &mut BytesMut) -> Result<(), EncodeError> {
@@ -652,6 +688,14 @@ impl Codec for DubboCodec {
             ));
         }
         if !msg.mutations().is_empty() {
+            if msg.metadata_deferred() {
+                // Mutations need the attachments' place: read it on a copy (shares
+                // the frame; only when a response left unread is mutated).
+                let mut read = msg.clone();
+                self.decode_metadata(&mut read)
+                    .map_err(|e| EncodeError::Inconsistent(e.to_string().into()))?;
+                return self.encode(&read, dst);
+            }
             let layout = DubboLayout::of(msg);
             match msg.kind() {
                 MessageKind::Request | MessageKind::OneWay => {
@@ -667,6 +711,14 @@ impl Codec for DubboCodec {
         dst.put_slice(&frame[..4]);
         dst.put_u64(msg.request_id());
         dst.put_slice(&frame[12..]);
+        Ok(())
+    }
+
+    fn decode_metadata(&mut self, msg: &mut Message) -> Result<(), DecodeError> {
+        if msg.metadata_deferred() {
+            self.read_response_attachments(msg)?;
+            msg.set_metadata_deferred(false);
+        }
         Ok(())
     }
 

@@ -10,13 +10,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 use common::{codec, decode_one, encode, typical_request};
 use meta_protocol::testing::{check_decode_any_split, check_roundtrip};
 use meta_protocol::{
-    Codec, CodecContext, CodecError, CodecRegistry, DecodeErrorKind, LocalReply, LocalReplyKind,
-    MessageKind, ReplyContext, ResponseStatus, Side,
+    Codec, CodecContext, CodecError, CodecOptions, CodecRegistry, DecodeErrorKind, LocalReply,
+    LocalReplyKind, Message, MessageKind, ReplyContext, ResponseStatus, Side,
+    DEFAULT_MAX_FRAME_SIZE,
 };
 use metaproxy_dubbo::frames::{
     parse_request, parse_response, Args, RequestFrame, ResponseBody, ResponseFrame,
 };
-use metaproxy_dubbo::header::{Header, HEADER_LEN};
+use metaproxy_dubbo::header::{status, Header, HEADER_LEN};
 use metaproxy_dubbo::hessian2::{Value, Writer};
 use metaproxy_dubbo::{DubboCodec, DubboCodecFactory};
 
@@ -756,4 +757,115 @@ fn mutation_over_a_map_with_an_object_of_an_argument_class() {
         p.attachments.last(),
         Some(&("user".to_string(), "new".to_string()))
     );
+}
+
+/// Decodes `frame` with a codec that may leave response metadata unread, as the
+/// runtime's upstream connections make them.
+fn decode_lazy(frame: &[u8]) -> Result<Message, meta_protocol::DecodeError> {
+    let ctx = CodecContext::upstream(DEFAULT_MAX_FRAME_SIZE, Default::default())
+        .with_lazy_response_metadata();
+    let mut c = meta_protocol::CodecFactory::configure(&DubboCodecFactory, &CodecOptions::new())
+        .and_then(|p| p.new_codec(&ctx))
+        .expect("codec");
+    let mut buf = BytesMut::from(frame);
+    let msg = c.decode(&mut buf)?.expect("whole frame");
+    assert!(buf.is_empty(), "frame fully consumed");
+    Ok(msg)
+}
+
+#[test]
+fn lazy_responses_read_the_status_now_and_the_attachments_on_demand() {
+    let att: &[(&str, &str)] = &[("backend", "v1"), ("tag", "\u{e9}t\u{e9}")];
+    let mut exception = BytesMut::new();
+    Writer::new(&mut exception).write_string("boom");
+    for (frame, status) in [
+        (
+            ResponseFrame::string(3, "hello")
+                .with_attachments(att)
+                .encode(),
+            ResponseStatus::Ok,
+        ),
+        (
+            ResponseFrame::null(3).with_attachments(att).encode(),
+            ResponseStatus::Ok,
+        ),
+        (
+            ResponseFrame::exception(3, &exception)
+                .with_attachments(att)
+                .encode(),
+            ResponseStatus::Exception,
+        ),
+    ] {
+        let eager = decode_one(&frame);
+        let mut lazy = decode_lazy(&frame).unwrap();
+        assert!(lazy.metadata_deferred());
+        assert_eq!(lazy.status(), status);
+        assert_eq!(lazy.request_id(), 3);
+        assert!(lazy.metadata().is_empty(), "nothing read yet");
+
+        // Encoded as it is, unread: the same bytes as the eager message gives.
+        lazy.set_request_id(77);
+        let mut e = eager.clone();
+        e.set_request_id(77);
+        assert_eq!(encode(&lazy), encode(&e));
+
+        // Mutated while unread: the codec finds the attachments itself.
+        lazy.push_mutation("backend".into(), "v2".into());
+        e.push_mutation("backend".into(), "v2".into());
+        let mutated = encode(&lazy);
+        assert_eq!(mutated, encode(&e));
+        let p = parse_response(&mutated).unwrap();
+        assert!(p.attachments.contains(&("backend".into(), "v2".into())));
+
+        // Read on demand, by any codec of the protocol: what an eager decode reads.
+        codec().decode_metadata(&mut lazy).unwrap();
+        assert!(!lazy.metadata_deferred());
+        assert_eq!(lazy.metadata(), eager.metadata());
+        assert_eq!(lazy.metadata().get("tag"), Some("\u{e9}t\u{e9}"));
+        assert_eq!(
+            lazy.layout::<metaproxy_dubbo::DubboLayout>(),
+            eager.layout::<metaproxy_dubbo::DubboLayout>()
+        );
+        assert_eq!(encode(&lazy), mutated);
+        // A second call changes nothing.
+        codec().decode_metadata(&mut lazy).unwrap();
+        assert_eq!(lazy.metadata(), eager.metadata());
+    }
+}
+
+#[test]
+fn lazy_responses_without_attachments_or_with_errors_are_read_at_once() {
+    for frame in [
+        ResponseFrame::string(4, "v").encode(),
+        ResponseFrame::null(4).encode(),
+        ResponseFrame::error(4, status::SERVICE_ERROR, "no").encode(),
+    ] {
+        let lazy = decode_lazy(&frame).unwrap();
+        assert!(!lazy.metadata_deferred(), "nothing to defer");
+        assert_eq!(lazy.status(), decode_one(&frame).status());
+    }
+    // Requests are never deferred, even by a lazy codec.
+    let req = decode_lazy(&typical_request(5)).unwrap();
+    assert!(!req.metadata_deferred());
+    assert!(req.metadata().get("interface").is_some());
+}
+
+#[test]
+fn a_malformed_body_fails_when_it_is_read() {
+    // A valid header and response type, then an attachments map that ends early.
+    let good = ResponseFrame::string(6, "v")
+        .with_attachments(&[("k", "v")])
+        .encode();
+    let mut bad = BytesMut::from(&good[..good.len() - 1]);
+    let body_len = (bad.len() - HEADER_LEN) as u32;
+    bad[12..16].copy_from_slice(&body_len.to_be_bytes());
+    assert!(
+        codec().decode(&mut bad.clone()).is_err(),
+        "eager: a decode error"
+    );
+    let mut lazy = decode_lazy(&bad).unwrap();
+    assert!(lazy.metadata_deferred());
+    let err = codec().decode_metadata(&mut lazy).unwrap_err();
+    assert!(err.to_string().contains("attachments"), "{err}");
+    assert!(lazy.metadata_deferred(), "still unread");
 }

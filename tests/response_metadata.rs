@@ -1,0 +1,212 @@
+//! Responses whose metadata the proxy reads only on demand (Dubbo's upstream codec leaves
+//! a response's attachments unread unless something needs them): a filter still sees
+//! them, route mutations still land in them, and a malformed body is forwarded as it is
+//! when nobody reads it, or answered with an error reply (the connection kept) when a
+//! filter does. Backends and clients are raw sockets on port 0.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use common::registry;
+use metaproxy::filter::*;
+use metaproxy::meta_protocol::{Codec, MetaStr, Side, DEFAULT_MAX_FRAME_SIZE};
+use metaproxy_dubbo::frames::{parse_response, RequestFrame, ResponseFrame};
+use metaproxy_dubbo::header::{status, HEADER_LEN};
+use metaproxy_dubbo::DubboCodec;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A response with attachments whose map is cut short (the body length still matches).
+fn malformed(id: u64) -> Bytes {
+    let good = ResponseFrame::string(id, "v")
+        .with_attachments(&[("backend", "broken")])
+        .encode();
+    let mut bad = BytesMut::from(&good[..good.len() - 1]);
+    let body_len = (bad.len() - HEADER_LEN) as u32;
+    bad[12..16].copy_from_slice(&body_len.to_be_bytes());
+    bad.freeze()
+}
+
+/// A Dubbo backend answering each request with `backend=name` in its attachments; a
+/// request whose method is `broken` gets [`malformed`] instead.
+async fn backend(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut codec = DubboCodec::new(Side::Downstream, DEFAULT_MAX_FRAME_SIZE);
+                let mut buf = BytesMut::new();
+                loop {
+                    while let Ok(Some(req)) = codec.decode(&mut buf) {
+                        let reply = if req.metadata().get("method") == Some("broken") {
+                            malformed(req.request_id())
+                        } else {
+                            ResponseFrame::string(req.request_id(), "ok")
+                                .with_attachments(&[("backend", name)])
+                                .encode()
+                        };
+                        if s.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read_buf(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// One whole Dubbo frame from `s`, as bytes.
+async fn read_frame(s: &mut TcpStream) -> Bytes {
+    let mut head = [0u8; HEADER_LEN];
+    s.read_exact(&mut head).await.unwrap();
+    let len = u32::from_be_bytes(head[12..16].try_into().unwrap()) as usize;
+    let mut frame = vec![0u8; HEADER_LEN + len];
+    frame[..HEADER_LEN].copy_from_slice(&head);
+    s.read_exact(&mut frame[HEADER_LEN..]).await.unwrap();
+    Bytes::from(frame)
+}
+
+async fn call(s: &mut TcpStream, id: u64, method: &str) -> Bytes {
+    let req = RequestFrame::new(id, "com.example.Echo", method).encode();
+    s.write_all(&req).await.unwrap();
+    let frame = read_frame(s).await;
+    assert_eq!(
+        u64::from_be_bytes(frame[4..12].try_into().unwrap()),
+        id,
+        "answers in order, with the client's id"
+    );
+    frame
+}
+
+fn attachment(frame: &Bytes, key: &str) -> Option<String> {
+    parse_response(frame)
+        .unwrap()
+        .attachments
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+}
+
+/// Copies the response's `backend` attachment into `seen-backend`.
+struct Echoer;
+
+impl Filter for Echoer {
+    fn on_response(&self, response: &mut FilterResponse<'_>) {
+        let seen = response
+            .metadata()
+            .get("backend")
+            .unwrap_or("none")
+            .to_owned();
+        response.push_mutation("seen-backend".into(), MetaStr::from(seen));
+    }
+}
+
+struct EchoerFactory;
+
+impl FilterFactory for EchoerFactory {
+    fn name(&self) -> &str {
+        "echoer"
+    }
+
+    fn build(
+        &self,
+        _config: &serde_json::Value,
+        _ctx: &FilterContext<'_>,
+    ) -> Result<Arc<dyn Filter>, Vec<FilterConfigError>> {
+        Ok(Arc::new(Echoer))
+    }
+}
+
+const CONFIG: &str = r#"
+listeners:
+  - {name: plain, address: "127.0.0.1:0", codec: dubbo, route_config: plain}
+  - {name: mutating, address: "127.0.0.1:0", codec: dubbo, route_config: mutating}
+  - {name: filtered, address: "127.0.0.1:0", codec: dubbo, route_config: plain, filters: [{name: echoer}]}
+route_configs:
+  - name: plain
+    routes:
+      - route: {cluster: v1}
+  - name: mutating
+    routes:
+      - route: {cluster: v1}
+        response_mutation: [{key: via, value: metaproxy}]
+clusters:
+  - {name: v1, endpoints: ["{v1}"]}
+"#;
+
+async fn start() -> metaproxy::RunningServer {
+    let v1 = backend("v1").await;
+    let text = CONFIG.replace("{v1}", &v1.to_string());
+    let config = metaproxy::config::parse(&text, "t.yaml".as_ref()).unwrap();
+    let mut filters = FilterRegistry::builtin();
+    filters.register(Arc::new(EchoerFactory));
+    metaproxy::Server::with_filters(config, registry(), filters)
+        .unwrap()
+        .bind()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn filters_and_mutations_see_the_attachments_of_responses_read_on_demand() {
+    let p = start().await;
+    let mut plain = TcpStream::connect(p.local_addr("plain").unwrap())
+        .await
+        .unwrap();
+    let r = call(&mut plain, 1, "hello").await;
+    assert_eq!(attachment(&r, "backend").as_deref(), Some("v1"));
+    assert_eq!(attachment(&r, "seen-backend"), None);
+
+    let mut filtered = TcpStream::connect(p.local_addr("filtered").unwrap())
+        .await
+        .unwrap();
+    let r = call(&mut filtered, 2, "hello").await;
+    assert_eq!(
+        attachment(&r, "seen-backend").as_deref(),
+        Some("v1"),
+        "the filter read the response's attachments"
+    );
+    assert_eq!(attachment(&r, "backend").as_deref(), Some("v1"));
+
+    let mut mutating = TcpStream::connect(p.local_addr("mutating").unwrap())
+        .await
+        .unwrap();
+    let r = call(&mut mutating, 3, "hello").await;
+    assert_eq!(attachment(&r, "via").as_deref(), Some("metaproxy"));
+    assert_eq!(attachment(&r, "backend").as_deref(), Some("v1"));
+}
+
+#[tokio::test]
+async fn a_malformed_response_body_is_forwarded_unless_read_then_answered_with_an_error() {
+    let p = start().await;
+    // Nobody reads the body: it goes to the client as the backend wrote it (id aside).
+    let mut plain = TcpStream::connect(p.local_addr("plain").unwrap())
+        .await
+        .unwrap();
+    let r = call(&mut plain, 7, "broken").await;
+    assert_eq!(&r[12..], &malformed(7)[12..]);
+    assert_eq!(r[3], status::OK);
+
+    // A filter reads it: that request gets an error reply, the connection goes on.
+    let mut filtered = TcpStream::connect(p.local_addr("filtered").unwrap())
+        .await
+        .unwrap();
+    let r = call(&mut filtered, 8, "broken").await;
+    assert_eq!(r[3], status::SERVER_ERROR, "a local reply");
+    let text = parse_response(&r).unwrap().error.unwrap_or_default();
+    assert!(text.contains("could not be decoded"), "{text}");
+    let r = call(&mut filtered, 9, "hello").await;
+    assert_eq!(attachment(&r, "seen-backend").as_deref(), Some("v1"));
+}
