@@ -85,8 +85,9 @@ fn codec(
         side,
         max_frame_size: meta_protocol::DEFAULT_MAX_FRAME_SIZE,
         wire,
-        // As the runtime's upstream connections make them.
-        lazy_response_metadata: side == Side::Upstream,
+        // As the runtime makes them: head first, the rest read below where the runtime
+        // reads it.
+        lazy_metadata: true,
     };
     f.configure(&CodecOptions::new())
         .and_then(|protocol| protocol.new_codec(&ctx))
@@ -234,6 +235,9 @@ fn bench(c: &mut Criterion) {
         .decode(&mut src)
         .expect("decodes")
         .expect("whole");
+    // Read in full, as the runtime reads them for a listener with filters.
+    path.downstream.decode_metadata(&mut msg).expect("reads");
+    path.downstream.decode_metadata(&mut resp).expect("reads");
     for (name, filters) in chains {
         let chain = chain(filters);
         group.bench_function(name, |b| {
@@ -302,6 +306,7 @@ impl Path {
         let client_id = msg.request_id();
         if let Some(chain) = filters {
             if !chain.is_empty() {
+                self.downstream.decode_metadata(&mut msg).expect("reads");
                 match chain.on_request(0, "in", &mut msg, &self.table) {
                     ChainStep::Continue => {}
                     _ => panic!("the benchmark's filters let every request through"),
@@ -316,6 +321,9 @@ impl Path {
             .expect("an endpoint");
         black_box(endpoint);
         msg.add_shared_mutations(route.request_mutations());
+        if !msg.mutations().is_empty() {
+            self.downstream.decode_metadata(&mut msg).expect("reads");
+        }
         // Upstream encode with the id rewritten.
         msg.set_request_id(upstream_id);
         self.wbuf.clear();
@@ -332,6 +340,7 @@ impl Path {
         resp.set_request_id(client_id);
         if let Some(chain) = filters {
             if !chain.is_empty() {
+                self.downstream.decode_metadata(&mut resp).expect("reads");
                 chain.on_response(&mut FilterResponse::new(
                     "in",
                     route.name(),

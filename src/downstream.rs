@@ -172,6 +172,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
                 waiting: 0,
                 drain_notice: None,
                 listener_seen: None,
+                full_metadata: true,
                 flush_queued: false,
                 read_paused: false,
                 stalled_since: None,
@@ -277,6 +278,9 @@ struct Downstream {
     drain_notice: Option<Arc<meta_protocol::Mutations>>,
     /// The listener last found and the snapshot generation it was found in.
     listener_seen: Option<(u64, Weak<ListenerRt>)>,
+    /// Whether that listener reads more of a request than the codec's eager keys (see
+    /// [`reads_beyond`]): requests decoded head first are then read in full.
+    full_metadata: bool,
     /// An upstream connection will call [`ResponseSink::flush`] after its batch.
     flush_queued: bool,
     /// The task stopped reading (the write buffer or the requests in flight are at the
@@ -553,7 +557,30 @@ impl Downstream {
         }
         let listener = shared.snapshot.load().listener(&self.ctx.name).cloned();
         self.listener_seen = listener.as_ref().map(|l| (generation, Arc::downgrade(l)));
+        self.full_metadata = listener
+            .as_deref()
+            .is_some_and(|l| reads_beyond(l, self.ctx.protocol.caps.eager_keys));
         listener
+    }
+
+    /// Reads the rest of a request decoded head first; false (the request answered
+    /// with `bad_request`) when that part is malformed. The connection stays: the
+    /// frame's bounds are known.
+    fn read_rest(&mut self, msg: &mut Message, log: &mut Option<Box<LogStart>>) -> bool {
+        let Err(e) = self.codec.decode_metadata(msg) else {
+            return true;
+        };
+        crate::observe::rate_limited!(tracing::Level::INFO, listener = %self.ctx.name, error = %e, "bad request from client");
+        self.ctx.metrics.decode_errors.inc();
+        let text = format!("metaproxy: bad request: {e}");
+        self.local_reply_logged(
+            &msg.reply_context(),
+            LocalReplyKind::BadRequest,
+            &text,
+            log.take(),
+            None,
+        );
+        false
     }
 
     fn on_decode_error(&mut self, e: DecodeError, rbuf: &mut BytesMut) {
@@ -670,6 +697,9 @@ impl Downstream {
                 None,
             );
         };
+        if msg.metadata_deferred() && self.full_metadata && !self.read_rest(msg, &mut None) {
+            return;
+        }
         let log = self
             .ctx
             .access_log
@@ -778,6 +808,12 @@ impl Downstream {
         let timeout = route.timeout();
         let attempts = route.retries();
         msg.add_shared_mutations(route.request_mutations());
+        if msg.metadata_deferred() && !msg.mutations().is_empty() && !self.read_rest(msg, &mut log)
+        {
+            // Mutations are merged where the attachments lie (the codec could find them
+            // on its own, on a copy of the message for each copy sent).
+            return;
+        }
         listener.requests[route_index][cluster].inc();
         if let Some(l) = &mut log {
             l.route = Some(route.name_shared().clone());
@@ -1175,6 +1211,17 @@ impl Downstream {
             endpoint,
         );
     }
+}
+
+/// Whether `listener` reads request metadata beyond `eager` keys: it has filters, or
+/// its routes (matches and hash policies, also the keys its access log records) name
+/// another key.
+fn reads_beyond(listener: &ListenerRt, eager: &[&str]) -> bool {
+    !listener.filters.is_empty()
+        || listener
+            .log_keys
+            .iter()
+            .any(|k| !eager.contains(&k.as_ref()))
 }
 
 fn no_route_message(msg: &Message) -> String {

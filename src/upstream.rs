@@ -78,14 +78,13 @@ impl Protocol {
     /// A codec for a client connection.
     pub(crate) fn downstream_codec(&self) -> Result<Box<dyn Codec>, CodecError> {
         self.configured
-            .new_codec(&CodecContext::downstream(self.max_frame_size))
+            .new_codec(&CodecContext::downstream(self.max_frame_size).with_lazy_metadata())
     }
 
     /// A codec for a backend connection carrying requests in `wire` format.
     pub(crate) fn upstream_codec(&self, wire: WireFormat) -> Result<Box<dyn Codec>, CodecError> {
-        self.configured.new_codec(
-            &CodecContext::upstream(self.max_frame_size, wire).with_lazy_response_metadata(),
-        )
+        self.configured
+            .new_codec(&CodecContext::upstream(self.max_frame_size, wire).with_lazy_metadata())
     }
 }
 

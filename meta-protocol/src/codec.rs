@@ -48,11 +48,13 @@ pub trait Codec: Send + 'static {
     /// carries the id its client sent, as [`Codec::decode`] returned it.
     fn encode(&mut self, msg: &Message, dst: &mut BytesMut) -> Result<(), EncodeError>;
 
-    /// Reads the metadata of a message that [`Codec::decode`] returned with it left
-    /// unread ([`Message::metadata_deferred`]), and clears that mark. A codec defers only
-    /// when its [`CodecContext::lazy_response_metadata`] allows it, and only for
-    /// responses; the runtime then calls this before a filter sees the response, so a
-    /// response nobody reads costs the header alone.
+    /// Reads the metadata of a message that [`Codec::decode`] returned with part of it
+    /// left unread ([`Message::metadata_deferred`]), and clears that mark. A codec defers
+    /// only when its [`CodecContext::lazy_metadata`] allows it. The runtime calls this
+    /// before anything reads more than the message is known to carry: a request's keys
+    /// beyond [`CodecCapabilities::eager_keys`] (routes, hash policies and access logs
+    /// that name other keys, filters, mutations), a response's metadata (filters,
+    /// mutations). So a message nobody reads costs what `decode` read.
     ///
     /// It may be called on any codec of the same configured protocol (the runtime uses
     /// the client connection's), so it must depend on the message alone (its frame and
@@ -60,7 +62,8 @@ pub trait Codec: Send + 'static {
     /// still accept a deferred message, mutations included.
     ///
     /// An error means the frame's body is malformed; the runtime answers that request
-    /// with a local reply and keeps the connection.
+    /// with a local reply (`bad_request` for a request, `upstream_failure` for a
+    /// response) and keeps the connection, since the frame's bounds are known.
     ///
     /// By default does nothing (for codecs that never defer).
     fn decode_metadata(&mut self, msg: &mut Message) -> Result<(), DecodeError> {
@@ -137,12 +140,13 @@ pub struct CodecContext {
     /// For upstream codecs: the wire format of the requests this connection will carry
     /// (the format the client spoke). `None` on the downstream side.
     pub wire: Option<WireFormat>,
-    /// Whether `decode` may leave a response's metadata unread for
-    /// [`Codec::decode_metadata`] (see [`Message::metadata_deferred`]). The runtime's
-    /// upstream connections set it; it is false in a context made by
-    /// [`CodecContext::downstream`] or [`CodecContext::upstream`], so a codec used on
-    /// its own always decodes everything. A codec may ignore it.
-    pub lazy_response_metadata: bool,
+    /// Whether `decode` may leave part of a message's metadata unread for
+    /// [`Codec::decode_metadata`] (see [`Message::metadata_deferred`]): all of a
+    /// response's, all of a request's but [`CodecCapabilities::eager_keys`]. The runtime
+    /// sets it on every connection; it is false in a context made by
+    /// [`CodecContext::downstream`] or [`CodecContext::upstream`], so a codec used on its
+    /// own decodes everything. A codec may ignore it.
+    pub lazy_metadata: bool,
 }
 
 impl CodecContext {
@@ -152,7 +156,7 @@ impl CodecContext {
             side: Side::Downstream,
             max_frame_size,
             wire: None,
-            lazy_response_metadata: false,
+            lazy_metadata: false,
         }
     }
 
@@ -162,22 +166,22 @@ impl CodecContext {
             side: Side::Upstream,
             max_frame_size,
             wire: Some(wire),
-            lazy_response_metadata: false,
+            lazy_metadata: false,
         }
     }
 
-    /// This context with [`CodecContext::lazy_response_metadata`] set: responses may
-    /// be decoded header first, metadata on demand.
-    pub fn with_lazy_response_metadata(mut self) -> Self {
-        self.lazy_response_metadata = true;
+    /// This context with [`CodecContext::lazy_metadata`] set: messages may be decoded
+    /// head first, the rest of their metadata on demand.
+    pub fn with_lazy_metadata(mut self) -> Self {
+        self.lazy_metadata = true;
         self
     }
 }
 
 /// What the runtime may do with a configured protocol.
 ///
-/// `CodecCapabilities::default()` is full capability: `multiplexing: true` and
-/// `mutations: true`.
+/// `CodecCapabilities::default()` is full capability, `multiplexing: true` and
+/// `mutations: true`, with no `eager_keys`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CodecCapabilities {
     /// Replies carry the request id, so many requests (from many clients) may be in
@@ -186,6 +190,12 @@ pub struct CodecCapabilities {
     pub multiplexing: bool,
     /// Mutations can be carried. When false, `check` warns about routes that mutate.
     pub mutations: bool,
+    /// Keys a request decoded with its metadata deferred still carries (when they are
+    /// in the frame). A listener whose routes, hash policies and access log name only
+    /// these keys, and that has no filters, forwards such requests without
+    /// [`Codec::decode_metadata`]. Empty (the default): the runtime reads every deferred
+    /// request in full.
+    pub eager_keys: &'static [&'static str],
 }
 
 impl Default for CodecCapabilities {
@@ -193,6 +203,7 @@ impl Default for CodecCapabilities {
         CodecCapabilities {
             multiplexing: true,
             mutations: true,
+            eager_keys: &[],
         }
     }
 }

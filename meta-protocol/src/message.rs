@@ -237,11 +237,12 @@ impl Message {
         &mut self.metadata
     }
 
-    /// Whether the codec left the metadata of this message unread (and the layout of
-    /// what it would have read): true only for a response decoded by a codec made with
-    /// [`crate::CodecContext::lazy_response_metadata`]. [`crate::Codec::decode_metadata`]
-    /// reads it; until then [`Message::metadata`] is empty. The kind, request id and
-    /// status are always decoded.
+    /// Whether the codec left part of this message's metadata unread (and the layout of
+    /// what it would have read): only a codec made with
+    /// [`crate::CodecContext::lazy_metadata`] does. [`crate::Codec::decode_metadata`]
+    /// reads the rest; until then [`Message::metadata`] holds only a request's
+    /// [`crate::CodecCapabilities::eager_keys`] (a response's: nothing). The kind,
+    /// request id and status are always decoded.
     pub fn metadata_deferred(&self) -> bool {
         self.metadata_deferred
     }

@@ -248,7 +248,7 @@ fn client_codec(proto: Proto) -> Box<dyn Codec> {
             side: Side::Upstream,
             max_frame_size: 1 << 24,
             wire: None,
-            lazy_response_metadata: false,
+            lazy_metadata: false,
         })
         .unwrap()
 }

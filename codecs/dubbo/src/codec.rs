@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use meta_protocol::{
-    reject_options, Codec, CodecContext, CodecError, CodecFactory, CodecOptions,
+    reject_options, Codec, CodecCapabilities, CodecContext, CodecError, CodecFactory, CodecOptions,
     ConfiguredProtocol, DecodeError, DecodeErrorKind, EncodeError, FrameLayout, LayoutWords,
     LocalReply, LocalReplyKind, Message, MessageKind, MetaStr, Metadata, ReplyContext,
     ResponseStatus, Side, WellKnownKey,
@@ -36,14 +36,36 @@ impl CodecFactory for DubboCodecFactory {
 
     fn configure(&self, options: &CodecOptions) -> Result<Box<dyn ConfiguredProtocol>, CodecError> {
         reject_options(options)?;
-        Ok(Box::new(|ctx: &CodecContext| -> Box<dyn Codec> {
-            Box::new(
-                DubboCodec::new(ctx.side, ctx.max_frame_size)
-                    .with_lazy_response_metadata(ctx.lazy_response_metadata),
-            )
-        }))
+        Ok(Box::new(DubboProtocol))
     }
 }
+
+/// Dubbo as a listener speaks it (there are no options).
+struct DubboProtocol;
+
+impl ConfiguredProtocol for DubboProtocol {
+    /// Multiplexing and mutations; the eager keys are the body fields a request
+    /// decoded head first carries ([`DubboCodec::with_lazy_metadata`]).
+    fn capabilities(&self) -> CodecCapabilities {
+        CodecCapabilities {
+            eager_keys: EAGER_KEYS,
+            ..CodecCapabilities::default()
+        }
+    }
+
+    fn new_codec(&self, ctx: &CodecContext) -> Result<Box<dyn Codec>, CodecError> {
+        Ok(Box::new(
+            DubboCodec::new(ctx.side, ctx.max_frame_size).with_lazy_metadata(ctx.lazy_metadata),
+        ))
+    }
+}
+
+/// What a request decoded head first carries: its body's service path, version and
+/// method name.
+pub const EAGER_KEYS: &[&str] = &["interface", "method", "version"];
+
+/// The three body fields of a request, as the `body_fields` bits of the decoder.
+const ALL_BODY_FIELDS: u8 = 0b111;
 
 /// The Dubbo 2 (hessian2) codec for one connection.
 #[derive(Clone, Debug)]
@@ -51,13 +73,14 @@ pub struct DubboCodec {
     side: Side,
     max_frame_size: usize,
     max_depth: usize,
-    lazy_response_metadata: bool,
+    lazy_metadata: bool,
 }
 
 /// What a request's arguments and attachments look like, for [`FrameLayout`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DubboLayout {
-    /// Start of the arguments (requests) or of the value (responses).
+    /// Start of the arguments (requests) or of the value (responses). For a request
+    /// whose metadata is deferred: where its parameter types start.
     pub args: usize,
     /// End of the first argument (requests) or of the value (responses with
     /// attachments); equal to `args` when unknown or absent.
@@ -284,15 +307,17 @@ impl DubboCodec {
             side,
             max_frame_size,
             max_depth: DEFAULT_MAX_DEPTH,
-            lazy_response_metadata: false,
+            lazy_metadata: false,
         }
     }
 
-    /// Leaves a response's attachments unread until [`Codec::decode_metadata`] (see
-    /// [`CodecContext::lazy_response_metadata`]): the response type (its status) is
-    /// still read on decode, the value and the attachments map only on demand.
-    pub fn with_lazy_response_metadata(mut self, lazy: bool) -> Self {
-        self.lazy_response_metadata = lazy;
+    /// Decodes head first, the rest on demand ([`Codec::decode_metadata`], see
+    /// [`CodecContext::lazy_metadata`]). A request is read up to its method name (the
+    /// service path, version and method: [`EAGER_KEYS`]) when all three are there; its
+    /// parameter types, arguments and attachments wait. A response is read up to its
+    /// response type (its status); its value and attachments wait.
+    pub fn with_lazy_metadata(mut self, lazy: bool) -> Self {
+        self.lazy_metadata = lazy;
         self
     }
 
@@ -329,6 +354,47 @@ impl DubboCodec {
         let version =
             read_nullable_text(&mut r, &frame).map_err(|e| hessian(e, "service version"))?;
         let method = read_nullable_text(&mut r, &frame).map_err(|e| hessian(e, "method name"))?;
+        let mut msg = Message::new(kind, h.id, frame.clone());
+        let md = msg.metadata_mut();
+        let body_fields = u8::from(path.is_some())
+            | u8::from(method.is_some()) << 1
+            | u8::from(version.is_some()) << 2;
+        if let Some(p) = path {
+            set_field(md, WellKnownKey::Interface, p);
+        }
+        if let Some(m) = method {
+            set_field(md, WellKnownKey::Method, m);
+        }
+        if let Some(v) = version {
+            set_field(md, WellKnownKey::Version, v);
+        }
+        let rest = r.position();
+        if self.lazy_metadata && body_fields == ALL_BODY_FIELDS {
+            // The rest waits for `decode_metadata`, which starts at `args`.
+            msg.set_layout(DubboLayout {
+                args: rest,
+                first_arg_end: rest,
+                attachments: None,
+                response_type: None,
+            });
+            msg.set_metadata_deferred(true);
+        } else {
+            self.read_request_rest(&frame, &mut msg, rest, body_fields)?;
+        }
+        Ok(Some(msg))
+    }
+
+    /// Reads a request from its parameter types (at `from`) to its end: counts the
+    /// parameters, skips the arguments and reads the attachments into the metadata
+    /// (skipping the `body_fields` the body had), recording the layout.
+    fn read_request_rest(
+        &self,
+        frame: &Bytes,
+        msg: &mut Message,
+        from: usize,
+        body_fields: u8,
+    ) -> Result<(), DecodeError> {
+        let mut r = Reader::with_range(frame, from, frame.len()).with_max_depth(self.max_depth);
         let desc_start = r.position();
         let params = if r.read_null().map_err(|e| hessian(e, "parameter types"))? {
             0
@@ -336,7 +402,7 @@ impl DubboCodec {
             let span = r
                 .read_str_span()
                 .map_err(|e| hessian(e, "parameter types"))?;
-            let desc = span_bytes(&frame, desc_start, r.position(), &span)
+            let desc = span_bytes(frame, desc_start, r.position(), &span)
                 .ok_or_else(|| DecodeError::malformed("dubbo parameter types: invalid string"))?;
             count_parameters(&desc).ok_or_else(|| {
                 DecodeError::malformed(format!(
@@ -353,24 +419,11 @@ impl DubboCodec {
                 first_arg_end = r.position();
             }
         }
-        let mut msg = Message::new(kind, h.id, frame.clone());
         let md = msg.metadata_mut();
-        let body_fields = u8::from(path.is_some())
-            | u8::from(method.is_some()) << 1
-            | u8::from(version.is_some()) << 2;
-        if let Some(p) = path {
-            set_field(md, WellKnownKey::Interface, p);
-        }
-        if let Some(m) = method {
-            set_field(md, WellKnownKey::Method, m);
-        }
-        if let Some(v) = version {
-            set_field(md, WellKnownKey::Version, v);
-        }
         let map_start = r.position();
         let attachments = if r.is_at_end() {
             None
-        } else if read_plain_map(&mut r, &frame, md, body_fields) {
+        } else if read_plain_map(&mut r, frame, md, body_fields) {
             Some((map_start, map_start + 1, r.position()))
         } else {
             let first = r
@@ -379,14 +432,14 @@ impl DubboCodec {
                         r.skip_value()?;
                         return r.skip_value();
                     }
-                    let key = read_text(r, &frame)?;
-                    if body_fields & body_field(key.bytes(&frame)) != 0 {
+                    let key = read_text(r, frame)?;
+                    if body_fields & body_field(key.bytes(frame)) != 0 {
                         // Body fields win: skip their attachment without reading it.
                         return r.skip_value();
                     }
                     if r.at_string() {
-                        let value = read_text(r, &frame)?;
-                        set_text(md, &frame, key, value);
+                        let value = read_text(r, frame)?;
+                        set_text(md, frame, key, value);
                     } else {
                         // A later duplicate wins, as in the HashMap a Java peer reads
                         // the attachments into (and as mutations rely on): a null or
@@ -410,7 +463,7 @@ impl DubboCodec {
             attachments,
             response_type: None,
         });
-        Ok(Some(msg))
+        Ok(())
     }
 
     fn decode_response(&self, h: &Header, frame: Bytes) -> Result<Option<Message>, DecodeError> {
@@ -446,7 +499,7 @@ impl DubboCodec {
             response_type: Some(rt),
         });
         if response_type::has_attachments(rt) {
-            if self.lazy_response_metadata {
+            if self.lazy_metadata {
                 msg.set_metadata_deferred(true);
             } else {
                 self.read_response_attachments(&mut msg)?;
@@ -715,10 +768,20 @@ impl Codec for DubboCodec {
     }
 
     fn decode_metadata(&mut self, msg: &mut Message) -> Result<(), DecodeError> {
-        if msg.metadata_deferred() {
-            self.read_response_attachments(msg)?;
-            msg.set_metadata_deferred(false);
+        if !msg.metadata_deferred() {
+            return Ok(());
         }
+        match msg.kind() {
+            MessageKind::Request | MessageKind::OneWay => {
+                // A second handle on the frame (a reference count): the metadata is
+                // filled while the frame is read.
+                let frame = msg.frame().clone();
+                let from = DubboLayout::of(msg).args;
+                self.read_request_rest(&frame, msg, from, ALL_BODY_FIELDS)?;
+            }
+            _ => self.read_response_attachments(msg)?,
+        }
+        msg.set_metadata_deferred(false);
         Ok(())
     }
 

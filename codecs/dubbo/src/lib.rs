@@ -20,5 +20,5 @@ pub mod hessian2;
 
 pub use codec::{
     count_parameters, local_reply_status, write_error_response, DubboCodec, DubboCodecFactory,
-    DubboLayout,
+    DubboLayout, EAGER_KEYS,
 };

@@ -762,8 +762,8 @@ fn mutation_over_a_map_with_an_object_of_an_argument_class() {
 /// Decodes `frame` with a codec that may leave response metadata unread, as the
 /// runtime's upstream connections make them.
 fn decode_lazy(frame: &[u8]) -> Result<Message, meta_protocol::DecodeError> {
-    let ctx = CodecContext::upstream(DEFAULT_MAX_FRAME_SIZE, Default::default())
-        .with_lazy_response_metadata();
+    let ctx =
+        CodecContext::upstream(DEFAULT_MAX_FRAME_SIZE, Default::default()).with_lazy_metadata();
     let mut c = meta_protocol::CodecFactory::configure(&DubboCodecFactory, &CodecOptions::new())
         .and_then(|p| p.new_codec(&ctx))
         .expect("codec");
@@ -844,10 +844,6 @@ fn lazy_responses_without_attachments_or_with_errors_are_read_at_once() {
         assert!(!lazy.metadata_deferred(), "nothing to defer");
         assert_eq!(lazy.status(), decode_one(&frame).status());
     }
-    // Requests are never deferred, even by a lazy codec.
-    let req = decode_lazy(&typical_request(5)).unwrap();
-    assert!(!req.metadata_deferred());
-    assert!(req.metadata().get("interface").is_some());
 }
 
 #[test]
@@ -868,4 +864,76 @@ fn a_malformed_body_fails_when_it_is_read() {
     let err = codec().decode_metadata(&mut lazy).unwrap_err();
     assert!(err.to_string().contains("attachments"), "{err}");
     assert!(lazy.metadata_deferred(), "still unread");
+}
+
+#[test]
+fn lazy_requests_carry_the_body_fields_and_read_the_rest_on_demand() {
+    let caps = meta_protocol::CodecFactory::configure(&DubboCodecFactory, &CodecOptions::new())
+        .unwrap()
+        .capabilities();
+    assert_eq!(caps.eager_keys, metaproxy_dubbo::EAGER_KEYS);
+
+    let frame = typical_request(11);
+    let eager = decode_one(&frame);
+    let mut lazy = decode_lazy(&frame).unwrap();
+    assert!(lazy.metadata_deferred());
+    assert_eq!(lazy.kind(), MessageKind::Request);
+    assert_eq!(lazy.reply_context(), eager.reply_context());
+    for key in metaproxy_dubbo::EAGER_KEYS {
+        assert!(eager.metadata().get(key).is_some(), "{key}");
+        assert_eq!(lazy.metadata().get(key), eager.metadata().get(key), "{key}");
+    }
+    assert_eq!(lazy.metadata().len(), metaproxy_dubbo::EAGER_KEYS.len());
+    assert_eq!(lazy.metadata().get("user"), None, "attachments wait");
+
+    // Forwarded unread, then mutated unread: the bytes an eager decode gives.
+    let mut e = eager.clone();
+    lazy.set_request_id(5);
+    e.set_request_id(5);
+    assert_eq!(encode(&lazy), encode(&e));
+    lazy.push_mutation("user".into(), "bob".into());
+    e.push_mutation("user".into(), "bob".into());
+    assert_eq!(encode(&lazy), encode(&e));
+
+    // Read on demand: what an eager decode reads, layout included.
+    codec().decode_metadata(&mut lazy).unwrap();
+    assert!(!lazy.metadata_deferred());
+    assert_eq!(lazy.metadata(), eager.metadata());
+    assert_eq!(lazy.metadata().get("user"), Some("alice"));
+    assert_eq!(
+        lazy.layout::<metaproxy_dubbo::DubboLayout>(),
+        eager.layout::<metaproxy_dubbo::DubboLayout>()
+    );
+    assert_eq!(encode(&lazy), encode(&e));
+}
+
+#[test]
+fn lazy_requests_without_every_body_field_are_read_at_once_and_bad_tails_fail_later() {
+    // No version in the body: an attachment may supply it, so all is read now.
+    let frame = raw_request(0xc2, 3, |w| {
+        w.write_string("2.0.2")
+            .write_string("com.example.S")
+            .write_null()
+            .write_string("m")
+            .write_string("")
+            .write_string_map([("version", "9.9")]);
+    });
+    let lazy = decode_lazy(&frame).unwrap();
+    assert!(!lazy.metadata_deferred());
+    assert_eq!(lazy.metadata().get("version"), Some("9.9"));
+
+    // A bad parameter-types string past the method: found when the rest is read.
+    let bad = raw_request(0xc2, 4, |w| {
+        w.write_string("2.0.2")
+            .write_string("com.example.S")
+            .write_string("1.0")
+            .write_string("m")
+            .write_string("Lbroken");
+    });
+    assert!(codec().decode(&mut BytesMut::from(&bad[..])).is_err());
+    let mut lazy = decode_lazy(&bad).unwrap();
+    assert!(lazy.metadata_deferred());
+    assert_eq!(lazy.metadata().get("method"), Some("m"));
+    let err = codec().decode_metadata(&mut lazy).unwrap_err();
+    assert!(err.to_string().contains("parameter types"), "{err}");
 }

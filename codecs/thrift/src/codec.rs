@@ -67,6 +67,7 @@ impl ConfiguredProtocol for ThriftOptions {
         CodecCapabilities {
             multiplexing: true,
             mutations: matches!(self.transport, None | Some(Transport::Header)),
+            eager_keys: &[],
         }
     }
 

@@ -168,7 +168,7 @@ fn codec(side: Side, opts: &CodecOptions, wire: Option<WireFormat>) -> Box<dyn C
         side,
         max_frame_size: DEFAULT_MAX_FRAME_SIZE,
         wire,
-        lazy_response_metadata: false,
+        lazy_metadata: false,
     };
     let protocol = ThriftCodecFactory::new().configure(opts).unwrap();
     protocol.new_codec(&ctx).unwrap()

@@ -1,8 +1,9 @@
-//! Responses whose metadata the proxy reads only on demand (Dubbo's upstream codec leaves
-//! a response's attachments unread unless something needs them): a filter still sees
-//! them, route mutations still land in them, and a malformed body is forwarded as it is
-//! when nobody reads it, or answered with an error reply (the connection kept) when a
-//! filter does. Backends and clients are raw sockets on port 0.
+//! Metadata read on demand. Dubbo codecs decode a request up to its method name and a
+//! response up to its type; the rest (arguments, attachments, value) is read only when
+//! something needs it. Routes on an attachment, filters and mutations still see every
+//! key; a malformed tail is forwarded as it is when nobody reads it, or answered with an
+//! error reply (the connection kept) when something does. Backends and clients are raw
+//! sockets on port 0.
 
 mod common;
 
@@ -14,7 +15,8 @@ use common::registry;
 use metaproxy::filter::*;
 use metaproxy::meta_protocol::{Codec, MetaStr, Side, DEFAULT_MAX_FRAME_SIZE};
 use metaproxy_dubbo::frames::{parse_response, RequestFrame, ResponseFrame};
-use metaproxy_dubbo::header::{status, HEADER_LEN};
+use metaproxy_dubbo::header::{status, Header, HEADER_LEN};
+use metaproxy_dubbo::hessian2::Writer;
 use metaproxy_dubbo::DubboCodec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -30,8 +32,30 @@ fn malformed(id: u64) -> Bytes {
     bad.freeze()
 }
 
-/// A Dubbo backend answering each request with `backend=name` in its attachments; a
-/// request whose method is `broken` gets [`malformed`] instead.
+/// A request whose parameter types are not a descriptor (past the method name).
+fn malformed_request(id: u64) -> Bytes {
+    let mut b = BytesMut::new();
+    Header {
+        flags: 0xc2,
+        status: 0,
+        id,
+        body_len: 0,
+    }
+    .write(&mut b);
+    Writer::new(&mut b)
+        .write_string("2.0.2")
+        .write_string("com.example.Echo")
+        .write_string("1.0")
+        .write_string("hello")
+        .write_string("Lbroken");
+    let len = (b.len() - HEADER_LEN) as u32;
+    b[12..16].copy_from_slice(&len.to_be_bytes());
+    b.freeze()
+}
+
+/// A Dubbo backend answering each request with its string attachments and
+/// `backend=name`; a request whose method is `broken` gets [`malformed`] instead. It
+/// closes a connection that sends a frame it cannot decode.
 async fn backend(name: &'static str) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -44,12 +68,19 @@ async fn backend(name: &'static str) -> SocketAddr {
                 let mut codec = DubboCodec::new(Side::Downstream, DEFAULT_MAX_FRAME_SIZE);
                 let mut buf = BytesMut::new();
                 loop {
-                    while let Ok(Some(req)) = codec.decode(&mut buf) {
+                    loop {
+                        let req = match codec.decode(&mut buf) {
+                            Ok(Some(req)) => req,
+                            Ok(None) => break,
+                            Err(_) => return,
+                        };
                         let reply = if req.metadata().get("method") == Some("broken") {
                             malformed(req.request_id())
                         } else {
+                            let mut att: Vec<(&str, &str)> = req.metadata().iter().collect();
+                            att.push(("backend", name));
                             ResponseFrame::string(req.request_id(), "ok")
-                                .with_attachments(&[("backend", name)])
+                                .with_attachments(&att)
                                 .encode()
                         };
                         if s.write_all(&reply).await.is_err() {
@@ -80,7 +111,12 @@ async fn read_frame(s: &mut TcpStream) -> Bytes {
 
 async fn call(s: &mut TcpStream, id: u64, method: &str) -> Bytes {
     let req = RequestFrame::new(id, "com.example.Echo", method).encode();
-    s.write_all(&req).await.unwrap();
+    send(s, id, &req).await
+}
+
+/// Writes the request frame `req` (request id `id`) and reads its answer.
+async fn send(s: &mut TcpStream, id: u64, req: &[u8]) -> Bytes {
+    s.write_all(req).await.unwrap();
     let frame = read_frame(s).await;
     assert_eq!(
         u64::from_be_bytes(frame[4..12].try_into().unwrap()),
@@ -134,6 +170,7 @@ listeners:
   - {name: plain, address: "127.0.0.1:0", codec: dubbo, route_config: plain}
   - {name: mutating, address: "127.0.0.1:0", codec: dubbo, route_config: mutating}
   - {name: filtered, address: "127.0.0.1:0", codec: dubbo, route_config: plain, filters: [{name: echoer}]}
+  - {name: by-user, address: "127.0.0.1:0", codec: dubbo, route_config: by-user}
 route_configs:
   - name: plain
     routes:
@@ -141,7 +178,12 @@ route_configs:
   - name: mutating
     routes:
       - route: {cluster: v1}
+        request_mutation: [{key: via-request, value: metaproxy}]
         response_mutation: [{key: via, value: metaproxy}]
+  - name: by-user
+    routes:
+      - match: {metadata: [{key: user, exact: alice}]}
+        route: {cluster: v1}
 clusters:
   - {name: v1, endpoints: ["{v1}"]}
 "#;
@@ -186,6 +228,57 @@ async fn filters_and_mutations_see_the_attachments_of_responses_read_on_demand()
     let r = call(&mut mutating, 3, "hello").await;
     assert_eq!(attachment(&r, "via").as_deref(), Some("metaproxy"));
     assert_eq!(attachment(&r, "backend").as_deref(), Some("v1"));
+    assert_eq!(
+        attachment(&r, "via-request").as_deref(),
+        Some("metaproxy"),
+        "the request mutation reached the backend (which echoes attachments)"
+    );
+}
+
+fn request_as(id: u64, user: &str) -> Bytes {
+    RequestFrame {
+        attachments: &[("user", user)],
+        ..RequestFrame::new(id, "com.example.Echo", "hello")
+    }
+    .encode()
+}
+
+#[tokio::test]
+async fn a_route_on_an_attachment_reads_the_attachments() {
+    let p = start().await;
+    let mut c = TcpStream::connect(p.local_addr("by-user").unwrap())
+        .await
+        .unwrap();
+    let r = send(&mut c, 1, &request_as(1, "alice")).await;
+    assert_eq!(r[3], status::OK);
+    assert_eq!(attachment(&r, "user").as_deref(), Some("alice"));
+    let r = send(&mut c, 2, &request_as(2, "bob")).await;
+    assert_eq!(r[3], status::SERVICE_NOT_FOUND, "no route for bob");
+}
+
+#[tokio::test]
+async fn a_malformed_request_tail_is_forwarded_unless_read_then_answered_with_bad_request() {
+    let p = start().await;
+    // Routed on the interface alone: forwarded as it is; the backend cannot read it
+    // and closes, so the request fails upstream. The client's connection stays.
+    let mut plain = TcpStream::connect(p.local_addr("plain").unwrap())
+        .await
+        .unwrap();
+    let r = send(&mut plain, 4, &malformed_request(4)).await;
+    assert_eq!(r[3], status::SERVER_ERROR);
+    let r = call(&mut plain, 5, "hello").await;
+    assert_eq!(attachment(&r, "backend").as_deref(), Some("v1"));
+
+    // Routed on an attachment: the proxy reads the tail itself and answers.
+    let mut by_user = TcpStream::connect(p.local_addr("by-user").unwrap())
+        .await
+        .unwrap();
+    let r = send(&mut by_user, 6, &malformed_request(6)).await;
+    assert_eq!(r[3], status::BAD_REQUEST);
+    let text = parse_response(&r).unwrap().error.unwrap_or_default();
+    assert!(text.contains("parameter types"), "{text}");
+    let r = send(&mut by_user, 7, &request_as(7, "alice")).await;
+    assert_eq!(r[3], status::OK, "the connection goes on");
 }
 
 #[tokio::test]
