@@ -47,7 +47,9 @@ type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
 #[derive(Debug)]
 struct IndexKey {
     key: Box<str>,
-    buckets: FastMap<Box<str>, Box<[u32]>>,
+    /// By the value's bytes: looked up without checking the request's value is UTF-8
+    /// (one that is not equals no configured value, which are all UTF-8).
+    buckets: FastMap<Box<[u8]>, Box<[u32]>>,
 }
 
 #[derive(Debug)]
@@ -186,7 +188,7 @@ impl RouteTable {
             return;
         }
         for ik in self.index_keys.iter() {
-            if let Some(bucket) = metadata.get(&ik.key).and_then(|v| ik.buckets.get(v)) {
+            if let Some(bucket) = metadata.get_bytes(&ik.key).and_then(|v| ik.buckets.get(v)) {
                 if !f(bucket) {
                     return;
                 }
@@ -395,7 +397,7 @@ fn build_index(routes: &[Route]) -> Index {
 
     let mut unindexed = Vec::new();
     let mut no_exact = Vec::new();
-    let mut buckets: Vec<FastMap<Box<str>, Vec<u32>>> =
+    let mut buckets: Vec<FastMap<Box<[u8]>, Vec<u32>>> =
         keys.iter().map(|_| FastMap::default()).collect();
     for (i, r) in routes.iter().enumerate() {
         let best = r
@@ -410,7 +412,10 @@ fn build_index(routes: &[Route]) -> Index {
             })
             .min_by(|a, b| a.0.cmp(&b.0));
         match best {
-            Some((_, slot, v)) => buckets[slot].entry(v.into()).or_default().push(i as u32),
+            Some((_, slot, v)) => buckets[slot]
+                .entry(v.as_bytes().into())
+                .or_default()
+                .push(i as u32),
             None => no_exact.push(i),
         }
     }
@@ -808,6 +813,26 @@ mod tests {
         for i in 0..MAX_INDEX_KEYS + 4 {
             let key = format!("k{i}");
             assert_eq!(t.route_index(&md(&[(key.as_str(), "v")])), Some(i));
+        }
+    }
+
+    #[test]
+    fn an_indexed_value_is_looked_up_by_its_bytes() {
+        let t = table(vec![
+            route("exact", "a", vec![exact("interface", "caf\u{e9}")]),
+            route("rest", "b", vec![]),
+        ]);
+        // The value as UTF-8 bytes in a frame matches; bytes that are not UTF-8 (the
+        // Latin-1 spelling of the same word) match nothing but the catch-all.
+        for (frame, expected) in [
+            (&b"interfacecaf\xc3\xa9"[..], "exact"),
+            (&b"interfacecaf\xe9"[..], "rest"),
+        ] {
+            let mut m = Metadata::over_frame(meta_protocol::bytes::Bytes::copy_from_slice(frame));
+            m.set_in_frame(0..9, 9..frame.len());
+            let i = t.route_index(&m).unwrap();
+            assert_eq!(t.routes()[i].name(), expected);
+            assert_eq!(Some(i), t.route_index_linear(&m));
         }
     }
 }
