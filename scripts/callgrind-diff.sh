@@ -8,6 +8,8 @@
 #   scripts/callgrind-diff.sh [PROTOCOL [PIPELINE [PAYLOAD [METAPROXY]]]]
 #   scripts/callgrind-diff.sh dubbo 16 128            # the default
 #   scripts/callgrind-diff.sh thrift 1 128 /tmp/old-metaproxy
+#   ROUTE_MATCH=1 scripts/callgrind-diff.sh dubbo   # the bench matrix's route: a
+#       metadata match (Dubbo `interface`, Thrift `method`) before the 90/10 split
 #
 # Needs valgrind; builds the release binary and the harness when METAPROXY is not given.
 # Leaves the profiles in target/callgrind-diff/ for callgrind_annotate.
@@ -38,13 +40,21 @@ for _ in $(seq 1 150); do grep -q backend "$OUT/serve.txt" 2>/dev/null && break;
 V1=$(grep -o 'v1 [0-9.:]*' "$OUT/serve.txt" | head -1 | cut -d' ' -f2)
 V2=$(grep -o 'v2 [0-9.:]*' "$OUT/serve.txt" | head -1 | cut -d' ' -f2)
 PORT=$((20000 + RANDOM % 20000))
+MATCH=""
+if [ -n "${ROUTE_MATCH:-}" ]; then
+    case "$PROTO" in
+        dubbo) MATCH="match: {metadata: [{key: interface, exact: org.apache.dubbo.bench.EchoService}]}, " ;;
+        *) MATCH="match: {metadata: [{key: method, exact: echo}]}, " ;;
+    esac
+fi
 cat > "$OUT/metaproxy.yaml" <<YAML
 listeners:
   - {name: in, address: "127.0.0.1:$PORT", codec: $PROTO, route_config: r, max_connections: 30000}
 route_configs:
   - name: r
     routes:
-      - route: {weighted_clusters: [{cluster: v1, weight: 90}, {cluster: v2, weight: 10}]}
+      - {${MATCH}route: {weighted_clusters: [{cluster: v1, weight: 90}, {cluster: v2, weight: 10}]}}
+      - route: {cluster: v1}
 clusters:
   - {name: v1, endpoints: ["$V1"], max_pending_requests: 100000}
   - {name: v2, endpoints: ["$V2"], max_pending_requests: 100000}

@@ -44,6 +44,9 @@ const MAX_LISTS: usize = 1 + MAX_INDEX_KEYS + MAX_PREFIX_KEYS * MAX_PREFIX_LENGT
 
 type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
 
+/// A route that no exact bucket holds (or whose bucket's condition is past the 255th).
+const NONE_HELD: u8 = u8::MAX;
+
 #[derive(Debug)]
 struct IndexKey {
     key: Box<str>,
@@ -68,6 +71,8 @@ pub struct RouteTable {
     routes: Box<[Route]>,
     clusters: Box<[Arc<str>]>,
     unindexed: Box<[u32]>,
+    /// Per route, the condition that put it in an exact bucket ([`NONE_HELD`]: none).
+    held: Box<[u8]>,
     index_keys: Box<[IndexKey]>,
     prefix_keys: Box<[PrefixKey]>,
 }
@@ -88,12 +93,13 @@ impl RouteTable {
         for (i, r) in spec.routes.iter().enumerate() {
             routes.push(compile_route(i, r, &mut interner)?);
         }
-        let (unindexed, index_keys, prefix_keys) = build_index(&routes);
+        let (unindexed, index_keys, prefix_keys, held) = build_index(&routes);
         Ok(RouteTable {
             name: spec.name.as_str().into(),
             routes: routes.into_boxed_slice(),
             clusters: interner.names.into_boxed_slice(),
             unindexed,
+            held,
             index_keys,
             prefix_keys,
         })
@@ -162,7 +168,7 @@ impl RouteTable {
             1 => pair[0]
                 .iter()
                 .map(|&i| i as usize)
-                .find(|&i| self.routes.get(i).is_some_and(|r| r.matches(metadata))),
+                .find(|&i| self.candidate_matches(i, metadata)),
             2 => self.merged_first(&mut pair, metadata),
             _ => {
                 let mut lists: [&[u32]; MAX_LISTS] = [&[]; MAX_LISTS];
@@ -227,10 +233,24 @@ impl RouteTable {
             let list = lists.get_mut(best_list)?;
             *list = list.get(1..).unwrap_or(&[]);
             let i = best as usize;
-            if self.routes.get(i).is_some_and(|r| r.matches(metadata)) {
+            if self.candidate_matches(i, metadata) {
                 return Some(i);
             }
         }
+    }
+
+    /// Whether candidate route `i` matches: its conditions hold, except the one that put
+    /// it in an exact bucket, which holds by construction (the bucket was found by the
+    /// request's value of that key).
+    #[inline]
+    fn candidate_matches(&self, i: usize, metadata: &Metadata) -> bool {
+        let (Some(r), Some(&held)) = (self.routes.get(i), self.held.get(i)) else {
+            return false;
+        };
+        r.conditions
+            .iter()
+            .enumerate()
+            .all(|(j, c)| j == usize::from(held) || c.holds(metadata))
     }
 
     /// The reference semantics: the first route in order whose conditions hold, by a
@@ -362,7 +382,7 @@ fn compile_route(i: usize, r: &RouteSpec, interner: &mut Interner) -> Result<Rou
 }
 
 /// The unindexed route list, the exact-value index and the prefix index.
-type Index = (Box<[u32]>, Box<[IndexKey]>, Box<[PrefixKey]>);
+type Index = (Box<[u32]>, Box<[IndexKey]>, Box<[PrefixKey]>, Box<[u8]>);
 /// Routes without an exact index condition, with their prefix-indexable conditions.
 type PrefixCandidates<'a> = Vec<(usize, Vec<(&'a str, Vec<Vec<u8>>)>)>;
 
@@ -399,23 +419,28 @@ fn build_index(routes: &[Route]) -> Index {
     let mut no_exact = Vec::new();
     let mut buckets: Vec<FastMap<Box<[u8]>, Vec<u32>>> =
         keys.iter().map(|_| FastMap::default()).collect();
+    let mut held = vec![NONE_HELD; routes.len()];
     for (i, r) in routes.iter().enumerate() {
         let best = r
             .conditions
             .iter()
-            .filter_map(|c| {
+            .enumerate()
+            .filter_map(|(j, c)| {
                 let v = c.index_value()?;
                 let slot = keys.iter().position(|(k, _)| *k == &*c.key)?;
                 let pair_n = pair_routes.get(&(&*c.key, v)).copied().unwrap_or(0);
                 let key_n = keys[slot].1;
-                Some(((pair_n, std::cmp::Reverse(key_n), &*c.key), slot, v))
+                Some(((pair_n, std::cmp::Reverse(key_n), &*c.key), slot, v, j))
             })
             .min_by(|a, b| a.0.cmp(&b.0));
         match best {
-            Some((_, slot, v)) => buckets[slot]
-                .entry(v.as_bytes().into())
-                .or_default()
-                .push(i as u32),
+            Some((_, slot, v, j)) => {
+                buckets[slot]
+                    .entry(v.as_bytes().into())
+                    .or_default()
+                    .push(i as u32);
+                held[i] = u8::try_from(j).unwrap_or(NONE_HELD);
+            }
             None => no_exact.push(i),
         }
     }
@@ -523,7 +548,12 @@ fn build_index(routes: &[Route]) -> Index {
                 .collect(),
         })
         .collect();
-    (unindexed.into_boxed_slice(), index_keys, prefix_keys)
+    (
+        unindexed.into_boxed_slice(),
+        index_keys,
+        prefix_keys,
+        held.into_boxed_slice(),
+    )
 }
 
 #[cfg(test)]
