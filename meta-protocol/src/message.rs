@@ -362,6 +362,17 @@ impl Message {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_message_stays_within_488_bytes() {
+        // docs/ARCHITECTURE.md gives the size: a message is moved a few times per
+        // request, so growing it costs every request.
+        assert!(
+            std::mem::size_of::<Message>() <= 488,
+            "{}",
+            std::mem::size_of::<Message>()
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -1,5 +1,6 @@
 //! Decoding the metadata of an ASCII request allocates nothing (a counting global
-//! allocator proves it), once the connection's read buffer is shared.
+//! allocator proves it), once the connection's read buffer is shared; nor does
+//! decoding head first and reading the rest on demand.
 
 mod common;
 
@@ -8,7 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::BytesMut;
 use common::{codec, typical_request};
-use meta_protocol::Codec;
+use meta_protocol::{Codec, Side, DEFAULT_MAX_FRAME_SIZE};
+use metaproxy_dubbo::frames::ResponseFrame;
+use metaproxy_dubbo::DubboCodec;
 
 struct Counting;
 
@@ -63,4 +66,38 @@ fn typical_request_metadata_decodes_without_allocating() {
         "interface, method, version, path, group, timeout, user"
     );
     assert_eq!(after - before, 0, "allocations while decoding {n} requests");
+
+    // Head first, as the proxy decodes, then the rest on demand: nothing either. (In
+    // this test, not a second one: the counter is process-wide and tests run in
+    // parallel.)
+    let response = ResponseFrame::string(2, "ok")
+        .with_attachments(&[("backend", "v1"), ("zone", "a")])
+        .encode();
+    let mut requests = BytesMut::with_capacity(frame.len() * (n + 1));
+    let mut responses = BytesMut::with_capacity(response.len() * (n + 1));
+    for _ in 0..=n {
+        requests.extend_from_slice(&frame);
+        responses.extend_from_slice(&response);
+    }
+    let mut down =
+        DubboCodec::new(Side::Downstream, DEFAULT_MAX_FRAME_SIZE).with_lazy_metadata(true);
+    let mut up = DubboCodec::new(Side::Upstream, DEFAULT_MAX_FRAME_SIZE).with_lazy_metadata(true);
+    drop(down.decode(&mut requests).unwrap().unwrap());
+    drop(up.decode(&mut responses).unwrap().unwrap());
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..n {
+        let mut req = down.decode(&mut requests).unwrap().unwrap();
+        let mut resp = up.decode(&mut responses).unwrap().unwrap();
+        assert!(req.metadata_deferred() && resp.metadata_deferred());
+        down.decode_metadata(&mut req).unwrap();
+        down.decode_metadata(&mut resp).unwrap();
+        assert_eq!(req.metadata().len(), 7);
+        assert_eq!(resp.metadata().get("backend"), Some("v1"));
+    }
+    let after = ALLOCATIONS.load(Ordering::Relaxed);
+    assert_eq!(
+        after - before,
+        0,
+        "allocations while decoding {n} requests and responses head first, then in full"
+    );
 }
