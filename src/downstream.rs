@@ -1042,13 +1042,23 @@ impl Downstream {
         cluster.record_success(&f.endpoint);
         f.listener.responses[f.cluster].record(msg.status(), f.started.elapsed());
         msg.set_request_id(f.reply.request_id);
-        if let Some(route) = f.listener.table.routes().get(f.route) {
+        let route = f.listener.table.routes().get(f.route);
+        if let Some(route) = route {
             msg.add_shared_mutations(route.response_mutations());
+        }
+        // Filters read the metadata, and mutations are merged where it lies (the codec
+        // could find it on its own, on a copy of the message): read the rest first.
+        let reads = !f.listener.filters.is_empty()
+            || !msg.mutations().is_empty()
+            || self.drain_notice.is_some();
+        if reads && msg.metadata_deferred() {
+            if let Err(e) = self.codec.decode_metadata(msg) {
+                self.bad_response(f, &e);
+                return;
+            }
+        }
+        if let Some(route) = route {
             if !f.listener.filters.is_empty() {
-                if let Err(e) = self.codec.decode_metadata(msg) {
-                    self.bad_response(f, &e);
-                    return;
-                }
                 f.listener.filters.on_response(&mut FilterResponse::new(
                     &self.ctx.name,
                     route.name(),
@@ -1060,14 +1070,6 @@ impl Downstream {
         }
         if let Some(notice) = &self.drain_notice {
             msg.add_shared_mutations(notice);
-        }
-        if msg.metadata_deferred() && !msg.mutations().is_empty() {
-            // Mutations are merged where the metadata lies: read it (the codec could
-            // on its own, on a copy of the message).
-            if let Err(e) = self.codec.decode_metadata(msg) {
-                self.bad_response(f, &e);
-                return;
-            }
         }
         buffer_pool::ready_for_write(&mut self.wbuf);
         let before = self.wbuf.len();

@@ -109,6 +109,13 @@ async fn read_frame(s: &mut TcpStream) -> Bytes {
     Bytes::from(frame)
 }
 
+/// A client connection to `listener`.
+async fn connect(p: &metaproxy::RunningServer, listener: &str) -> TcpStream {
+    TcpStream::connect(p.local_addr(listener).unwrap())
+        .await
+        .unwrap()
+}
+
 async fn call(s: &mut TcpStream, id: u64, method: &str) -> Bytes {
     let req = RequestFrame::new(id, "com.example.Echo", method).encode();
     send(s, id, &req).await
@@ -204,16 +211,12 @@ async fn start() -> metaproxy::RunningServer {
 #[tokio::test]
 async fn filters_and_mutations_see_the_attachments_of_responses_read_on_demand() {
     let p = start().await;
-    let mut plain = TcpStream::connect(p.local_addr("plain").unwrap())
-        .await
-        .unwrap();
+    let mut plain = connect(&p, "plain").await;
     let r = call(&mut plain, 1, "hello").await;
     assert_eq!(attachment(&r, "backend").as_deref(), Some("v1"));
     assert_eq!(attachment(&r, "seen-backend"), None);
 
-    let mut filtered = TcpStream::connect(p.local_addr("filtered").unwrap())
-        .await
-        .unwrap();
+    let mut filtered = connect(&p, "filtered").await;
     let r = call(&mut filtered, 2, "hello").await;
     assert_eq!(
         attachment(&r, "seen-backend").as_deref(),
@@ -222,9 +225,7 @@ async fn filters_and_mutations_see_the_attachments_of_responses_read_on_demand()
     );
     assert_eq!(attachment(&r, "backend").as_deref(), Some("v1"));
 
-    let mut mutating = TcpStream::connect(p.local_addr("mutating").unwrap())
-        .await
-        .unwrap();
+    let mut mutating = connect(&p, "mutating").await;
     let r = call(&mut mutating, 3, "hello").await;
     assert_eq!(attachment(&r, "via").as_deref(), Some("metaproxy"));
     assert_eq!(attachment(&r, "backend").as_deref(), Some("v1"));
@@ -246,9 +247,7 @@ fn request_as(id: u64, user: &str) -> Bytes {
 #[tokio::test]
 async fn a_route_on_an_attachment_reads_the_attachments() {
     let p = start().await;
-    let mut c = TcpStream::connect(p.local_addr("by-user").unwrap())
-        .await
-        .unwrap();
+    let mut c = connect(&p, "by-user").await;
     let r = send(&mut c, 1, &request_as(1, "alice")).await;
     assert_eq!(r[3], status::OK);
     assert_eq!(attachment(&r, "user").as_deref(), Some("alice"));
@@ -261,18 +260,14 @@ async fn a_malformed_request_tail_is_forwarded_unless_read_then_answered_with_ba
     let p = start().await;
     // Routed on the interface alone: forwarded as it is; the backend cannot read it
     // and closes, so the request fails upstream. The client's connection stays.
-    let mut plain = TcpStream::connect(p.local_addr("plain").unwrap())
-        .await
-        .unwrap();
+    let mut plain = connect(&p, "plain").await;
     let r = send(&mut plain, 4, &malformed_request(4)).await;
     assert_eq!(r[3], status::SERVER_ERROR);
     let r = call(&mut plain, 5, "hello").await;
     assert_eq!(attachment(&r, "backend").as_deref(), Some("v1"));
 
     // Routed on an attachment: the proxy reads the tail itself and answers.
-    let mut by_user = TcpStream::connect(p.local_addr("by-user").unwrap())
-        .await
-        .unwrap();
+    let mut by_user = connect(&p, "by-user").await;
     let r = send(&mut by_user, 6, &malformed_request(6)).await;
     assert_eq!(r[3], status::BAD_REQUEST);
     let text = parse_response(&r).unwrap().error.unwrap_or_default();
@@ -285,17 +280,13 @@ async fn a_malformed_request_tail_is_forwarded_unless_read_then_answered_with_ba
 async fn a_malformed_response_body_is_forwarded_unless_read_then_answered_with_an_error() {
     let p = start().await;
     // Nobody reads the body: it goes to the client as the backend wrote it (id aside).
-    let mut plain = TcpStream::connect(p.local_addr("plain").unwrap())
-        .await
-        .unwrap();
+    let mut plain = connect(&p, "plain").await;
     let r = call(&mut plain, 7, "broken").await;
     assert_eq!(&r[12..], &malformed(7)[12..]);
     assert_eq!(r[3], status::OK);
 
     // A filter reads it: that request gets an error reply, the connection goes on.
-    let mut filtered = TcpStream::connect(p.local_addr("filtered").unwrap())
-        .await
-        .unwrap();
+    let mut filtered = connect(&p, "filtered").await;
     let r = call(&mut filtered, 8, "broken").await;
     assert_eq!(r[3], status::SERVER_ERROR, "a local reply");
     let text = parse_response(&r).unwrap().error.unwrap_or_default();

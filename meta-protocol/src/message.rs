@@ -362,6 +362,8 @@ impl Message {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_message_stays_within_488_bytes() {
         // docs/ARCHITECTURE.md gives the size: a message is moved a few times per
@@ -372,8 +374,6 @@ mod tests {
             std::mem::size_of::<Message>()
         );
     }
-
-    use super::*;
 
     #[test]
     fn reply_context_carries_id_wire_and_name() {

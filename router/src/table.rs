@@ -44,8 +44,8 @@ const MAX_LISTS: usize = 1 + MAX_INDEX_KEYS + MAX_PREFIX_KEYS * MAX_PREFIX_LENGT
 
 type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
 
-/// A route that no exact bucket holds (or whose bucket's condition is past the 255th).
-const NONE_HELD: u8 = u8::MAX;
+/// A route that no exact bucket holds (no route has 2^32 - 1 conditions).
+const NONE_HELD: u32 = u32::MAX;
 
 #[derive(Debug)]
 struct IndexKey {
@@ -72,7 +72,7 @@ pub struct RouteTable {
     clusters: Box<[Arc<str>]>,
     unindexed: Box<[u32]>,
     /// Per route, the condition that put it in an exact bucket ([`NONE_HELD`]: none).
-    held: Box<[u8]>,
+    held: Box<[u32]>,
     index_keys: Box<[IndexKey]>,
     prefix_keys: Box<[PrefixKey]>,
 }
@@ -250,7 +250,7 @@ impl RouteTable {
         r.conditions
             .iter()
             .enumerate()
-            .all(|(j, c)| j == usize::from(held) || c.holds(metadata))
+            .all(|(j, c)| j as u64 == u64::from(held) || c.holds(metadata))
     }
 
     /// The reference semantics: the first route in order whose conditions hold, by a
@@ -382,7 +382,7 @@ fn compile_route(i: usize, r: &RouteSpec, interner: &mut Interner) -> Result<Rou
 }
 
 /// The unindexed route list, the exact-value index and the prefix index.
-type Index = (Box<[u32]>, Box<[IndexKey]>, Box<[PrefixKey]>, Box<[u8]>);
+type Index = (Box<[u32]>, Box<[IndexKey]>, Box<[PrefixKey]>, Box<[u32]>);
 /// Routes without an exact index condition, with their prefix-indexable conditions.
 type PrefixCandidates<'a> = Vec<(usize, Vec<(&'a str, Vec<Vec<u8>>)>)>;
 
@@ -439,7 +439,7 @@ fn build_index(routes: &[Route]) -> Index {
                     .entry(v.as_bytes().into())
                     .or_default()
                     .push(i as u32);
-                held[i] = u8::try_from(j).unwrap_or(NONE_HELD);
+                held[i] = u32::try_from(j).unwrap_or(NONE_HELD);
             }
             None => no_exact.push(i),
         }

@@ -716,17 +716,12 @@ impl Codec for DubboCodec {
             return Ok(None);
         }
         let frame = src.split_to(total).freeze();
-        // Returned where it was built: a `Message` is large, so it is not moved into a
-        // second `Result`.
-        let mut decoded = if h.flags & FLAG_REQUEST != 0 {
+        let decoded = if h.flags & FLAG_REQUEST != 0 {
             self.decode_request(&h, frame)
         } else {
             self.decode_response(&h, frame)
         };
-        if let (Err(e), Some(ctx)) = (&mut decoded, reply_context(&h)) {
-            e.reply = Some(ctx);
-        }
-        decoded
+        decoded.map_err(with_reply)
     }
 
     fn encode(&mut self, msg: &Message, dst: &mut BytesMut) -> Result<(), EncodeError> {
