@@ -865,4 +865,27 @@ mod tests {
             assert_eq!(Some(i), t.route_index_linear(&m));
         }
     }
+
+    #[test]
+    fn a_route_indexed_by_a_late_condition_still_checks_the_others() {
+        // 300 presence conditions, then the exact one the index uses (condition 300):
+        // every other condition is still checked, whatever its position.
+        let mut matchers: Vec<MatcherSpec> = (0..300)
+            .map(|i| MatcherSpec::new(format!("k{i}"), MatchKind::Present))
+            .collect();
+        matchers.push(exact("interface", "x"));
+        let t = table(vec![
+            route("long", "a", matchers),
+            route("rest", "b", vec![]),
+        ]);
+        let mut pairs: Vec<(String, String)> = (0..300)
+            .filter(|&i| i != 255)
+            .map(|i| (format!("k{i}"), "1".to_owned()))
+            .collect();
+        pairs.push(("interface".into(), "x".into()));
+        let owned: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (&**k, &**v)).collect();
+        let m = md(&owned);
+        assert_eq!(t.route_index_linear(&m), Some(1), "k255 is missing");
+        assert_eq!(t.route_index(&m), Some(1));
+    }
 }
