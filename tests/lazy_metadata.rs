@@ -1,9 +1,10 @@
 //! Metadata read on demand. Dubbo codecs decode a request up to its method name and a
 //! response up to its type; the rest (arguments, attachments, value) is read only when
-//! something needs it. Routes on an attachment, filters and mutations still see every
-//! key; a malformed tail is forwarded as it is when nobody reads it, or answered with an
-//! error reply (the connection kept) when something does. Backends and clients are raw
-//! sockets on port 0.
+//! something needs it. Thrift codecs decode a response up to its status; its name and
+//! header-transport headers are read only when something needs them. Routes on an
+//! attachment, filters and mutations still see every key; a malformed tail is forwarded
+//! as it is when nobody reads it, or answered with an error reply (the connection kept)
+//! when something does. Backends and clients are raw sockets on port 0.
 
 mod common;
 
@@ -13,7 +14,11 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use common::registry;
 use metaproxy::filter::*;
-use metaproxy::meta_protocol::{Codec, MetaStr, Side, DEFAULT_MAX_FRAME_SIZE};
+use metaproxy::meta_protocol::{
+    Codec, Message, MessageKind, MetaStr, ResponseStatus, Side, DEFAULT_MAX_FRAME_SIZE,
+};
+use metaproxy::thrift::frames::{self as thrift_frames, FrameSpec, Reply};
+use metaproxy::thrift::{app_exception, Protocol, ThriftCodec, Transport};
 use metaproxy_dubbo::frames::{parse_response, RequestFrame, ResponseFrame};
 use metaproxy_dubbo::header::{status, Header, HEADER_LEN};
 use metaproxy_dubbo::hessian2::Writer;
@@ -178,6 +183,9 @@ listeners:
   - {name: mutating, address: "127.0.0.1:0", codec: dubbo, route_config: mutating}
   - {name: filtered, address: "127.0.0.1:0", codec: dubbo, route_config: plain, filters: [{name: echoer}]}
   - {name: by-user, address: "127.0.0.1:0", codec: dubbo, route_config: by-user}
+  - {name: thrift-plain, address: "127.0.0.1:0", codec: thrift, route_config: thrift-plain}
+  - {name: thrift-mutating, address: "127.0.0.1:0", codec: thrift, route_config: thrift-mutating}
+  - {name: thrift-filtered, address: "127.0.0.1:0", codec: thrift, route_config: thrift-plain, filters: [{name: echoer}]}
 route_configs:
   - name: plain
     routes:
@@ -191,13 +199,24 @@ route_configs:
     routes:
       - match: {metadata: [{key: user, exact: alice}]}
         route: {cluster: v1}
+  - name: thrift-plain
+    routes:
+      - route: {cluster: t1}
+  - name: thrift-mutating
+    routes:
+      - route: {cluster: t1}
+        response_mutation: [{key: via, value: metaproxy}]
 clusters:
   - {name: v1, endpoints: ["{v1}"]}
+  - {name: t1, endpoints: ["{t1}"]}
 "#;
 
 async fn start() -> metaproxy::RunningServer {
     let v1 = backend("v1").await;
-    let text = CONFIG.replace("{v1}", &v1.to_string());
+    let t1 = thrift_backend().await;
+    let text = CONFIG
+        .replace("{v1}", &v1.to_string())
+        .replace("{t1}", &t1.to_string());
     let config = metaproxy::config::parse(&text, "t.yaml".as_ref()).unwrap();
     let mut filters = FilterRegistry::builtin();
     filters.register(Arc::new(EchoerFactory));
@@ -293,4 +312,141 @@ async fn a_malformed_response_body_is_forwarded_unless_read_then_answered_with_a
     assert!(text.contains("could not be decoded"), "{text}");
     let r = call(&mut filtered, 9, "hello").await;
     assert_eq!(attachment(&r, "seen-backend").as_deref(), Some("v1"));
+}
+
+/// A Thrift reply (header transport, binary protocol) to call `name` with id `seqid`,
+/// carrying the header `backend=t1`; for `broken`, a reply whose name is not UTF-8.
+fn thrift_reply(name: &str, seqid: i32) -> Bytes {
+    let headers = [("backend", "t1")];
+    let mut b = BytesMut::new();
+    if name == "broken" {
+        let spec = FrameSpec::new(Transport::Header, Protocol::Binary, "brok\u{e9}n", seqid)
+            .with_headers(&headers);
+        thrift_frames::write_reply(&spec, b"ok", &mut b).unwrap();
+        let at = b.iter().position(|&x| x == 0xc3).unwrap();
+        b[at] = 0xff;
+    } else {
+        let spec =
+            FrameSpec::new(Transport::Header, Protocol::Binary, name, seqid).with_headers(&headers);
+        thrift_frames::write_reply(&spec, b"ok", &mut b).unwrap();
+    }
+    b.freeze()
+}
+
+/// A Thrift backend answering each call with [`thrift_reply`].
+async fn thrift_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut codec = ThriftCodec::new(None, None, DEFAULT_MAX_FRAME_SIZE);
+                let mut buf = BytesMut::new();
+                loop {
+                    while let Ok(Some(call)) = codec.decode(&mut buf) {
+                        let reply = thrift_reply(call.name(), call.request_id() as i32);
+                        if s.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read_buf(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Calls `name` with id `seqid` over the header transport and returns the whole reply
+/// frame, as bytes.
+async fn thrift_send(s: &mut TcpStream, name: &str, seqid: i32) -> Bytes {
+    let mut call = BytesMut::new();
+    let spec = FrameSpec::new(Transport::Header, Protocol::Binary, name, seqid)
+        .with_headers(&[("tenant", "acme")]);
+    thrift_frames::write_call(&spec, b"payload", &mut call).unwrap();
+    s.write_all(&call).await.unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await.unwrap();
+    let mut frame = vec![0u8; 4 + u32::from_be_bytes(len) as usize];
+    frame[..4].copy_from_slice(&len);
+    s.read_exact(&mut frame[4..]).await.unwrap();
+    Bytes::from(frame)
+}
+
+/// [`thrift_send`], the reply decoded by a client's codec.
+async fn thrift_call(s: &mut TcpStream, name: &str, seqid: i32) -> Message {
+    let frame = thrift_send(s, name, seqid).await;
+    let mut client = ThriftCodec::new(Some(Transport::Header), Some(Protocol::Binary), 1 << 20);
+    let reply = client
+        .decode(&mut BytesMut::from(&frame[..]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.kind(), MessageKind::Response);
+    assert_eq!(reply.request_id(), seqid as u64, "the client's id");
+    reply
+}
+
+#[tokio::test]
+async fn filters_and_mutations_see_the_headers_of_thrift_responses_read_on_demand() {
+    let p = start().await;
+    let mut plain = connect(&p, "thrift-plain").await;
+    let r = thrift_call(&mut plain, "Echo:ping", 1).await;
+    assert_eq!(&**r.name(), "Echo:ping");
+    assert_eq!(r.metadata().get("backend"), Some("t1"));
+    assert_eq!(r.metadata().get("seen-backend"), None);
+
+    let mut filtered = connect(&p, "thrift-filtered").await;
+    let r = thrift_call(&mut filtered, "Echo:ping", 2).await;
+    assert_eq!(
+        r.metadata().get("seen-backend"),
+        Some("t1"),
+        "the filter read the response's headers"
+    );
+    assert_eq!(r.metadata().get("backend"), Some("t1"));
+    assert_eq!(&**r.name(), "Echo:ping");
+
+    let mut mutating = connect(&p, "thrift-mutating").await;
+    let r = thrift_call(&mut mutating, "Echo:ping", 3).await;
+    assert_eq!(r.metadata().get("via"), Some("metaproxy"));
+    assert_eq!(r.metadata().get("backend"), Some("t1"));
+    assert_eq!(r.metadata().get("method"), Some("ping"));
+    assert_eq!(r.status(), ResponseStatus::Ok);
+}
+
+#[tokio::test]
+async fn a_thrift_response_with_a_bad_name_is_forwarded_unless_read_then_answered_with_an_error() {
+    let p = start().await;
+    // Nobody reads the name: the reply goes to the client as the backend wrote it (with
+    // the client's id, which is the one it was built with here).
+    let mut plain = connect(&p, "thrift-plain").await;
+    let r = thrift_send(&mut plain, "broken", 7).await;
+    assert_eq!(r, thrift_reply("broken", 7));
+
+    // A mutation or a filter reads it: that call gets an application exception, and the
+    // connection goes on.
+    for listener in ["thrift-mutating", "thrift-filtered"] {
+        let mut c = connect(&p, listener).await;
+        let r = thrift_call(&mut c, "broken", 8).await;
+        assert_eq!(
+            r.status(),
+            ResponseStatus::Error,
+            "{listener}: a local reply"
+        );
+        match thrift_frames::read_reply(&r).unwrap() {
+            Reply::AppException { kind, message } => {
+                assert_eq!(kind, app_exception::INTERNAL_ERROR, "{listener}");
+                assert!(message.contains("could not be decoded"), "{message}");
+            }
+            other => panic!("{listener}: {other:?}"),
+        }
+        assert_eq!(&**r.name(), "broken", "answers the call by its name");
+        let r = thrift_call(&mut c, "Echo:ping", 9).await;
+        assert_eq!(r.metadata().get("backend"), Some("t1"), "{listener}");
+    }
 }

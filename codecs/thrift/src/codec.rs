@@ -129,6 +129,8 @@ pub struct ThriftCodec {
     max_frame_size: usize,
     /// Unframed only: `src` must hold at least this many bytes before re-skipping.
     need: usize,
+    /// Whether responses are decoded head first ([`ThriftCodec::with_lazy_metadata`]).
+    lazy_metadata: bool,
 }
 
 impl ThriftCodec {
@@ -143,13 +145,26 @@ impl ThriftCodec {
             protocol,
             max_frame_size,
             need: 0,
+            lazy_metadata: false,
         }
+    }
+
+    /// Decodes responses head first, the rest on demand ([`Codec::decode_metadata`], see
+    /// [`CodecContext::lazy_metadata`]). A reply or exception is read as far as
+    /// forwarding it needs: its kind, sequence id, status (the first field of the
+    /// result struct), wire format and layout. Its name, its `method` and `service`
+    /// metadata and, on the header transport, its info headers wait. Calls are always
+    /// read in full.
+    pub fn with_lazy_metadata(mut self, lazy: bool) -> Self {
+        self.lazy_metadata = lazy;
+        self
     }
 
     /// A codec for one connection: with the listener's options downstream, speaking
     /// `ctx.wire` upstream.
     pub fn for_connection(o: &ThriftOptions, ctx: &CodecContext) -> Result<Self, CodecError> {
-        let mut codec = ThriftCodec::new(o.transport, o.protocol, ctx.max_frame_size);
+        let mut codec = ThriftCodec::new(o.transport, o.protocol, ctx.max_frame_size)
+            .with_lazy_metadata(ctx.lazy_metadata);
         if ctx.side == Side::Upstream {
             if let Some(wire) = ctx.wire {
                 let (t, p) = split_wire(wire).ok_or_else(|| CodecError::InvalidOption {
@@ -224,7 +239,15 @@ impl ThriftCodec {
             payload: 4,
             info_start: 0,
         };
-        build(frame, &head, Transport::Framed, protocol, status, layout)
+        build(
+            frame,
+            &head,
+            Transport::Framed,
+            protocol,
+            status,
+            layout,
+            self.lazy_metadata,
+        )
     }
 
     fn decode_unframed(&mut self, src: &mut BytesMut) -> Result<Option<Message>, DecodeError> {
@@ -277,7 +300,15 @@ impl ThriftCodec {
             payload: 0,
             info_start: 0,
         };
-        build(frame, &head, Transport::Unframed, protocol, status, layout)
+        build(
+            frame,
+            &head,
+            Transport::Unframed,
+            protocol,
+            status,
+            layout,
+            self.lazy_metadata,
+        )
     }
 
     /// The error for a frame of `len` bytes over the limit, answerable (with a
@@ -379,30 +410,20 @@ impl ThriftCodec {
             payload: th.payload as u32,
             info_start: th.info_start as u32,
         };
-        let mut msg = build(frame, &head, Transport::Header, protocol, status, layout)?
-            .ok_or_else(|| DecodeError::malformed("empty message"))?;
-        // One pass over the info headers: each becomes metadata (the frame is already
-        // consumed, but a bad header closes the connection anyway).
-        let frame = msg.frame().clone();
-        let meta = msg.metadata_mut();
-        let parsed =
-            for_each_info_header(&frame, th.info_start, th.payload, |(ks, ke), (vs, ve)| {
-                // `method`/`service` from the message win; among headers the last of
-                // a key wins (as in Python's and C++'s header maps). Headers that are
-                // not UTF-8 are forwarded but not routable.
-                if let (Some(key), Some(value)) = (frame.get(ks..ke), frame.get(vs..ve)) {
-                    if key != b"method"
-                        && key != b"service"
-                        && std::str::from_utf8(key).is_ok()
-                        && std::str::from_utf8(value).is_ok()
-                    {
-                        meta.set_in_frame(ks..ke, vs..ve);
-                    }
-                }
-                Ok(())
-            });
-        if let Err(e) = parsed {
-            return Err(fault(e).with_reply(msg.reply_context()));
+        let mut msg = build(
+            frame,
+            &head,
+            Transport::Header,
+            protocol,
+            status,
+            layout,
+            self.lazy_metadata,
+        )?
+        .ok_or_else(|| DecodeError::malformed("empty message"))?;
+        if !msg.metadata_deferred() {
+            // Each info header becomes metadata (the frame is already consumed, but a
+            // bad header closes the connection anyway).
+            read_info_headers(&mut msg, th.info_start, th.payload)?;
         }
         Ok(Some(msg))
     }
@@ -608,7 +629,26 @@ impl Codec for ThriftCodec {
                 ));
             }
         }
+        if msg.metadata_deferred() && t == Transport::Header && !msg.mutations().is_empty() {
+            // Mutations are merged into the info headers. The bytes come from the frame
+            // and the layout alone, but the rest is read on a copy first (it shares the
+            // frame; only when a response left unread is mutated), so a tail an eager
+            // decode would have refused is refused here too, not forwarded mutated.
+            let mut read = msg.clone();
+            self.decode_metadata(&mut read)
+                .map_err(|e| EncodeError::Inconsistent(e.to_string().into()))?;
+            return self.encode_rewrite(&read, t, p, dst);
+        }
         self.encode_rewrite(msg, t, p, dst)
+    }
+
+    fn decode_metadata(&mut self, msg: &mut Message) -> Result<(), DecodeError> {
+        if !msg.metadata_deferred() {
+            return Ok(());
+        }
+        read_response_rest(msg)?;
+        msg.set_metadata_deferred(false);
+        Ok(())
     }
 
     fn encode_local_reply(
@@ -729,7 +769,9 @@ fn response_status(f: &[u8], head: &MsgHead, p: Protocol) -> Result<ResponseStat
     })
 }
 
-/// Builds the message: kind, id, name, metadata, wire and layout.
+/// Builds the message: kind, id, status, wire and layout, then the name and the
+/// `method`/`service` metadata, unless `lazy` and the message is a response, which is
+/// then marked deferred (see [`read_response_rest`]).
 #[inline(always)]
 fn build(
     frame: Bytes,
@@ -738,6 +780,7 @@ fn build(
     p: Protocol,
     status: ResponseStatus,
     layout: ThriftLayout,
+    lazy: bool,
 ) -> Result<Option<Message>, DecodeError> {
     let kind = match head.mtype {
         mtype::CALL => MessageKind::Request,
@@ -745,20 +788,40 @@ fn build(
         mtype::REPLY | mtype::EXCEPTION => MessageKind::Response,
         _ => return Err(bad_type(&frame, head, t, p)),
     };
-    let name = frame.slice(head.name_start..head.name_end);
-    let name = MetaStr::try_from(name).map_err(|_| {
+    let mut msg = Message::new(kind, u64::from(head.seqid), frame);
+    msg.set_status(status);
+    msg.set_wire(wire_format(t, p));
+    msg.set_layout(layout);
+    if lazy && kind == MessageKind::Response {
+        // Forwarding a response needs only its id and status: the name and the headers
+        // wait for `decode_metadata`.
+        msg.set_metadata_deferred(true);
+    } else {
+        read_name(&mut msg, head)?;
+    }
+    Ok(Some(msg))
+}
+
+/// Checks that the message's name (at `head`'s offsets in the frame) is UTF-8 and
+/// records it: [`Message::name`], and the `method` metadata (and `service`, the part
+/// before a `:`).
+#[inline(always)]
+fn read_name(msg: &mut Message, head: &MsgHead) -> Result<(), DecodeError> {
+    let (start, end) = (head.name_start, head.name_end);
+    if msg.frame().get(start..end).is_none() {
+        return Err(DecodeError::malformed("method name outside the frame"));
+    }
+    let name = MetaStr::try_from(msg.frame().slice(start..end)).map_err(|_| {
         DecodeError::malformed("method name is not UTF-8").with_reply(ReplyContext {
-            request_id: u64::from(head.seqid),
-            wire: wire_format(t, p),
+            request_id: msg.request_id(),
+            wire: msg.wire(),
             name: MetaStr::new(),
-            one_way: head.mtype == mtype::ONEWAY,
+            one_way: msg.kind() == MessageKind::OneWay,
         })
     })?;
-    let mut msg = Message::new(kind, u64::from(head.seqid), frame);
     // Metadata values are offsets into the frame (the name is checked UTF-8 above, and
     // ':' is ASCII, so both halves are too). A byte loop beats `str::find` on names of
     // a few bytes.
-    let (start, end) = (head.name_start, head.name_end);
     let md = msg.metadata_mut();
     match name.as_bytes().iter().position(|&b| b == b':') {
         Some(i) => {
@@ -768,10 +831,62 @@ fn build(
         None => md.set_known_in_frame(WellKnownKey::Method, start..end),
     }
     msg.set_name(name);
-    msg.set_status(status);
-    msg.set_wire(wire_format(t, p));
-    msg.set_layout(layout);
-    Ok(Some(msg))
+    Ok(())
+}
+
+/// Reads the header transport's key/value info headers (`info_start..payload` of the
+/// frame) into the metadata, in one pass.
+fn read_info_headers(
+    msg: &mut Message,
+    info_start: usize,
+    payload: usize,
+) -> Result<(), DecodeError> {
+    // A second handle on the frame (a reference count): the metadata is filled while
+    // the frame is read.
+    let frame = msg.frame().clone();
+    let meta = msg.metadata_mut();
+    let parsed = for_each_info_header(&frame, info_start, payload, |(ks, ke), (vs, ve)| {
+        // `method`/`service` from the message win; among headers the last of a key wins
+        // (as in Python's and C++'s header maps). Headers that are not UTF-8 are
+        // forwarded but not routable.
+        if let (Some(key), Some(value)) = (frame.get(ks..ke), frame.get(vs..ve)) {
+            if key != b"method"
+                && key != b"service"
+                && std::str::from_utf8(key).is_ok()
+                && std::str::from_utf8(value).is_ok()
+            {
+                meta.set_in_frame(ks..ke, vs..ve);
+            }
+        }
+        Ok(())
+    });
+    match parsed {
+        Ok(_) => Ok(()),
+        Err(e) => Err(fault(e).with_reply(msg.reply_context())),
+    }
+}
+
+/// Reads what a response decoded head first left unread, from its frame and layout
+/// alone (so any codec instance can): the message header again, at the layout's
+/// `payload`, for the name and the `method`/`service` metadata, then on the header
+/// transport the info headers. Fails as an eager decode of the frame would have.
+fn read_response_rest(msg: &mut Message) -> Result<(), DecodeError> {
+    let (t, p) = split_wire(msg.wire()).ok_or_else(|| {
+        DecodeError::malformed(format!("{:?} is not a thrift wire format", msg.wire()))
+    })?;
+    let layout: ThriftLayout = msg.layout();
+    let head = read_msg_head(&mut Cursor::at(msg.frame(), layout.payload as usize), p)
+        .map_err(in_frame)?;
+    if head.seqid_off != layout.seqid_at as usize {
+        return Err(DecodeError::malformed(
+            "message header does not match its recorded layout",
+        ));
+    }
+    read_name(msg, &head)?;
+    if t == Transport::Header {
+        read_info_headers(msg, layout.info_start as usize, layout.payload as usize)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,12 +1,14 @@
 //! Proves the framed/binary request decode path allocates nothing: a counting global
 //! allocator around the steady-state decode of many frames from one read buffer (the
-//! way a connection's buffer is used), for 100 B, 4 KiB and 1 MiB payloads.
+//! way a connection's buffer is used), for 100 B, 4 KiB and 1 MiB payloads. Responses
+//! too, on the framed and header transports: decoded in full, and decoded head first
+//! (as the runtime's codecs do) then read with `decode_metadata`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::BytesMut;
-use meta_protocol::Codec;
+use meta_protocol::{Codec, Message};
 use metaproxy_thrift::frames::{self, FrameSpec};
 use metaproxy_thrift::{Protocol, ThriftCodec, Transport};
 
@@ -78,6 +80,65 @@ fn framed_binary_decode_allocates_nothing() {
             );
             let method = name.rsplit(':').next().unwrap();
             assert_eq!(decoded[0].metadata().get("method"), Some(method));
+        }
+    }
+
+    responses_allocate_nothing_eager_or_head_first();
+}
+
+/// Decodes `frames_n` copies of `frame` after a first one (which makes the buffer's
+/// storage shareable), with `lazy` metadata and then, when `read_rest`,
+/// `decode_metadata` on each; returns the allocations counted and the last message.
+fn decode_counted(
+    frame: &[u8],
+    frames_n: usize,
+    t: Transport,
+    p: Protocol,
+    lazy: bool,
+    read_rest: bool,
+) -> (usize, Message) {
+    let mut buf = BytesMut::with_capacity(frame.len() * (frames_n + 1));
+    for _ in 0..=frames_n {
+        buf.extend_from_slice(frame);
+    }
+    let mut codec = ThriftCodec::new(Some(t), Some(p), 16 << 20).with_lazy_metadata(lazy);
+    let mut decoded = Vec::with_capacity(frames_n);
+    let _first = codec.decode(&mut buf).unwrap().unwrap();
+    let before = ALLOCS.load(Ordering::SeqCst);
+    for _ in 0..frames_n {
+        let mut m = codec.decode(&mut buf).unwrap().unwrap();
+        if read_rest {
+            codec.decode_metadata(&mut m).unwrap();
+        }
+        decoded.push(m);
+    }
+    let after = ALLOCS.load(Ordering::SeqCst);
+    assert!(buf.is_empty());
+    (after - before, decoded.pop().unwrap())
+}
+
+fn responses_allocate_nothing_eager_or_head_first() {
+    for t in [Transport::Framed, Transport::Header] {
+        for p in Protocol::ALL {
+            let spec = FrameSpec::new(t, p, "Store:get", 1).with_headers(&[("tenant", "t1")]);
+            let mut frame = BytesMut::new();
+            frames::write_reply(&spec, &[b'x'; 100], &mut frame).unwrap();
+            let (eager_allocs, eager) = decode_counted(&frame, 500, t, p, false, false);
+            assert_eq!(eager_allocs, 0, "{t:?}/{p:?}: a full decode allocates");
+            assert!(!eager.metadata_deferred());
+            let (head_allocs, head) = decode_counted(&frame, 500, t, p, true, false);
+            assert_eq!(head_allocs, 0, "{t:?}/{p:?}: a head-first decode allocates");
+            assert!(head.metadata_deferred());
+            assert_eq!(head.metadata().get("method"), None);
+            let (read_allocs, read) = decode_counted(&frame, 500, t, p, true, true);
+            assert_eq!(
+                read_allocs, 0,
+                "{t:?}/{p:?}: a head-first decode and decode_metadata allocate"
+            );
+            assert!(!read.metadata_deferred());
+            assert_eq!(read.metadata(), eager.metadata());
+            assert_eq!(read.metadata().get("method"), Some("get"));
+            assert_eq!(read.name(), eager.name());
         }
     }
 }

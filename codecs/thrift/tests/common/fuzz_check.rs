@@ -5,10 +5,12 @@
 //! The first input byte picks the configuration (transport, protocol, a tiny or a
 //! normal max_frame_size); the rest is the connection's bytes. For every decoded
 //! message: it re-encodes with a new sequence id and a mutation and decodes again to
-//! the same message; an echo reply and a local reply decode as responses to it.
+//! the same message; an echo reply and a local reply decode as responses to it. The
+//! same bytes decoded head first (responses' metadata left for `decode_metadata`) give
+//! the same messages once read.
 
 use bytes::BytesMut;
-use meta_protocol::{Codec, LocalReply, LocalReplyKind, MessageKind, ResponseStatus};
+use meta_protocol::{Codec, LocalReply, LocalReplyKind, Message, MessageKind, ResponseStatus};
 use metaproxy_thrift::frames;
 use metaproxy_thrift::{split_wire, Protocol, ThriftCodec, Transport};
 
@@ -30,7 +32,8 @@ pub fn check(data: &[u8]) -> usize {
         _ => None,
     };
     let max = if sel & 0x10 != 0 { 48 } else { 1 << 20 };
-    let mut codec = ThriftCodec::new(transport, protocol, max);
+    let new_codec = || ThriftCodec::new(transport, protocol, max);
+    let mut codec = new_codec();
     let mut buf = BytesMut::from(rest);
     // Feed in two steps when asked: what is undecidable on a prefix must wait.
     let split = if sel & 0x20 != 0 {
@@ -39,7 +42,7 @@ pub fn check(data: &[u8]) -> usize {
         rest.len()
     };
     let mut pending = buf.split_off(split);
-    let mut decoded = 0;
+    let mut decoded = Vec::new();
     for _ in 0..64 {
         let before = buf.len();
         match codec.decode(&mut buf) {
@@ -47,13 +50,82 @@ pub fn check(data: &[u8]) -> usize {
                 assert!(buf.len() < before, "a decoded message consumed bytes");
                 assert_eq!(msg.frame().len(), before - buf.len());
                 check_message(&mut codec, &msg);
-                decoded += 1;
+                decoded.push(msg);
             }
             Ok(None) if !pending.is_empty() => buf.unsplit(std::mem::take(&mut pending)),
             Ok(None) | Err(_) => break,
         }
     }
-    decoded
+    check_head_first(
+        rest,
+        split,
+        || new_codec().with_lazy_metadata(true),
+        &decoded,
+    );
+    decoded.len()
+}
+
+/// Decodes `rest` again (fed as [`check`] fed it) with a codec that decodes responses
+/// head first: it decodes every message the full decode did, each the same once read
+/// with `decode_metadata`, and encodes, mutated while unread, to the same bytes. It may
+/// decode more (a response whose unread tail is malformed); reading or encoding those
+/// may fail but never panics.
+fn check_head_first(
+    rest: &[u8],
+    split: usize,
+    new_codec: impl Fn() -> ThriftCodec,
+    eager: &[Message],
+) {
+    let mut codec = new_codec();
+    let mut buf = BytesMut::from(rest);
+    let mut pending = buf.split_off(split);
+    let mut lazy = Vec::new();
+    for _ in 0..64 {
+        match codec.decode(&mut buf) {
+            Ok(Some(msg)) => lazy.push(msg),
+            Ok(None) if !pending.is_empty() => buf.unsplit(std::mem::take(&mut pending)),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    assert!(
+        lazy.len() >= eager.len(),
+        "head first decoded {} messages, in full {}",
+        lazy.len(),
+        eager.len()
+    );
+    for (i, mut msg) in lazy.into_iter().enumerate() {
+        assert_eq!(
+            msg.metadata_deferred(),
+            msg.kind() == MessageKind::Response,
+            "only responses are left partly unread"
+        );
+        let mutate = |m: &Message| {
+            let mut m = m.clone();
+            m.set_request_id(0x7fff_fff0);
+            m.push_mutation("fuzz-key".into(), "fuzz-value".into());
+            let mut out = BytesMut::new();
+            codec.clone().encode(&m, &mut out).map(|()| out)
+        };
+        let unread = mutate(&msg);
+        let read = new_codec().decode_metadata(&mut msg);
+        let Some(full) = eager.get(i) else {
+            continue;
+        };
+        read.expect("what decodes in full reads in full");
+        assert!(!msg.metadata_deferred());
+        assert_eq!(
+            (msg.kind(), msg.request_id(), msg.status(), msg.wire()),
+            (full.kind(), full.request_id(), full.status(), full.wire())
+        );
+        assert_eq!(msg.name(), full.name());
+        assert_eq!(msg.metadata(), full.metadata());
+        assert_eq!(msg.layout_words(), full.layout_words());
+        assert_eq!(msg.frame(), full.frame());
+        assert_eq!(
+            unread.expect("a mutated unread message encodes"),
+            mutate(full).expect("a mutated message encodes")
+        );
+    }
 }
 
 fn check_message(codec: &mut ThriftCodec, msg: &meta_protocol::Message) {
