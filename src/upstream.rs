@@ -230,7 +230,15 @@ impl ConnHandle {
     /// connection's task writes it. The message is moved out of `msg` only where it must
     /// be kept (a two-way request until it is written, for a retry; a queued one); when
     /// the connection refuses it, it is still in `msg` for the caller to retry.
-    pub(crate) fn send(&self, msg: &mut Option<Message>, env: Envelope) -> Result<(), Refused> {
+    ///
+    /// `now` is the caller's current time (when the request was read), against which the
+    /// envelope's deadline is checked.
+    pub(crate) fn send(
+        &self,
+        msg: &mut Option<Message>,
+        env: Envelope,
+        now: Instant,
+    ) -> Result<(), Refused> {
         let mut inner = self.lock();
         if inner.closed {
             return Err(Refused {
@@ -256,7 +264,7 @@ impl ConnHandle {
             self.wake.wake();
             return Ok(());
         }
-        match inner.encode(msg, env, Instant::now()) {
+        match inner.encode(msg, env, now) {
             Ok(two_way) => {
                 if !two_way {
                     self.load.fetch_sub(1, Ordering::Relaxed);
@@ -1093,7 +1101,11 @@ mod tests {
     async fn a_request_before_the_connection_is_up_is_queued_and_wakes_its_task() {
         let c = conn(0, true);
         let mut msg = Some(request(7));
-        let sent = c.send(&mut msg, envelope(Instant::now() + SWEEP_EVERY));
+        let sent = c.send(
+            &mut msg,
+            envelope(Instant::now() + SWEEP_EVERY),
+            Instant::now(),
+        );
         assert!(sent.is_ok(), "queued");
         assert!(msg.is_none(), "the queue keeps the request");
         assert_eq!(c.load(), 1);
@@ -1108,7 +1120,11 @@ mod tests {
         let c = conn(0, false);
         c.lock().closed = true;
         let mut msg = Some(request(2));
-        let Err(refused) = c.send(&mut msg, envelope(Instant::now() + SWEEP_EVERY)) else {
+        let Err(refused) = c.send(
+            &mut msg,
+            envelope(Instant::now() + SWEEP_EVERY),
+            Instant::now(),
+        ) else {
             panic!("a closed connection takes nothing");
         };
         assert_eq!(refused.reason, "upstream connection unavailable");
