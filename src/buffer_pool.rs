@@ -7,9 +7,10 @@
 //! [`POOL_MAX_CAPACITY`] bytes: anything beyond is freed), and the next connection that
 //! reads or writes on that worker takes one from there, so steady traffic allocates
 //! nothing. Frames split off a pooled buffer keep their bytes alive as usual (`Bytes`
-//! share the allocation); the pool only ever holds the unused tail.
+//! share the allocation); the pool only ever holds the unused tail. A worker that goes
+//! idle empties its pool ([`trim_when_idle`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use bytes::BytesMut;
 
@@ -23,6 +24,33 @@ pub(crate) const POOL_MAX_CAPACITY: usize = 2 * BUFFER_SIZE;
 
 thread_local! {
     static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    /// Buffers taken from or given back to this thread's pool, ever (wrapping).
+    static TRAFFIC: Cell<u32> = const { Cell::new(0) };
+    /// [`TRAFFIC`] when the thread last parked.
+    static TRAFFIC_AT_PARK: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Frees this thread's pooled buffers when the thread is about to park (a worker's
+/// `on_thread_park` hook) after a wake-up in which no buffer was taken or given back:
+/// a worker woken only by timers is idle, and the memory a burst left in the pool
+/// goes back to the allocator (and, with the `metaproxy` binary's jemalloc settings,
+/// to the system within a quarter of a second). A busy worker moves buffers on every
+/// wake-up, so its pool stays.
+pub(crate) fn trim_when_idle() {
+    let traffic = TRAFFIC.with(Cell::get);
+    if TRAFFIC_AT_PARK.with(|t| t.replace(traffic)) == traffic {
+        FREE.with(|f| {
+            if let Ok(mut free) = f.try_borrow_mut() {
+                if free.capacity() > 0 {
+                    *free = Vec::new();
+                }
+            }
+        });
+    }
+}
+
+fn count_traffic() {
+    TRAFFIC.with(|t| t.set(t.get().wrapping_add(1)));
 }
 
 /// Makes sure `buf` has room for a read: an empty buffer without room is swapped for a
@@ -34,6 +62,7 @@ pub(crate) fn ready_for_read(buf: &mut BytesMut) {
     if buf.is_empty() {
         if let Some(pooled) = FREE.with(|f| f.borrow_mut().pop()) {
             *buf = pooled;
+            count_traffic();
         }
     }
     if buf.capacity() - buf.len() < BUFFER_SIZE / 4 {
@@ -64,6 +93,7 @@ pub(crate) fn release(buf: &mut BytesMut) {
         let mut free = f.borrow_mut();
         if free.len() < POOL_MAX {
             free.push(buf);
+            count_traffic();
         }
     });
 }
@@ -94,6 +124,28 @@ mod tests {
         assert_eq!(b.as_ptr(), ptr, "the next read uses the pooled tail");
         assert_eq!(pooled(), 0);
         assert_eq!(&frame[..], b"frame", "frames keep their bytes");
+    }
+
+    #[test]
+    fn an_idle_park_empties_the_pool_and_a_busy_one_keeps_it() {
+        let mut a = BytesMut::with_capacity(BUFFER_SIZE);
+        release(&mut a);
+        trim_when_idle();
+        assert_eq!(pooled(), 1, "a buffer moved since the last park: busy");
+        let mut b = BytesMut::new();
+        ready_for_read(&mut b);
+        release(&mut b);
+        trim_when_idle();
+        assert_eq!(pooled(), 1, "still busy");
+        trim_when_idle();
+        assert_eq!(
+            pooled(),
+            0,
+            "a wake-up without buffer traffic: idle, emptied"
+        );
+        let mut c = BytesMut::new();
+        ready_for_read(&mut c);
+        assert!(c.capacity() >= BUFFER_SIZE / 4, "reads still get a buffer");
     }
 
     #[test]

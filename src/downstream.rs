@@ -43,7 +43,7 @@ use crate::observe::{AccessLogEntry, AccessStatus, LoggedMetadata};
 use crate::request_token::RequestToken;
 use crate::shared::ListenerCtx;
 use crate::snapshot::ListenerRt;
-use crate::task_wake::TaskWake;
+use crate::task_wake::{poll_timer, TaskWake};
 use crate::upstream::{Envelope, PoolKey, Refused};
 
 /// When no request is in flight the deadline timer is parked this far ahead.
@@ -324,12 +324,9 @@ async fn run(
     let mut timer_at = Instant::now() + PARKED;
     let timer = tokio::time::sleep_until(timer_at);
     tokio::pin!(timer);
-    // Whether the timer holds this task's waker. It keeps it until it fires (moving its
-    // deadline keeps it too), so until then each pass only asks whether it fired (a
-    // flag) instead of polling it (a poll cost about 120 instructions, twice per request
-    // at pipeline 1). The check is made inside the branch's future, on every poll of the
-    // `select!`, not in a branch guard, which is read once per `select!`: the wake-up
-    // from the timer firing would find the branch switched off.
+    // Whether the timer holds this task's waker ([`poll_timer`]: polled only once it
+    // may have fired; a poll cost about 120 instructions, twice per request at pipeline
+    // 1).
     let mut timer_waits = false;
     // A connection accepted as the drain begins learns it on the first poll of
     // `drain.changed()`, like every other.
@@ -417,17 +414,7 @@ async fn run(
                 conn.on_resumed(resumed);
                 if conn.write_to(stream).is_err() { return None; }
             }
-            () = std::future::poll_fn(|cx| {
-                if timer_waits && !timer.is_elapsed() {
-                    return std::task::Poll::Pending;
-                }
-                // Out of tokio's cooperative budget, a poll returns pending without
-                // taking the waker: it is then polled again on the next pass.
-                let budget = tokio::task::coop::has_budget_remaining();
-                let polled = timer.as_mut().poll(cx);
-                timer_waits = polled.is_pending() && budget;
-                polled
-            }) => {
+            () = std::future::poll_fn(|cx| poll_timer(timer.as_mut(), &mut timer_waits, cx)) => {
                 let now = Instant::now();
                 // Re-armed at the top of the loop for whatever is left.
                 timer_at = now + PARKED;

@@ -67,10 +67,12 @@ impl Threading {
                 .worker_threads(workers)
                 .enable_all()
                 .thread_name("metaproxy-worker")
+                .on_thread_park(crate::buffer_pool::trim_when_idle)
                 .build(),
             Threading::PerCore { .. } => tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .thread_name("metaproxy-main")
+                .on_thread_park(crate::buffer_pool::trim_when_idle)
                 .build(),
         }
     }

@@ -716,6 +716,7 @@ fn run_worker(
     crate::runtime::set_worker_id(index as u16 + 1);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(crate::buffer_pool::trim_when_idle)
         .build()
     {
         Ok(rt) => rt,

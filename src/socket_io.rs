@@ -25,7 +25,8 @@ pub(crate) fn read_once(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<us
         }
     });
     match (result, read) {
-        (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
+        // The read succeeded: an error now is the `WouldBlock` made above.
+        (Err(_), Some(n)) => Ok(n),
         (result, _) => result,
     }
 }

@@ -5,12 +5,16 @@
 //! (bytes a socket would not take yet, requests queued while connecting, a connection
 //! that may now close). [`TaskWake`] is that signal: a flag and an `AtomicWaker`, so a
 //! wake-up costs two atomic operations and none is lost between a check and a wait.
+//! [`poll_timer`] keeps a connection's timer out of the passes of its task's loop
+//! until it fires.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
+use tokio::time::Sleep;
 
 /// A wake-up signal for one task. [`TaskWake::wake`] before the task waits is kept:
 /// the next [`TaskWake::woken`] completes at once.
@@ -43,6 +47,28 @@ impl TaskWake {
     }
 }
 
+/// Polls `timer` only when it may have fired: a timer keeps the waker of its last
+/// poll until it fires (moving its deadline keeps it too), so while `holds_waker` is set
+/// and it has not fired, a poll would only hand it the same waker again (a poll costs
+/// about 120 instructions; a look at whether it fired, a load). Call it from the future
+/// the task waits on, not from a `select!` branch guard: a guard is read once per
+/// `select!`, and would switch off the branch that the timer's own wake-up is for.
+pub(crate) fn poll_timer(
+    timer: Pin<&mut Sleep>,
+    holds_waker: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    if *holds_waker && !timer.is_elapsed() {
+        return Poll::Pending;
+    }
+    // Out of tokio's cooperative budget, a poll returns pending without taking the
+    // waker: the timer is then polled again next time.
+    let budget = tokio::task::coop::has_budget_remaining();
+    let polled = timer.poll(cx);
+    *holds_waker = polled.is_pending() && budget;
+    polled
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,6 +85,56 @@ mod tests {
             .expect("the earlier wake is kept");
         let second = tokio::time::timeout(Duration::from_millis(20), w.woken()).await;
         assert!(second.is_err(), "two wakes before one wait are one wake-up");
+    }
+
+    /// Polls the timer once through [`poll_timer`], without waiting.
+    async fn poll_once(mut timer: Pin<&mut Sleep>, holds_waker: &mut bool) -> Poll<()> {
+        std::future::poll_fn(|cx| Poll::Ready(poll_timer(timer.as_mut(), holds_waker, cx))).await
+    }
+
+    /// Waits through [`poll_timer`] until the timer fired (a minute at most).
+    async fn until_fired(mut timer: Pin<&mut Sleep>, holds_waker: &mut bool) {
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            std::future::poll_fn(|cx| poll_timer(timer.as_mut(), holds_waker, cx)),
+        )
+        .await
+        .expect("the timer's wake-up ends the wait");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_left_unpolled_wakes_its_task_when_it_fires() {
+        let start = tokio::time::Instant::now();
+        let timer = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(timer);
+        let mut holds = false;
+        assert!(poll_once(timer.as_mut(), &mut holds).await.is_pending());
+        assert!(holds, "a pending poll with budget left holds the waker");
+        // From here on the timer is not polled until it fired; its wake-up still ends
+        // the wait (the paused clock jumps to it).
+        until_fired(timer.as_mut(), &mut holds).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        assert!(!holds, "a timer that fired gave its waker away");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_moved_while_it_holds_the_waker_fires_at_its_new_deadline() {
+        let start = tokio::time::Instant::now();
+        let timer = tokio::time::sleep(Duration::from_secs(10));
+        tokio::pin!(timer);
+        let mut holds = false;
+        assert!(poll_once(timer.as_mut(), &mut holds).await.is_pending());
+        timer.as_mut().reset(start + Duration::from_secs(3));
+        until_fired(timer.as_mut(), &mut holds).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(3), "moved earlier");
+        // Fired, then moved later: polled again (it has no waker), it fires once more.
+        timer.as_mut().reset(start + Duration::from_secs(7));
+        until_fired(timer.as_mut(), &mut holds).await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(7),
+            "re-armed after firing"
+        );
     }
 
     #[tokio::test]

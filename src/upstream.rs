@@ -29,7 +29,7 @@ use crate::delivery::{flush_all, Failure, ReplyTo, ResponseSink};
 use crate::endpoint_link::{ConnectionSettings, EndpointLink};
 use crate::observe::metrics::ClusterMetrics;
 use crate::pending::PendingSlot;
-use crate::task_wake::TaskWake;
+use crate::task_wake::{poll_timer, TaskWake};
 
 /// Requests in flight on one multiplexed connection before the pool opens another.
 const MUX_SPREAD_THRESHOLD: u32 = 64;
@@ -758,8 +758,11 @@ impl UpstreamConnection {
         .min()
         .unwrap_or(SWEEP_EVERY)
         .max(Duration::from_millis(10));
-        let mut tick = tokio::time::interval(tick_every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Re-armed `tick_every` after each tick; polled only once it may have fired
+        // ([`poll_timer`]).
+        let tick = tokio::time::sleep(tick_every);
+        tokio::pin!(tick);
+        let mut tick_waits = false;
         let multiplexing = handle.multiplexing;
         let mut last_read = Instant::now();
         let mut last_busy = Instant::now();
@@ -829,8 +832,9 @@ impl UpstreamConnection {
                         return "write error";
                     }
                 }
-                _ = tick.tick() => {
+                () = std::future::poll_fn(|cx| poll_timer(tick.as_mut(), &mut tick_waits, cx)) => {
                     let now = Instant::now();
+                    tick.as_mut().reset(now + tick_every);
                     let mut inner = handle.lock();
                     let dropped = inner.st.sweep(now);
                     handle.load.fetch_sub(dropped, Ordering::Relaxed);
