@@ -22,6 +22,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use futures_util::FutureExt;
 use meta_protocol::{
     Codec, DecodeError, LocalReply, LocalReplyKind, Message, MessageKind, ReplyContext,
+    ResponseStatus,
 };
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -1062,9 +1063,6 @@ impl Downstream {
             return;
         };
         f.release();
-        let cluster = f.cluster();
-        cluster.record_success(&f.endpoint);
-        f.listener.responses[f.cluster].record(msg.status(), f.started.elapsed());
         msg.set_request_id(f.reply.request_id);
         let route = f.listener.table.routes().get(f.route);
         if let Some(route) = route {
@@ -1077,10 +1075,16 @@ impl Downstream {
             || self.drain_notice.is_some();
         if reads && msg.metadata_deferred() {
             if let Err(e) = self.codec.decode_metadata(msg) {
+                // The backend answered with garbage: an error response from it (counted
+                // as `error`, and a failure for outlier detection), not a success.
+                f.cluster().record_failure(&f.endpoint);
+                f.listener.responses[f.cluster].record(ResponseStatus::Error, f.started.elapsed());
                 self.bad_response(f, &e);
                 return;
             }
         }
+        f.cluster().record_success(&f.endpoint);
+        f.listener.responses[f.cluster].record(msg.status(), f.started.elapsed());
         if let Some(route) = route {
             if !f.listener.filters.is_empty() {
                 f.listener.filters.on_response(&mut FilterResponse::new(

@@ -312,6 +312,35 @@ async fn a_malformed_response_body_is_forwarded_unless_read_then_answered_with_a
     assert!(text.contains("could not be decoded"), "{text}");
     let r = call(&mut filtered, 9, "hello").await;
     assert_eq!(attachment(&r, "seen-backend").as_deref(), Some("v1"));
+
+    // The garbage read is the backend's error, not a success: counted as such (and
+    // as a failure for outlier detection); the one nobody read was forwarded as an
+    // ordinary answer.
+    let responses = |listener: &str, status: &str| {
+        responses_total(
+            &p.handle().metrics_text(),
+            &[("listener", listener), ("status", status)],
+        )
+    };
+    assert_eq!(responses("filtered", "error"), 1.0);
+    assert_eq!(responses("filtered", "ok"), 1.0, "only the good one");
+    assert_eq!(responses("plain", "ok"), 1.0);
+}
+
+/// The sum of `metaproxy_responses_total` over the samples with `labels`.
+fn responses_total(metrics: &str, labels: &[(&str, &str)]) -> f64 {
+    let lines = metrics.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "metaproxy_responses_total")
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
 }
 
 /// A Thrift reply (header transport, binary protocol) to call `name` with id `seqid`,
