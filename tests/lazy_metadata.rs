@@ -310,6 +310,14 @@ async fn a_malformed_response_body_is_forwarded_unless_read_then_answered_with_a
     assert_eq!(r[3], status::SERVER_ERROR, "a local reply");
     let text = parse_response(&r).unwrap().error.unwrap_or_default();
     assert!(text.contains("could not be decoded"), "{text}");
+    // A failure of the endpoint for outlier detection (the unread one before it was a
+    // success, and so is the next good answer).
+    let clusters = p.handle().clusters_json();
+    let v1 = clusters
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "v1"))
+        .expect("cluster v1");
+    assert_eq!(v1["endpoints"][0]["consecutive_failures"].as_u64(), Some(1));
     let r = call(&mut filtered, 9, "hello").await;
     assert_eq!(attachment(&r, "seen-backend").as_deref(), Some("v1"));
 
