@@ -44,7 +44,7 @@ use crate::observe::{AccessLogEntry, AccessStatus, LoggedMetadata};
 use crate::request_token::RequestToken;
 use crate::shared::ListenerCtx;
 use crate::snapshot::ListenerRt;
-use crate::task_wake::{poll_timer, TaskWake};
+use crate::task_wake::{poll_timer, poll_when_signalled, TaskWake};
 use crate::upstream::{Envelope, PoolKey, Refused};
 
 /// When no request is in flight the deadline timer is parked this far ahead.
@@ -478,15 +478,12 @@ async fn run(
                     Err(_) => return None,
                 }
             }
-            changed = std::future::poll_fn(|cx| {
-                if drain_waits && !drain_probe.has_changed().unwrap_or(true) {
-                    return std::task::Poll::Pending;
-                }
-                let budget = tokio::task::coop::has_budget_remaining();
-                let polled = drain_signal.as_mut().poll(cx);
-                drain_waits = polled.is_pending() && budget;
-                polled
-            }), if !draining => {
+            changed = std::future::poll_fn(|cx| poll_when_signalled(
+                drain_signal.as_mut(),
+                &mut drain_waits,
+                |_| drain_probe.has_changed().unwrap_or(true),
+                cx,
+            )), if !draining => {
                 draining = true;
                 if changed.is_ok() {
                     // Tell the client to move where the protocol can say so; keep

@@ -5,8 +5,8 @@
 //! (bytes a socket would not take yet, requests queued while connecting, a connection
 //! that may now close). [`TaskWake`] is that signal: a flag and an `AtomicWaker`, so a
 //! wake-up costs two atomic operations and none is lost between a check and a wait.
-//! [`poll_timer`] keeps a connection's timer out of the passes of its task's loop
-//! until it fires.
+//! [`poll_when_signalled`] keeps a connection's timer and drain signal out of the
+//! passes of its task's loop until they fire.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,26 +47,38 @@ impl TaskWake {
     }
 }
 
-/// Polls `timer` only when it may have fired: a timer keeps the waker of its last
-/// poll until it fires (moving its deadline keeps it too), so while `holds_waker` is set
-/// and it has not fired, a poll would only hand it the same waker again (a poll costs
-/// about 120 instructions; a look at whether it fired, a load). Call it from the future
-/// the task waits on, not from a `select!` branch guard: a guard is read once per
-/// `select!`, and would switch off the branch that the timer's own wake-up is for.
+/// Polls `fut` only when it may be ready. A timer or a channel's notification keeps
+/// the waker of its last poll until it completes, so while `holds_waker` is set and
+/// `signalled` (a cheap look, such as a flag or a version) says nothing happened, a poll
+/// would only hand it the same waker again. Call it from the future the task waits on,
+/// not from a `select!` branch guard: a guard is read once per `select!`, and would
+/// switch off the branch that the future's own wake-up is for.
+pub(crate) fn poll_when_signalled<F: Future>(
+    mut fut: Pin<&mut F>,
+    holds_waker: &mut bool,
+    signalled: impl FnOnce(&F) -> bool,
+    cx: &mut Context<'_>,
+) -> Poll<F::Output> {
+    if *holds_waker && !signalled(&fut) {
+        return Poll::Pending;
+    }
+    // Out of tokio's cooperative budget, a poll returns pending without taking the
+    // waker: the future is then polled again next time.
+    let budget = tokio::task::coop::has_budget_remaining();
+    let polled = fut.as_mut().poll(cx);
+    *holds_waker = polled.is_pending() && budget;
+    polled
+}
+
+/// [`poll_when_signalled`] for a timer: polled only once it fired (moving its deadline
+/// keeps its waker; a poll costs about 120 instructions, a look whether it fired a
+/// load).
 pub(crate) fn poll_timer(
     timer: Pin<&mut Sleep>,
     holds_waker: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<()> {
-    if *holds_waker && !timer.is_elapsed() {
-        return Poll::Pending;
-    }
-    // Out of tokio's cooperative budget, a poll returns pending without taking the
-    // waker: the timer is then polled again next time.
-    let budget = tokio::task::coop::has_budget_remaining();
-    let polled = timer.poll(cx);
-    *holds_waker = polled.is_pending() && budget;
-    polled
+    poll_when_signalled(timer, holds_waker, Sleep::is_elapsed, cx)
 }
 
 #[cfg(test)]
