@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use common::hostile::metric_with;
 use common::registry;
 use metaproxy::filter::*;
 use metaproxy::meta_protocol::{
@@ -59,9 +60,33 @@ fn malformed_request(id: u64) -> Bytes {
 }
 
 /// A Dubbo backend answering each request with its string attachments and
-/// `backend=name`; a request whose method is `broken` gets [`malformed`] instead. It
-/// closes a connection that sends a frame it cannot decode.
+/// `backend=name`; a request whose method is `broken` gets [`malformed`] instead.
 async fn backend(name: &'static str) -> SocketAddr {
+    codec_backend(
+        || DubboCodec::new(Side::Downstream, DEFAULT_MAX_FRAME_SIZE),
+        move |req| {
+            if req.metadata().get("method") == Some("broken") {
+                malformed(req.request_id())
+            } else {
+                let mut att: Vec<(&str, &str)> = req.metadata().iter().collect();
+                att.push(("backend", name));
+                ResponseFrame::string(req.request_id(), "ok")
+                    .with_attachments(&att)
+                    .encode()
+            }
+        },
+    )
+    .await
+}
+
+/// A backend that decodes requests with a `codec()` per connection and writes
+/// `answer(request)` for each; it closes a connection that sends a frame it cannot
+/// decode.
+async fn codec_backend<C, A>(codec: fn() -> C, answer: A) -> SocketAddr
+where
+    C: Codec + Send + 'static,
+    A: Fn(&Message) -> Bytes + Clone + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -69,8 +94,9 @@ async fn backend(name: &'static str) -> SocketAddr {
             let Ok((mut s, _)) = listener.accept().await else {
                 return;
             };
+            let answer = answer.clone();
             tokio::spawn(async move {
-                let mut codec = DubboCodec::new(Side::Downstream, DEFAULT_MAX_FRAME_SIZE);
+                let mut codec = codec();
                 let mut buf = BytesMut::new();
                 loop {
                     loop {
@@ -79,16 +105,7 @@ async fn backend(name: &'static str) -> SocketAddr {
                             Ok(None) => break,
                             Err(_) => return,
                         };
-                        let reply = if req.metadata().get("method") == Some("broken") {
-                            malformed(req.request_id())
-                        } else {
-                            let mut att: Vec<(&str, &str)> = req.metadata().iter().collect();
-                            att.push(("backend", name));
-                            ResponseFrame::string(req.request_id(), "ok")
-                                .with_attachments(&att)
-                                .encode()
-                        };
-                        if s.write_all(&reply).await.is_err() {
+                        if s.write_all(&answer(&req)).await.is_err() {
                             return;
                         }
                     }
@@ -325,30 +342,19 @@ async fn a_malformed_response_body_is_forwarded_unless_read_then_answered_with_a
     // as a failure for outlier detection); the one nobody read was forwarded as an
     // ordinary answer.
     let responses = |listener: &str, status: &str| {
-        responses_total(
+        let (listener, status) = (
+            format!("listener=\"{listener}\""),
+            format!("status=\"{status}\""),
+        );
+        metric_with(
             &p.handle().metrics_text(),
-            &[("listener", listener), ("status", status)],
+            "metaproxy_responses_total",
+            &[&listener, &status],
         )
     };
     assert_eq!(responses("filtered", "error"), 1.0);
     assert_eq!(responses("filtered", "ok"), 1.0, "only the good one");
     assert_eq!(responses("plain", "ok"), 1.0);
-}
-
-/// The sum of `metaproxy_responses_total` over the samples with `labels`.
-fn responses_total(metrics: &str, labels: &[(&str, &str)]) -> f64 {
-    let lines = metrics.lines().map(|l| Ok(l.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == "metaproxy_responses_total")
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
 }
 
 /// A Thrift reply (header transport, binary protocol) to call `name` with id `seqid`,
@@ -372,32 +378,11 @@ fn thrift_reply(name: &str, seqid: i32) -> Bytes {
 
 /// A Thrift backend answering each call with [`thrift_reply`].
 async fn thrift_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut codec = ThriftCodec::new(None, None, DEFAULT_MAX_FRAME_SIZE);
-                let mut buf = BytesMut::new();
-                loop {
-                    while let Ok(Some(call)) = codec.decode(&mut buf) {
-                        let reply = thrift_reply(call.name(), call.request_id() as i32);
-                        if s.write_all(&reply).await.is_err() {
-                            return;
-                        }
-                    }
-                    match s.read_buf(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                }
-            });
-        }
-    });
-    addr
+    codec_backend(
+        || ThriftCodec::new(None, None, DEFAULT_MAX_FRAME_SIZE),
+        |call| thrift_reply(call.name(), call.request_id() as i32),
+    )
+    .await
 }
 
 /// Calls `name` with id `seqid` over the header transport and returns the whole reply

@@ -297,10 +297,16 @@ pub async fn drip(addr: SocketAddr, every: Duration, give_up: Duration) -> Optio
 /// The value of an unlabelled sample, or the sum over a family's samples whose labels
 /// contain `label` (as `key="value"`), in Prometheus text.
 pub fn metric(text: &str, name: &str, label: Option<&str>) -> f64 {
+    metric_with(text, name, label.as_slice())
+}
+
+/// The sum over a family's samples whose labels contain every one of `labels` (each as
+/// `key="value"`), in Prometheus text.
+pub fn metric_with(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| {
-            l.split(['{', ' ']).next() == Some(name) && label.is_none_or(|want| l.contains(want))
+            l.split(['{', ' ']).next() == Some(name) && labels.iter().all(|want| l.contains(want))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
