@@ -33,29 +33,13 @@ pub fn check(data: &[u8]) -> usize {
     };
     let max = if sel & 0x10 != 0 { 48 } else { 1 << 20 };
     let new_codec = || ThriftCodec::new(transport, protocol, max);
-    let mut codec = new_codec();
-    let mut buf = BytesMut::from(rest);
     // Feed in two steps when asked: what is undecidable on a prefix must wait.
     let split = if sel & 0x20 != 0 {
         rest.len() / 2
     } else {
         rest.len()
     };
-    let mut pending = buf.split_off(split);
-    let mut decoded = Vec::new();
-    for _ in 0..64 {
-        let before = buf.len();
-        match codec.decode(&mut buf) {
-            Ok(Some(msg)) => {
-                assert!(buf.len() < before, "a decoded message consumed bytes");
-                assert_eq!(msg.frame().len(), before - buf.len());
-                check_message(&mut codec, &msg);
-                decoded.push(msg);
-            }
-            Ok(None) if !pending.is_empty() => buf.unsplit(std::mem::take(&mut pending)),
-            Ok(None) | Err(_) => break,
-        }
-    }
+    let decoded = decode_stream(&mut new_codec(), rest, split, check_message);
     check_head_first(
         rest,
         split,
@@ -77,16 +61,7 @@ fn check_head_first(
     eager: &[Message],
 ) {
     let mut codec = new_codec();
-    let mut buf = BytesMut::from(rest);
-    let mut pending = buf.split_off(split);
-    let mut lazy = Vec::new();
-    for _ in 0..64 {
-        match codec.decode(&mut buf) {
-            Ok(Some(msg)) => lazy.push(msg),
-            Ok(None) if !pending.is_empty() => buf.unsplit(std::mem::take(&mut pending)),
-            Ok(None) | Err(_) => break,
-        }
-    }
+    let lazy = decode_stream(&mut codec, rest, split, |_, _| {});
     assert!(
         lazy.len() >= eager.len(),
         "head first decoded {} messages, in full {}",
@@ -128,7 +103,36 @@ fn check_head_first(
     }
 }
 
-fn check_message(codec: &mut ThriftCodec, msg: &meta_protocol::Message) {
+/// Decodes `rest` as a connection receives it, the first `split` bytes and then the
+/// rest once the codec asks for more, up to 64 messages or the first error; each
+/// message consumed exactly its frame's bytes and goes through `each` (with the codec)
+/// before the next is decoded.
+fn decode_stream(
+    codec: &mut ThriftCodec,
+    rest: &[u8],
+    split: usize,
+    mut each: impl FnMut(&mut ThriftCodec, &Message),
+) -> Vec<Message> {
+    let mut buf = BytesMut::from(rest);
+    let mut pending = buf.split_off(split);
+    let mut decoded = Vec::new();
+    for _ in 0..64 {
+        let before = buf.len();
+        match codec.decode(&mut buf) {
+            Ok(Some(msg)) => {
+                assert!(buf.len() < before, "a decoded message consumed bytes");
+                assert_eq!(msg.frame().len(), before - buf.len());
+                each(codec, &msg);
+                decoded.push(msg);
+            }
+            Ok(None) if !pending.is_empty() => buf.unsplit(std::mem::take(&mut pending)),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    decoded
+}
+
+fn check_message(codec: &mut ThriftCodec, msg: &Message) {
     let (t, p) = split_wire(msg.wire()).expect("decoded messages carry a thrift wire format");
     let fresh = || ThriftCodec::new(Some(t), Some(p), 1 << 24);
 
