@@ -41,6 +41,7 @@ mod shared;
 mod snapshot;
 mod socket_io;
 mod task_wake;
+mod unwritten;
 mod upstream;
 
 pub use codecs::default_registry;

@@ -30,6 +30,7 @@ use crate::endpoint_link::{ConnectionSettings, EndpointLink};
 use crate::observe::metrics::ClusterMetrics;
 use crate::pending::PendingSlot;
 use crate::task_wake::{poll_timer, TaskWake};
+use crate::unwritten::Unwritten;
 
 /// Requests in flight on one multiplexed connection before the pool opens another.
 const MUX_SPREAD_THRESHOLD: u32 = 64;
@@ -325,10 +326,8 @@ impl ConnInner {
         }
         st.encoded += (self.wbuf.len() - before) as u64;
         if two_way {
-            if env.reply.is_some() {
-                if let Some(msg) = slot.take() {
-                    st.unwritten.push_back((st.encoded, id, msg));
-                }
+            if env.reply.is_some() && slot.is_some() {
+                st.unwritten.push(st.encoded, id, slot);
             }
             st.pending.insert(
                 id,
@@ -547,7 +546,7 @@ struct ConnState {
     /// Two-way requests encoded but not completely written: (end offset in the
     /// output stream, id, request), oldest first. Kept for a retry should the
     /// connection go away before they are written.
-    unwritten: VecDeque<(u64, u64, Message)>,
+    unwritten: Unwritten,
     /// Bytes encoded into / written from the output stream so far.
     encoded: u64,
     written: u64,
@@ -561,7 +560,7 @@ impl ConnState {
         ConnState {
             pending: HashMap::with_hasher(ahash::RandomState::new()),
             queue: VecDeque::new(),
-            unwritten: VecDeque::new(),
+            unwritten: Unwritten::default(),
             encoded: 0,
             written: 0,
             next_id: 0,
@@ -573,12 +572,7 @@ impl ConnState {
     /// where they are).
     fn wrote(&mut self, n: usize) {
         self.written += n as u64;
-        let sent = self
-            .unwritten
-            .iter()
-            .take_while(|(end, _, _)| *end <= self.written)
-            .count();
-        self.unwritten.drain(..sent);
+        self.unwritten.written_up_to(self.written);
     }
 
     /// Frees the tables' room; called when nothing is in flight, so they are empty and
@@ -593,9 +587,7 @@ impl ConnState {
         if self.queue.capacity() > 0 {
             self.queue.shrink_to(0);
         }
-        if self.unwritten.capacity() > 0 {
-            self.unwritten.shrink_to(0);
-        }
+        self.unwritten.free_when_empty();
     }
 
     /// Drops queued requests whose deadline passed (never written late) and pending
@@ -700,11 +692,11 @@ impl UpstreamConnection {
         // (idle, go-away), the retry is on the house.
         let stale = st.answered > 0 || reason == DRAINED;
         let mut sinks = Vec::new();
-        for (_, id, msg) in st.unwritten.drain(..) {
+        for (id, msg) in st.unwritten.drain() {
             if let Some(p) = st.pending.remove(&id) {
                 if let Some(reply) = p.reply {
                     let failure = Failure {
-                        unsent: Some(msg),
+                        unsent: msg,
                         reason,
                         stale,
                     };
@@ -998,15 +990,18 @@ mod tests {
     fn a_request_is_unwritten_until_its_last_byte_is_written() {
         let mut st = ConnState::new();
         for (end, id) in [(100, 1), (200, 2), (300, 3)] {
-            st.unwritten.push_back((end, id, request(id)));
+            st.unwritten.push(end, id, &mut Some(request(id)));
         }
         st.wrote(150);
-        let left: Vec<u64> = st.unwritten.iter().map(|(_, id, _)| *id).collect();
-        assert_eq!(left, [2, 3], "request 2 is half written: still unwritten");
+        assert_eq!(
+            st.unwritten.ids(),
+            [2, 3],
+            "request 2 is half written: still unwritten"
+        );
         st.wrote(50);
         assert_eq!(st.unwritten.len(), 1);
         st.wrote(100);
-        assert!(st.unwritten.is_empty());
+        assert_eq!(st.unwritten.len(), 0);
     }
 
     #[test]
@@ -1014,14 +1009,14 @@ mod tests {
         let mut st = ConnState::new();
         let deadline = Instant::now() + Duration::from_secs(5);
         for id in 0..1_000 {
-            st.unwritten.push_back((id, id, request(id)));
+            st.unwritten.push(id, id, &mut Some(request(id)));
             st.queue.push_back(queued(id, deadline));
             st.pending.insert(id, pending(deadline));
         }
         st.wrote(1_000);
         st.queue.clear();
         st.pending.clear();
-        assert!(st.unwritten.is_empty());
+        assert_eq!(st.unwritten.len(), 0);
         assert!(st.unwritten.capacity() >= 1_000);
         st.shrink();
         assert_eq!(
