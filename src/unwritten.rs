@@ -52,16 +52,16 @@ impl Unwritten {
         }
     }
 
-    /// Takes every request out, oldest first, as (id, request).
-    pub(crate) fn drain(&mut self) -> impl Iterator<Item = (u64, Option<Message>)> + '_ {
-        let (head, len) = (self.head, self.len);
-        self.head = 0;
-        self.len = 0;
-        let mask = self.slots.len().wrapping_sub(1);
-        (0..len).map(move |k| {
-            let entry = &mut self.slots[(head + k) & mask];
-            (entry.id, entry.msg.take())
-        })
+    /// Takes the oldest request out, as (id, request).
+    pub(crate) fn pop_oldest(&mut self) -> Option<(u64, Option<Message>)> {
+        if self.len == 0 {
+            return None;
+        }
+        let entry = &mut self.slots[self.head];
+        let oldest = (entry.id, entry.msg.take());
+        self.head = self.index(1);
+        self.len -= 1;
+        Some(oldest)
     }
 
     /// Requests kept.
@@ -158,13 +158,21 @@ mod tests {
             ring.push(next * 10, next, &mut request(next));
         }
         assert_eq!(ring.ids(), (18..=30).collect::<Vec<_>>());
-        let drained: Vec<(u64, bool)> = ring.drain().map(|(id, m)| (id, m.is_some())).collect();
+        let drained: Vec<(u64, bool)> = std::iter::from_fn(|| ring.pop_oldest())
+            .map(|(id, m)| (id, m.is_some()))
+            .collect();
         assert_eq!(
             drained,
             (18..=30).map(|id| (id, true)).collect::<Vec<_>>(),
             "a retry gets every request back, oldest first"
         );
         assert_eq!(ring.len(), 0);
+        // The entries it left are free again: a new request takes one and hands
+        // nothing back.
+        let mut slot = request(31);
+        ring.push(310, 31, &mut slot);
+        assert!(slot.is_none());
+        assert_eq!(ring.ids(), [31]);
     }
 
     #[test]

@@ -692,7 +692,7 @@ impl UpstreamConnection {
         // (idle, go-away), the retry is on the house.
         let stale = st.answered > 0 || reason == DRAINED;
         let mut sinks = Vec::new();
-        for (id, msg) in st.unwritten.drain() {
+        while let Some((id, msg)) = st.unwritten.pop_oldest() {
             if let Some(p) = st.pending.remove(&id) {
                 if let Some(reply) = p.reply {
                     let failure = Failure {
