@@ -63,19 +63,28 @@ impl Threading {
     /// start their own when the server binds.
     pub fn build_runtime(self) -> std::io::Result<tokio::runtime::Runtime> {
         match self {
-            Threading::WorkStealing { workers } => tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
-                .enable_all()
-                .thread_name("metaproxy-worker")
-                .on_thread_park(crate::buffer_pool::trim_when_idle)
-                .build(),
-            Threading::PerCore { .. } => tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .thread_name("metaproxy-main")
-                .on_thread_park(crate::buffer_pool::trim_when_idle)
-                .build(),
+            Threading::WorkStealing { workers } => {
+                proxy_runtime(&mut tokio::runtime::Builder::new_multi_thread())
+                    .worker_threads(workers)
+                    .thread_name("metaproxy-worker")
+                    .build()
+            }
+            Threading::PerCore { .. } => {
+                proxy_runtime(&mut tokio::runtime::Builder::new_current_thread())
+                    .thread_name("metaproxy-main")
+                    .build()
+            }
         }
     }
+}
+
+/// Sets what every runtime that runs connections has: tokio's I/O and time drivers, and
+/// a buffer pool its threads empty when they go idle
+/// ([`crate::buffer_pool::trim_when_idle`] on `on_thread_park`).
+pub(crate) fn proxy_runtime(builder: &mut tokio::runtime::Builder) -> &mut tokio::runtime::Builder {
+    builder
+        .enable_all()
+        .on_thread_park(crate::buffer_pool::trim_when_idle)
 }
 
 /// Builds the default runtime (work stealing on every core).

@@ -714,9 +714,7 @@ fn run_worker(
     stop: &mut watch::Receiver<bool>,
 ) {
     crate::runtime::set_worker_id(index as u16 + 1);
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .on_thread_park(crate::buffer_pool::trim_when_idle)
+    let rt = match crate::runtime::proxy_runtime(&mut tokio::runtime::Builder::new_current_thread())
         .build()
     {
         Ok(rt) => rt,

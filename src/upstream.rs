@@ -578,8 +578,8 @@ impl ConnState {
     /// Frees the tables' room; called when nothing is in flight, so they are empty and
     /// keep no allocation. An entry of `queue` or `unwritten` holds a whole request
     /// (about 500 bytes): keeping even 16 of each per idle connection came to 15 KiB
-    /// per connection, 2 MiB over the 130 a load leaves in the pools. The next burst
-    /// grows them again in a few steps.
+    /// per connection, 2 MiB over the 120 or so a load leaves in the pools. The next
+    /// burst grows them again in a few steps.
     fn shrink(&mut self) {
         if self.pending.capacity() > 0 {
             self.pending.shrink_to(0);
