@@ -173,8 +173,8 @@ pub struct ReplyContext {
 pub struct Message {
     kind: MessageKind,
     request_id: u64,
-    frame: Bytes,
-    /// Holds a second reference to the frame: its entries are offsets into it.
+    /// Also holds the frame (its entries are offsets into it): one reference to the
+    /// frame per message, so decoding and dropping one changes one reference count.
     metadata: Metadata,
     mutations: Option<Arc<Mutations>>,
     status: ResponseStatus,
@@ -190,8 +190,7 @@ impl Message {
         Message {
             kind,
             request_id,
-            metadata: Metadata::over_frame(frame.clone()),
-            frame,
+            metadata: Metadata::over_frame(frame),
             mutations: None,
             status: ResponseStatus::Ok,
             wire: WireFormat::default(),
@@ -224,7 +223,7 @@ impl Message {
 
     /// The original frame as it was read from the wire.
     pub fn frame(&self) -> &Bytes {
-        &self.frame
+        self.metadata.frame()
     }
 
     /// Routable metadata.
@@ -232,7 +231,9 @@ impl Message {
         &self.metadata
     }
 
-    /// Routable metadata, for codecs filling it in.
+    /// Routable metadata, for codecs filling it in and filters editing it: set or remove
+    /// keys ([`Metadata::clear`] keeps the frame). The metadata also holds the frame the
+    /// message forwards, so a whole `Metadata` assigned over it replaces that frame too.
     pub fn metadata_mut(&mut self) -> &mut Metadata {
         &mut self.metadata
     }

@@ -163,7 +163,9 @@ impl<'a> FilterRequest<'a> {
         self.message.metadata()
     }
 
-    /// The metadata routing will see: set or remove keys here to steer routes.
+    /// The metadata routing will see: set or remove keys here to steer routes. (It also
+    /// holds the request's frame: a whole new `Metadata` assigned over it would replace
+    /// the bytes forwarded.)
     pub fn metadata_mut(&mut self) -> &mut Metadata {
         self.message.metadata_mut()
     }

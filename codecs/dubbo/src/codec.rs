@@ -354,7 +354,10 @@ impl DubboCodec {
         let version =
             read_nullable_text(&mut r, &frame).map_err(|e| hessian(e, "service version"))?;
         let method = read_nullable_text(&mut r, &frame).map_err(|e| hessian(e, "method name"))?;
-        let mut msg = Message::new(kind, h.id, frame.clone());
+        let rest = r.position();
+        // The frame moves into the message (its reference is the metadata's): no second
+        // handle, so no reference count changes here.
+        let mut msg = Message::new(kind, h.id, frame);
         let md = msg.metadata_mut();
         let body_fields = u8::from(path.is_some())
             | u8::from(method.is_some()) << 1
@@ -368,7 +371,6 @@ impl DubboCodec {
         if let Some(v) = version {
             set_field(md, WellKnownKey::Version, v);
         }
-        let rest = r.position();
         if self.lazy_metadata && body_fields == ALL_BODY_FIELDS {
             // The rest waits for `decode_metadata`, which starts at `args`.
             msg.set_layout(DubboLayout {
@@ -379,6 +381,8 @@ impl DubboCodec {
             });
             msg.set_metadata_deferred(true);
         } else {
+            // A second handle on the frame: the metadata is filled while it is read.
+            let frame = msg.frame().clone();
             self.read_request_rest(&frame, &mut msg, rest, body_fields)?;
         }
         Ok(Some(msg))
