@@ -274,8 +274,13 @@ impl LoadBalancer {
         R: Rng + ?Sized,
         V: EndpointView + ?Sized,
     {
-        if self.weights.is_empty() {
-            return None;
+        match *self.weights {
+            [] => return None,
+            // Every policy picks the only endpoint (weights are at least 1), available
+            // or not (panic mode): no schedule step (a shared atomic increment) and no
+            // random draw.
+            [_] => return Some(0),
+            _ => {}
         }
         match &self.kind {
             Kind::RoundRobin(s) => {
@@ -467,6 +472,8 @@ mod tests {
             let lb = LoadBalancer::new(p, &eps(&[7])).unwrap();
             for k in 0..50 {
                 assert_eq!(lb.pick(Some(k), &mut rng, &AllAvailable(1)), Some(0));
+                // Unavailable (the view describes no endpoint): still the only one.
+                assert_eq!(lb.pick(Some(k), &mut rng, &AllAvailable(0)), Some(0), "{p}");
             }
         }
     }
