@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use metaproxy_router::{EndpointView, LoadBalancer};
@@ -13,7 +13,7 @@ use crate::config::{ClusterConfig, OutlierDetectionConfig};
 use crate::endpoint_link::EndpointLink;
 use crate::observe::metrics::ClusterMetrics;
 use crate::pending::{PendingLimit, PendingSlot};
-use crate::upstream::{Pool, PoolKey, Protocol};
+use crate::upstream::{ConnHandle, Pool, PoolKey, Protocol};
 
 /// One upstream address of one cluster. Kept across config reloads while the cluster
 /// still lists the address, so its connection pools and health survive.
@@ -29,7 +29,22 @@ pub(crate) struct Endpoint {
     pub(crate) link: Arc<EndpointLink>,
     pools: ArcSwap<Vec<Arc<Pool>>>,
     pools_lock: Mutex<()>,
+    /// Per worker (by [`crate::runtime::worker_id`]), the first pool it used: a request
+    /// finds its pool with one load instead of an `ArcSwap` load and a reference count
+    /// each way (four atomic read-modify-writes). Other keys (a second protocol or wire
+    /// format on the same endpoint, workers beyond the slots) take the list.
+    worker_pools: Box<[OnceLock<Arc<Pool>>]>,
     metrics: ClusterMetrics,
+}
+
+/// Workers with a fast pool slot per endpoint: every core's worker and the main
+/// runtime's (id 0), at least eight. A slot is 16 bytes.
+fn worker_pool_slots() -> usize {
+    static SLOTS: OnceLock<usize> = OnceLock::new();
+    *SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores + 1).max(8)
+    })
 }
 
 impl Endpoint {
@@ -52,6 +67,7 @@ impl Endpoint {
             ejections: AtomicU32::new(0),
             pools: ArcSwap::from_pointee(Vec::new()),
             pools_lock: Mutex::new(()),
+            worker_pools: (0..worker_pool_slots()).map(|_| OnceLock::new()).collect(),
         }
     }
 
@@ -78,28 +94,59 @@ impl Endpoint {
         self.link.is_unreachable()
     }
 
-    /// A connection for a request of `key`: from this worker's pool, or, when the
-    /// endpoint's `max_connections` are all open elsewhere (other workers or wire
-    /// formats of the same protocol), the least loaded one of a sibling pool.
-    pub(crate) fn connection(
+    /// Calls `f` with a connection for a request of `key` (`None`: none to be had):
+    /// from this worker's pool, or, when the endpoint's `max_connections` are all open
+    /// elsewhere (other workers or wire formats of the same protocol), the least loaded
+    /// one of a sibling pool. A connection the pool already has is lent under the pool's
+    /// lock, so handing a request over takes no reference count.
+    pub(crate) fn with_connection<R>(
         self: &Arc<Self>,
         key: PoolKey,
         protocol: &Arc<Protocol>,
-    ) -> Option<Arc<crate::upstream::ConnHandle>> {
-        let pool = self.pool(key, protocol);
-        if let Some(c) = pool.pick(&self.link) {
-            return Some(c);
+        f: impl FnOnce(Option<&ConnHandle>) -> R,
+    ) -> R {
+        let fast = self
+            .worker_pools
+            .get(usize::from(key.worker))
+            .and_then(OnceLock::get)
+            .filter(|p| p.key == key);
+        let slow;
+        let pool = match fast {
+            Some(pool) => pool,
+            None => {
+                slow = self.pool(key, protocol);
+                &slow
+            }
+        };
+        let f = match pool.with_reused(&self.link, f) {
+            Ok(r) => return r,
+            Err(f) => f,
+        };
+        if let Some(opened) = pool.pick(&self.link) {
+            return f(Some(&opened));
         }
-        self.pools
+        let sibling = self
+            .pools
             .load()
             .iter()
             .filter(|p| p.key != key && p.key.protocol == key.protocol && p.key.wire == key.wire)
             .filter_map(|p| p.least_loaded())
-            .min_by_key(|c| c.load())
+            .min_by_key(|c| c.load());
+        f(sibling.as_deref())
     }
 
-    /// The pool for `key`, created on first use.
+    /// The pool for `key`, created on first use; the first one a worker uses also goes
+    /// in its fast slot.
     fn pool(&self, key: PoolKey, protocol: &Arc<Protocol>) -> Arc<Pool> {
+        let pool = self.find_or_create_pool(key, protocol);
+        if let Some(slot) = self.worker_pools.get(usize::from(key.worker)) {
+            // Taken already (by another key of this worker): the list serves this one.
+            let _ = slot.set(pool.clone());
+        }
+        pool
+    }
+
+    fn find_or_create_pool(&self, key: PoolKey, protocol: &Arc<Protocol>) -> Arc<Pool> {
         if let Some(p) = self.pools.load().iter().find(|p| p.key == key) {
             return p.clone();
         }
@@ -401,6 +448,52 @@ mod tests {
         c.record_failure(b);
         assert!(b.is_ejected(), "room again once the first came back");
         assert_eq!(c.metrics.outlier_ejections.get(), 2);
+    }
+
+    #[cfg(feature = "dubbo")]
+    #[tokio::test]
+    async fn a_worker_finds_its_first_pool_in_its_slot_and_other_keys_in_the_list() {
+        use crate::upstream::PoolKey;
+        use meta_protocol::{CodecOptions, WireFormat};
+        let c = cluster(&["127.0.0.1:1"], OutlierDetectionConfig::default());
+        let factory = crate::codecs::default_registry()
+            .get("dubbo")
+            .unwrap()
+            .clone();
+        let protocol =
+            Arc::new(Protocol::new(7, factory, CodecOptions::default(), 1 << 20).unwrap());
+        let e = &c.endpoints[0];
+        let key = |wire: u16, worker: u16| PoolKey {
+            protocol: 7,
+            wire: WireFormat(wire),
+            worker,
+        };
+        // The connection lent, by address.
+        let conn = |e: &Arc<Endpoint>, key| {
+            e.with_connection(key, &protocol, |c| c.map(|c| c as *const ConnHandle))
+        };
+        // No await below: the connections' tasks never run, so every connection stays
+        // usable and the first-fit pick returns the same one.
+        let first = conn(e, key(0, 1)).expect("a new connection");
+        assert_eq!(e.worker_pools[1].get().map(|p| p.key), Some(key(0, 1)));
+        let again = conn(e, key(0, 1)).expect("the same connection");
+        assert!(std::ptr::eq(first, again), "the slot's pool answered");
+        assert_eq!(e.pools.load().len(), 1);
+
+        // A second wire format on the same worker: its own pool, through the list; the
+        // slot keeps the first.
+        let other = conn(e, key(1, 1)).expect("a connection");
+        assert!(!std::ptr::eq(first, other));
+        assert_eq!(e.worker_pools[1].get().map(|p| p.key), Some(key(0, 1)));
+        assert_eq!(e.pools.load().len(), 2);
+        let other_again = conn(e, key(1, 1)).expect("a connection");
+        assert!(std::ptr::eq(other, other_again));
+
+        // A worker beyond the slots still gets a pool of its own.
+        let far = worker_pool_slots() as u16;
+        let far_conn = conn(e, key(0, far)).expect("a connection");
+        assert!(!std::ptr::eq(first, far_conn));
+        assert_eq!(e.pools.load().len(), 3);
     }
 
     #[tokio::test(start_paused = true)]

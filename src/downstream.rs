@@ -111,7 +111,8 @@ struct InFlight {
     listener: Arc<ListenerRt>,
     route: usize,
     cluster: usize,
-    endpoint: Arc<Endpoint>,
+    /// Index of the endpoint in the cluster's list (which the listener keeps as it is).
+    endpoint: usize,
     attempts_left: u32,
     hash: Option<u64>,
     /// Size of the request frame, counted in the connection's buffered bytes.
@@ -125,9 +126,13 @@ impl InFlight {
         &self.listener.clusters[self.cluster]
     }
 
+    fn endpoint(&self) -> &Endpoint {
+        &self.cluster().endpoints[self.endpoint]
+    }
+
     /// Releases the endpoint and cluster slots this request held.
     fn release(&self) {
-        self.endpoint.request_finished();
+        self.endpoint().request_finished();
         self.cluster().release_pending();
     }
 }
@@ -859,7 +864,10 @@ impl Downstream {
 
         if msg.kind() == MessageKind::OneWay {
             match self.send(&listener.clusters[cluster], slot, hash, None, deadline) {
-                Ok(endpoint) => self.access(log, AccessStatus::OneWay, Some(endpoint.addr), 0),
+                Ok(endpoint) => {
+                    let addr = listener.clusters[cluster].endpoints[endpoint].addr;
+                    self.access(log, AccessStatus::OneWay, Some(addr), 0)
+                }
                 Err(not_sent) => {
                     tracing::debug!(reason = not_sent.reason, "one-way request dropped");
                     self.ctx.metrics.local_reply(not_sent.kind).inc();
@@ -884,8 +892,8 @@ impl Downstream {
         self.generation = self.generation.wrapping_add(1);
         let token = RequestToken::new(key, self.generation);
         let mut attempts_left = attempts;
-        let target = listener.clusters[cluster].clone();
-        match self.send_two_way(&target, slot, hash, token, deadline, &mut attempts_left) {
+        let target = &listener.clusters[cluster];
+        match self.send_two_way(target, slot, hash, token, deadline, &mut attempts_left) {
             Ok(endpoint) => {
                 self.push_deadline(deadline, token);
                 self.inflight.insert(InFlight {
@@ -926,7 +934,7 @@ impl Downstream {
         token: RequestToken,
         deadline: Instant,
         attempts_left: &mut u32,
-    ) -> Result<Arc<Endpoint>, NotSent> {
+    ) -> Result<usize, NotSent> {
         loop {
             let reply_to = ReplyTo {
                 sink: self.me.clone(),
@@ -949,6 +957,7 @@ impl Downstream {
     /// Hands the request in `msg` to a connection of an endpoint of `cluster`, which
     /// encodes it where it lies and moves it out only to keep it (see
     /// [`crate::upstream::ConnHandle::send`]); when it is not sent it stays in `msg`.
+    /// Returns the index of the endpoint that took it in `cluster.endpoints`.
     fn send(
         &mut self,
         cluster: &Arc<ClusterRt>,
@@ -956,7 +965,7 @@ impl Downstream {
         hash: Option<u64>,
         reply: Option<ReplyTo>,
         deadline: Instant,
-    ) -> Result<Arc<Endpoint>, NotSent> {
+    ) -> Result<usize, NotSent> {
         let two_way = reply.is_some();
         let Some((frame_len, wire)) = msg.as_ref().map(|m| (m.frame().len(), m.wire())) else {
             return Err(NotSent {
@@ -1004,7 +1013,7 @@ impl Downstream {
                 reason: "no healthy endpoint",
             });
         };
-        let endpoint = cluster.endpoints[index].clone();
+        let endpoint = &cluster.endpoints[index];
         let key = PoolKey {
             protocol: self.ctx.protocol.id,
             wire,
@@ -1016,19 +1025,20 @@ impl Downstream {
             slot,
             charge,
         };
-        let sent = match endpoint.connection(key, &self.ctx.protocol) {
-            Some(conn) => conn.send(msg, env, self.read_at),
+        let read_at = self.read_at;
+        let sent = endpoint.with_connection(key, &self.ctx.protocol, |conn| match conn {
+            Some(conn) => conn.send(msg, env, read_at),
             None => Err(Refused {
                 env,
                 reason: "upstream connection unavailable",
             }),
-        };
+        });
         match sent {
             Ok(()) => {
                 if two_way {
                     endpoint.request_started();
                 }
-                Ok(endpoint)
+                Ok(index)
             }
             Err(Refused { env, reason }) => {
                 drop(env);
@@ -1074,13 +1084,13 @@ impl Downstream {
             if let Err(e) = self.codec.decode_metadata(msg) {
                 // The backend answered with garbage: an error response from it (counted
                 // as `error`, and a failure for outlier detection), not a success.
-                f.cluster().record_failure(&f.endpoint);
+                f.cluster().record_failure(f.endpoint());
                 f.listener.responses[f.cluster].record(ResponseStatus::Error, f.started.elapsed());
                 self.bad_response(f, &e);
                 return;
             }
         }
-        f.cluster().record_success(&f.endpoint);
+        f.cluster().record_success(f.endpoint());
         f.listener.responses[f.cluster].record(msg.status(), f.started.elapsed());
         if let Some(route) = route {
             if !f.listener.filters.is_empty() {
@@ -1099,7 +1109,7 @@ impl Downstream {
         buffer_pool::ready_for_write(&mut self.wbuf);
         let before = self.wbuf.len();
         let log = f.log.take();
-        let endpoint = Some(f.endpoint.addr);
+        let endpoint = Some(f.endpoint().addr);
         match self.codec.encode(msg, &mut self.wbuf) {
             Ok(()) => {
                 let bytes = self.wbuf.len() - before;
@@ -1119,7 +1129,7 @@ impl Downstream {
         crate::observe::rate_limited!(tracing::Level::WARN, error = %e, "malformed response from upstream");
         let text = format!("metaproxy: the upstream response could not be decoded: {e}");
         let log = f.log.take();
-        self.response_failed(&f.reply, &text, log, Some(f.endpoint.addr));
+        self.response_failed(&f.reply, &text, log, Some(f.endpoint().addr));
     }
 
     /// Answers a request whose response cannot be forwarded with an upstream-failure
@@ -1151,7 +1161,7 @@ impl Downstream {
         // failing endpoint, and its unwritten request gets a free retry.
         let stale_retry = stale && f.stale_retries < MAX_STALE_RETRIES;
         if !stale {
-            cluster.record_failure(&f.endpoint);
+            cluster.record_failure(f.endpoint());
         }
         let mut unsent = unsent;
         if unsent.is_some() && (stale_retry || f.attempts_left > 0) {
@@ -1181,7 +1191,7 @@ impl Downstream {
             }
         }
         let text = format!("metaproxy: {reason}");
-        let endpoint = Some(f.endpoint.addr);
+        let endpoint = Some(f.endpoint().addr);
         self.local_reply_logged(
             &f.reply,
             LocalReplyKind::UpstreamFailure,
@@ -1224,12 +1234,12 @@ impl Downstream {
         let mut f = self.inflight.remove(token.slot());
         self.inflight_bytes -= f.bytes;
         f.release();
-        f.cluster().record_failure(&f.endpoint);
+        f.cluster().record_failure(f.endpoint());
         let text = format!(
             "metaproxy: timeout: no response from {} within the route timeout",
-            f.endpoint.address
+            f.endpoint().address
         );
-        let endpoint = Some(f.endpoint.addr);
+        let endpoint = Some(f.endpoint().addr);
         self.local_reply_logged(
             &f.reply,
             LocalReplyKind::Timeout,

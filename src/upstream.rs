@@ -468,16 +468,38 @@ impl Pool {
         Choice::Full { least }
     }
 
+    /// Calls `f` with the connection [`Pool::pick`] would choose without opening one,
+    /// under the pool's lock (lent, not counted); gives `f` back when `pick` would open
+    /// a connection. `f` may lock the connection (lock order: pool, then connection;
+    /// nothing that holds a connection's lock takes a pool's).
+    pub(crate) fn with_reused<R, F: FnOnce(Option<&ConnHandle>) -> R>(
+        &self,
+        endpoint: &EndpointLink,
+        f: F,
+    ) -> Result<R, F> {
+        let conns = self.conns();
+        match Self::choose(&conns, self.spread_threshold()) {
+            Choice::Fit(c) => Ok(f(Some(c))),
+            Choice::Full { least: Some(c) } if !endpoint.may_open() => Ok(f(Some(c))),
+            Choice::Full { .. } => Err(f),
+        }
+    }
+
+    /// In-flight requests above which the next request goes to another connection.
+    fn spread_threshold(&self) -> u32 {
+        if self.protocol.caps.multiplexing {
+            MUX_SPREAD_THRESHOLD
+        } else {
+            1
+        }
+    }
+
     /// A connection for the next request: the first one with room, or a new one when
     /// all are busy and the endpoint is below `max_connections` (counted over every
     /// worker's pool), or else the least loaded. `None` when this pool has no usable
     /// connection and the endpoint may not open another.
     pub(crate) fn pick(&self, endpoint: &Arc<EndpointLink>) -> Option<Arc<ConnHandle>> {
-        let threshold = if self.protocol.caps.multiplexing {
-            MUX_SPREAD_THRESHOLD
-        } else {
-            1
-        };
+        let threshold = self.spread_threshold();
         // A connection to use without opening one: one with room, or the least loaded
         // when the endpoint is at its limit.
         let reuse = |conns: &[Arc<ConnHandle>]| match Self::choose(conns, threshold) {
