@@ -7,6 +7,7 @@
 //! delivered to once per read, so a read full of responses costs one write per client.
 
 use std::sync::{Arc, Weak};
+use tokio::time::Instant;
 
 use meta_protocol::Message;
 
@@ -32,11 +33,12 @@ pub(crate) struct Failure {
 /// its own state (to send a request); an upstream connection never holds its own state
 /// while it calls a sink. So neither waits for the other.
 pub(crate) trait ResponseSink: Send + Sync {
-    /// Handles the response to request `token` (the message is borrowed: it is encoded
-    /// for the client where it was decoded, never moved). Returns true when the sink
-    /// wants a [`ResponseSink::flush`] call after the caller's batch (the caller
-    /// remembers it once; later deliveries before the flush return false).
-    fn respond(&self, token: RequestToken, msg: &mut Message) -> bool;
+    /// Handles the response to request `token`, read at `read_at` (the message is
+    /// borrowed: it is encoded for the client where it was decoded, never moved).
+    /// Returns true when the sink wants a [`ResponseSink::flush`] call after the
+    /// caller's batch (the caller remembers it once; later deliveries before the flush
+    /// return false).
+    fn respond(&self, token: RequestToken, msg: &mut Message, read_at: Instant) -> bool;
 
     /// Handles the failure of request `token`; returns as [`ResponseSink::respond`].
     fn fail(&self, token: RequestToken, failure: Failure) -> bool;
@@ -55,13 +57,19 @@ pub(crate) struct ReplyTo {
 }
 
 impl ReplyTo {
-    /// Delivers the response `msg` unless the client has closed; adds the client to
-    /// `flush` when it asks for a flush.
-    pub(crate) fn respond(self, msg: &mut Message, flush: &mut Vec<Arc<dyn ResponseSink>>) {
+    /// Delivers the response `msg`, read at `read_at` (one clock reading for every
+    /// response of a read), unless the client has closed; adds the client to `flush`
+    /// when it asks for a flush.
+    pub(crate) fn respond(
+        self,
+        msg: &mut Message,
+        read_at: Instant,
+        flush: &mut Vec<Arc<dyn ResponseSink>>,
+    ) {
         if let Some(last) = self.same_as_last(flush) {
-            last.respond(self.token, msg);
+            last.respond(self.token, msg, read_at);
         } else if let Some(sink) = self.sink.upgrade() {
-            if sink.respond(self.token, msg) {
+            if sink.respond(self.token, msg, read_at) {
                 flush.push(sink);
             }
         }
@@ -123,7 +131,7 @@ mod tests {
     }
 
     impl ResponseSink for Recorder {
-        fn respond(&self, token: RequestToken, _msg: &mut Message) -> bool {
+        fn respond(&self, token: RequestToken, _msg: &mut Message, _at: Instant) -> bool {
             self.record(token)
         }
         fn fail(&self, token: RequestToken, _failure: Failure) -> bool {
@@ -153,7 +161,7 @@ mod tests {
         // a, a, a (the last two through the flush list), b, a again after b, then a
         // failure for b and a response for a closed client.
         for (sink, slot) in [(&a, 0), (&a, 1), (&a, 2), (&b, 3), (&a, 4)] {
-            reply_to(sink, slot).respond(&mut msg, &mut flush);
+            reply_to(sink, slot).respond(&mut msg, Instant::now(), &mut flush);
         }
         let failure = Failure {
             unsent: None,
@@ -161,7 +169,7 @@ mod tests {
             stale: false,
         };
         reply_to(&b, 5).fail(failure, &mut flush);
-        to_gone.respond(&mut msg, &mut flush);
+        to_gone.respond(&mut msg, Instant::now(), &mut flush);
 
         assert_eq!(*a.got.lock().unwrap(), [0, 1, 2, 4]);
         assert_eq!(*b.got.lock().unwrap(), [3, 5]);

@@ -233,9 +233,9 @@ impl ClientLink {
 }
 
 impl ResponseSink for ClientLink {
-    fn respond(&self, token: RequestToken, msg: &mut Message) -> bool {
+    fn respond(&self, token: RequestToken, msg: &mut Message, read_at: Instant) -> bool {
         let mut conn = self.lock();
-        conn.on_response(token, msg);
+        conn.on_response(token, msg, read_at);
         !std::mem::replace(&mut conn.flush_queued, true)
     }
 
@@ -1064,11 +1064,13 @@ impl Downstream {
         }
     }
 
-    /// The response to request `token`, encoded for the client in place.
-    fn on_response(&mut self, token: RequestToken, msg: &mut Message) {
+    /// The response to request `token`, read at `read_at`, encoded for the client in
+    /// place.
+    fn on_response(&mut self, token: RequestToken, msg: &mut Message, read_at: Instant) {
         let Some(mut f) = self.take(token) else {
             return;
         };
+        let elapsed = read_at.saturating_duration_since(f.started);
         f.release();
         msg.set_request_id(f.reply.request_id);
         let route = f.listener.table.routes().get(f.route);
@@ -1085,13 +1087,13 @@ impl Downstream {
                 // The backend answered with garbage: an error response from it (counted
                 // as `error`, and a failure for outlier detection), not a success.
                 f.cluster().record_failure(f.endpoint());
-                f.listener.responses[f.cluster].record(ResponseStatus::Error, f.started.elapsed());
+                f.listener.responses[f.cluster].record(ResponseStatus::Error, elapsed);
                 self.bad_response(f, &e);
                 return;
             }
         }
         f.cluster().record_success(f.endpoint());
-        f.listener.responses[f.cluster].record(msg.status(), f.started.elapsed());
+        f.listener.responses[f.cluster].record(msg.status(), elapsed);
         if let Some(route) = route {
             if !f.listener.filters.is_empty() {
                 f.listener.filters.on_response(&mut FilterResponse::new(
@@ -1099,7 +1101,7 @@ impl Downstream {
                     route.name(),
                     &f.cluster().name,
                     msg,
-                    f.started.elapsed(),
+                    elapsed,
                 ));
             }
         }

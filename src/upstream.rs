@@ -825,7 +825,7 @@ impl UpstreamConnection {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                         Err(_) => return "read error",
                     }
-                    let result = self.decode_all(&mut rbuf, &mut sinks);
+                    let result = self.decode_all(&mut rbuf, last_read, &mut sinks);
                     buffer_pool::release(&mut rbuf);
                     if result.is_ok_and(|n| worth_coalescing(n, sinks.len())) {
                         // Let the other tasks this wake-up made ready run first (other
@@ -904,11 +904,12 @@ impl UpstreamConnection {
         }
     }
 
-    /// Decodes every complete message in `rbuf`, taking the lock once per message and
-    /// delivering responses with it released.
+    /// Decodes every complete message in `rbuf` (read at `read_at`), taking the lock
+    /// once per message and delivering responses with it released.
     fn decode_all(
         &self,
         rbuf: &mut BytesMut,
+        read_at: Instant,
         sinks: &mut Vec<Arc<dyn ResponseSink>>,
     ) -> Result<usize, &'static str> {
         let mut delivered = 0;
@@ -930,7 +931,7 @@ impl UpstreamConnection {
             let reply = self.on_message(msg, &mut inner);
             drop(inner);
             if let Some(reply) = reply {
-                reply.respond(msg, sinks);
+                reply.respond(msg, read_at, sinks);
                 delivered += 1;
             }
         }
