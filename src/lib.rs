@@ -31,6 +31,7 @@ mod downstream;
 mod endpoint_link;
 pub mod filter;
 pub mod hot_restart;
+mod id_table;
 mod listener;
 pub mod observe;
 mod pending;

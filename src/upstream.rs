@@ -8,7 +8,7 @@
 //! connection by a direct call ([`crate::delivery`]). No channel, no copy of the message
 //! between tasks. Codecs that cannot multiplex get one request per connection at a time.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -27,6 +27,7 @@ use crate::budget::BudgetCharge;
 use crate::buffer_pool;
 use crate::delivery::{flush_all, Failure, ReplyTo, ResponseSink};
 use crate::endpoint_link::{ConnectionSettings, EndpointLink};
+use crate::id_table::IdTable;
 use crate::observe::metrics::ClusterMetrics;
 use crate::pending::PendingSlot;
 use crate::task_wake::{poll_timer, TaskWake};
@@ -307,13 +308,8 @@ impl ConnInner {
         };
         let st = &mut self.st;
         let two_way = msg.kind() == MessageKind::Request;
-        let id = loop {
-            st.next_id = st.next_id.wrapping_add(1) & 0x7fff_ffff;
-            if !st.pending.contains_key(&u64::from(st.next_id)) {
-                break u64::from(st.next_id);
-            }
-        };
-        msg.set_request_id(id);
+        let id = st.pending.next_free_id();
+        msg.set_request_id(u64::from(id));
         buffer_pool::ready_for_write(&mut self.wbuf);
         let before = self.wbuf.len();
         if let Err(e) = io.codec.encode(msg, &mut self.wbuf) {
@@ -327,7 +323,7 @@ impl ConnInner {
         st.encoded += (self.wbuf.len() - before) as u64;
         if two_way {
             if env.reply.is_some() && slot.is_some() {
-                st.unwritten.push(st.encoded, id, slot);
+                st.unwritten.push(st.encoded, u64::from(id), slot);
             }
             st.pending.insert(
                 id,
@@ -549,9 +545,6 @@ impl Pool {
     }
 }
 
-/// Pending requests by connection-local id (ids are small integers: a fast hasher).
-type PendingMap = HashMap<u64, Pending, ahash::RandomState>;
-
 struct Pending {
     reply: Option<ReplyTo>,
     deadline: Instant,
@@ -562,7 +555,7 @@ struct Pending {
 /// What one upstream connection holds besides its socket and codec.
 struct ConnState {
     /// Requests written (or being written), by connection-local id.
-    pending: PendingMap,
+    pending: IdTable<Pending>,
     /// Requests taken, not yet encoded (see [`WRITE_BATCH`]).
     queue: VecDeque<Queued>,
     /// Two-way requests encoded but not completely written: (end offset in the
@@ -572,7 +565,6 @@ struct ConnState {
     /// Bytes encoded into / written from the output stream so far.
     encoded: u64,
     written: u64,
-    next_id: u32,
     /// Responses received on this connection.
     answered: u64,
 }
@@ -580,12 +572,11 @@ struct ConnState {
 impl ConnState {
     fn new() -> Self {
         ConnState {
-            pending: HashMap::with_hasher(ahash::RandomState::new()),
+            pending: IdTable::default(),
             queue: VecDeque::new(),
             unwritten: Unwritten::default(),
             encoded: 0,
             written: 0,
-            next_id: 0,
             answered: 0,
         }
     }
@@ -603,9 +594,7 @@ impl ConnState {
     /// per connection, 2 MiB over the 120 or so a load leaves in the pools. The next
     /// burst grows them again in a few steps.
     fn shrink(&mut self) {
-        if self.pending.capacity() > 0 {
-            self.pending.shrink_to(0);
-        }
+        self.pending.free_when_empty();
         if self.queue.capacity() > 0 {
             self.queue.shrink_to(0);
         }
@@ -622,7 +611,7 @@ impl ConnState {
             keep
         });
         let before = self.pending.len();
-        self.pending.retain(|_, p| p.deadline + SWEEP_GRACE > now);
+        self.pending.retain(|p| p.deadline + SWEEP_GRACE > now);
         dropped += (before - self.pending.len()) as u32;
         dropped
     }
@@ -715,7 +704,7 @@ impl UpstreamConnection {
         let stale = st.answered > 0 || reason == DRAINED;
         let mut sinks = Vec::new();
         while let Some((id, msg)) = st.unwritten.pop_oldest() {
-            if let Some(p) = st.pending.remove(&id) {
+            if let Some(p) = st.pending.remove(id) {
                 if let Some(reply) = p.reply {
                     let failure = Failure {
                         unsent: msg,
@@ -726,7 +715,7 @@ impl UpstreamConnection {
                 }
             }
         }
-        for (_, p) in st.pending.drain() {
+        for p in st.pending.drain() {
             if let Some(reply) = p.reply {
                 let failure = Failure {
                     unsent: None,
@@ -888,8 +877,7 @@ impl UpstreamConnection {
                             && now.duration_since(last_read) >= settings.heartbeat_interval =>
                         {
                             let inner = &mut *inner;
-                            inner.st.next_id = inner.st.next_id.wrapping_add(1) & 0x7fff_ffff;
-                            let id = u64::from(inner.st.next_id);
+                            let id = u64::from(inner.st.pending.next_free_id());
                             if let Some(io) = inner.io.as_mut() {
                                 match io.codec.encode_heartbeat(id, &mut inner.wbuf) {
                                     Ok(true) => heartbeat_sent = Some(now),
@@ -943,7 +931,7 @@ impl UpstreamConnection {
         match msg.kind() {
             MessageKind::Response => {
                 inner.st.answered += 1;
-                let Some(p) = inner.st.pending.remove(&msg.request_id()) else {
+                let Some(p) = inner.st.pending.remove(msg.request_id()) else {
                     tracing::debug!(
                         id = msg.request_id(),
                         "response for unknown or expired request"
@@ -1034,11 +1022,12 @@ mod tests {
         for id in 0..1_000 {
             st.unwritten.push(id, id, &mut Some(request(id)));
             st.queue.push_back(queued(id, deadline));
-            st.pending.insert(id, pending(deadline));
+            let pending_id = st.pending.next_free_id();
+            st.pending.insert(pending_id, pending(deadline));
         }
         st.wrote(1_000);
         st.queue.clear();
-        st.pending.clear();
+        st.pending.drain().for_each(drop);
         assert_eq!(st.unwritten.len(), 0);
         assert!(st.unwritten.capacity() >= 1_000);
         st.shrink();
