@@ -20,23 +20,12 @@ PIPE=${2:-16}
 PAY=${3:-128}
 MP=${4:-}
 command -v valgrind >/dev/null || { echo "callgrind-diff: valgrind is not installed" >&2; exit 1; }
-if [ -z "$MP" ]; then
-    cargo build --release --bin metaproxy >&2
-    MP=target/release/metaproxy
-fi
-E2E=$(cargo bench -p metaproxy-cli --bench e2e --no-run --message-format=json 2>/dev/null \
-    | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | grep '/deps/e2e-' | tail -1)
 OUT=target/callgrind-diff/$PROTO-p$PIPE-$PAY
-rm -rf "$OUT" && mkdir -p "$OUT"
-mkfifo "$OUT/hold"
-( sleep 100000 > "$OUT/hold" ) &
-HOLD=$!
-"$E2E" --e2e --serve --protocols "$PROTO" --metaproxy "$MP" --out "$OUT" \
-    < "$OUT/hold" > "$OUT/serve.txt" 2> "$OUT/serve.err" &
-SERVE=$!
+# shellcheck source=scripts/serve-harness.sh
+. scripts/serve-harness.sh
+start_harness "$PROTO" "$OUT"
 cleanup() { kill "$HOLD" 2>/dev/null || true; wait "$SERVE" 2>/dev/null || true; }
 trap cleanup EXIT
-for _ in $(seq 1 150); do grep -q backend "$OUT/serve.txt" 2>/dev/null && break; sleep 0.2; done
 V1=$(grep -o 'v1 [0-9.:]*' "$OUT/serve.txt" | head -1 | cut -d' ' -f2)
 V2=$(grep -o 'v2 [0-9.:]*' "$OUT/serve.txt" | head -1 | cut -d' ' -f2)
 PORT=$((20000 + RANDOM % 20000))

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# CPU time per proxied request, user and system apart, for metaproxy and for HAProxy in
+# TCP mode, on the bench harness's echo backends with the matrix's route (a metadata
+# match and a 90/10 split; HAProxy 9/1 per connection). Both proxies run pinned to CPU 1,
+# the load generator on CPU 0; the targets alternate, RUNS times each.
+#
+#   scripts/cpu-split.sh [PROTOCOL [CONNECTIONS [PIPELINE [PAYLOAD [METAPROXY]]]]]
+#   scripts/cpu-split.sh dubbo 16 16 128                 # the default
+#   REQUESTS=1000000 RUNS=3 scripts/cpu-split.sh thrift 256 16
+#   PROFILE=1 scripts/cpu-split.sh dubbo 16 16           # and a perf profile of metaproxy
+#
+# Times come from /proc/PID/stat in clock ticks, so a run should last a second or more
+# (REQUESTS, default 600,000). With PROFILE=1, `perf record -e cpu-clock` samples
+# metaproxy during its runs; the script prints its top user-space functions and the
+# share of their samples that fall right after an atomic (locked) instruction, which is
+# where an atomic read-modify-write's cost shows. Needs haproxy (scripts/bench-e2e.sh
+# installs it) and, for PROFILE=1, perf.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PROTO=${1:-dubbo}
+CONNS=${2:-16}
+PIPE=${3:-16}
+PAY=${4:-128}
+MP=${5:-}
+REQUESTS=${REQUESTS:-600000}
+RUNS=${RUNS:-2}
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+[ -x "$HAPROXY" ] || { echo "cpu-split: haproxy is not installed (scripts/bench-e2e.sh installs it)" >&2; exit 1; }
+if [ -n "${PROFILE:-}" ]; then
+    command -v perf > /dev/null || { echo "cpu-split: PROFILE=1 needs perf" >&2; exit 1; }
+fi
+OUT=target/cpu-split/$PROTO-${CONNS}c-p$PIPE-$PAY
+# shellcheck source=scripts/serve-harness.sh
+. scripts/serve-harness.sh
+start_harness "$PROTO" "$OUT"
+HAPID=""
+PERFPID=""
+cleanup() {
+    [ -n "$PERFPID" ] && kill -INT "$PERFPID" 2>/dev/null || true
+    [ -n "$HAPID" ] && kill "$HAPID" 2>/dev/null || true
+    kill "$HOLD" 2>/dev/null || true
+    wait "$SERVE" 2>/dev/null || true
+}
+trap cleanup EXIT
+LINE=$(grep backend "$OUT/serve.txt" | head -1)
+MP_ADDR=$(echo "$LINE" | grep -o 'metaproxy [0-9.:]*' | cut -d' ' -f2)
+MP_PID=$(echo "$LINE" | grep -o '(pid [0-9]*)' | head -1 | tr -dc '0-9')
+HA_ADDR=$(echo "$LINE" | grep -o 'haproxy [0-9.:]*' | cut -d' ' -f2)
+[ -n "$MP_PID" ] || { echo "cpu-split: the harness did not start metaproxy: $LINE" >&2; exit 1; }
+taskset -a -p -c 1 "$MP_PID" > /dev/null
+taskset -c 1 "$HAPROXY" -f "$OUT/haproxy.cfg" -db > "$OUT/haproxy.log" 2>&1 &
+HAPID=$!
+for _ in $(seq 1 50); do (echo > "/dev/tcp/${HA_ADDR%:*}/${HA_ADDR##*:}") 2>/dev/null && break; sleep 0.1; done
+TICK=$(getconf CLK_TCK)
+if [ -n "${PROFILE:-}" ]; then
+    perf record -e cpu-clock -F 10000 -p "$MP_PID" -o "$OUT/perf.data" 2> "$OUT/perf.log" &
+    PERFPID=$!
+    sleep 0.3
+fi
+echo "$PROTO ${CONNS}c×$PIPE ${PAY} B, $REQUESTS requests per run; CPU µs per request (user + system):"
+for run in $(seq 1 "$RUNS"); do
+    for target in metaproxy haproxy; do
+        if [ "$target" = metaproxy ]; then PID=$MP_PID; ADDR=$MP_ADDR; else PID=$HAPID; ADDR=$HA_ADDR; fi
+        before=$(awk '{print $14, $15}' "/proc/$PID/stat")
+        rate=$(taskset -c 0 "$MP" bench --protocol "$PROTO" --target "$ADDR" \
+            --connections "$CONNS" --pipeline "$PIPE" --payload "$PAY" \
+            --requests "$REQUESTS" --header user=bench --timeout 30s 2>&1 \
+            | grep -m1 -o 'throughput: [0-9]* requests/s' || echo "throughput: ? requests/s")
+        after=$(awk '{print $14, $15}' "/proc/$PID/stat")
+        echo "$before $after" | awk -v n="$REQUESTS" -v tick="$TICK" -v t="$target" -v run="$run" -v rate="$rate" \
+            '{ u = ($3 - $1) * 1e6 / tick / n; s = ($4 - $2) * 1e6 / tick / n;
+               printf "  run %d %-9s  user %.3f  system %.3f  total %.3f  (%s)\n", run, t, u, s, u + s, rate }'
+    done
+done
+if [ -n "${PROFILE:-}" ]; then
+    kill -INT "$PERFPID"
+    wait "$PERFPID" 2>/dev/null || true
+    PERFPID=""
+    echo "metaproxy's top user-space functions (share of all its samples):"
+    { perf report -i "$OUT/perf.data" --no-children --sort sym --stdio 2>/dev/null || true; } \
+        | grep -E '^ +[0-9.]+%.*\[\.\]' | head -15 || true
+    # perf annotate prints, per function, its sample count and each instruction's share
+    # of it; sum the shares of instructions that follow a locked one.
+    # (Kernel functions cannot be annotated without vmlinux: perf says so and goes on.)
+    { perf annotate -i "$OUT/perf.data" --stdio 2> /dev/null || true; } | awk '
+        /Disassembly of .* for cpu-clock \(/ { s = $0; sub(/.* for cpu-clock \(/, "", s); n = s + 0; total += n; after = 0; next }
+        /^ +[0-9.]+ +: +[0-9a-f]+:/ {
+            pct = $1; ins = $4
+            if (after) locked += pct * n / 100
+            after = (ins == "lock" || ins ~ /^xchg/)
+        }
+        END { if (total) printf "user-space samples right after a locked instruction: %.1f %% of %d\n", 100 * locked / total, total }'
+    echo "profile: $OUT/perf.data"
+fi
