@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CPU time per proxied request, user and system apart, for metaproxy and for HAProxy in
 # TCP mode, on the bench harness's echo backends with the matrix's route (a metadata
-# match and a 90/10 split; HAProxy 9/1 per connection). Both proxies run pinned to CPU 1,
-# the load generator on CPU 0; the targets alternate, RUNS times each.
+# match and a 90/10 split; HAProxy 9/1 per connection). Both proxies run pinned to CPU 1
+# (the echo backends are not pinned), the load generator on CPU 0; the targets
+# alternate, RUNS times each.
 #
 #   scripts/cpu-split.sh [PROTOCOL [CONNECTIONS [PIPELINE [PAYLOAD [METAPROXY]]]]]
 #   scripts/cpu-split.sh dubbo 16 16 128                 # the default

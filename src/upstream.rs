@@ -166,12 +166,39 @@ enum Choice<'a> {
 /// thread that owns the connection (per-core threading; with work stealing it may be
 /// contended) and is never held across an `.await` or while calling a client.
 pub(crate) struct ConnHandle {
-    load: AtomicU32,
+    load: LoadCount,
     alive: AtomicBool,
     accepting: AtomicBool,
     multiplexing: bool,
     inner: Mutex<ConnInner>,
     wake: TaskWake,
+}
+
+/// Requests in flight on one upstream connection (its load, for the pool's pick). Read
+/// anywhere; changed only with the connection's lock held, which the `&ConnInner`
+/// argument proves, or once the connection is closed: so a change is a load and a
+/// store, not an atomic read-modify-write (about 20 cycles each, twice per request).
+#[derive(Default)]
+struct LoadCount(AtomicU32);
+
+impl LoadCount {
+    fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, _locked: &ConnInner, n: u32) {
+        self.0.store(self.get().wrapping_add(n), Ordering::Relaxed);
+    }
+
+    fn sub(&self, _locked: &ConnInner, n: u32) {
+        self.0.store(self.get().wrapping_sub(n), Ordering::Relaxed);
+    }
+
+    /// Back to 0 once the connection is closed (`closed` set under the lock, so no
+    /// request is counted any more).
+    fn reset_closed(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
 }
 
 /// The connected part of an upstream connection.
@@ -196,7 +223,7 @@ struct ConnInner {
 impl ConnHandle {
     fn new(multiplexing: bool) -> Self {
         ConnHandle {
-            load: AtomicU32::new(0),
+            load: LoadCount::default(),
             alive: AtomicBool::new(true),
             accepting: AtomicBool::new(true),
             multiplexing,
@@ -217,7 +244,7 @@ impl ConnHandle {
 
     /// Requests queued or in flight on this connection.
     pub(crate) fn load(&self) -> u32 {
-        self.load.load(Ordering::Relaxed)
+        self.load.get()
     }
 
     fn lock(&self) -> MutexGuard<'_, ConnInner> {
@@ -245,14 +272,14 @@ impl ConnHandle {
                 reason: "upstream connection unavailable",
             });
         }
-        self.load.fetch_add(1, Ordering::Relaxed);
+        self.load.add(&inner, 1);
         let direct = inner.io.is_some()
             && inner.st.queue.is_empty()
             && self.accepting.load(Ordering::Relaxed)
             && inner.has_room(self.multiplexing);
         if !direct {
             let Some(msg) = msg.take() else {
-                self.load.fetch_sub(1, Ordering::Relaxed);
+                self.load.sub(&inner, 1);
                 return Err(Refused {
                     env,
                     reason: "no request to send",
@@ -266,7 +293,7 @@ impl ConnHandle {
         match inner.encode(msg, env, now) {
             Ok(two_way) => {
                 if !two_way {
-                    self.load.fetch_sub(1, Ordering::Relaxed);
+                    self.load.sub(&inner, 1);
                 }
                 if !std::mem::replace(&mut inner.write_scheduled, true) {
                     drop(inner);
@@ -275,7 +302,7 @@ impl ConnHandle {
                 Ok(())
             }
             Err(refused) => {
-                self.load.fetch_sub(1, Ordering::Relaxed);
+                self.load.sub(&inner, 1);
                 Err(refused)
             }
         }
@@ -453,11 +480,11 @@ impl Pool {
     fn choose(conns: &[Arc<ConnHandle>], threshold: u32) -> Choice<'_> {
         let mut least: Option<&Arc<ConnHandle>> = None;
         for c in conns.iter().filter(|c| c.usable()) {
-            let load = c.load.load(Ordering::Relaxed);
+            let load = c.load.get();
             if load < threshold {
                 return Choice::Fit(c);
             }
-            if least.is_none_or(|b| load < b.load.load(Ordering::Relaxed)) {
+            if least.is_none_or(|b| load < b.load.get()) {
                 least = Some(c);
             }
         }
@@ -726,7 +753,7 @@ impl UpstreamConnection {
             }
         }
         fail_queued(st.queue, stale, "upstream connection closed", &mut sinks);
-        self.handle.load.store(0, Ordering::Relaxed);
+        self.handle.load.reset_closed();
         flush_all(&mut sinks);
     }
 
@@ -743,7 +770,7 @@ impl UpstreamConnection {
         drop(inner);
         let mut sinks = Vec::new();
         fail_queued(queue, false, "upstream connect failed", &mut sinks);
-        self.handle.load.store(0, Ordering::Relaxed);
+        self.handle.load.reset_closed();
         flush_all(&mut sinks);
     }
 
@@ -786,7 +813,7 @@ impl UpstreamConnection {
                     return DRAINED;
                 }
                 let unloaded = inner.drain_queue(accepting, multiplexing, &mut failed);
-                handle.load.fetch_sub(unloaded, Ordering::Relaxed);
+                handle.load.sub(&inner, unloaded);
                 // Everything the clients encoded since the task last ran goes out in
                 // one write below, after a pending read: a backend that closed after
                 // answering is seen before requests are written into a dead socket (the
@@ -840,7 +867,7 @@ impl UpstreamConnection {
                     tick.as_mut().reset(now + tick_every);
                     let mut inner = handle.lock();
                     let dropped = inner.st.sweep(now);
-                    handle.load.fetch_sub(dropped, Ordering::Relaxed);
+                    handle.load.sub(&inner, dropped);
                     let st = &inner.st;
                     if self.endpoint.strong_count() == 0 && st.pending.is_empty() && st.queue.is_empty() {
                         // The endpoint left the config: nothing will use this connection.
@@ -938,7 +965,7 @@ impl UpstreamConnection {
                     );
                     return None;
                 };
-                self.handle.load.fetch_sub(1, Ordering::Relaxed);
+                self.handle.load.sub(inner, 1);
                 p.reply
             }
             MessageKind::Heartbeat => {
@@ -1057,7 +1084,7 @@ mod tests {
     /// A connection handle with `load` requests in flight (no task behind it).
     fn conn(load: u32, alive: bool) -> Arc<ConnHandle> {
         let c = ConnHandle::new(true);
-        c.load.store(load, Ordering::Relaxed);
+        c.load.add(&c.lock(), load);
         c.alive.store(alive, Ordering::Relaxed);
         Arc::new(c)
     }
