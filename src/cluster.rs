@@ -122,7 +122,7 @@ impl Endpoint {
             Ok(r) => return r,
             Err(f) => f,
         };
-        if let Some(opened) = pool.pick(&self.link) {
+        if let Some(opened) = pool.open_or_reuse(&self.link) {
             return f(Some(&opened));
         }
         let sibling = self

@@ -491,20 +491,33 @@ impl Pool {
         Choice::Full { least }
     }
 
-    /// Calls `f` with the connection [`Pool::pick`] would choose without opening one,
-    /// under the pool's lock (lent, not counted); gives `f` back when `pick` would open
-    /// a connection. `f` may lock the connection (lock order: pool, then connection;
-    /// nothing that holds a connection's lock takes a pool's).
+    /// A connection to use without opening one: the first with room, or the least
+    /// loaded when `endpoint` may not open another.
+    fn reusable<'a>(
+        conns: &'a [Arc<ConnHandle>],
+        threshold: u32,
+        endpoint: &EndpointLink,
+    ) -> Option<&'a Arc<ConnHandle>> {
+        match Self::choose(conns, threshold) {
+            Choice::Fit(c) => Some(c),
+            Choice::Full { least: Some(c) } if !endpoint.may_open() => Some(c),
+            Choice::Full { .. } => None,
+        }
+    }
+
+    /// Calls `f` with the connection this pool would reuse ([`Pool::reusable`]), under
+    /// the pool's lock (lent, not counted); gives `f` back when a connection would have
+    /// to be opened ([`Pool::open_or_reuse`]). `f` may lock the connection (lock order:
+    /// pool, then connection; nothing that holds a connection's lock takes a pool's).
     pub(crate) fn with_reused<R, F: FnOnce(Option<&ConnHandle>) -> R>(
         &self,
         endpoint: &EndpointLink,
         f: F,
     ) -> Result<R, F> {
         let conns = self.conns();
-        match Self::choose(&conns, self.spread_threshold()) {
-            Choice::Fit(c) => Ok(f(Some(c))),
-            Choice::Full { least: Some(c) } if !endpoint.may_open() => Ok(f(Some(c))),
-            Choice::Full { .. } => Err(f),
+        match Self::reusable(&conns, self.spread_threshold(), endpoint) {
+            Some(c) => Ok(f(Some(c))),
+            None => Err(f),
         }
     }
 
@@ -517,27 +530,19 @@ impl Pool {
         }
     }
 
-    /// A connection for the next request: the first one with room, or a new one when
-    /// all are busy and the endpoint is below `max_connections` (counted over every
-    /// worker's pool), or else the least loaded. `None` when this pool has no usable
-    /// connection and the endpoint may not open another.
-    pub(crate) fn pick(&self, endpoint: &Arc<EndpointLink>) -> Option<Arc<ConnHandle>> {
+    /// A connection for the next request once [`Pool::with_reused`] found none to
+    /// reuse: a new one when the endpoint is below `max_connections` (counted over
+    /// every worker's pool), or else, should another worker have opened the last one
+    /// meanwhile, the first with room or the least loaded. `None` when this pool has no
+    /// usable connection and the endpoint may not open another.
+    pub(crate) fn open_or_reuse(&self, endpoint: &Arc<EndpointLink>) -> Option<Arc<ConnHandle>> {
         let threshold = self.spread_threshold();
-        // A connection to use without opening one: one with room, or the least loaded
-        // when the endpoint is at its limit.
-        let reuse = |conns: &[Arc<ConnHandle>]| match Self::choose(conns, threshold) {
-            Choice::Fit(c) => Some(c.clone()),
-            Choice::Full { least: Some(c), .. } if !endpoint.may_open() => Some(c.clone()),
-            Choice::Full { .. } => None,
-        };
-        if let Some(c) = reuse(&self.conns()) {
-            return Some(c);
-        }
-        // Lock order: the endpoint's opening lock, then this pool's list.
+        // Lock order: the endpoint's opening lock, then this pool's list. Checked again
+        // under both: the state may have changed since `with_reused` looked.
         let _guard = endpoint.opening();
         let mut conns = self.conns();
-        if let Some(c) = reuse(&conns) {
-            return Some(c);
+        if let Some(c) = Self::reusable(&conns, threshold, endpoint) {
+            return Some(c.clone());
         }
         let Some(open) = endpoint.reserve_connection() else {
             return match Self::choose(&conns, threshold) {
