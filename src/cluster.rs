@@ -30,21 +30,14 @@ pub(crate) struct Endpoint {
     pools: ArcSwap<Vec<Arc<Pool>>>,
     pools_lock: Mutex<()>,
     /// Per worker (by [`crate::runtime::worker_id`]), the first pool it used: a request
-    /// finds its pool with one load instead of an `ArcSwap` load and a reference count
-    /// each way (four atomic read-modify-writes). Other keys (a second protocol or wire
-    /// format on the same endpoint, workers beyond the slots) take the list.
-    worker_pools: Box<[OnceLock<Arc<Pool>>]>,
+    /// finds its pool with two loads instead of an `ArcSwap` load and a reference count
+    /// each way (four atomic read-modify-writes). Made on the endpoint's first request,
+    /// one 16-byte slot per worker id then in use ([`crate::runtime::worker_ids`]): one
+    /// under work stealing, workers + 1 per core; an endpoint never used has none.
+    /// Other keys (a second protocol or wire format on the same endpoint, a worker
+    /// started after the slots were made) take the list.
+    worker_pools: OnceLock<Box<[OnceLock<Arc<Pool>>]>>,
     metrics: ClusterMetrics,
-}
-
-/// Workers with a fast pool slot per endpoint: every core's worker and the main
-/// runtime's (id 0), at least eight. A slot is 16 bytes.
-fn worker_pool_slots() -> usize {
-    static SLOTS: OnceLock<usize> = OnceLock::new();
-    *SLOTS.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cores + 1).max(8)
-    })
 }
 
 impl Endpoint {
@@ -67,7 +60,7 @@ impl Endpoint {
             ejections: AtomicU32::new(0),
             pools: ArcSwap::from_pointee(Vec::new()),
             pools_lock: Mutex::new(()),
-            worker_pools: (0..worker_pool_slots()).map(|_| OnceLock::new()).collect(),
+            worker_pools: OnceLock::new(),
         }
     }
 
@@ -107,7 +100,8 @@ impl Endpoint {
     ) -> R {
         let fast = self
             .worker_pools
-            .get(usize::from(key.worker))
+            .get()
+            .and_then(|slots| slots.get(usize::from(key.worker)))
             .and_then(OnceLock::get)
             .filter(|p| p.key == key);
         let slow;
@@ -139,7 +133,12 @@ impl Endpoint {
     /// in its fast slot.
     fn pool(&self, key: PoolKey, protocol: &Arc<Protocol>) -> Arc<Pool> {
         let pool = self.find_or_create_pool(key, protocol);
-        if let Some(slot) = self.worker_pools.get(usize::from(key.worker)) {
+        let slots = self.worker_pools.get_or_init(|| {
+            (0..crate::runtime::worker_ids())
+                .map(|_| OnceLock::new())
+                .collect()
+        });
+        if let Some(slot) = slots.get(usize::from(key.worker)) {
             // Taken already (by another key of this worker): the list serves this one.
             let _ = slot.set(pool.clone());
         }
@@ -474,8 +473,15 @@ mod tests {
         };
         // No await below: the connections' tasks never run, so every connection stays
         // usable and the first-fit pick returns the same one.
+        assert!(e.worker_pools.get().is_none(), "no slots before a request");
+        crate::runtime::reserve_worker_ids(2);
         let first = conn(e, key(0, 1)).expect("a new connection");
-        assert_eq!(e.worker_pools[1].get().map(|p| p.key), Some(key(0, 1)));
+        let slot = |e: &Arc<Endpoint>, worker: usize| {
+            e.worker_pools.get().expect("slots made")[worker]
+                .get()
+                .map(|p| p.key)
+        };
+        assert_eq!(slot(e, 1), Some(key(0, 1)));
         let again = conn(e, key(0, 1)).expect("the same connection");
         assert!(std::ptr::eq(first, again), "the slot's pool answered");
         assert_eq!(e.pools.load().len(), 1);
@@ -484,13 +490,13 @@ mod tests {
         // slot keeps the first.
         let other = conn(e, key(1, 1)).expect("a connection");
         assert!(!std::ptr::eq(first, other));
-        assert_eq!(e.worker_pools[1].get().map(|p| p.key), Some(key(0, 1)));
+        assert_eq!(slot(e, 1), Some(key(0, 1)));
         assert_eq!(e.pools.load().len(), 2);
         let other_again = conn(e, key(1, 1)).expect("a connection");
         assert!(std::ptr::eq(other, other_again));
 
         // A worker beyond the slots still gets a pool of its own.
-        let far = worker_pool_slots() as u16;
+        let far = e.worker_pools.get().expect("slots made").len() as u16;
         let far_conn = conn(e, key(0, far)).expect("a connection");
         assert!(!std::ptr::eq(first, far_conn));
         assert_eq!(e.pools.load().len(), 3);

@@ -21,6 +21,7 @@
 //! `METAPROXY_WORKERS` (default: the cores this process may run on).
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// How the proxy's work is spread over threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,5 +107,22 @@ pub(crate) fn worker_id() -> u16 {
 }
 
 pub(crate) fn set_worker_id(id: u16) {
+    reserve_worker_ids(usize::from(id) + 1);
     WORKER.with(|w| w.set(id));
+}
+
+/// One more than the highest worker id any thread has had or a server has announced:
+/// 1 while only the main runtime and work-stealing workers (all id 0) run.
+static WORKER_IDS: AtomicUsize = AtomicUsize::new(1);
+
+/// Announces that worker ids below `count` will be used (a per-core server does so
+/// before it starts its workers), so that per-worker tables made from now on have a
+/// place for each.
+pub(crate) fn reserve_worker_ids(count: usize) {
+    WORKER_IDS.fetch_max(count, Ordering::Relaxed);
+}
+
+/// How many worker ids are in use or announced ([`reserve_worker_ids`]).
+pub(crate) fn worker_ids() -> usize {
+    WORKER_IDS.load(Ordering::Relaxed)
 }

@@ -564,6 +564,9 @@ impl Server {
         }
         let (stop_workers, stop_rx) = watch::channel(false);
         let mut worker_threads = Vec::new();
+        // Worker i runs as id i + 1 (0 is the main runtime): announced before any of
+        // them starts, so an endpoint's per-worker pool slots have room for all.
+        crate::runtime::reserve_worker_ids(per_worker.len() + 1);
         for (i, sockets) in per_worker.into_iter().enumerate() {
             let (drain, tracker, mut stop) = (drain_rx.clone(), tracker.clone(), stop_rx.clone());
             let spawned = std::thread::Builder::new()
