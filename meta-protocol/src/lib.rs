@@ -163,7 +163,8 @@ pub use message::{
     LAYOUT_WORDS,
 };
 pub use metadata::{
-    MetaStr, Metadata, Mutations, WellKnownKey, INLINE_METADATA_ENTRIES, INLINE_OWNED_STRINGS,
+    MetaStr, Metadata, MetadataMut, Mutations, WellKnownKey, INLINE_METADATA_ENTRIES,
+    INLINE_OWNED_STRINGS,
 };
 
 pub use bytes;

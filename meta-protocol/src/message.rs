@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::metadata::{MetaStr, Metadata, Mutations};
+use crate::metadata::{MetaStr, Metadata, MetadataMut, Mutations};
 
 /// What a frame means to the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -232,10 +232,11 @@ impl Message {
     }
 
     /// Routable metadata, for codecs filling it in and filters editing it: set or remove
-    /// keys ([`Metadata::clear`] keeps the frame). The metadata also holds the frame the
-    /// message forwards, so a whole `Metadata` assigned over it replaces that frame too.
-    pub fn metadata_mut(&mut self) -> &mut Metadata {
-        &mut self.metadata
+    /// keys ([`MetadataMut::clear`] keeps the frame). Not `&mut Metadata`: the metadata
+    /// also holds the frame the message forwards, which assigning a whole set would
+    /// replace.
+    pub fn metadata_mut(&mut self) -> MetadataMut<'_> {
+        MetadataMut::new(&mut self.metadata)
     }
 
     /// Whether the codec left part of this message's metadata unread (and the layout of
@@ -374,6 +375,20 @@ mod tests {
             "{}",
             std::mem::size_of::<Message>()
         );
+    }
+
+    #[test]
+    fn editing_the_metadata_keeps_the_frame() {
+        let frame = Bytes::from_static(b"..method=hello..");
+        let mut m = Message::new(MessageKind::Request, 1, frame.clone());
+        let mut md = m.metadata_mut();
+        md.set_in_frame(2..8, 9..14);
+        md.set("user".into(), "alice".into());
+        assert_eq!(md.get("method"), Some("hello"), "reads through the editor");
+        assert_eq!(md.remove("user").as_deref(), Some("alice"));
+        m.metadata_mut().clear();
+        assert!(m.metadata().is_empty());
+        assert_eq!(m.frame(), &frame, "clearing the entries keeps the frame");
     }
 
     #[test]

@@ -448,6 +448,94 @@ impl<K: Into<MetaStr>, V: Into<MetaStr>> FromIterator<(K, V)> for Metadata {
     }
 }
 
+/// A message's metadata, open for changes in place: every change [`Metadata`] offers
+/// (it reads as a `&Metadata` too), but not replacing the whole set. The metadata also
+/// holds the frame its entries point into, which the message forwards: a whole set
+/// assigned over it would swap the bytes sent along with it, so
+/// [`crate::Message::metadata_mut`] hands out this instead of `&mut Metadata`.
+///
+/// ```compile_fail
+/// # use meta_protocol::{bytes::Bytes, Message, MessageKind, Metadata};
+/// let mut msg = Message::new(MessageKind::Request, 1, Bytes::from_static(b"frame"));
+/// *msg.metadata_mut() = Metadata::new(); // refused: the frame would go with it
+/// ```
+pub struct MetadataMut<'a>(&'a mut Metadata);
+
+impl<'a> MetadataMut<'a> {
+    /// Opens `metadata` for changes (what [`crate::Message::metadata_mut`] does).
+    pub(crate) fn new(metadata: &'a mut Metadata) -> Self {
+        MetadataMut(metadata)
+    }
+
+    /// [`Metadata::set`].
+    #[inline]
+    pub fn set(&mut self, key: MetaStr, value: MetaStr) {
+        self.0.set(key, value)
+    }
+
+    /// [`Metadata::set_in_frame`].
+    #[inline]
+    pub fn set_in_frame(&mut self, key: Range<usize>, value: Range<usize>) {
+        self.0.set_in_frame(key, value)
+    }
+
+    /// [`Metadata::set_value_in_frame`].
+    #[inline]
+    pub fn set_value_in_frame(&mut self, key: MetaStr, value: Range<usize>) {
+        self.0.set_value_in_frame(key, value)
+    }
+
+    /// [`Metadata::set_known_in_frame`].
+    #[inline]
+    pub fn set_known_in_frame(&mut self, key: WellKnownKey, value: Range<usize>) {
+        self.0.set_known_in_frame(key, value)
+    }
+
+    /// [`Metadata::set_if_absent`].
+    #[inline]
+    pub fn set_if_absent(&mut self, key: MetaStr, value: MetaStr) {
+        self.0.set_if_absent(key, value)
+    }
+
+    /// [`Metadata::remove`].
+    #[inline]
+    pub fn remove(&mut self, key: &str) -> Option<MetaStr> {
+        self.0.remove(key)
+    }
+
+    /// [`Metadata::remove_in_frame`].
+    #[inline]
+    pub fn remove_in_frame(&mut self, key: Range<usize>) {
+        self.0.remove_in_frame(key)
+    }
+
+    /// [`Metadata::truncate`].
+    #[inline]
+    pub fn truncate(&mut self, len: usize) {
+        self.0.truncate(len)
+    }
+
+    /// [`Metadata::clear`]: every entry goes, the frame stays.
+    #[inline]
+    pub fn clear(&mut self) {
+        self.0.clear()
+    }
+}
+
+impl std::ops::Deref for MetadataMut<'_> {
+    type Target = Metadata;
+
+    fn deref(&self) -> &Metadata {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for MetadataMut<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// Key/value pairs a codec writes into a message on encode (Dubbo attachments, Thrift
 /// header-transport headers). Later pairs override earlier ones with the same key.
 pub type Mutations = SmallVec<[(MetaStr, MetaStr); 4]>;

@@ -52,7 +52,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meta_protocol::{LocalReplyKind, Message, MetaStr, Metadata, ResponseStatus};
+use meta_protocol::{LocalReplyKind, Message, MetaStr, Metadata, MetadataMut, ResponseStatus};
 use metaproxy_router::RouteTable;
 
 pub use access_control::{AccessControl, AccessControlFactory, ACCESS_CONTROL};
@@ -163,10 +163,8 @@ impl<'a> FilterRequest<'a> {
         self.message.metadata()
     }
 
-    /// The metadata routing will see: set or remove keys here to steer routes. (It also
-    /// holds the request's frame: a whole new `Metadata` assigned over it would replace
-    /// the bytes forwarded.)
-    pub fn metadata_mut(&mut self) -> &mut Metadata {
+    /// The metadata routing will see: set or remove keys here to steer routes.
+    pub fn metadata_mut(&mut self) -> MetadataMut<'_> {
         self.message.metadata_mut()
     }
 

@@ -5,7 +5,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use meta_protocol::{
     reject_options, Codec, CodecCapabilities, CodecContext, CodecError, CodecFactory, CodecOptions,
     ConfiguredProtocol, DecodeError, DecodeErrorKind, EncodeError, FrameLayout, LayoutWords,
-    LocalReply, LocalReplyKind, Message, MessageKind, MetaStr, Metadata, ReplyContext,
+    LocalReply, LocalReplyKind, Message, MessageKind, MetaStr, MetadataMut, ReplyContext,
     ResponseStatus, Side, WellKnownKey,
 };
 
@@ -239,7 +239,7 @@ fn read_text_or_skip(r: &mut Reader<'_>, frame: &Bytes) -> Result<Option<Text>, 
 /// `Z`) straight into `md`, leaving out keys in `skip` (body fields, see
 /// [`body_field`]). Returns `false`, with `md` and `r` as they were, for any other
 /// shape: the caller then reads the map with the general reader.
-fn read_plain_map(r: &mut Reader<'_>, frame: &[u8], md: &mut Metadata, skip: u8) -> bool {
+fn read_plain_map(r: &mut Reader<'_>, frame: &[u8], md: &mut MetadataMut<'_>, skip: u8) -> bool {
     let start = r.position();
     let kept = md.len();
     if r.skip_code(code::MAP_UNTYPED) {
@@ -263,7 +263,7 @@ fn read_plain_map(r: &mut Reader<'_>, frame: &[u8], md: &mut Metadata, skip: u8)
 }
 
 /// Sets `key` to `value` in `md`, as frame offsets when both are in the frame.
-fn set_text(md: &mut Metadata, frame: &Bytes, key: Text, value: Text) {
+fn set_text(md: &mut MetadataMut<'_>, frame: &Bytes, key: Text, value: Text) {
     match (key, value) {
         (Text::InFrame(k), Text::InFrame(v)) => md.set_in_frame(k, v),
         (k, v) => {
@@ -275,7 +275,7 @@ fn set_text(md: &mut Metadata, frame: &Bytes, key: Text, value: Text) {
 }
 
 /// Sets the body field `key` to `value` in `md`.
-fn set_field(md: &mut Metadata, key: WellKnownKey, value: Text) {
+fn set_field(md: &mut MetadataMut<'_>, key: WellKnownKey, value: Text) {
     match value {
         Text::InFrame(v) => md.set_known_in_frame(key, v),
         Text::Decoded(v) => md.set(MetaStr::from_static(key.as_str()), v),
@@ -358,18 +358,18 @@ impl DubboCodec {
         // The frame moves into the message (its reference is the metadata's): no second
         // handle, so no reference count changes here.
         let mut msg = Message::new(kind, h.id, frame);
-        let md = msg.metadata_mut();
+        let mut md = msg.metadata_mut();
         let body_fields = u8::from(path.is_some())
             | u8::from(method.is_some()) << 1
             | u8::from(version.is_some()) << 2;
         if let Some(p) = path {
-            set_field(md, WellKnownKey::Interface, p);
+            set_field(&mut md, WellKnownKey::Interface, p);
         }
         if let Some(m) = method {
-            set_field(md, WellKnownKey::Method, m);
+            set_field(&mut md, WellKnownKey::Method, m);
         }
         if let Some(v) = version {
-            set_field(md, WellKnownKey::Version, v);
+            set_field(&mut md, WellKnownKey::Version, v);
         }
         if self.lazy_metadata && body_fields == ALL_BODY_FIELDS {
             // The rest waits for `decode_metadata`, which starts at `args`.
@@ -423,11 +423,11 @@ impl DubboCodec {
                 first_arg_end = r.position();
             }
         }
-        let md = msg.metadata_mut();
+        let mut md = msg.metadata_mut();
         let map_start = r.position();
         let attachments = if r.is_at_end() {
             None
-        } else if read_plain_map(&mut r, frame, md, body_fields) {
+        } else if read_plain_map(&mut r, frame, &mut md, body_fields) {
             Some((map_start, map_start + 1, r.position()))
         } else {
             let first = r
@@ -443,7 +443,7 @@ impl DubboCodec {
                     }
                     if r.at_string() {
                         let value = read_text(r, frame)?;
-                        set_text(md, frame, key, value);
+                        set_text(&mut md, frame, key, value);
                     } else {
                         // A later duplicate wins, as in the HashMap a Java peer reads
                         // the attachments into (and as mutations rely on): a null or
@@ -529,15 +529,15 @@ impl DubboCodec {
         }
         layout.first_arg_end = r.position();
         let map_start = r.position();
-        let md = msg.metadata_mut();
-        let first = if read_plain_map(&mut r, &frame, md, 0) {
+        let mut md = msg.metadata_mut();
+        let first = if read_plain_map(&mut r, &frame, &mut md, 0) {
             Ok(map_start + 1)
         } else {
             r.visit_map(|r, _| {
                 let key = read_text_or_skip(r, &frame)?;
                 let value = read_text_or_skip(r, &frame)?;
                 if let (Some(k), Some(v)) = (key, value) {
-                    set_text(md, &frame, k, v);
+                    set_text(&mut md, &frame, k, v);
                 }
                 Ok(())
             })

@@ -822,7 +822,7 @@ fn read_name(msg: &mut Message, head: &MsgHead) -> Result<(), DecodeError> {
     // Metadata values are offsets into the frame (the name is checked UTF-8 above, and
     // ':' is ASCII, so both halves are too). A byte loop beats `str::find` on names of
     // a few bytes.
-    let md = msg.metadata_mut();
+    let mut md = msg.metadata_mut();
     match name.as_bytes().iter().position(|&b| b == b':') {
         Some(i) => {
             md.set_known_in_frame(WellKnownKey::Method, start + i + 1..end);
@@ -844,7 +844,7 @@ fn read_info_headers(
     // A second handle on the frame (a reference count): the metadata is filled while
     // the frame is read.
     let frame = msg.frame().clone();
-    let meta = msg.metadata_mut();
+    let mut meta = msg.metadata_mut();
     let parsed = for_each_info_header(&frame, info_start, payload, |(ks, ke), (vs, ve)| {
         // `method`/`service` from the message win; among headers the last of a key wins
         // (as in Python's and C++'s header maps). Headers that are not UTF-8 are
