@@ -1516,4 +1516,54 @@ clusters:
             (1, Status::Timeout as u8)
         );
     }
+
+    /// The proxy's `metaproxy_buffered_bytes` gauge.
+    fn buffered_bytes(p: &RunningServer) -> i64 {
+        let text = p.handle().metrics_text();
+        text.lines()
+            .find_map(|l| l.strip_prefix("metaproxy_buffered_bytes "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metaproxy_buffered_bytes in\n{text}"))
+    }
+
+    #[tokio::test]
+    async fn a_client_gone_between_delivery_and_flush_leaves_nothing_in_the_budget() {
+        // One thread runs everything, so the order is fixed: the backend's answers and
+        // the client's reset reach the proxy in one I/O-driver turn, answers first. The
+        // upstream connection delivers the batch (16 answers: it then lets other tasks
+        // run before it flushes its clients), the client's task sees the reset and ends
+        // with the answers unwritten, and only then does the upstream connection flush
+        // the client it delivered to. The answers (over 16 KiB, one budget step) must
+        // not be counted again.
+        let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let p = proxy(backend.local_addr().unwrap()).await;
+        let mut c = Client::connect(&p).await;
+        c.send(&(1..=16).map(|id| (id, "echo")).collect::<Vec<_>>())
+            .await;
+        let (mut upstream, _) = backend.accept().await.unwrap();
+        let mut codec = KvCodec::new(1 << 20);
+        let mut buf = BytesMut::new();
+        let mut ids = Vec::new();
+        while ids.len() < 16 {
+            assert!(upstream.read_buf(&mut buf).await.unwrap() > 0);
+            while let Some(m) = codec.decode(&mut buf).unwrap() {
+                ids.push(m.request_id());
+            }
+        }
+        let mut answers = BytesMut::new();
+        for id in ids {
+            answers.extend_from_slice(&frames::response(id, 0, &[], &[7; 1200]));
+        }
+        assert!(answers.len() > BUDGET_STEP && answers.len() < buffer_pool::BUFFER_SIZE);
+        // No await from here to the close: the proxy runs only after both.
+        upstream.writable().await.unwrap();
+        assert_eq!(upstream.try_write(&answers).unwrap(), answers.len());
+        // A reset, not a close: the client's task fails to write the answers and ends
+        // with them still in its buffer.
+        c.stream.set_zero_linger().unwrap();
+        drop(c);
+        settle().await;
+        assert_eq!(buffered_bytes(&p), 0);
+        drop(upstream);
+    }
 }
