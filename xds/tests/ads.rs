@@ -98,7 +98,7 @@ async fn clusters_endpoints_and_routes_are_acked_applied_and_shown_with_their_so
     for _ in 0..20 {
         assert_eq!(kv.call("canary").await.unwrap(), (OK, "v1".to_owned()));
     }
-    assert_eq!(v1.hits(), 20);
+    assert_eq!(v1.received(), 20);
     let handle = s.proxy.handle();
     let p = handle.provenance();
     assert_eq!(p.route_configs["kv-routes"].source, "xds");

@@ -1,14 +1,13 @@
-//! Shared helpers of the xDS tests: kv echo backends, a kv client, a proxy with the kv
-//! codec, builders of xDS resources, and a scriptable ADS server.
+//! Shared helpers of the xDS tests: kv echo backends and a kv client (those of the
+//! runtime's tests, `tests/common/kv.rs`), a proxy with the kv codec, builders of xDS
+//! resources, and a scriptable ADS server.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     address, socket_address, Address, HealthStatus, SocketAddress,
@@ -26,117 +25,38 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::{Any, UInt32Value};
-use meta_protocol::{Codec, MessageKind};
 use metaproxy::RunningServer;
-use metaproxy_example_kv::{frames, KvCodec, KvCodecFactory};
+use metaproxy_example_kv::{frames, KvCodecFactory};
 use metaproxy_xds::aeraki;
 use metaproxy_xds::state::ResourceType;
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-/// A kv backend answering every request with `backend: <name>` and the echoed body.
-pub struct Backend {
-    pub addr: SocketAddr,
-    pub hits: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Backend {
-    pub fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-pub async fn backend(name: &str) -> Backend {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let (h, name) = (hits.clone(), name.to_owned());
-    let task = tokio::spawn(async move {
-        let mut conns = tokio::task::JoinSet::new();
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let (h, name) = (h.clone(), name.clone());
-            conns.spawn(async move {
-                let _ = stream.set_nodelay(true);
-                let mut codec = KvCodec::new(1 << 20);
-                let mut buf = BytesMut::with_capacity(4096);
-                loop {
-                    match stream.read_buf(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                    let mut out = BytesMut::new();
-                    while let Ok(Some(msg)) = codec.decode(&mut buf) {
-                        if msg.kind() != MessageKind::Request {
-                            continue;
-                        }
-                        h.fetch_add(1, Ordering::SeqCst);
-                        out.extend_from_slice(&frames::response(
-                            msg.request_id(),
-                            0,
-                            &[("backend", &name)],
-                            frames::body(&msg),
-                        ));
-                    }
-                    if stream.write_all(&out).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    Backend { addr, hits, task }
-}
+#[path = "../../../tests/common/kv.rs"]
+mod kv;
+use kv::Client;
+#[allow(unused_imports, reason = "not every test binary uses every helper")]
+pub use kv::{backend, Backend};
 
 /// A kv client making one call at a time over one connection.
-pub struct KvClient {
-    stream: TcpStream,
-    codec: KvCodec,
-    buf: BytesMut,
-    next_id: u64,
-}
+pub struct KvClient(Client);
 
 impl KvClient {
     pub async fn connect(addr: SocketAddr) -> KvClient {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        KvClient {
-            stream,
-            codec: KvCodec::new(1 << 20),
-            buf: BytesMut::new(),
-            next_id: 1,
-        }
+        KvClient(Client::connect(addr).await)
     }
 
     /// Calls service `service`; returns the reply's status and its `backend` header
     /// (empty for a reply of the proxy itself), or None when the connection failed.
     pub async fn call(&mut self, service: &str) -> Option<(u8, String)> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let frame = frames::request(id, &[("service", service), ("method", "get")], b"x");
-        self.stream.write_all(&frame).await.ok()?;
-        let read = async {
-            loop {
-                if let Ok(Some(m)) = self.codec.decode(&mut self.buf) {
-                    return Some(m);
-                }
-                match self.stream.read_buf(&mut self.buf).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
-                }
-            }
-        };
-        let m = tokio::time::timeout(Duration::from_secs(5), read)
+        let id = self
+            .0
+            .try_send(&[("service", service), ("method", "get")], b"x")
+            .await?;
+        let m = tokio::time::timeout(Duration::from_secs(5), self.0.recv())
             .await
             .ok()??;
         assert_eq!(m.request_id(), id);
