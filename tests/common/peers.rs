@@ -1,6 +1,6 @@
 //! The independent Python peers of the interop tests (installed into `.interop/` by
 //! `scripts/interop/*.sh`): their interpreters, scripts and JSON-lines output. Shared by
-//! the runtime's and the binary's tests.
+//! the runtime's, the binary's and the thrift codec's tests.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};

@@ -8,11 +8,13 @@
 //! reply. Run with `cargo test -p metaproxy-thrift --features interop --test interop`.
 #![cfg(feature = "interop")]
 
+#[path = "../../../tests/common/peers.rs"]
+mod peers;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -22,29 +24,8 @@ use meta_protocol::{
     ResponseStatus, Side, WireFormat, DEFAULT_MAX_FRAME_SIZE,
 };
 use metaproxy_thrift::{wire_format, Protocol, ThriftCodecFactory, Transport};
+use peers::{json_lines, thrift_python, workspace_root, ThriftServer};
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn python() -> PathBuf {
-    let py = root().join(".interop/thrift/venv/bin/python");
-    let gen = root().join(".interop/thrift/gen-py/interop");
-    assert!(
-        py.exists() && gen.exists(),
-        "Apache Thrift Python peers are missing ({} / {}): run scripts/interop/thrift.sh",
-        py.display(),
-        gen.display()
-    );
-    py
-}
-
-fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("interop")
-        .join(name)
-}
 
 fn py_transport(t: Transport) -> &'static str {
     match t {
@@ -54,48 +35,13 @@ fn py_transport(t: Transport) -> &'static str {
     }
 }
 
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(t: Transport, p: Protocol) -> Server {
-    let mut child = Command::new(python())
-        .arg(script("server.py"))
-        .args([
-            "--transport",
-            py_transport(t),
-            "--protocol",
-            p.as_str(),
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the Python thrift server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: Value =
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("server said {line:?}: {e}"));
-    let addr = v["listening"]
-        .as_str()
-        .expect("listening address")
-        .to_owned();
-    Server { child, addr }
+fn start_server(t: Transport, p: Protocol) -> ThriftServer {
+    ThriftServer::start(py_transport(t), p.as_str())
 }
 
 fn run_client(t: Transport, p: Protocol, addr: &str, extra: &[&str]) -> Vec<Value> {
-    let out = Command::new(python())
-        .arg(script("client.py"))
+    let mut cmd = Command::new(thrift_python());
+    cmd.arg(workspace_root().join("codecs/thrift/interop/client.py"))
         .args([
             "--transport",
             py_transport(t),
@@ -103,19 +49,8 @@ fn run_client(t: Transport, p: Protocol, addr: &str, extra: &[&str]) -> Vec<Valu
             p.as_str(),
             addr,
         ])
-        .args(extra)
-        .output()
-        .expect("run the Python thrift client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !stdout.trim().is_empty(),
-        "client printed nothing; stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+        .args(extra);
+    json_lines(cmd)
 }
 
 #[derive(Clone, Copy)]
