@@ -44,6 +44,18 @@ fn metric(text: &str, name: &str, labels: &str) -> f64 {
         .unwrap()
 }
 
+/// Requests of listener `kv-in` refused by its `local_rate_limit` filter.
+fn rate_limited(text: &str) -> f64 {
+    let labels = r#"listener="kv-in",filter="local_rate_limit""#;
+    metric(text, "metaproxy_rate_limited_total", labels)
+}
+
+/// Local replies of listener `kv-in` for `reason`.
+fn local_replies(text: &str, reason: &str) -> f64 {
+    let labels = format!(r#"listener="kv-in",reason="{reason}""#);
+    metric(text, "metaproxy_local_replies_total", &labels)
+}
+
 async fn call_as(c: &mut Client, user: &str) -> u8 {
     frames::status(&c.call(&[("user", user), ("method", "get")], b"").await)
 }
@@ -71,10 +83,8 @@ async fn per_user_limit_lets_exactly_the_burst_through_and_spares_other_users() 
     }
     assert_eq!(v1.received(), 6);
     let text = p.handle().metrics_text();
-    let labels = r#"listener="kv-in",filter="local_rate_limit""#;
-    assert_eq!(metric(&text, "metaproxy_rate_limited_total", labels), 3.0);
-    let labels = r#"listener="kv-in",reason="rate_limited""#;
-    assert_eq!(metric(&text, "metaproxy_local_replies_total", labels), 3.0);
+    assert_eq!(rate_limited(&text), 3.0);
+    assert_eq!(local_replies(&text, "rate_limited"), 3.0);
 }
 
 #[tokio::test]
@@ -96,11 +106,9 @@ async fn access_control_denies_and_allows_as_configured() {
     assert_eq!(frames::status(&r), Status::Ok as u8);
     assert_eq!(v1.received(), 2);
     let text = p.handle().metrics_text();
-    let labels = r#"listener="kv-in",reason="forbidden""#;
-    assert_eq!(metric(&text, "metaproxy_local_replies_total", labels), 2.0);
+    assert_eq!(local_replies(&text, "forbidden"), 2.0);
     // Denied requests consume no rate-limit token (the limiter runs after the rule).
-    let labels = r#"listener="kv-in",filter="local_rate_limit""#;
-    assert_eq!(metric(&text, "metaproxy_rate_limited_total", labels), 0.0);
+    assert_eq!(rate_limited(&text), 0.0);
 }
 
 #[tokio::test]
@@ -257,10 +265,7 @@ clusters:
 async fn a_registered_filter_mutates_steers_waits_and_sees_responses() {
     let v1 = backend("v1").await;
     let v2 = backend("v2").await;
-    let text = CUSTOM
-        .replace("{v1}", &v1.addr.to_string())
-        .replace("{v2}", &v2.addr.to_string());
-    let config = metaproxy::config::parse(&text, "t.yaml".as_ref()).unwrap();
+    let config = config(CUSTOM, &[("v1", v1.addr), ("v2", v2.addr)]);
     // Without the registration the name is unknown, with its field path.
     let err = metaproxy::Server::new(config.clone(), registry())
         .err()
@@ -270,13 +275,7 @@ async fn a_registered_filter_mutates_steers_waits_and_sees_responses() {
         err.contains("listeners[0].filters[0].name: unknown filter \"tagger\""),
         "{err}"
     );
-    let mut filters = FilterRegistry::builtin();
-    filters.register(Arc::new(TaggerFactory));
-    let p = metaproxy::Server::with_filters(config, registry(), filters)
-        .unwrap()
-        .bind()
-        .await
-        .unwrap();
+    let p = proxy_with_filter(config, Arc::new(TaggerFactory)).await;
     let mut c = Client::connect(p.local_addr("kv-in").unwrap()).await;
 
     let r = c.call(&[("tenant", "beta"), ("sleep-ms", "40")], b"").await;
@@ -318,17 +317,8 @@ async fn a_registered_filter_mutates_steers_waits_and_sees_responses() {
 async fn waiting_requests_are_bounded_per_connection_and_a_failing_filter_gets_a_reply() {
     let v1 = backend("v1").await;
     let v2 = backend("v2").await;
-    let text = CUSTOM
-        .replace("{v1}", &v1.addr.to_string())
-        .replace("{v2}", &v2.addr.to_string());
-    let config = metaproxy::config::parse(&text, "t.yaml".as_ref()).unwrap();
-    let mut filters = FilterRegistry::builtin();
-    filters.register(Arc::new(TaggerFactory));
-    let p = metaproxy::Server::with_filters(config, registry(), filters)
-        .unwrap()
-        .bind()
-        .await
-        .unwrap();
+    let config = config(CUSTOM, &[("v1", v1.addr), ("v2", v2.addr)]);
+    let p = proxy_with_filter(config, Arc::new(TaggerFactory)).await;
     let mut c = Client::connect(p.local_addr("kv-in").unwrap()).await;
     let total = MAX_WAITING_PER_CONNECTION + 6;
     for _ in 0..total {

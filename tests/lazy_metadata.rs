@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use common::hostile::metric_with;
-use common::registry;
+use common::{config, proxy_with_filter};
 use metaproxy::filter::*;
 use metaproxy::meta_protocol::{
     Codec, Message, MessageKind, MetaStr, ResponseStatus, Side, DEFAULT_MAX_FRAME_SIZE,
@@ -231,17 +231,8 @@ clusters:
 async fn start() -> metaproxy::RunningServer {
     let v1 = backend("v1").await;
     let t1 = thrift_backend().await;
-    let text = CONFIG
-        .replace("{v1}", &v1.to_string())
-        .replace("{t1}", &t1.to_string());
-    let config = metaproxy::config::parse(&text, "t.yaml".as_ref()).unwrap();
-    let mut filters = FilterRegistry::builtin();
-    filters.register(Arc::new(EchoerFactory));
-    metaproxy::Server::with_filters(config, registry(), filters)
-        .unwrap()
-        .bind()
-        .await
-        .unwrap()
+    let config = config(CONFIG, &[("v1", v1), ("t1", t1)]);
+    proxy_with_filter(config, Arc::new(EchoerFactory)).await
 }
 
 #[tokio::test]

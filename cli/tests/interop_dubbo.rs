@@ -31,6 +31,19 @@ fn client(target: SocketAddr, args: &[&str]) -> Vec<Value> {
     json_lines(cmd)
 }
 
+/// Runs the Python client calling `interface.method` with `args` (a JSON array) and
+/// further options `extra`.
+fn call(
+    target: SocketAddr,
+    interface: &str,
+    method: &str,
+    args: &str,
+    extra: &[&str],
+) -> Vec<Value> {
+    let call = ["--interface", interface, "--method", method, "--args", args];
+    client(target, &[&call[..], extra].concat())
+}
+
 /// Answers each call with the string `<name>|x-route=<attachment or ->`.
 fn tagged(name: &'static str) -> Responder {
     Arc::new(move |req: &Message, out: &mut BytesMut| {
@@ -149,82 +162,39 @@ clusters:
     );
     assert_eq!(lines[0]["result"], "v2|x-route=beta", "{lines:?}");
     // Routing on version and on group.
-    let lines = client(
-        addr,
-        &[
-            "--interface",
+    for (interface, method, args, extra) in [
+        (
             "com.example.Greeter",
-            "--method",
             "sayHello",
-            "--version",
-            "2.0.0",
-            "--args",
             "[\"x\"]",
-            "--count",
-            "20",
-        ],
-    );
-    assert!(
-        lines.iter().all(|l| l["result"] == "v2|x-route=-"),
-        "{lines:?}"
-    );
-    let lines = client(
-        addr,
-        &[
-            "--interface",
+            ["--version", "2.0.0", "--count", "20"],
+        ),
+        (
             "com.example.Other",
-            "--method",
             "m",
-            "--group",
-            "blue",
-            "--args",
             "[]",
-            "--count",
-            "5",
-        ],
-    );
-    assert!(
-        lines.iter().all(|l| l["result"] == "v2|x-route=-"),
-        "{lines:?}"
-    );
+            ["--group", "blue", "--count", "5"],
+        ),
+    ] {
+        let lines = call(addr, interface, method, args, &extra);
+        assert!(
+            lines.iter().all(|l| l["result"] == "v2|x-route=-"),
+            "{interface}.{method}: {lines:?}"
+        );
+    }
 
     // Error statuses at a stock client: no route 60, dead backend 80, timeout 31.
-    let lines = client(
-        addr,
-        &[
-            "--interface",
-            "com.example.Nope",
-            "--method",
-            "m",
-            "--args",
-            "[]",
-        ],
-    );
-    assert_eq!(lines[0]["status"], 60, "{lines:?}");
-    let lines = client(
-        addr,
-        &[
-            "--interface",
-            "com.example.Dead",
-            "--method",
-            "m",
-            "--args",
-            "[]",
-        ],
-    );
-    assert_eq!(lines[0]["status"], 80, "{lines:?}");
-    let lines = client(
-        addr,
-        &[
-            "--interface",
-            "com.example.Greeter",
-            "--method",
-            "slowCall",
-            "--args",
-            "[]",
-        ],
-    );
-    assert_eq!(lines[0]["status"], 31, "{lines:?}");
+    for (interface, method, status) in [
+        ("com.example.Nope", "m", 60),
+        ("com.example.Dead", "m", 80),
+        ("com.example.Greeter", "slowCall", 31),
+    ] {
+        let lines = call(addr, interface, method, "[]", &[]);
+        assert_eq!(
+            lines[0]["status"], status,
+            "{interface}.{method}: {lines:?}"
+        );
+    }
 
     // Garbage closes only the offending connection.
     let mut bad = TcpStream::connect(addr).unwrap();

@@ -43,13 +43,32 @@ pub async fn proxy_with(
     addrs: &[(&str, SocketAddr)],
     threading: metaproxy::runtime::Threading,
 ) -> RunningServer {
+    let server = Server::new(config(yaml, addrs), registry()).unwrap();
+    server.bind_with(threading).await.unwrap()
+}
+
+/// Parses YAML text in which `{name}` placeholders are replaced by `addrs`, as
+/// [`proxy`] does.
+pub fn config(yaml: &str, addrs: &[(&str, SocketAddr)]) -> metaproxy::config::Config {
     let mut text = yaml.to_owned();
     for (name, addr) in addrs {
         text = text.replace(&format!("{{{name}}}"), &addr.to_string());
     }
-    let config = metaproxy::config::parse(&text, "test.yaml".as_ref()).unwrap();
-    let server = Server::new(config, registry()).unwrap();
-    server.bind_with(threading).await.unwrap()
+    metaproxy::config::parse(&text, "test.yaml".as_ref()).unwrap()
+}
+
+/// Starts a proxy from `config` with the kv codecs, the built-in filters and `filter`.
+pub async fn proxy_with_filter(
+    config: metaproxy::config::Config,
+    filter: Arc<dyn metaproxy::filter::FilterFactory>,
+) -> RunningServer {
+    let mut filters = metaproxy::filter::FilterRegistry::builtin();
+    filters.register(filter);
+    Server::with_filters(config, registry(), filters)
+        .unwrap()
+        .bind()
+        .await
+        .unwrap()
 }
 
 /// Header value of a kv response.
