@@ -3,36 +3,16 @@
 //! the cargo-fuzz target in `fuzz/`:
 //! `cargo run -p metaproxy-dubbo --example fuzz_seeds -- codecs/dubbo/fuzz/corpus/decode`.
 
-use bytes::BytesMut;
 use metaproxy_dubbo::frames::{Args, RequestFrame, ResponseFrame};
-use metaproxy_dubbo::hessian2::{Value, Writer};
+
+#[path = "../tests/common/seed_args.rs"]
+mod seed_args;
+use seed_args::seed_args;
 
 fn main() -> std::io::Result<()> {
     let dir = std::env::args().nth(1).unwrap_or_else(|| "corpus".into());
     std::fs::create_dir_all(&dir)?;
-    let mut args = BytesMut::new();
-    {
-        let mut w = Writer::new(&mut args);
-        let p = Value::Object {
-            class: "com.a.P".into(),
-            fields: vec![
-                ("x".into(), Value::Int(1)),
-                ("s".into(), Value::str("\u{1F600}")),
-            ],
-        };
-        w.write_value(&Value::List {
-            ty: Some("[x".into()),
-            items: vec![p.clone(), p, Value::Ref(1)],
-        });
-        w.write_value(&Value::Map {
-            ty: Some("java.util.HashMap".into()),
-            entries: vec![
-                (Value::Long(1 << 40), Value::Double(12.25)),
-                (Value::Date(60_000), Value::Binary(vec![1; 40])),
-            ],
-        });
-        w.write_raw(b"R\x00\x03ab\xed\xa0\xbdR\x00\x01\xed\xb8\x80S\x00\x02\xe4\xb8\xadz");
-    }
+    let args = seed_args();
     let frames = [
         RequestFrame {
             version: "1.0.0",

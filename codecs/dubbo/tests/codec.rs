@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use common::{codec, decode_one, encode, typical_request};
+use common::{
+    codec, decode_one, encode, object_in_attachments, one_way_request, raw_request, request_header,
+    typical_request,
+};
 use meta_protocol::testing::{check_decode_any_split, check_roundtrip};
 use meta_protocol::{
     Codec, CodecContext, CodecError, CodecOptions, CodecRegistry, DecodeErrorKind, LocalReply,
@@ -20,23 +23,6 @@ use metaproxy_dubbo::frames::{
 use metaproxy_dubbo::header::{status, Header, HEADER_LEN};
 use metaproxy_dubbo::hessian2::{Value, Writer};
 use metaproxy_dubbo::{DubboCodec, DubboCodecFactory};
-
-/// Builds a request frame by hand from hessian pieces: body strings, raw args, raw
-/// attachments map (or none).
-fn raw_request(flags: u8, id: u64, build: impl FnOnce(&mut Writer<'_>)) -> Bytes {
-    let mut b = BytesMut::new();
-    Header {
-        flags,
-        status: 0,
-        id,
-        body_len: 0,
-    }
-    .write(&mut b);
-    build(&mut Writer::new(&mut b));
-    let len = (b.len() - HEADER_LEN) as u32;
-    b[12..16].copy_from_slice(&len.to_be_bytes());
-    b.freeze()
-}
 
 #[test]
 fn typical_request_metadata() {
@@ -168,11 +154,7 @@ fn chunked_and_surrogate_strings_are_decoded() {
 /// say which requests are one-way.
 #[test]
 fn one_way_requests_are_marked_one_way() {
-    let frame = RequestFrame {
-        one_way: true,
-        ..RequestFrame::new(3, "svc", "m")
-    }
-    .encode();
+    let frame = one_way_request(3);
     let msg = decode_one(&frame);
     assert_eq!(msg.kind(), MessageKind::OneWay);
     let ctx = msg.reply_context();
@@ -184,11 +166,7 @@ fn one_way_requests_are_marked_one_way() {
 /// rewrite to the edges of the 31-bit range.
 #[test]
 fn streams_decode_the_same_in_any_split_and_ids_round_trip() {
-    let one_way = RequestFrame {
-        one_way: true,
-        ..RequestFrame::new(3, "svc", "m")
-    }
-    .encode();
+    let one_way = one_way_request(3);
     let mut heartbeat = BytesMut::new();
     codec().encode_heartbeat(4, &mut heartbeat).unwrap();
     let stream = [&typical_request(1)[..], &one_way[..], &heartbeat[..]].concat();
@@ -308,14 +286,7 @@ fn header_errors() {
     assert!(matches!(err.kind, DecodeErrorKind::BadMagic(_)));
     // Too large, from the header alone: no body bytes present.
     let mut small = DubboCodec::new(Side::Downstream, 1024);
-    let mut hdr = BytesMut::new();
-    Header {
-        flags: 0xc2,
-        status: 0,
-        id: 77,
-        body_len: 5000,
-    }
-    .write(&mut hdr);
+    let mut hdr = request_header(0xc2, 77, 5000);
     let err = small.decode(&mut hdr).unwrap_err();
     assert_eq!(
         err.kind,
@@ -326,26 +297,12 @@ fn header_errors() {
     );
     assert_eq!(err.reply.as_ref().map(|r| r.request_id), Some(77));
     // Negative body length.
-    let mut hdr = BytesMut::new();
-    Header {
-        flags: 0xc2,
-        status: 0,
-        id: 78,
-        body_len: -1,
-    }
-    .write(&mut hdr);
+    let mut hdr = request_header(0xc2, 78, -1);
     let err = c.decode(&mut hdr).unwrap_err();
     assert!(matches!(err.kind, DecodeErrorKind::Malformed(_)));
     assert_eq!(err.reply.map(|r| r.request_id), Some(78));
     // Another serialization.
-    let mut hdr = BytesMut::new();
-    Header {
-        flags: 0xc6,
-        status: 0,
-        id: 79,
-        body_len: 1,
-    }
-    .write(&mut hdr);
+    let mut hdr = request_header(0xc6, 79, 1);
     let err = c.decode(&mut hdr).unwrap_err();
     match &err.kind {
         DecodeErrorKind::Unsupported(m) => {
@@ -733,20 +690,7 @@ fn response_attachments_in_the_common_shape_and_not() {
 fn mutation_over_a_map_with_an_object_of_an_argument_class() {
     // The map's object uses the class defined in the arguments: the entries cannot be
     // walked alone, so everything is kept and the mutation follows (and wins).
-    let frame = raw_request(0xc2, 5, |w| {
-        w.write_string("2.0.2")
-            .write_string("svc")
-            .write_string("1")
-            .write_string("m");
-        w.write_string("Lcom/a/P;");
-        let idx = w.write_class_def("com.a.P", &["x"]);
-        w.write_object_start(idx).write_int(1);
-        w.write_map_start(None);
-        w.write_string("user").write_string("old");
-        w.write_string("obj");
-        w.write_object_start(idx).write_int(2);
-        w.write_end();
-    });
+    let frame = object_in_attachments(5, "old");
     let mut msg = decode_one(&frame);
     assert_eq!(msg.metadata().get("user"), Some("old"));
     msg.push_mutation("user".into(), "new".into());

@@ -10,38 +10,15 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use common::{payload_request, typical_request};
+use common::{object_in_attachments, one_way_request, payload_request, seed_args, typical_request};
 use meta_protocol::testing::FuzzRng;
 use meta_protocol::{Codec, MessageKind, Side};
 use metaproxy_dubbo::frames::{Args, RequestFrame, ResponseFrame};
-use metaproxy_dubbo::hessian2::{Reader, Value, Writer};
+use metaproxy_dubbo::hessian2::Reader;
 use metaproxy_dubbo::DubboCodec;
 
 fn seeds() -> Vec<Bytes> {
-    let mut args = BytesMut::new();
-    {
-        let mut w = Writer::new(&mut args);
-        let p = Value::Object {
-            class: "com.a.P".into(),
-            fields: vec![
-                ("x".into(), Value::Int(1)),
-                ("s".into(), Value::str("\u{1F600}")),
-            ],
-        };
-        w.write_value(&Value::List {
-            ty: Some("[x".into()),
-            items: vec![p.clone(), p, Value::Ref(1)],
-        });
-        w.write_value(&Value::Map {
-            ty: Some("java.util.HashMap".into()),
-            entries: vec![
-                (Value::Long(1 << 40), Value::Double(12.25)),
-                (Value::Date(60_000), Value::Binary(vec![1; 40])),
-            ],
-        });
-        // A chunked string with small chunks and a surrogate pair split across them.
-        w.write_raw(b"R\x00\x03ab\xed\xa0\xbdR\x00\x01\xed\xb8\x80S\x00\x02\xe4\xb8\xadz");
-    }
+    let args = seed_args();
     vec![
         typical_request(1),
         payload_request(2, 100),
@@ -55,12 +32,8 @@ fn seeds() -> Vec<Bytes> {
             ..RequestFrame::new(4, "svc", "m")
         }
         .encode(),
-        RequestFrame {
-            one_way: true,
-            ..RequestFrame::new(5, "svc", "m")
-        }
-        .encode(),
-        object_in_attachments(),
+        one_way_request(5),
+        object_in_attachments(12, "alice"),
         ResponseFrame::string(6, "ok")
             .with_attachments(&[("a", "b")])
             .encode(),
@@ -72,34 +45,6 @@ fn seeds() -> Vec<Bytes> {
         Bytes::from_static(b"\xda\xbb\xe2\x00\0\0\0\0\0\0\0\x05\0\0\0\x01N"),
         Bytes::from_static(b"\xda\xbb\xa2\x00\0\0\0\0\0\0\0\x05\0\0\0\x02\x01R"),
     ]
-}
-
-/// A request whose attachments hold an object of a class defined in the arguments.
-fn object_in_attachments() -> Bytes {
-    let mut b = BytesMut::new();
-    metaproxy_dubbo::header::Header {
-        flags: 0xc2,
-        status: 0,
-        id: 12,
-        body_len: 0,
-    }
-    .write(&mut b);
-    let mut w = Writer::new(&mut b);
-    w.write_string("2.0.2")
-        .write_string("svc")
-        .write_string("1")
-        .write_string("m");
-    w.write_string("Lcom/a/P;");
-    let idx = w.write_class_def("com.a.P", &["x"]);
-    w.write_object_start(idx).write_int(1);
-    w.write_map_start(None);
-    w.write_string("user").write_string("alice");
-    w.write_string("obj");
-    w.write_object_start(idx).write_int(2);
-    w.write_end();
-    let len = (b.len() - 16) as u32;
-    b[12..16].copy_from_slice(&len.to_be_bytes());
-    b.freeze()
 }
 
 const INTERESTING: &[u8] = &[
