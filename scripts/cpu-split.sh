@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # CPU time per proxied request, user and system apart, for metaproxy and for HAProxy in
 # TCP mode, on the bench harness's echo backends with the matrix's route (a metadata
-# match and a 90/10 split; HAProxy 9/1 per connection). Both proxies run pinned to CPU 1
-# (the echo backends are not pinned), the load generator on CPU 0; the targets
+# match and a 90/10 split; HAProxy 9/1 per connection). Pinned as in the matrix: both
+# proxies and the echo backends on CPU 1, the load generator on CPU 0; the targets
 # alternate, RUNS times each.
 #
 #   scripts/cpu-split.sh [PROTOCOL [CONNECTIONS [PIPELINE [PAYLOAD [METAPROXY]]]]]
@@ -48,6 +48,10 @@ MP_ADDR=$(echo "$LINE" | grep -o 'metaproxy [0-9.:]*' | cut -d' ' -f2)
 MP_PID=$(echo "$LINE" | grep -o '(pid [0-9]*)' | head -1 | tr -dc '0-9')
 HA_ADDR=$(echo "$LINE" | grep -o 'haproxy [0-9.:]*' | cut -d' ' -f2)
 [ -n "$MP_PID" ] || { echo "cpu-split: the harness did not start metaproxy: $LINE" >&2; exit 1; }
+# The harness pins itself (the echo backends, all its threads) and metaproxy to CPU 1
+# already, as in the matrix; both are pinned again here so that the split does not
+# depend on the harness's defaults.
+taskset -a -p -c 1 "$SERVE" > /dev/null
 taskset -a -p -c 1 "$MP_PID" > /dev/null
 taskset -c 1 "$HAPROXY" -f "$OUT/haproxy.cfg" -db > "$OUT/haproxy.log" 2>&1 &
 HAPID=$!

@@ -3,8 +3,11 @@
 # start_harness PROTOCOL OUT: builds the release binary when MP is empty (and sets MP),
 # then starts the bench harness in serve mode for PROTOCOL with its files in OUT (made
 # afresh): the echo backends v1 and v2, `metaproxy run` with the matrix's config, and
-# HAProxy's config in OUT/haproxy.cfg. Returns once the harness printed their addresses
-# to OUT/serve.txt. Sets HOLD and SERVE: `kill "$HOLD"; wait "$SERVE"` stops it.
+# HAProxy's config in OUT/haproxy.cfg. Pinned as in the matrix: the harness process
+# (the echo backends, all its threads) and its metaproxy on CPU 1, which leaves CPU 0 to
+# the load generator (its pinning line is in OUT/serve.err). Returns once the harness
+# printed their addresses to OUT/serve.txt. Sets HOLD and SERVE: `kill "$HOLD"; wait
+# "$SERVE"` stops it.
 start_harness() {
     local proto=$1 out=$2 e2e
     if [ -z "${MP:-}" ]; then
