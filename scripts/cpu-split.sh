@@ -10,11 +10,11 @@
 #   REQUESTS=1000000 RUNS=3 scripts/cpu-split.sh thrift 256 16
 #   PROFILE=1 scripts/cpu-split.sh dubbo 16 16           # and a perf profile of metaproxy
 #
-# Times come from /proc/PID/stat in clock ticks, so a run should last a second or more
-# (REQUESTS, default 600,000). With PROFILE=1, `perf record -e cpu-clock` samples
-# metaproxy during its runs; the script prints its top user-space functions and the
-# share of their samples that fall right after an atomic (locked) instruction, which is
-# where an atomic read-modify-write's cost shows. Needs haproxy (scripts/bench-e2e.sh
+# Times and minor page faults come from /proc/PID/stat; times are in clock ticks, so a
+# run should last a second or more (REQUESTS, default 600,000). With PROFILE=1,
+# `perf record -e cpu-clock` samples metaproxy during its runs; the script prints its
+# top user-space functions and the share of their samples that fall right after an
+# atomic (locked) instruction, which is where an atomic read-modify-write's cost shows. Needs haproxy (scripts/bench-e2e.sh
 # installs it) and, for PROFILE=1, perf.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,19 +62,20 @@ if [ -n "${PROFILE:-}" ]; then
     PERFPID=$!
     sleep 0.3
 fi
-echo "$PROTO ${CONNS}c×$PIPE ${PAY} B, $REQUESTS requests per run; CPU µs per request (user + system):"
+echo "$PROTO ${CONNS}c×$PIPE ${PAY} B, $REQUESTS requests per run; per request: CPU µs (user + system) and minor page faults:"
 for run in $(seq 1 "$RUNS"); do
     for target in metaproxy haproxy; do
         if [ "$target" = metaproxy ]; then PID=$MP_PID; ADDR=$MP_ADDR; else PID=$HAPID; ADDR=$HA_ADDR; fi
-        before=$(awk '{print $14, $15}' "/proc/$PID/stat")
+        before=$(awk '{print $14, $15, $10}' "/proc/$PID/stat")
         rate=$(taskset -c 0 "$MP" bench --protocol "$PROTO" --target "$ADDR" \
             --connections "$CONNS" --pipeline "$PIPE" --payload "$PAY" \
             --requests "$REQUESTS" --header user=bench --timeout 30s 2>&1 \
             | grep -m1 -o 'throughput: [0-9]* requests/s' || echo "throughput: ? requests/s")
-        after=$(awk '{print $14, $15}' "/proc/$PID/stat")
+        after=$(awk '{print $14, $15, $10}' "/proc/$PID/stat")
         echo "$before $after" | awk -v n="$REQUESTS" -v tick="$TICK" -v t="$target" -v run="$run" -v rate="$rate" \
-            '{ u = ($3 - $1) * 1e6 / tick / n; s = ($4 - $2) * 1e6 / tick / n;
-               printf "  run %d %-9s  user %.3f  system %.3f  total %.3f  (%s)\n", run, t, u, s, u + s, rate }'
+            '{ u = ($4 - $1) * 1e6 / tick / n; s = ($5 - $2) * 1e6 / tick / n;
+               printf "  run %d %-9s  user %.3f  system %.3f  total %.3f  page faults %.4f  (%s)\n",
+                   run, t, u, s, u + s, ($6 - $3) / n, rate }'
     done
 done
 if [ -n "${PROFILE:-}" ]; then
