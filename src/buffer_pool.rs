@@ -54,37 +54,20 @@ fn count_traffic() {
 }
 
 /// Makes sure `buf` has room for a read: an empty buffer without room is swapped for a
-/// pooled one (or a new one). A buffer holding the start of a frame at its end moves
-/// those bytes (less than half a buffer) to a pooled one and goes back to the pool
-/// itself: growing it in place would reallocate, copying all of it, since the frames
-/// split off it share its allocation. A longer partial frame grows in place.
+/// pooled one (or a new one); a buffer holding part of a frame grows in place.
 pub(crate) fn ready_for_read(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() >= BUFFER_SIZE / 4 {
         return;
     }
     if buf.is_empty() {
-        if let Some(pooled) = take_pooled() {
+        if let Some(pooled) = FREE.with(|f| f.borrow_mut().pop()) {
             *buf = pooled;
+            count_traffic();
         }
-    } else if buf.len() < BUFFER_SIZE / 2 {
-        let mut fresh = take_pooled().unwrap_or_default();
-        fresh.reserve(BUFFER_SIZE);
-        fresh.extend_from_slice(buf);
-        // The old buffer's allocation goes when the frames split off it do.
-        drop(std::mem::replace(buf, fresh));
     }
     if buf.capacity() - buf.len() < BUFFER_SIZE / 4 {
         buf.reserve(BUFFER_SIZE);
     }
-}
-
-#[inline]
-fn take_pooled() -> Option<BytesMut> {
-    let pooled = FREE.with(|f| f.borrow_mut().pop());
-    if pooled.is_some() {
-        count_traffic();
-    }
-    pooled
 }
 
 /// Makes sure an empty write buffer has room before a message is encoded into it: a
@@ -163,23 +146,6 @@ mod tests {
         let mut c = BytesMut::new();
         ready_for_read(&mut c);
         assert!(c.capacity() >= BUFFER_SIZE / 4, "reads still get a buffer");
-    }
-
-    #[test]
-    fn the_start_of_a_frame_at_a_full_buffers_end_moves_to_a_pooled_buffer() {
-        let mut buf = BytesMut::new();
-        ready_for_read(&mut buf);
-        let room = buf.capacity();
-        buf.extend(std::iter::repeat_n(1u8, room - 100));
-        let frames = buf.split().freeze();
-        buf.extend_from_slice(b"the start of a frame");
-        ready_for_read(&mut buf);
-        assert_eq!(&buf[..], b"the start of a frame", "the bytes moved");
-        assert!(buf.capacity() - buf.len() >= BUFFER_SIZE / 4);
-        assert!(
-            frames.iter().all(|&b| b == 1),
-            "split-off frames are untouched"
-        );
     }
 
     #[test]
