@@ -45,8 +45,7 @@ use crate::request_token::RequestToken;
 use crate::shared::ListenerCtx;
 use crate::snapshot::ListenerRt;
 use crate::task_wake::{poll_timer, poll_when_signalled, TaskWake};
-use crate::upstream::{Envelope, PoolKey, Refused, ENCODE_SLACK, SMALL_FRAME};
-use crate::write_buf::WriteBuf;
+use crate::upstream::{Envelope, PoolKey, Refused};
 
 /// When no request is in flight the deadline timer is parked this far ahead.
 const PARKED: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -169,7 +168,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
                 inflight: Slab::new(),
                 deadlines: BinaryHeap::new(),
                 generation: 0,
-                wbuf: WriteBuf::default(),
+                wbuf: BytesMut::new(),
                 rng: SmallRng::from_rng(&mut rand::rng()),
                 closing: false,
                 inflight_bytes: 0,
@@ -212,6 +211,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
     conn.inflight_bytes = 0;
     conn.read_buffered = 0;
     conn.wbuf.clear();
+    buffer_pool::release(&mut conn.wbuf);
     conn.ctx.shared.budget.update(conn.accounted, 0);
     conn.accounted = 0;
     conn.closing = true;
@@ -268,7 +268,7 @@ struct Downstream {
     /// and skipped when they surface (or pruned when they outnumber live requests).
     deadlines: BinaryHeap<Reverse<(Instant, RequestToken)>>,
     generation: u32,
-    wbuf: WriteBuf,
+    wbuf: BytesMut,
     rng: SmallRng,
     closing: bool,
     /// Bytes of the two-way requests in `inflight`.
@@ -500,7 +500,7 @@ async fn run(
                     let mut conn = link.lock();
                     let conn = &mut *conn;
                     let told_to_move =
-                        conn.codec.encode_go_away(conn.wbuf.tail(SMALL_FRAME)).unwrap_or(false);
+                        conn.codec.encode_go_away(&mut conn.wbuf).unwrap_or(false);
                     if told_to_move {
                         quiet = DRAIN_QUIET;
                         quiet_from = Instant::now();
@@ -519,7 +519,7 @@ async fn run(
 impl Downstream {
     /// One `write` of the write buffer. Returns whether bytes are left.
     fn write_to(&mut self, stream: &TcpStream) -> io::Result<bool> {
-        let n = self.wbuf.write_to(stream)?;
+        let n = crate::socket_io::write_once(stream, &mut self.wbuf)?;
         if self.wbuf.is_empty() {
             self.stalled_since = None;
         } else if n > 0 {
@@ -644,10 +644,7 @@ impl Downstream {
             MessageKind::Request | MessageKind::OneWay => self.dispatch(slot),
             MessageKind::Heartbeat => {
                 let Some(msg) = slot.as_ref() else { return };
-                if let Err(e) = self
-                    .codec
-                    .encode_heartbeat_reply(msg, self.wbuf.tail(SMALL_FRAME))
-                {
+                if let Err(e) = self.codec.encode_heartbeat_reply(msg, &mut self.wbuf) {
                     tracing::debug!(error = %e, "cannot answer heartbeat");
                 }
             }
@@ -664,11 +661,7 @@ impl Downstream {
         }
         let before = self.wbuf.len();
         let reply = LocalReply::new(kind, message);
-        let room = SMALL_FRAME + message.len();
-        if let Err(e) = self
-            .codec
-            .encode_local_reply(ctx, &reply, self.wbuf.tail(room))
-        {
+        if let Err(e) = self.codec.encode_local_reply(ctx, &reply, &mut self.wbuf) {
             tracing::warn!(error = %e, "cannot encode local reply");
         }
         self.wbuf.len() - before
@@ -1115,11 +1108,11 @@ impl Downstream {
         if let Some(notice) = &self.drain_notice {
             msg.add_shared_mutations(notice);
         }
+        buffer_pool::ready_for_write(&mut self.wbuf);
         let before = self.wbuf.len();
         let log = f.log.take();
         let endpoint = Some(f.endpoint().addr);
-        let room = msg.frame().len() + ENCODE_SLACK;
-        match self.codec.encode(msg, self.wbuf.tail(room)) {
+        match self.codec.encode(msg, &mut self.wbuf) {
             Ok(()) => {
                 let bytes = self.wbuf.len() - before;
                 self.access(log, AccessStatus::Response(msg.status()), endpoint, bytes);

@@ -44,7 +44,6 @@ mod socket_io;
 mod task_wake;
 mod unwritten;
 mod upstream;
-mod write_buf;
 
 pub use codecs::default_registry;
 pub use hot_restart::HotRestartError;

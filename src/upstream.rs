@@ -32,7 +32,6 @@ use crate::observe::metrics::ClusterMetrics;
 use crate::pending::PendingSlot;
 use crate::task_wake::{poll_timer, TaskWake};
 use crate::unwritten::Unwritten;
-use crate::write_buf::WriteBuf;
 
 /// Requests in flight on one multiplexed connection before the pool opens another.
 const MUX_SPREAD_THRESHOLD: u32 = 64;
@@ -40,12 +39,6 @@ const MUX_SPREAD_THRESHOLD: u32 = 64;
 /// rest wait in the connection's queue, where a request whose deadline passes is
 /// dropped instead of being written late.
 const WRITE_BATCH: usize = 256 * 1024;
-/// Room asked of the write buffer for a message beyond its frame's size: what the
-/// codec may add (mutations, a changed id). A message that needs more grows its chunk.
-pub(crate) const ENCODE_SLACK: usize = 512;
-/// Room asked of the write buffer for a frame the proxy makes itself (heartbeats,
-/// go-aways, local replies without a long message).
-pub(crate) const SMALL_FRAME: usize = 256;
 /// Why a connection that the backend told to go away, or that was idle, closed.
 const DRAINED: &str = "drained";
 /// How often expired entries are swept and timeouts checked (at most; shorter
@@ -219,7 +212,7 @@ struct ConnInner {
     /// Set once connected; taken away when the connection ends.
     io: Option<Io>,
     /// Encoded requests not yet written.
-    wbuf: WriteBuf,
+    wbuf: BytesMut,
     st: ConnState,
     /// The task has ended: nothing more is taken.
     closed: bool,
@@ -236,7 +229,7 @@ impl ConnHandle {
             multiplexing,
             inner: Mutex::new(ConnInner {
                 io: None,
-                wbuf: WriteBuf::default(),
+                wbuf: BytesMut::new(),
                 st: ConnState::new(),
                 closed: false,
                 write_scheduled: false,
@@ -344,9 +337,9 @@ impl ConnInner {
         let two_way = msg.kind() == MessageKind::Request;
         let id = st.pending.next_free_id();
         msg.set_request_id(u64::from(id));
+        buffer_pool::ready_for_write(&mut self.wbuf);
         let before = self.wbuf.len();
-        let room = msg.frame().len() + ENCODE_SLACK;
-        if let Err(e) = io.codec.encode(msg, self.wbuf.tail(room)) {
+        if let Err(e) = io.codec.encode(msg, &mut self.wbuf) {
             crate::observe::rate_limited!(tracing::Level::WARN, error = %e, "cannot encode request for upstream");
             self.wbuf.truncate(before);
             return Err(Refused {
@@ -375,7 +368,7 @@ impl ConnInner {
     /// One `write` of the write buffer; requests written in full are sent.
     fn write_once(&mut self) -> io::Result<()> {
         let Some(io) = &self.io else { return Ok(()) };
-        let n = self.wbuf.write_to(&io.stream)?;
+        let n = crate::socket_io::write_once(&io.stream, &mut self.wbuf)?;
         if n > 0 {
             self.st.wrote(n);
         }
@@ -727,7 +720,7 @@ impl UpstreamConnection {
         inner.closed = true;
         inner.io = None;
         let st = std::mem::replace(&mut inner.st, ConnState::new());
-        inner.wbuf.clear();
+        inner.wbuf = BytesMut::new();
         drop(inner);
         drop(stream);
         self.fail_all(st, reason);
@@ -918,7 +911,7 @@ impl UpstreamConnection {
                             let inner = &mut *inner;
                             let id = u64::from(inner.st.pending.next_free_id());
                             if let Some(io) = inner.io.as_mut() {
-                                match io.codec.encode_heartbeat(id, inner.wbuf.tail(SMALL_FRAME)) {
+                                match io.codec.encode_heartbeat(id, &mut inner.wbuf) {
                                     Ok(true) => heartbeat_sent = Some(now),
                                     Ok(false) | Err(_) => has_heartbeat = false,
                                 }
@@ -982,10 +975,7 @@ impl UpstreamConnection {
             }
             MessageKind::Heartbeat => {
                 if let Some(io) = inner.io.as_mut() {
-                    if let Err(e) = io
-                        .codec
-                        .encode_heartbeat_reply(msg, inner.wbuf.tail(SMALL_FRAME))
-                    {
+                    if let Err(e) = io.codec.encode_heartbeat_reply(msg, &mut inner.wbuf) {
                         tracing::debug!(error = %e, "cannot answer upstream heartbeat");
                     }
                 }
