@@ -11,7 +11,8 @@
 #   PROFILE=1 scripts/cpu-split.sh dubbo 16 16           # and a perf profile of metaproxy
 #
 # Times and minor page faults come from /proc/PID/stat; times are in clock ticks, so a
-# run should last a second or more (REQUESTS, default 600,000). With PROFILE=1,
+# run should last a second or more (REQUESTS, default 600,000). Each proxy's peak RSS
+# over all its runs (VmHWM, /proc/PID/status) is printed at the end. With PROFILE=1,
 # `perf record -e cpu-clock` samples metaproxy during its runs; the script prints its
 # top user-space functions and the share of their samples that fall right after an
 # atomic (locked) instruction, which is where an atomic read-modify-write's cost shows. Needs haproxy (scripts/bench-e2e.sh
@@ -78,6 +79,7 @@ for run in $(seq 1 "$RUNS"); do
                    run, t, u, s, u + s, ($6 - $3) / n, rate }'
     done
 done
+echo "peak RSS (VmHWM): metaproxy $(awk '/^VmHWM/ {print $2, $3}' "/proc/$MP_PID/status"), haproxy $(awk '/^VmHWM/ {print $2, $3}' "/proc/$HAPID/status")"
 if [ -n "${PROFILE:-}" ]; then
     kill -INT "$PERFPID"
     wait "$PERFPID" 2>/dev/null || true
