@@ -24,8 +24,7 @@ OUT=target/callgrind-diff/$PROTO-p$PIPE-$PAY
 # shellcheck source=scripts/serve-harness.sh
 . scripts/serve-harness.sh
 start_harness "$PROTO" "$OUT"
-cleanup() { kill "$HOLD" 2>/dev/null || true; wait "$SERVE" 2>/dev/null || true; }
-trap cleanup EXIT
+trap stop_harness EXIT
 V1=$(grep -o 'v1 [0-9.:]*' "$OUT/serve.txt" | head -1 | cut -d' ' -f2)
 V2=$(grep -o 'v2 [0-9.:]*' "$OUT/serve.txt" | head -1 | cut -d' ' -f2)
 PORT=$((20000 + RANDOM % 20000))

@@ -15,8 +15,8 @@
 # over all its runs (VmHWM, /proc/PID/status) is printed at the end. With PROFILE=1,
 # `perf record -e cpu-clock` samples metaproxy during its runs; the script prints its
 # top user-space functions and the share of their samples that fall right after an
-# atomic (locked) instruction, which is where an atomic read-modify-write's cost shows. Needs haproxy (scripts/bench-e2e.sh
-# installs it) and, for PROFILE=1, perf.
+# atomic (locked) instruction, which is where an atomic read-modify-write's cost shows.
+# Needs haproxy (scripts/bench-e2e.sh installs it) and, for PROFILE=1, perf.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROTO=${1:-dubbo}
@@ -40,8 +40,7 @@ PERFPID=""
 cleanup() {
     [ -n "$PERFPID" ] && kill -INT "$PERFPID" 2>/dev/null || true
     [ -n "$HAPID" ] && kill "$HAPID" 2>/dev/null || true
-    kill "$HOLD" 2>/dev/null || true
-    wait "$SERVE" 2>/dev/null || true
+    stop_harness
 }
 trap cleanup EXIT
 LINE=$(grep backend "$OUT/serve.txt" | head -1)

@@ -6,8 +6,8 @@
 # HAProxy's config in OUT/haproxy.cfg. Pinned as in the matrix: the harness process
 # (the echo backends, all its threads) and its metaproxy on CPU 1, which leaves CPU 0 to
 # the load generator (its pinning line is in OUT/serve.err). Returns once the harness
-# printed their addresses to OUT/serve.txt. Sets HOLD and SERVE: `kill "$HOLD"; wait
-# "$SERVE"` stops it.
+# printed their addresses to OUT/serve.txt. Sets HOLD and SERVE, which stop_harness
+# uses.
 start_harness() {
     local proto=$1 out=$2 e2e
     if [ -z "${MP:-}" ]; then
@@ -24,4 +24,11 @@ start_harness() {
         < "$out/hold" > "$out/serve.txt" 2> "$out/serve.err" &
     SERVE=$!
     for _ in $(seq 1 150); do grep -q backend "$out/serve.txt" 2>/dev/null && break; sleep 0.2; done
+}
+
+# stop_harness: stops what start_harness started (the harness ends its backends and its
+# metaproxy when its input closes).
+stop_harness() {
+    kill "$HOLD" 2>/dev/null || true
+    wait "$SERVE" 2>/dev/null || true
 }
