@@ -9,10 +9,18 @@
 #   scripts/cpu-split.sh dubbo 16 16 128                 # the default
 #   REQUESTS=1000000 RUNS=3 scripts/cpu-split.sh thrift 256 16
 #   PROFILE=1 scripts/cpu-split.sh dubbo 16 16           # and a perf profile of metaproxy
+#   SYSCALLS=1 scripts/cpu-split.sh thrift 16 16         # and syscalls per request by kind
+#   BACKENDS_SCHED=batch scripts/cpu-split.sh thrift 16 16
 #
 # Times and minor page faults come from /proc/PID/stat; times are in clock ticks, so a
-# run should last a second or more (REQUESTS, default 600,000). Each proxy's peak RSS
-# over all its runs (VmHWM, /proc/PID/status) is printed at the end. With PROFILE=1,
+# run should last a second or more (REQUESTS, default 600,000). Context switches per
+# request, voluntary (the proxy waited) and involuntary (it was preempted), are summed
+# over the proxy's threads (/proc/PID/task/*/status). Each proxy's peak RSS over all its
+# runs (VmHWM, /proc/PID/status) is printed at the end. With SYSCALLS=1, `perf stat`
+# counts the proxy's system calls during each run (all of them, and the receives, sends
+# and epoll waits apart). BACKENDS_SCHED=batch runs the echo backends under SCHED_BATCH
+# (`chrt -b`): a backend woken by the proxy's write then does not preempt the proxy on
+# their shared core, as a backend on another machine could not. With PROFILE=1,
 # `perf record -e cpu-clock` samples metaproxy during its runs; the script prints its
 # top user-space functions and the share of their samples that fall right after an
 # atomic (locked) instruction, which is where an atomic read-modify-write's cost shows.
@@ -37,8 +45,10 @@ OUT=target/cpu-split/$PROTO-${CONNS}c-p$PIPE-$PAY
 start_harness "$PROTO" "$OUT"
 HAPID=""
 PERFPID=""
+STATPID=""
 cleanup() {
     [ -n "$PERFPID" ] && kill -INT "$PERFPID" 2>/dev/null || true
+    [ -n "$STATPID" ] && kill -INT "$STATPID" 2>/dev/null || true
     [ -n "$HAPID" ] && kill "$HAPID" 2>/dev/null || true
     stop_harness
 }
@@ -53,6 +63,23 @@ HA_ADDR=$(echo "$LINE" | grep -o 'haproxy [0-9.:]*' | cut -d' ' -f2)
 # depend on the harness's defaults.
 taskset -a -p -c 1 "$SERVE" > /dev/null
 taskset -a -p -c 1 "$MP_PID" > /dev/null
+case "${BACKENDS_SCHED:-}" in
+    "") ;;
+    batch) chrt -a -b -p 0 "$SERVE" > /dev/null ;;
+    *) echo "cpu-split: BACKENDS_SCHED=$BACKENDS_SCHED: expected batch" >&2; exit 1 ;;
+esac
+if [ -n "${SYSCALLS:-}" ]; then
+    command -v perf > /dev/null || { echo "cpu-split: SYSCALLS=1 needs perf" >&2; exit 1; }
+    SYSCALL_EVENTS=raw_syscalls:sys_enter
+    for call in read readv recvfrom recvmsg write writev sendto sendmsg epoll_wait epoll_pwait; do
+        SYSCALL_EVENTS="$SYSCALL_EVENTS,syscalls:sys_enter_$call"
+    done
+fi
+# Voluntary and involuntary context switches of all of PID's threads.
+switches() {
+    cat /proc/"$1"/task/*/status 2> /dev/null \
+        | awk '/^voluntary_ctxt/ { v += $2 } /^nonvoluntary_ctxt/ { n += $2 } END { print v + 0, n + 0 }'
+}
 taskset -c 1 "$HAPROXY" -f "$OUT/haproxy.cfg" -db > "$OUT/haproxy.log" 2>&1 &
 HAPID=$!
 for _ in $(seq 1 50); do (echo > "/dev/tcp/${HA_ADDR%:*}/${HA_ADDR##*:}") 2>/dev/null && break; sleep 0.1; done
@@ -62,20 +89,38 @@ if [ -n "${PROFILE:-}" ]; then
     PERFPID=$!
     sleep 0.3
 fi
-echo "$PROTO ${CONNS}c×$PIPE ${PAY} B, $REQUESTS requests per run; per request: CPU µs (user + system) and minor page faults:"
+echo "$PROTO ${CONNS}c×$PIPE ${PAY} B, $REQUESTS requests per run${BACKENDS_SCHED:+, echo backends under SCHED_BATCH}; per request: CPU µs (user + system), minor page faults, context switches (voluntary + involuntary):"
 for run in $(seq 1 "$RUNS"); do
     for target in metaproxy haproxy; do
         if [ "$target" = metaproxy ]; then PID=$MP_PID; ADDR=$MP_ADDR; else PID=$HAPID; ADDR=$HA_ADDR; fi
-        before=$(awk '{print $14, $15, $10}' "/proc/$PID/stat")
+        before="$(awk '{print $14, $15, $10}' "/proc/$PID/stat") $(switches "$PID")"
+        if [ -n "${SYSCALLS:-}" ]; then
+            perf stat -x, -e "$SYSCALL_EVENTS" -p "$PID" -o "$OUT/syscalls.txt" &
+            STATPID=$!
+            sleep 0.2
+        fi
         rate=$(taskset -c 0 "$MP" bench --protocol "$PROTO" --target "$ADDR" \
             --connections "$CONNS" --pipeline "$PIPE" --payload "$PAY" \
             --requests "$REQUESTS" --header user=bench --timeout 30s 2>&1 \
             | grep -m1 -o 'throughput: [0-9]* requests/s' || echo "throughput: ? requests/s")
-        after=$(awk '{print $14, $15, $10}' "/proc/$PID/stat")
+        after="$(awk '{print $14, $15, $10}' "/proc/$PID/stat") $(switches "$PID")"
         echo "$before $after" | awk -v n="$REQUESTS" -v tick="$TICK" -v t="$target" -v run="$run" -v rate="$rate" \
-            '{ u = ($4 - $1) * 1e6 / tick / n; s = ($5 - $2) * 1e6 / tick / n;
-               printf "  run %d %-9s  user %.3f  system %.3f  total %.3f  page faults %.4f  (%s)\n",
-                   run, t, u, s, u + s, ($6 - $3) / n, rate }'
+            '{ u = ($6 - $1) * 1e6 / tick / n; s = ($7 - $2) * 1e6 / tick / n;
+               printf "  run %d %-9s  user %.3f  system %.3f  total %.3f  page faults %.4f  switches %.4f + %.4f  (%s)\n",
+                   run, t, u, s, u + s, ($8 - $3) / n, ($9 - $4) / n, ($10 - $5) / n, rate }'
+        if [ -n "${SYSCALLS:-}" ]; then
+            kill -INT "$STATPID"
+            wait "$STATPID" 2> /dev/null || true
+            STATPID=""
+            awk -F, -v n="$REQUESTS" '
+                $1 ~ /^[0-9]+$/ { name = $3; sub(/.*sys_enter_?/, "", name); c[name] += $1 }
+                END {
+                    printf "      syscalls %.4f: receives %.4f  sends %.4f  epoll waits %.4f\n", c[""] / n,
+                        (c["read"] + c["readv"] + c["recvfrom"] + c["recvmsg"]) / n,
+                        (c["write"] + c["writev"] + c["sendto"] + c["sendmsg"]) / n,
+                        (c["epoll_wait"] + c["epoll_pwait"]) / n
+                }' "$OUT/syscalls.txt"
+        fi
     done
 done
 echo "peak RSS (VmHWM): metaproxy $(awk '/^VmHWM/ {print $2, $3}' "/proc/$MP_PID/status"), haproxy $(awk '/^VmHWM/ {print $2, $3}' "/proc/$HAPID/status")"
