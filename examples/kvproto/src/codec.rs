@@ -4,7 +4,7 @@ use bytes::{BufMut, BytesMut};
 use meta_protocol::{
     Codec, CodecCapabilities, CodecContext, CodecError, CodecFactory, CodecOptions,
     ConfiguredProtocol, DecodeError, EncodeError, FrameLayout, LayoutWords, LocalReply,
-    LocalReplyKind, Message, MessageKind, MetaStr, ReplyContext, ResponseStatus,
+    LocalReplyKind, Message, MessageKind, ReplyContext, ResponseStatus,
 };
 
 /// Bytes before the headers: length, kind, status, id, header count.
@@ -175,6 +175,8 @@ impl Codec for KvCodec {
             })
         };
         let count = be_u16(&frame, 14).ok_or_else(|| bad("missing header count"))?;
+        // The message owns the frame; the headers are read through a second handle on
+        // it (a reference count, not a copy) and recorded as ranges of the frame.
         let mut msg = Message::new(kind, id, frame.clone());
         let mut at = HEAD_LEN;
         for _ in 0..count {
@@ -192,9 +194,9 @@ impl Codec for KvCodec {
             if std::str::from_utf8(key).is_err() || std::str::from_utf8(value).is_err() {
                 return Err(bad("header is not UTF-8"));
             }
-            let key = MetaStr::try_from(frame.slice(ks..ks + klen)).map_err(|_| bad("key"))?;
-            let value = MetaStr::try_from(frame.slice(vs..vs + vlen)).map_err(|_| bad("value"))?;
-            msg.metadata_mut().set(key, value);
+            // Checked UTF-8 above: set where they lie, without a slice of the frame each.
+            msg.metadata_mut()
+                .set_in_frame(ks..ks + klen, vs..vs + vlen);
         }
         msg.set_layout(KvLayout {
             headers_end: at as u32,
