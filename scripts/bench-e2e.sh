@@ -10,7 +10,10 @@
 # --serve (start backends + proxies, print addresses and pids, wait for stdin to close),
 # --no-pin, --idle-connections N, --out DIR, --only-multiplexing-cases (1 connection × 64
 # and 256 × 4 to one backend only), --payloads 4096 (chosen payload sizes; with --quick
-# the default is 128 only), --no-syscalls (skip the perf syscall counts).
+# the default is 128 only), --no-syscalls (skip the perf syscall counts),
+# --backends-sched batch (the echo backends under SCHED_BATCH, so that one woken by the
+# proxy's write does not preempt the proxy on their shared core: a diagnostic of what
+# co-location costs, not how the Results in docs/PERFORMANCE.md are measured).
 # Installs Debian's haproxy when missing.
 # Writes target/bench-report/{report.md,results.json,*.svg}.
 set -euo pipefail

@@ -44,6 +44,10 @@ struct Opts {
     syscalls: bool,
     /// Run only the two multiplexing cases (1 connection × 64, 256 × 4 to one backend).
     only_multiplexing_cases: bool,
+    /// Run the echo backends under SCHED_BATCH (`chrt -b`), so that a backend woken by
+    /// the proxy's write does not preempt the proxy on their shared core: a diagnostic
+    /// of what co-location costs each proxy, not the default.
+    backends_batch: bool,
 }
 
 fn parse_opts() -> Result<Option<Opts>> {
@@ -64,6 +68,7 @@ fn parse_opts() -> Result<Option<Opts>> {
         serve: false,
         syscalls: true,
         only_multiplexing_cases: false,
+        backends_batch: false,
     };
     while let Some(a) = args.next() {
         let mut val = || args.next().context(format!("{a} needs a value"));
@@ -83,6 +88,11 @@ fn parse_opts() -> Result<Option<Opts>> {
             "--serve" => o.serve = true,
             "--no-syscalls" => o.syscalls = false,
             "--only-multiplexing-cases" => o.only_multiplexing_cases = true,
+            "--backends-sched" => match val()?.as_str() {
+                "batch" => o.backends_batch = true,
+                "normal" => o.backends_batch = false,
+                other => bail!("--backends-sched {other:?}: expected batch or normal"),
+            },
             "--payloads" => {
                 o.payloads = val()?
                     .split(',')
@@ -780,11 +790,14 @@ fn run(opts: Opts) -> Result<()> {
     } else {
         (None, None)
     };
-    let pinning = if pin {
+    let mut pinning = if pin {
         "taskset: load generator on CPU 0; echo backends, metaproxy and HAProxy on CPU 1 (the proxy shares its core with the backends in (b) and (c); in (a) the backends have CPU 1 alone)".to_owned()
     } else {
         "none (taskset unavailable or --no-pin): every process floats over all cores".to_owned()
     };
+    if opts.backends_batch {
+        pinning.push_str("; echo backends under SCHED_BATCH (--backends-sched batch: a backend woken by the proxy does not preempt it)");
+    }
     eprintln!("e2e: pinning: {pinning}");
     // Before this process pins itself (nproc follows the affinity mask).
     let machine_info = machine();
@@ -799,6 +812,18 @@ fn run(opts: Opts) -> Result<()> {
             .args(["-a", "-p", "-c", cpu, &std::process::id().to_string()])
             .stdout(Stdio::null())
             .status();
+    }
+    if opts.backends_batch {
+        // Every thread of this process (the echo backends' runtime among them); threads
+        // started later inherit the policy.
+        let ok = Command::new("chrt")
+            .args(["-a", "-b", "-p", "0", &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            bail!("--backends-sched batch: chrt -a -b failed (util-linux's chrt is needed)");
+        }
     }
     let tick = clock_tick();
     let cfg_path = opts.out.join("metaproxy.yaml");
