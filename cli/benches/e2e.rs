@@ -782,6 +782,31 @@ fn measure_idle(
     })
 }
 
+/// Puts every thread of this process but the main one (the echo backends' runtime and
+/// the threads it starts later, which inherit the policy) under SCHED_BATCH. The main
+/// thread, which starts the proxies and the load generator, keeps the default policy,
+/// so they do not inherit it.
+fn backends_under_sched_batch() -> Result<()> {
+    let main = std::process::id().to_string();
+    for entry in std::fs::read_dir("/proc/self/task").context("listing this process's threads")? {
+        let tid = entry?.file_name().to_string_lossy().into_owned();
+        if tid == main {
+            continue;
+        }
+        let ok = Command::new("chrt")
+            .args(["-b", "-p", "0", &tid])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            bail!(
+                "--backends-sched batch: chrt -b -p 0 {tid} failed (util-linux's chrt is needed)"
+            );
+        }
+    }
+    Ok(())
+}
+
 fn run(opts: Opts) -> Result<()> {
     std::fs::create_dir_all(&opts.out)?;
     let pin = opts.pin && has_taskset();
@@ -796,7 +821,7 @@ fn run(opts: Opts) -> Result<()> {
         "none (taskset unavailable or --no-pin): every process floats over all cores".to_owned()
     };
     if opts.backends_batch {
-        pinning.push_str("; echo backends under SCHED_BATCH (--backends-sched batch: a backend woken by the proxy does not preempt it)");
+        pinning.push_str("; echo backends under SCHED_BATCH, the proxies and the load generator not (--backends-sched batch: a backend woken by the proxy does not preempt it)");
     }
     eprintln!("e2e: pinning: {pinning}");
     // Before this process pins itself (nproc follows the affinity mask).
@@ -814,16 +839,7 @@ fn run(opts: Opts) -> Result<()> {
             .status();
     }
     if opts.backends_batch {
-        // Every thread of this process (the echo backends' runtime among them); threads
-        // started later inherit the policy.
-        let ok = Command::new("chrt")
-            .args(["-a", "-b", "-p", "0", &std::process::id().to_string()])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            bail!("--backends-sched batch: chrt -a -b failed (util-linux's chrt is needed)");
-        }
+        backends_under_sched_batch()?;
     }
     let tick = clock_tick();
     let cfg_path = opts.out.join("metaproxy.yaml");
