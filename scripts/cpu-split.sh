@@ -19,8 +19,8 @@
 # runs (VmHWM, /proc/PID/status) is printed at the end. With SYSCALLS=1, `perf stat`
 # counts the proxy's system calls during each run (all of them, and the receives, sends
 # and epoll waits apart). BACKENDS_SCHED=batch runs the echo backends under SCHED_BATCH
-# (`chrt -b`): a backend woken by the proxy's write then does not preempt the proxy on
-# their shared core, as a backend on another machine could not. With PROFILE=1,
+# (the harness's --backends-sched batch): a backend woken by the proxy's write then does
+# not preempt the proxy on their shared core, as a backend on another machine could not. With PROFILE=1,
 # `perf record -e cpu-clock` samples metaproxy during its runs; the script prints its
 # top user-space functions and the share of their samples that fall right after an
 # atomic (locked) instruction, which is where an atomic read-modify-write's cost shows.
@@ -42,7 +42,11 @@ fi
 OUT=target/cpu-split/$PROTO-${CONNS}c-p$PIPE-$PAY
 # shellcheck source=scripts/serve-harness.sh
 . scripts/serve-harness.sh
-start_harness "$PROTO" "$OUT"
+case "${BACKENDS_SCHED:-}" in
+    "" | batch) ;;
+    *) echo "cpu-split: BACKENDS_SCHED=$BACKENDS_SCHED: expected batch" >&2; exit 1 ;;
+esac
+start_harness "$PROTO" "$OUT" ${BACKENDS_SCHED:+--backends-sched "$BACKENDS_SCHED"}
 HAPID=""
 PERFPID=""
 STATPID=""
@@ -63,11 +67,6 @@ HA_ADDR=$(echo "$LINE" | grep -o 'haproxy [0-9.:]*' | cut -d' ' -f2)
 # depend on the harness's defaults.
 taskset -a -p -c 1 "$SERVE" > /dev/null
 taskset -a -p -c 1 "$MP_PID" > /dev/null
-case "${BACKENDS_SCHED:-}" in
-    "") ;;
-    batch) chrt -a -b -p 0 "$SERVE" > /dev/null ;;
-    *) echo "cpu-split: BACKENDS_SCHED=$BACKENDS_SCHED: expected batch" >&2; exit 1 ;;
-esac
 if [ -n "${SYSCALLS:-}" ]; then
     command -v perf > /dev/null || { echo "cpu-split: SYSCALLS=1 needs perf" >&2; exit 1; }
     SYSCALL_EVENTS=raw_syscalls:sys_enter

@@ -1,8 +1,8 @@
 # Sourced by scripts/callgrind-diff.sh and scripts/cpu-split.sh (not run on its own).
 #
-# start_harness PROTOCOL OUT: builds the release binary when MP is empty (and sets MP),
-# then starts the bench harness in serve mode for PROTOCOL with its files in OUT (made
-# afresh): the echo backends v1 and v2, `metaproxy run` with the matrix's config, and
+# start_harness PROTOCOL OUT [HARNESS ARGUMENTS...]: builds the release binary when MP is
+# empty (and sets MP), then starts the bench harness in serve mode for PROTOCOL with its
+# files in OUT (made afresh) and any further arguments (e.g. --backends-sched batch): the echo backends v1 and v2, `metaproxy run` with the matrix's config, and
 # HAProxy's config in OUT/haproxy.cfg. Pinned as in the matrix: the harness process
 # (the echo backends, all its threads) and its metaproxy on CPU 1, which leaves CPU 0 to
 # the load generator (its pinning line is in OUT/serve.err). Returns once the harness
@@ -10,6 +10,7 @@
 # uses.
 start_harness() {
     local proto=$1 out=$2 e2e
+    shift 2
     if [ -z "${MP:-}" ]; then
         cargo build --release --bin metaproxy >&2
         MP=target/release/metaproxy
@@ -20,7 +21,7 @@ start_harness() {
     mkfifo "$out/hold"
     ( sleep 100000 > "$out/hold" ) &
     HOLD=$!
-    "$e2e" --e2e --serve --protocols "$proto" --metaproxy "$MP" --out "$out" \
+    "$e2e" --e2e --serve --protocols "$proto" --metaproxy "$MP" --out "$out" "$@" \
         < "$out/hold" > "$out/serve.txt" 2> "$out/serve.err" &
     SERVE=$!
     for _ in $(seq 1 150); do grep -q backend "$out/serve.txt" 2>/dev/null && break; sleep 0.2; done
