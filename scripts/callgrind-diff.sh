@@ -10,6 +10,8 @@
 #   scripts/callgrind-diff.sh thrift 1 128 /tmp/old-metaproxy
 #   ROUTE_MATCH=1 scripts/callgrind-diff.sh dubbo   # the bench matrix's route: a
 #       metadata match (Dubbo `interface`, Thrift `method`) before the 90/10 split
+#   ATOMICS=1 scripts/callgrind-diff.sh thrift      # and the atomic read-modify-write
+#       instructions per request, by function (scripts/atomics-per-request.py)
 #
 # Needs valgrind; builds the release binary and the harness when METAPROXY is not given.
 # Leaves the profiles in target/callgrind-diff/ for callgrind_annotate.
@@ -47,9 +49,14 @@ clusters:
   - {name: v1, endpoints: ["$V1"], max_pending_requests: 100000}
   - {name: v2, endpoints: ["$V2"], max_pending_requests: 100000}
 YAML
+DUMP=""
+if [ -n "${ATOMICS:-}" ]; then
+    DUMP="--dump-instr=yes --dump-line=no --compress-pos=no --compress-strings=no"
+fi
 declare -A TOTAL
 for N in 2000 22000; do
-    taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind-$N.out" \
+    # shellcheck disable=SC2086
+    taskset -c 0 valgrind --tool=callgrind $DUMP --callgrind-out-file="$OUT/callgrind-$N.out" \
         "$MP" run --config "$OUT/metaproxy.yaml" > /dev/null 2> "$OUT/valgrind-$N.log" &
     VG=$!
     for _ in $(seq 1 300); do (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.2; done
@@ -62,3 +69,6 @@ for N in 2000 22000; do
         | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
 done
 echo "$PROTO pipeline $PIPE, $PAY B: $(( (TOTAL[22000] - TOTAL[2000]) / 20000 )) instructions per request (${TOTAL[2000]} for 2,000 requests, ${TOTAL[22000]} for 22,000)"
+if [ -n "${ATOMICS:-}" ]; then
+    python3 scripts/atomics-per-request.py "$OUT/callgrind-2000.out" "$OUT/callgrind-22000.out" 20000
+fi

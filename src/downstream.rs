@@ -11,7 +11,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use std::future::Future;
@@ -43,6 +43,7 @@ use crate::observe::metrics::ClosedReason;
 use crate::observe::{AccessLogEntry, AccessStatus, LoggedMetadata};
 use crate::request_token::RequestToken;
 use crate::shared::ListenerCtx;
+use crate::short_lock::{ShortGuard, ShortLock};
 use crate::snapshot::ListenerRt;
 use crate::task_wake::{poll_timer, poll_when_signalled, TaskWake};
 use crate::upstream::{Envelope, PoolKey, Refused};
@@ -161,7 +162,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
     let link = Arc::new_cyclic(|me: &Weak<ClientLink>| {
         let me: Weak<dyn ResponseSink> = me.clone();
         ClientLink {
-            state: Mutex::new(Downstream {
+            state: ShortLock::new(Downstream {
                 me,
                 ctx,
                 codec,
@@ -221,14 +222,14 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
 /// under a mutex (only ever taken by the worker thread that owns the connection with
 /// per-core threading, never across an `.await`), the socket, and the task's wake-up.
 struct ClientLink {
-    state: Mutex<Downstream>,
+    state: ShortLock<Downstream>,
     stream: TcpStream,
     wake: TaskWake,
 }
 
 impl ClientLink {
-    fn lock(&self) -> MutexGuard<'_, Downstream> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> ShortGuard<'_, Downstream> {
+        self.state.lock()
     }
 }
 

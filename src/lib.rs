@@ -39,6 +39,7 @@ mod request_token;
 pub mod runtime;
 mod server;
 mod shared;
+mod short_lock;
 mod snapshot;
 mod socket_io;
 mod task_wake;

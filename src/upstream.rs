@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -30,6 +30,7 @@ use crate::endpoint_link::{ConnectionSettings, EndpointLink};
 use crate::id_table::IdTable;
 use crate::observe::metrics::ClusterMetrics;
 use crate::pending::PendingSlot;
+use crate::short_lock::{ShortGuard, ShortLock};
 use crate::task_wake::{poll_timer, TaskWake};
 use crate::unwritten::Unwritten;
 
@@ -170,7 +171,7 @@ pub(crate) struct ConnHandle {
     alive: AtomicBool,
     accepting: AtomicBool,
     multiplexing: bool,
-    inner: Mutex<ConnInner>,
+    inner: ShortLock<ConnInner>,
     wake: TaskWake,
 }
 
@@ -227,7 +228,7 @@ impl ConnHandle {
             alive: AtomicBool::new(true),
             accepting: AtomicBool::new(true),
             multiplexing,
-            inner: Mutex::new(ConnInner {
+            inner: ShortLock::new(ConnInner {
                 io: None,
                 wbuf: BytesMut::new(),
                 st: ConnState::new(),
@@ -247,8 +248,8 @@ impl ConnHandle {
         self.load.get()
     }
 
-    fn lock(&self) -> MutexGuard<'_, ConnInner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> ShortGuard<'_, ConnInner> {
+        self.inner.lock()
     }
 
     /// Takes the request in `msg`: encodes it into the write buffer at once, where it
@@ -433,7 +434,7 @@ pub(crate) struct Pool {
     /// Locked only to pick, open, publish or count, never across an `.await`. (An
     /// uncontended lock is cheaper per request than an `ArcSwap` load; other workers
     /// take it only when this endpoint is at `max_connections`.)
-    conns: Mutex<Vec<Arc<ConnHandle>>>,
+    conns: ShortLock<Vec<Arc<ConnHandle>>>,
     metrics: ClusterMetrics,
 }
 
@@ -448,13 +449,13 @@ impl Pool {
             key,
             addr,
             protocol,
-            conns: Mutex::new(Vec::new()),
+            conns: ShortLock::new(Vec::new()),
             metrics,
         }
     }
 
-    fn conns(&self) -> MutexGuard<'_, Vec<Arc<ConnHandle>>> {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    fn conns(&self) -> ShortGuard<'_, Vec<Arc<ConnHandle>>> {
+        self.conns.lock()
     }
 
     /// The least loaded usable connection, if any.

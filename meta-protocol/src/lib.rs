@@ -144,6 +144,7 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+mod call_name;
 mod codec;
 mod error;
 mod local_reply;
@@ -152,6 +153,7 @@ mod metadata;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use call_name::{CallName, INLINE_CALL_NAME};
 pub use codec::{
     reject_options, Codec, CodecCapabilities, CodecContext, CodecFactory, CodecOptions,
     CodecRegistry, ConfiguredProtocol, Side, DEFAULT_MAX_FRAME_SIZE,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::call_name::CallName;
 use crate::metadata::{MetaStr, Metadata, MetadataMut, Mutations};
 
 /// What a frame means to the proxy.
@@ -158,7 +159,7 @@ pub struct ReplyContext {
     /// The wire format to answer in.
     pub wire: WireFormat,
     /// The call's name as it was on the wire (Thrift answers with it); may be empty.
-    pub name: MetaStr,
+    pub name: CallName,
     /// The request is one-way. The runtime never writes a reply to a one-way request,
     /// so [`crate::Codec::encode_local_reply`] is never called with this set; it is
     /// carried so that a codec building a [`crate::DecodeError::reply`] can say so.
@@ -180,7 +181,7 @@ pub struct Message {
     status: ResponseStatus,
     wire: WireFormat,
     layout: LayoutWords,
-    name: MetaStr,
+    name: CallName,
     metadata_deferred: bool,
 }
 
@@ -195,7 +196,7 @@ impl Message {
             status: ResponseStatus::Ok,
             wire: WireFormat::default(),
             layout: LayoutWords::new([0; LAYOUT_WORDS]),
-            name: MetaStr::new(),
+            name: CallName::new(),
             metadata_deferred: false,
         }
     }
@@ -342,13 +343,14 @@ impl Message {
     }
 
     /// The call's name as written on the wire (see [`ReplyContext::name`]).
-    pub fn name(&self) -> &MetaStr {
+    pub fn name(&self) -> &CallName {
         &self.name
     }
 
-    /// Sets the on-wire call name (codecs do this on decode).
-    pub fn set_name(&mut self, name: MetaStr) {
-        self.name = name;
+    /// Sets the on-wire call name (codecs do this on decode): a `&str` (copied inline
+    /// when short, see [`CallName`]), a [`MetaStr`] or a [`CallName`].
+    pub fn set_name(&mut self, name: impl Into<CallName>) {
+        self.name = name.into();
     }
 
     /// What is needed to answer this message locally later.
@@ -395,7 +397,7 @@ mod tests {
     fn reply_context_carries_id_wire_and_name() {
         let mut m = Message::new(MessageKind::OneWay, 7, Bytes::from_static(b"x"));
         m.set_wire(WireFormat(3));
-        m.set_name("Calc:add".into());
+        m.set_name("Calc:add");
         m.set_request_id(9);
         let ctx = m.reply_context();
         assert_eq!(ctx.request_id, 9);

@@ -4,10 +4,10 @@ use std::borrow::Cow;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use meta_protocol::{
-    Codec, CodecCapabilities, CodecContext, CodecError, CodecFactory, CodecOptions,
+    CallName, Codec, CodecCapabilities, CodecContext, CodecError, CodecFactory, CodecOptions,
     ConfiguredProtocol, DecodeError, DecodeErrorKind, EncodeError, FrameLayout, LayoutWords,
     LocalReply, LocalReplyKind, Message, MessageKind, MetaStr, ReplyContext, ResponseStatus, Side,
-    WellKnownKey,
+    WellKnownKey, INLINE_CALL_NAME,
 };
 
 use crate::format::{split_wire, wire_format, Protocol, ThriftOptions, Transport};
@@ -380,7 +380,7 @@ impl ThriftCodec {
             let reply = ReplyContext {
                 request_id: u64::from(header_seqid),
                 wire: wire_format(Transport::Header, self.protocol.unwrap_or(Protocol::Binary)),
-                name: MetaStr::new(),
+                name: CallName::new(),
                 one_way: false,
             };
             fault(e).with_reply(reply)
@@ -741,7 +741,7 @@ fn reply_ctx(buf: &[u8], head: &MsgHead, t: Transport, p: Protocol) -> Option<Re
     Some(ReplyContext {
         request_id: u64::from(head.seqid),
         wire: wire_format(t, p),
-        name: MetaStr::from(name),
+        name: CallName::from(name),
         one_way: head.mtype == mtype::ONEWAY,
     })
 }
@@ -811,14 +811,27 @@ fn read_name(msg: &mut Message, head: &MsgHead) -> Result<(), DecodeError> {
     if msg.frame().get(start..end).is_none() {
         return Err(DecodeError::malformed("method name outside the frame"));
     }
-    let name = MetaStr::try_from(msg.frame().slice(start..end)).map_err(|_| {
-        DecodeError::malformed("method name is not UTF-8").with_reply(ReplyContext {
-            request_id: msg.request_id(),
-            wire: msg.wire(),
-            name: MetaStr::new(),
-            one_way: msg.kind() == MessageKind::OneWay,
-        })
-    })?;
+    let Some(text) = msg
+        .frame()
+        .get(start..end)
+        .and_then(|b| std::str::from_utf8(b).ok())
+    else {
+        return Err(
+            DecodeError::malformed("method name is not UTF-8").with_reply(ReplyContext {
+                request_id: msg.request_id(),
+                wire: msg.wire(),
+                name: CallName::new(),
+                one_way: msg.kind() == MessageKind::OneWay,
+            }),
+        );
+    };
+    // Copied inline when short (no reference to the frame, see `CallName`), else a
+    // slice of the frame.
+    let name = if text.len() <= INLINE_CALL_NAME {
+        CallName::from(text)
+    } else {
+        CallName::from(MetaStr::try_from(msg.frame().slice(start..end)).unwrap_or_default())
+    };
     // Metadata values are offsets into the frame (the name is checked UTF-8 above, and
     // ':' is ASCII, so both halves are too). A byte loop beats `str::find` on names of
     // a few bytes.

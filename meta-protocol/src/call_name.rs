@@ -1,0 +1,177 @@
+//! The name of a call as it was on the wire, kept for the reply.
+
+use std::fmt;
+use std::ops::Deref;
+
+use crate::MetaStr;
+
+/// Names up to this many bytes are kept inline, without a reference to the frame (23:
+/// the most that keeps a [`CallName`] as small as a [`MetaStr`], 32 bytes).
+pub const INLINE_CALL_NAME: usize = 23;
+
+/// A call's on-wire name (Thrift's `Service:method`), kept with every request in flight
+/// so that a local reply can answer with it.
+///
+/// A name of up to [`INLINE_CALL_NAME`] bytes is copied inline: cloning and dropping it
+/// touch no reference count. (A slice of the frame would cost an atomic increment and
+/// decrement per copy, and a request's name is copied for every request in flight.) A
+/// longer one is kept as a [`MetaStr`], a slice of the frame when built from one.
+#[derive(Clone)]
+pub struct CallName(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_CALL_NAME],
+    },
+    Shared(MetaStr),
+}
+
+impl CallName {
+    /// The empty name; allocates nothing.
+    pub const fn new() -> Self {
+        CallName(Repr::Inline {
+            len: 0,
+            bytes: [0; INLINE_CALL_NAME],
+        })
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // Always the whole of a `&str` that fit (see `inline`), so always UTF-8.
+            Repr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Repr::Shared(s) => s,
+        }
+    }
+
+    /// `s` copied inline, when it fits.
+    fn inline(s: &str) -> Option<Self> {
+        let mut bytes = [0; INLINE_CALL_NAME];
+        bytes.get_mut(..s.len())?.copy_from_slice(s.as_bytes());
+        Some(CallName(Repr::Inline {
+            len: s.len() as u8,
+            bytes,
+        }))
+    }
+}
+
+impl Default for CallName {
+    fn default() -> Self {
+        CallName::new()
+    }
+}
+
+impl Deref for CallName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<&str> for CallName {
+    /// Copied inline when short; a longer one is copied into a new [`MetaStr`].
+    fn from(s: &str) -> Self {
+        CallName::inline(s).unwrap_or_else(|| CallName(Repr::Shared(MetaStr::from(s))))
+    }
+}
+
+impl From<MetaStr> for CallName {
+    /// Copied inline when short (the `MetaStr` is dropped); a longer one is kept.
+    fn from(s: MetaStr) -> Self {
+        CallName::inline(&s).unwrap_or(CallName(Repr::Shared(s)))
+    }
+}
+
+impl PartialEq for CallName {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for CallName {}
+
+impl PartialEq<str> for CallName {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for CallName {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl fmt::Debug for CallName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for CallName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn short_names_are_inline_and_long_ones_share_their_string() {
+        let short = CallName::from("Calc:add");
+        assert!(matches!(short.0, Repr::Inline { .. }));
+        assert_eq!(&*short, "Calc:add");
+        let exact = "a".repeat(INLINE_CALL_NAME);
+        assert!(matches!(
+            CallName::from(exact.as_str()).0,
+            Repr::Inline { .. }
+        ));
+
+        let frame = Bytes::from("x".repeat(INLINE_CALL_NAME + 1));
+        let long = CallName::from(MetaStr::try_from(frame.clone()).unwrap());
+        match &long.0 {
+            Repr::Shared(s) => assert_eq!(s.as_bytes().as_ptr(), frame.as_ptr(), "no copy"),
+            Repr::Inline { .. } => panic!("too long to be inline"),
+        }
+        assert_eq!(long.len(), INLINE_CALL_NAME + 1);
+    }
+
+    #[test]
+    fn multibyte_names_read_back_whole() {
+        for name in [
+            "",
+            "名前:取得",
+            "Svc:méthode",
+            &"é".repeat(INLINE_CALL_NAME / 2),
+        ] {
+            let n = CallName::from(name);
+            assert_eq!(n.as_str(), name);
+            assert_eq!(CallName::from(MetaStr::from(name)), n);
+        }
+    }
+
+    #[test]
+    fn a_name_takes_no_more_room_than_a_shared_string() {
+        assert_eq!(
+            std::mem::size_of::<CallName>(),
+            std::mem::size_of::<MetaStr>()
+        );
+    }
+
+    #[test]
+    fn a_clone_compares_equal_and_the_default_is_empty() {
+        let n = CallName::from("Store:put");
+        assert_eq!(n.clone(), n);
+        assert_eq!(n, "Store:put");
+        assert!(CallName::default().is_empty());
+        assert_eq!(format!("{n} {n:?}"), "Store:put \"Store:put\"");
+    }
+}
