@@ -349,8 +349,6 @@ async fn run(
     tokio::pin!(drain_signal);
     let mut drain_waits = false;
     let mut draining = false;
-    // The waker this task registered with its wake-up signal (see [`TaskWake::woken`]).
-    let mut wake_registered = None;
     // The connection closes once it has been quiet for `quiet` since `quiet_from` with
     // nothing in flight (`idle_timeout`, or `DRAIN_QUIET` once told to move).
     let mut quiet = ctx.idle_timeout;
@@ -413,7 +411,7 @@ async fn run(
         }
         tokio::select! {
             biased;
-            () = link.wake.woken(&mut wake_registered) => {}
+            () = link.wake.woken() => {}
             Some(resumed) = std::future::poll_fn(|cx| match waiting.as_mut() {
                 Some(w) if !w.is_empty() => w.poll_next_unpin(cx),
                 _ => std::task::Poll::Pending,

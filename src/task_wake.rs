@@ -3,69 +3,46 @@
 //! Client and upstream connections hand work to each other by direct calls on shared
 //! state; the other side's task only has to be woken when something is left for it
 //! (bytes a socket would not take yet, requests queued while connecting, a connection
-//! that may now close). [`TaskWake`] is that signal: a flag and the waiting task's
-//! waker, registered once, so that none is lost between a check and a wait and a task
-//! that waits again and again pays no atomic instruction for it.
+//! that may now close). [`TaskWake`] is that signal: a flag and an `AtomicWaker`, so a
+//! wake-up costs two atomic operations and none is lost between a check and a wait.
 //! [`poll_when_signalled`] keeps a connection's timer and drain signal out of the
 //! passes of its task's loop until they fire.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use tokio::time::Sleep;
-
-use crate::short_lock::ShortLock;
 
 /// A wake-up signal for one task. [`TaskWake::wake`] before the task waits is kept:
 /// the next [`TaskWake::woken`] completes at once.
-///
-/// The task's waker stays registered after a wake-up (it is woken by reference), so a
-/// wait registers nothing unless the task's waker changed since the last one: the
-/// waiting side of a wait that finds nothing is one load of the flag. (An
-/// `AtomicWaker` gives its waker away on every wake-up and takes two compare-and-swaps
-/// to register one again, on every pass of a connection's loop.)
 #[derive(Default)]
 pub(crate) struct TaskWake {
     flag: AtomicBool,
-    waker: ShortLock<Option<Waker>>,
+    waker: AtomicWaker,
 }
 
 impl TaskWake {
-    /// Wakes the task (or makes its next wait return at once). A wake-up while an
-    /// earlier one is not consumed yet does nothing more.
+    /// Wakes the task (or makes its next wait return at once).
     pub(crate) fn wake(&self) {
-        if self.flag.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        if let Some(waker) = self.waker.lock().as_ref() {
-            waker.wake_by_ref();
-        }
+        self.flag.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// Completes once [`TaskWake::wake`] was called since the last completion.
-    /// `registered` is the waiting task's own note of the waker it registered (start
-    /// with `None`, keep it across waits): while it is the task's current waker, the
-    /// wait only looks at the flag.
-    pub(crate) fn woken<'a>(
-        &'a self,
-        registered: &'a mut Option<Waker>,
-    ) -> impl Future<Output = ()> + 'a {
+    pub(crate) fn woken(&self) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(move |cx| {
             if self.take_flag() {
                 return Poll::Ready(());
             }
-            if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                let waker = cx.waker().clone();
-                *self.waker.lock() = Some(waker.clone());
-                *registered = Some(waker);
-                // A wake-up that found no waker yet set the flag before it looked.
-                if self.take_flag() {
-                    return Poll::Ready(());
-                }
+            self.waker.register(cx.waker());
+            if self.take_flag() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
             }
-            Poll::Pending
         })
     }
 
@@ -122,14 +99,12 @@ mod tests {
     #[tokio::test]
     async fn a_wake_before_the_wait_is_kept_and_used_once() {
         let w = TaskWake::default();
-        let mut registered = None;
         w.wake();
         w.wake();
-        tokio::time::timeout(Duration::from_secs(5), w.woken(&mut registered))
+        tokio::time::timeout(Duration::from_secs(5), w.woken())
             .await
             .expect("the earlier wake is kept");
-        let second =
-            tokio::time::timeout(Duration::from_millis(20), w.woken(&mut registered)).await;
+        let second = tokio::time::timeout(Duration::from_millis(20), w.woken()).await;
         assert!(second.is_err(), "two wakes before one wait are one wake-up");
     }
 
@@ -188,7 +163,7 @@ mod tests {
         let w = Arc::new(TaskWake::default());
         let waker = w.clone();
         let waiting = tokio::spawn(async move {
-            w.woken(&mut None).await;
+            w.woken().await;
         });
         tokio::task::yield_now().await;
         waker.wake();
@@ -196,47 +171,5 @@ mod tests {
             .await
             .expect("woken")
             .unwrap();
-    }
-
-    /// The waker stays registered across wake-ups: each later wait registers nothing,
-    /// yet every wake-up from another thread ends one (none is lost between the waiting
-    /// task's look at the flag and its wait).
-    #[test]
-    fn a_task_that_waits_again_and_again_misses_no_wake_up() {
-        const ROUNDS: usize = 2_000;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_time()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let w = Arc::new(TaskWake::default());
-            let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let (w2, done2) = (w.clone(), done.clone());
-            let waiting = tokio::spawn(async move {
-                let mut registered = None;
-                for round in 1..=ROUNDS {
-                    w2.woken(&mut registered).await;
-                    done2.store(round, Ordering::Release);
-                }
-                registered.is_some()
-            });
-            let waking = std::thread::spawn(move || {
-                for round in 1..=ROUNDS {
-                    w.wake();
-                    // The next wake-up only once this one was consumed, so that each
-                    // is one wake-up of its own.
-                    while done.load(Ordering::Acquire) < round {
-                        std::thread::yield_now();
-                    }
-                }
-            });
-            let registered = tokio::time::timeout(Duration::from_secs(60), waiting)
-                .await
-                .expect("every wake-up ended a wait")
-                .unwrap();
-            assert!(registered, "the waker was registered once and kept");
-            waking.join().unwrap();
-        });
     }
 }

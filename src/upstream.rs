@@ -810,8 +810,6 @@ impl UpstreamConnection {
         let mut has_heartbeat = true;
         let mut failed = Vec::new();
         let mut sinks: Vec<Arc<dyn ResponseSink>> = Vec::new();
-        // The waker this task registered with its wake-up signal (see `TaskWake::woken`).
-        let mut wake_registered = None;
         loop {
             let want_write = {
                 let mut inner = handle.lock();
@@ -863,7 +861,7 @@ impl UpstreamConnection {
                         return reason;
                     }
                 }
-                () = handle.wake.woken(&mut wake_registered) => {}
+                () = handle.wake.woken() => {}
                 ready = std::future::poll_fn(|cx| stream.poll_write_ready(cx)), if want_write => {
                     if ready.is_err() { return "write error"; }
                     if handle.lock().write_once().is_err() {
@@ -1174,7 +1172,7 @@ mod tests {
         assert!(msg.is_none(), "the queue keeps the request");
         assert_eq!(c.load(), 1);
         assert_eq!(c.lock().st.queue.len(), 1);
-        tokio::time::timeout(Duration::from_secs(5), c.wake.woken(&mut None))
+        tokio::time::timeout(Duration::from_secs(5), c.wake.woken())
             .await
             .expect("the connection's task is woken to take it");
     }
