@@ -30,16 +30,15 @@ def atomic_addresses(obj, cache={}):
 
 
 def counts(path):
-    """(object, function) -> executions of atomic instructions."""
+    """function -> executions of atomic instructions."""
     per_fn = collections.Counter()
-    obj = fn = None
+    fn = None
     atomics = set()
     after_call = False
     with open(path) as f:
         for line in f:
             if line.startswith("ob="):
-                obj = line[3:].strip()
-                atomics = atomic_addresses(obj)
+                atomics = atomic_addresses(line[3:].strip())
             elif line.startswith("fn="):
                 fn = line[3:].strip()
             elif line.startswith("calls="):

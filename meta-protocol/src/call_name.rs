@@ -1,7 +1,9 @@
 //! The name of a call as it was on the wire, kept for the reply.
 
 use std::fmt;
-use std::ops::Deref;
+use std::ops::{Deref, Range};
+
+use bytes::Bytes;
 
 use crate::MetaStr;
 
@@ -45,6 +47,19 @@ impl CallName {
                 std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
             }
             Repr::Shared(s) => s,
+        }
+    }
+
+    /// The name at `range` of `frame`: copied inline when it fits, else a slice of the
+    /// frame (no copy). `None` when the range lies outside the frame or is not UTF-8.
+    /// This is how a codec records a name it reads from a frame.
+    pub fn from_frame(frame: &Bytes, range: Range<usize>) -> Option<Self> {
+        let text = std::str::from_utf8(frame.get(range.clone())?).ok()?;
+        match CallName::inline(text) {
+            Some(inline) => Some(inline),
+            None => MetaStr::try_from(frame.slice(range))
+                .ok()
+                .map(|s| CallName(Repr::Shared(s))),
         }
     }
 
@@ -122,7 +137,6 @@ impl fmt::Display for CallName {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     #[test]
     fn short_names_are_inline_and_long_ones_share_their_string() {
@@ -142,6 +156,25 @@ mod tests {
             Repr::Inline { .. } => panic!("too long to be inline"),
         }
         assert_eq!(long.len(), INLINE_CALL_NAME + 1);
+    }
+
+    #[test]
+    fn a_name_read_from_a_frame_is_inline_when_short_and_a_slice_when_long() {
+        let frame = Bytes::from(format!("..Calc:add..{}", "x".repeat(INLINE_CALL_NAME + 1)));
+        let short = CallName::from_frame(&frame, 2..10).unwrap();
+        assert!(matches!(short.0, Repr::Inline { .. }));
+        assert_eq!(short, "Calc:add");
+        let long = CallName::from_frame(&frame, 12..frame.len()).unwrap();
+        match &long.0 {
+            Repr::Shared(s) => assert_eq!(s.as_bytes().as_ptr(), frame[12..].as_ptr(), "no copy"),
+            Repr::Inline { .. } => panic!("too long to be inline"),
+        }
+        assert!(
+            CallName::from_frame(&frame, 2..frame.len() + 1).is_none(),
+            "outside"
+        );
+        let bad = Bytes::from_static(b"\xff\xfe");
+        assert!(CallName::from_frame(&bad, 0..2).is_none(), "not UTF-8");
     }
 
     #[test]

@@ -6,8 +6,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use meta_protocol::{
     CallName, Codec, CodecCapabilities, CodecContext, CodecError, CodecFactory, CodecOptions,
     ConfiguredProtocol, DecodeError, DecodeErrorKind, EncodeError, FrameLayout, LayoutWords,
-    LocalReply, LocalReplyKind, Message, MessageKind, MetaStr, ReplyContext, ResponseStatus, Side,
-    WellKnownKey, INLINE_CALL_NAME,
+    LocalReply, LocalReplyKind, Message, MessageKind, ReplyContext, ResponseStatus, Side,
+    WellKnownKey,
 };
 
 use crate::format::{split_wire, wire_format, Protocol, ThriftOptions, Transport};
@@ -811,11 +811,8 @@ fn read_name(msg: &mut Message, head: &MsgHead) -> Result<(), DecodeError> {
     if msg.frame().get(start..end).is_none() {
         return Err(DecodeError::malformed("method name outside the frame"));
     }
-    let Some(text) = msg
-        .frame()
-        .get(start..end)
-        .and_then(|b| std::str::from_utf8(b).ok())
-    else {
+    // Copied inline when short (no reference to the frame), else a slice of it.
+    let Some(name) = CallName::from_frame(msg.frame(), start..end) else {
         return Err(
             DecodeError::malformed("method name is not UTF-8").with_reply(ReplyContext {
                 request_id: msg.request_id(),
@@ -824,13 +821,6 @@ fn read_name(msg: &mut Message, head: &MsgHead) -> Result<(), DecodeError> {
                 one_way: msg.kind() == MessageKind::OneWay,
             }),
         );
-    };
-    // Copied inline when short (no reference to the frame, see `CallName`), else a
-    // slice of the frame.
-    let name = if text.len() <= INLINE_CALL_NAME {
-        CallName::from(text)
-    } else {
-        CallName::from(MetaStr::try_from(msg.frame().slice(start..end)).unwrap_or_default())
     };
     // Metadata values are offsets into the frame (the name is checked UTF-8 above, and
     // ':' is ASCII, so both halves are too). A byte loop beats `str::find` on names of
