@@ -96,7 +96,7 @@ impl Endpoint {
         self: &Arc<Self>,
         key: PoolKey,
         protocol: &Arc<Protocol>,
-        f: impl FnOnce(Option<&ConnHandle>) -> R,
+        f: impl FnOnce(Option<&Arc<ConnHandle>>) -> R,
     ) -> R {
         let fast = self
             .worker_pools
@@ -126,7 +126,7 @@ impl Endpoint {
             .filter(|p| p.key != key && p.key.protocol == key.protocol && p.key.wire == key.wire)
             .filter_map(|p| p.least_loaded())
             .min_by_key(|c| c.load());
-        f(sibling.as_deref())
+        f(sibling.as_ref())
     }
 
     /// The pool for `key`, created on first use; the first one a worker uses also goes
@@ -468,9 +468,8 @@ mod tests {
             worker,
         };
         // The connection lent, by address.
-        let conn = |e: &Arc<Endpoint>, key| {
-            e.with_connection(key, &protocol, |c| c.map(|c| c as *const ConnHandle))
-        };
+        let conn =
+            |e: &Arc<Endpoint>, key| e.with_connection(key, &protocol, |c| c.map(Arc::as_ptr));
         // No await below: the connections' tasks never run, so every connection stays
         // usable and the first-fit pick returns the same one.
         assert!(e.worker_pools.get().is_none(), "no slots before a request");

@@ -43,6 +43,7 @@ mod short_lock;
 mod snapshot;
 mod socket_io;
 mod task_wake;
+mod turn_end;
 mod unwritten;
 mod upstream;
 

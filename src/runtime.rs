@@ -79,13 +79,15 @@ impl Threading {
     }
 }
 
-/// Sets what every runtime that runs connections has: tokio's I/O and time drivers, and
-/// a buffer pool its threads empty when they go idle
-/// ([`crate::buffer_pool::trim_when_idle`] on `on_thread_park`).
+/// Sets what every runtime that runs connections has: tokio's I/O and time drivers, and,
+/// when a worker thread is about to park, the writes put off to the end of its turn
+/// ([`crate::turn_end::at_park`]) and then a buffer pool its threads empty when they go
+/// idle ([`crate::buffer_pool::trim_when_idle`]).
 pub(crate) fn proxy_runtime(builder: &mut tokio::runtime::Builder) -> &mut tokio::runtime::Builder {
-    builder
-        .enable_all()
-        .on_thread_park(crate::buffer_pool::trim_when_idle)
+    builder.enable_all().on_thread_park(|| {
+        crate::turn_end::at_park();
+        crate::buffer_pool::trim_when_idle();
+    })
 }
 
 /// Builds the default runtime (work stealing on every core).

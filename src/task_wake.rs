@@ -31,19 +31,24 @@ impl TaskWake {
         self.waker.wake();
     }
 
-    /// Completes once [`TaskWake::wake`] was called since the last completion.
+    /// Completes once [`TaskWake::wake`] was called since the last completion (the
+    /// tasks poll [`TaskWake::poll_woken`] in their own waits).
+    #[cfg(test)]
     pub(crate) fn woken(&self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(move |cx| {
-            if self.take_flag() {
-                return Poll::Ready(());
-            }
-            self.waker.register(cx.waker());
-            if self.take_flag() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
+        std::future::poll_fn(move |cx| self.poll_woken(cx))
+    }
+
+    /// [`TaskWake::woken`] as a poll, for a task's own hand-written wait.
+    pub(crate) fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.take_flag() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.take_flag() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Clears the flag, returning whether it was set. Looks before it swaps: the task

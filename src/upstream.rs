@@ -13,6 +13,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -20,6 +21,7 @@ use meta_protocol::{
     Codec, CodecCapabilities, CodecContext, CodecError, CodecFactory, CodecOptions,
     ConfiguredProtocol, Message, MessageKind, WireFormat,
 };
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -32,6 +34,7 @@ use crate::observe::metrics::ClusterMetrics;
 use crate::pending::PendingSlot;
 use crate::short_lock::{ShortGuard, ShortLock};
 use crate::task_wake::{poll_timer, TaskWake};
+use crate::turn_end::{self, AtTurnEnd};
 use crate::unwritten::Unwritten;
 
 /// Requests in flight on one multiplexed connection before the pool opens another.
@@ -217,8 +220,11 @@ struct ConnInner {
     st: ConnState,
     /// The task has ended: nothing more is taken.
     closed: bool,
-    /// The task has been woken to write what was encoded since it last ran.
+    /// The task has been woken, or the connection listed for the end of the worker's
+    /// turn, to write what was encoded since it last ran.
     write_scheduled: bool,
+    /// In this worker's end-of-turn list ([`crate::turn_end`]).
+    listed: bool,
 }
 
 impl ConnHandle {
@@ -234,6 +240,7 @@ impl ConnHandle {
                 st: ConnState::new(),
                 closed: false,
                 write_scheduled: false,
+                listed: false,
             }),
             wake: TaskWake::default(),
         }
@@ -261,7 +268,7 @@ impl ConnHandle {
     /// `now` is the caller's current time (when the request was read), against which the
     /// envelope's deadline is checked.
     pub(crate) fn send(
-        &self,
+        self: &Arc<Self>,
         msg: &mut Option<Message>,
         env: Envelope,
         now: Instant,
@@ -297,8 +304,18 @@ impl ConnHandle {
                     self.load.sub(&inner, 1);
                 }
                 if !std::mem::replace(&mut inner.write_scheduled, true) {
-                    drop(inner);
-                    self.wake.wake();
+                    if turn_end::enabled() {
+                        // Written at the end of the worker's turn (see `at_turn_end`).
+                        let listed = std::mem::replace(&mut inner.listed, true);
+                        drop(inner);
+                        if !listed && turn_end::defer(self.clone()).is_err() {
+                            self.lock().listed = false;
+                            self.wake.wake();
+                        }
+                    } else {
+                        drop(inner);
+                        self.wake.wake();
+                    }
                 }
                 Ok(())
             }
@@ -306,6 +323,30 @@ impl ConnHandle {
                 self.load.sub(&inner, 1);
                 Err(refused)
             }
+        }
+    }
+}
+
+impl AtTurnEnd for ConnHandle {
+    /// Writes what the clients encoded during the worker's turn, with one `write`, from
+    /// the worker thread and without the connection's task. The task is woken instead
+    /// when the socket has input waiting (it reads first, as its own loop does, so that
+    /// a backend that closed after answering is seen before requests are written into a
+    /// dead socket) and when the write failed or left bytes (it waits for the socket).
+    fn at_turn_end(&self) {
+        let mut inner = self.lock();
+        inner.listed = false;
+        inner.write_scheduled = false;
+        let Some(io) = &inner.io else { return };
+        if inner.wbuf.is_empty() {
+            return;
+        }
+        let input_waiting = io.stream.try_io(Interest::READABLE, || Ok(())).is_ok();
+        let written = !input_waiting && inner.write_once().is_ok() && inner.wbuf.is_empty();
+        if !written {
+            inner.write_scheduled = true;
+            drop(inner);
+            self.wake.wake();
         }
     }
 }
@@ -426,6 +467,18 @@ fn worth_coalescing(responses: usize, clients: usize) -> bool {
     responses >= 2 * clients.max(8)
 }
 
+/// What woke an upstream connection's task (see the wait in `UpstreamConnection::serve`).
+enum Wait {
+    /// The socket is readable (or failed).
+    Readable(io::Result<()>),
+    /// A client or the end of the worker's turn asked for a pass ([`TaskWake`]).
+    Woken,
+    /// The socket is writable (false: it failed).
+    Writable(bool),
+    /// The periodic tick: sweeps, write stalls, idle close, heartbeats.
+    Tick,
+}
+
 /// Connections to one endpoint for one [`PoolKey`].
 pub(crate) struct Pool {
     pub(crate) key: PoolKey,
@@ -510,7 +563,7 @@ impl Pool {
     /// the pool's lock (lent, not counted); gives `f` back when a connection would have
     /// to be opened ([`Pool::open_or_reuse`]). `f` may lock the connection (lock order:
     /// pool, then connection; nothing that holds a connection's lock takes a pool's).
-    pub(crate) fn with_reused<R, F: FnOnce(Option<&ConnHandle>) -> R>(
+    pub(crate) fn with_reused<R, F: FnOnce(Option<&Arc<ConnHandle>>) -> R>(
         &self,
         endpoint: &EndpointLink,
         f: F,
@@ -831,12 +884,32 @@ impl UpstreamConnection {
                 reply.fail(failure, &mut sinks);
             }
             flush_all(&mut sinks);
-            tokio::select! {
-                biased;
-                // One waker slot per direction (see the client side's loop): this task
-                // is the only one that waits on the socket.
-                ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => {
-                    if let Err(e) = ready { tracing::debug!(error = %e, "upstream readable"); return "read error"; }
+            // Polled in this order by hand (see the client side's loop). One waker slot
+            // per direction: this task is the only one that waits on the socket.
+            let event = std::future::poll_fn(|cx| {
+                if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
+                    return Poll::Ready(Wait::Readable(ready));
+                }
+                if handle.wake.poll_woken(cx).is_ready() {
+                    return Poll::Ready(Wait::Woken);
+                }
+                if want_write {
+                    if let Poll::Ready(ready) = stream.poll_write_ready(cx) {
+                        return Poll::Ready(Wait::Writable(ready.is_ok()));
+                    }
+                }
+                if poll_timer(tick.as_mut(), &mut tick_waits, cx).is_ready() {
+                    return Poll::Ready(Wait::Tick);
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Wait::Readable(ready) => {
+                    if let Err(e) = ready {
+                        tracing::debug!(error = %e, "upstream readable");
+                        return "read error";
+                    }
                     buffer_pool::ready_for_read(&mut rbuf);
                     match crate::socket_io::read_once(stream, &mut rbuf) {
                         Ok(0) => return "closed by upstream",
@@ -861,21 +934,23 @@ impl UpstreamConnection {
                         return reason;
                     }
                 }
-                () = handle.wake.woken() => {}
-                ready = std::future::poll_fn(|cx| stream.poll_write_ready(cx)), if want_write => {
-                    if ready.is_err() { return "write error"; }
-                    if handle.lock().write_once().is_err() {
+                Wait::Woken => {}
+                Wait::Writable(ok) => {
+                    if !ok || handle.lock().write_once().is_err() {
                         return "write error";
                     }
                 }
-                () = std::future::poll_fn(|cx| poll_timer(tick.as_mut(), &mut tick_waits, cx)) => {
+                Wait::Tick => {
                     let now = Instant::now();
                     tick.as_mut().reset(now + tick_every);
                     let mut inner = handle.lock();
                     let dropped = inner.st.sweep(now);
                     handle.load.sub(&inner, dropped);
                     let st = &inner.st;
-                    if self.endpoint.strong_count() == 0 && st.pending.is_empty() && st.queue.is_empty() {
+                    if self.endpoint.strong_count() == 0
+                        && st.pending.is_empty()
+                        && st.queue.is_empty()
+                    {
                         // The endpoint left the config: nothing will use this connection.
                         return "pool closed";
                     }
@@ -886,10 +961,15 @@ impl UpstreamConnection {
                         write_stalled = Some(now);
                     }
                     seen_written = st.written;
-                    if write_stalled.is_some_and(|t| now.duration_since(t) >= settings.write_timeout) {
+                    if write_stalled
+                        .is_some_and(|t| now.duration_since(t) >= settings.write_timeout)
+                    {
                         return "write timeout: the backend stopped reading";
                     }
-                    let busy = !st.pending.is_empty() || !st.queue.is_empty() || !inner.wbuf.is_empty() || st.encoded != seen_encoded;
+                    let busy = !st.pending.is_empty()
+                        || !st.queue.is_empty()
+                        || !inner.wbuf.is_empty()
+                        || st.encoded != seen_encoded;
                     seen_encoded = st.encoded;
                     if busy {
                         last_busy = now;

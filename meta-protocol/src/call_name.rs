@@ -50,17 +50,36 @@ impl CallName {
         }
     }
 
+    /// The name's bytes (UTF-8), without the check [`CallName::as_str`] makes: for
+    /// comparing and scanning.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or_default(),
+            Repr::Shared(s) => s.as_bytes(),
+        }
+    }
+
     /// The name at `range` of `frame`: copied inline when it fits, else a slice of the
     /// frame (no copy). `None` when the range lies outside the frame or is not UTF-8.
     /// This is how a codec records a name it reads from a frame.
     pub fn from_frame(frame: &Bytes, range: Range<usize>) -> Option<Self> {
-        let text = std::str::from_utf8(frame.get(range.clone())?).ok()?;
-        match CallName::inline(text) {
-            Some(inline) => Some(inline),
-            None => MetaStr::try_from(frame.slice(range))
-                .ok()
-                .map(|s| CallName(Repr::Shared(s))),
+        let bytes = frame.get(range.clone())?;
+        if bytes.len() <= INLINE_CALL_NAME {
+            // Names are ASCII in practice: a byte test first, the UTF-8 decode only
+            // when it fails (about 60 instructions for a short name).
+            if !bytes.is_ascii() && std::str::from_utf8(bytes).is_err() {
+                return None;
+            }
+            let mut inline = [0; INLINE_CALL_NAME];
+            inline.get_mut(..bytes.len())?.copy_from_slice(bytes);
+            return Some(CallName(Repr::Inline {
+                len: bytes.len() as u8,
+                bytes: inline,
+            }));
         }
+        MetaStr::try_from(frame.slice(range))
+            .ok()
+            .map(|s| CallName(Repr::Shared(s)))
     }
 
     /// `s` copied inline, when it fits.
@@ -104,7 +123,7 @@ impl From<MetaStr> for CallName {
 
 impl PartialEq for CallName {
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -112,13 +131,13 @@ impl Eq for CallName {}
 
 impl PartialEq<str> for CallName {
     fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
+        self.as_bytes() == other.as_bytes()
     }
 }
 
 impl PartialEq<&str> for CallName {
     fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
+        self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -175,6 +194,12 @@ mod tests {
         );
         let bad = Bytes::from_static(b"\xff\xfe");
         assert!(CallName::from_frame(&bad, 0..2).is_none(), "not UTF-8");
+        // Not ASCII but UTF-8: decoded, kept inline, the same bytes.
+        let wide = Bytes::from("Calc:加法");
+        let name = CallName::from_frame(&wide, 0..wide.len()).unwrap();
+        assert_eq!(name.as_str(), "Calc:加法");
+        assert_eq!(name.as_bytes(), wide.as_ref());
+        assert_eq!(name, CallName::from("Calc:加法"));
     }
 
     #[test]
