@@ -161,12 +161,14 @@ enum Choice<'a> {
 /// connections that send on it.
 ///
 /// Client connections encode their requests straight into [`ConnInner::wbuf`] (the
-/// upstream request id assigned there, the request's mutations applied by the codec)
-/// and wake the connection's task once, when the buffer was empty. The task writes
-/// when it runs, after every client that became ready at the same time has added its
-/// requests: one `write` for all of them (writing per client instead was measured at
-/// one `write` per request with 16 or 256 clients at pipeline 1, against 0.27 and
-/// 0.05 this way). The mutex is only ever taken by the worker
+/// upstream request id assigned there, the request's mutations applied by the codec).
+/// The first one to do so since the last write lists the connection for the end of
+/// the worker's turn ([`crate::turn_end`]), where the worker writes the buffer itself
+/// once every task that was ready has run; on a runtime without that hook it wakes the
+/// connection's task, which writes when it runs, after every client that became ready
+/// at the same time. Either way, one `write` for all of them (writing per client
+/// instead was measured at one `write` per request with 16 or 256 clients at pipeline
+/// 1, against 0.27 and 0.05 this way). The mutex is only ever taken by the worker
 /// thread that owns the connection (per-core threading; with work stealing it may be
 /// contended) and is never held across an `.await` or while calling a client.
 pub(crate) struct ConnHandle {
@@ -260,8 +262,8 @@ impl ConnHandle {
     }
 
     /// Takes the request in `msg`: encodes it into the write buffer at once, where it
-    /// lies, when the connection is up and has room, or queues it; either way the
-    /// connection's task writes it. The message is moved out of `msg` only where it must
+    /// lies, when the connection is up and has room, or queues it; the worker writes it
+    /// at the end of its turn, or the connection's task does. The message is moved out of `msg` only where it must
     /// be kept (a two-way request until it is written, for a retry; a queued one); when
     /// the connection refuses it, it is still in `msg` for the caller to retry.
     ///
