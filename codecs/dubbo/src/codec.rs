@@ -199,7 +199,7 @@ impl Text {
 }
 
 /// Reads a string (an error on anything else), checking its UTF-8.
-#[inline]
+#[inline(always)]
 fn read_text(r: &mut Reader<'_>, frame: &Bytes) -> Result<Text, HessianError> {
     let at = r.position();
     let span = r.read_str_span()?;
@@ -275,6 +275,7 @@ fn set_text(md: &mut MetadataMut<'_>, frame: &Bytes, key: Text, value: Text) {
 }
 
 /// Sets the body field `key` to `value` in `md`.
+#[inline(always)]
 fn set_field(md: &mut MetadataMut<'_>, key: WellKnownKey, value: Text) {
     match value {
         Text::InFrame(v) => md.set_known_in_frame(key, v),
