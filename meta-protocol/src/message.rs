@@ -263,10 +263,16 @@ impl Message {
 
     /// Adds a shared set of mutations (a route's, built once). Sharing costs a
     /// reference count, not a copy, when the message had none before.
+    #[inline]
     pub fn add_shared_mutations(&mut self, shared: &Arc<Mutations>) {
-        if shared.is_empty() {
-            return;
+        // Most routes have none: that test is inlined where it is called (the call it
+        // saves cost more than the test).
+        if !shared.is_empty() {
+            self.add_mutations(shared);
         }
+    }
+
+    fn add_mutations(&mut self, shared: &Arc<Mutations>) {
         match &mut self.mutations {
             None => self.mutations = Some(shared.clone()),
             Some(existing) => Arc::make_mut(existing).extend(shared.iter().cloned()),

@@ -187,12 +187,19 @@ impl Metadata {
         }
     }
 
-    /// The entry whose key is `key`: lengths are compared before any bytes.
-    #[inline]
+    /// The entry whose key is `key`: lengths are compared before any bytes. The test
+    /// of the key's bit is inlined where it is called (most lookups by codecs are of
+    /// keys not there yet, and end at it); the scan is a call.
+    #[inline(always)]
     fn position(&self, key: &[u8]) -> Option<usize> {
         if self.keys & key_bit(key) == 0 {
             return None;
         }
+        self.scan(key)
+    }
+
+    /// [`Metadata::position`] past the key's bit.
+    fn scan(&self, key: &[u8]) -> Option<usize> {
         let len = key.len();
         self.entries
             .iter()
