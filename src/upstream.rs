@@ -263,9 +263,10 @@ impl ConnHandle {
 
     /// Takes the request in `msg`: encodes it into the write buffer at once, where it
     /// lies, when the connection is up and has room, or queues it; the worker writes it
-    /// at the end of its turn, or the connection's task does. The message is moved out of `msg` only where it must
-    /// be kept (a two-way request until it is written, for a retry; a queued one); when
-    /// the connection refuses it, it is still in `msg` for the caller to retry.
+    /// at the end of its turn, or the connection's task does. The message is moved out
+    /// of `msg` only where it must be kept (a two-way request until it is written, for a
+    /// retry; a queued one); when the connection refuses it, it is still in `msg` for the
+    /// caller to retry.
     ///
     /// `now` is the caller's current time (when the request was read), against which the
     /// envelope's deadline is checked.
@@ -306,14 +307,10 @@ impl ConnHandle {
                     self.load.sub(&inner, 1);
                 }
                 if !std::mem::replace(&mut inner.write_scheduled, true) {
-                    if turn_end::enabled() {
-                        // Written at the end of the worker's turn (see `at_turn_end`).
-                        let listed = std::mem::replace(&mut inner.listed, true);
-                        drop(inner);
-                        if !listed && turn_end::defer(self.clone()).is_err() {
-                            self.lock().listed = false;
-                            self.wake.wake();
-                        }
+                    // Written at the end of the worker's turn (see `at_turn_end`) where
+                    // the worker has that hook; by the connection's task elsewhere.
+                    if inner.listed || turn_end::defer(|| self.clone()) {
+                        inner.listed = true;
                     } else {
                         drop(inner);
                         self.wake.wake();

@@ -42,10 +42,8 @@ impl CallName {
     /// The name as text.
     pub fn as_str(&self) -> &str {
         match &self.0 {
-            // Always the whole of a `&str` that fit (see `inline`), so always UTF-8.
-            Repr::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
-            }
+            // Always UTF-8 that fit (see `inline`).
+            Repr::Inline { .. } => std::str::from_utf8(self.as_bytes()).unwrap_or_default(),
             Repr::Shared(s) => s,
         }
     }
@@ -70,24 +68,19 @@ impl CallName {
             if !bytes.is_ascii() && std::str::from_utf8(bytes).is_err() {
                 return None;
             }
-            let mut inline = [0; INLINE_CALL_NAME];
-            inline.get_mut(..bytes.len())?.copy_from_slice(bytes);
-            return Some(CallName(Repr::Inline {
-                len: bytes.len() as u8,
-                bytes: inline,
-            }));
+            return CallName::inline(bytes);
         }
         MetaStr::try_from(frame.slice(range))
             .ok()
             .map(|s| CallName(Repr::Shared(s)))
     }
 
-    /// `s` copied inline, when it fits.
-    fn inline(s: &str) -> Option<Self> {
+    /// `text` (UTF-8, checked by the caller) copied inline, when it fits.
+    fn inline(text: &[u8]) -> Option<Self> {
         let mut bytes = [0; INLINE_CALL_NAME];
-        bytes.get_mut(..s.len())?.copy_from_slice(s.as_bytes());
+        bytes.get_mut(..text.len())?.copy_from_slice(text);
         Some(CallName(Repr::Inline {
-            len: s.len() as u8,
+            len: text.len() as u8,
             bytes,
         }))
     }
@@ -110,14 +103,14 @@ impl Deref for CallName {
 impl From<&str> for CallName {
     /// Copied inline when short; a longer one is copied into a new [`MetaStr`].
     fn from(s: &str) -> Self {
-        CallName::inline(s).unwrap_or_else(|| CallName(Repr::Shared(MetaStr::from(s))))
+        CallName::inline(s.as_bytes()).unwrap_or_else(|| CallName(Repr::Shared(MetaStr::from(s))))
     }
 }
 
 impl From<MetaStr> for CallName {
     /// Copied inline when short (the `MetaStr` is dropped); a longer one is kept.
     fn from(s: MetaStr) -> Self {
-        CallName::inline(&s).unwrap_or(CallName(Repr::Shared(s)))
+        CallName::inline(s.as_bytes()).unwrap_or(CallName(Repr::Shared(s)))
     }
 }
 
