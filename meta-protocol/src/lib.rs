@@ -166,7 +166,6 @@ pub use message::{
 };
 pub use metadata::{
     MetaStr, Metadata, MetadataMut, Mutations, WellKnownKey, INLINE_METADATA_ENTRIES,
-    INLINE_OWNED_STRINGS,
 };
 
 pub use bytes;

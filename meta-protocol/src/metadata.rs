@@ -14,10 +14,6 @@ use smallvec::SmallVec;
 /// offset pairs into the frame), so the whole table is 200 bytes.
 pub const INLINE_METADATA_ENTRIES: usize = 12;
 
-/// Strings not found in the frame (static keys such as `interface`, values set by
-/// filters) kept inline before they spill to the heap.
-pub const INLINE_OWNED_STRINGS: usize = 4;
-
 /// A UTF-8 string shared with the frame it was read from.
 ///
 /// Cloning is a reference-count increment; building one with [`MetaStr::from_static`]
@@ -50,6 +46,19 @@ impl WellKnownKey {
         WellKnownKey::Group,
     ];
 
+    /// The key's [`key_bit`], worked out when compiling.
+    #[inline(always)]
+    const fn bit(self) -> u64 {
+        const BITS: [u64; 5] = [
+            key_bit(WellKnownKey::Interface.as_str().as_bytes()),
+            key_bit(WellKnownKey::Method.as_str().as_bytes()),
+            key_bit(WellKnownKey::Version.as_str().as_bytes()),
+            key_bit(WellKnownKey::Service.as_str().as_bytes()),
+            key_bit(WellKnownKey::Group.as_str().as_bytes()),
+        ];
+        BITS[self as usize]
+    }
+
     /// The key as routes name it.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -74,9 +83,12 @@ struct Slot {
 
 /// The bit of `keys` for `key`, from its length and first and last bytes.
 #[inline]
-fn key_bit(key: &[u8]) -> u64 {
-    let first = key.first().map_or(0, |&b| usize::from(b));
-    let last = key.last().map_or(0, |&b| usize::from(b));
+const fn key_bit(key: &[u8]) -> u64 {
+    let (first, last) = match key {
+        [] => (0, 0),
+        [first, .., last] => (*first as usize, *last as usize),
+        [only] => (*only as usize, *only as usize),
+    };
     1 << ((key.len() * 7 + first + last * 3) & 63)
 }
 
@@ -138,7 +150,50 @@ pub struct Metadata {
     /// (most of the codec's duplicate checks) scans nothing.
     keys: u64,
     entries: SmallVec<[(Slot, Slot); INLINE_METADATA_ENTRIES]>,
-    owned: SmallVec<[MetaStr; INLINE_OWNED_STRINGS]>,
+    /// Strings not found in the frame (values set by filters, keys not known to the
+    /// table, text a codec had to decode).
+    owned: OwnedStrings,
+}
+
+/// The strings a [`Metadata`] keeps beside its table, out of line: one pointer, null
+/// until the first string. A frame's own strings, which is all proxying reads, never
+/// need it, and a message moves a few times per request: with four strings inline it
+/// was 128 bytes larger, and dropping an empty vector cost a call.
+// One word where a `Vec` is three, in every message; the second allocation comes only
+// with the first owned string.
+#[allow(clippy::box_collection)]
+#[derive(Clone, Debug, Default)]
+struct OwnedStrings(Option<Box<Vec<MetaStr>>>);
+
+impl OwnedStrings {
+    fn get(&self, i: usize) -> Option<&MetaStr> {
+        self.0.as_ref()?.get(i)
+    }
+
+    /// Adds `s`; returns its index.
+    fn push(&mut self, s: MetaStr) -> usize {
+        let v = self.0.get_or_insert_with(Box::default);
+        v.push(s);
+        v.len() - 1
+    }
+
+    /// Replaces string `i` (which [`OwnedStrings::push`] returned).
+    fn replace(&mut self, i: usize, s: MetaStr) {
+        if let Some(slot) = self.0.as_mut().and_then(|v| v.get_mut(i)) {
+            *slot = s;
+        }
+    }
+
+    fn clear(&mut self) {
+        if let Some(v) = &mut self.0 {
+            v.clear();
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |v| v.len())
+    }
 }
 
 impl Metadata {
@@ -149,9 +204,14 @@ impl Metadata {
 
     /// An empty set whose entries may point into `frame`.
     pub fn over_frame(frame: Bytes) -> Self {
+        // Field by field: `..Self::default()` would build a whole empty set first and
+        // copy its inline table's (uninitialised) bytes along, a call to `memcpy` per
+        // decoded message.
         Metadata {
             frame,
-            ..Self::default()
+            keys: 0,
+            entries: SmallVec::new_const(),
+            owned: OwnedStrings::default(),
         }
     }
 
@@ -271,8 +331,8 @@ impl Metadata {
             return slot;
         }
         let len = s.len();
-        self.owned.push(s);
-        Slot::owned(self.owned.len() - 1, len)
+        let index = self.owned.push(s);
+        Slot::owned(index, len)
     }
 
     /// Points entry `i` at a new value, reusing its owned string's place when it had one.
@@ -282,7 +342,7 @@ impl Metadata {
             Some(slot) => slot,
             None if old.is_owned() => {
                 let len = value.len();
-                self.owned[old.start as usize] = value;
+                self.owned.replace(old.start as usize, value);
                 Slot::owned(old.start as usize, len)
             }
             None => self.slot_for(value),
@@ -361,10 +421,15 @@ impl Metadata {
         let Some(v) = self.frame_slot(&value) else {
             return;
         };
-        let name = key.as_str().as_bytes();
-        match self.position(name) {
+        let bit = key.bit();
+        let found = if self.keys & bit == 0 {
+            None
+        } else {
+            self.scan(key.as_str().as_bytes())
+        };
+        match found {
             Some(i) => self.entries[i].1 = v,
-            None => self.push(key_bit(name), Slot::known(key), v),
+            None => self.push(bit, Slot::known(key), v),
         }
     }
 
@@ -628,7 +693,7 @@ mod tests {
         m.set_known_in_frame(WellKnownKey::Interface, 0..8);
         m.set_known_in_frame(WellKnownKey::Method, 9..14);
         m.set_known_in_frame(WellKnownKey::Method, 9..12);
-        assert!(m.owned.is_empty(), "no string kept beside the table");
+        assert_eq!(m.owned.len(), 0, "no string kept beside the table");
         assert_eq!(m.get("interface"), Some("svc.Demo"));
         assert_eq!(m.get("method"), Some("say"));
         assert_eq!(m.get_shared("method").as_deref(), Some("say"));
@@ -686,11 +751,20 @@ mod tests {
     }
 
     #[test]
+    fn a_well_known_keys_bit_is_the_bit_of_its_name() {
+        for key in WellKnownKey::ALL {
+            assert_eq!(key.bit(), key_bit(key.as_str().as_bytes()), "{key:?}");
+        }
+        assert_eq!(key_bit(b""), 1);
+        assert_eq!(key_bit(b"a"), 1 << ((7 + 97 * 4) & 63));
+    }
+
+    #[test]
     fn a_message_is_small_enough_to_move_cheaply() {
         // Two offset pairs per entry: the inline table is 16 bytes an entry.
         assert_eq!(std::mem::size_of::<(Slot, Slot)>(), 16);
         assert!(
-            std::mem::size_of::<Metadata>() <= 400,
+            std::mem::size_of::<Metadata>() <= 248,
             "{}",
             std::mem::size_of::<Metadata>()
         );

@@ -760,10 +760,10 @@ impl Codec for DubboCodec {
                 _ => {}
             }
         }
-        dst.reserve(frame.len());
-        dst.put_slice(&frame[..4]);
-        dst.put_u64(msg.request_id());
-        dst.put_slice(&frame[12..]);
+        // The frame as it is, one copy, with the new request id written over the old.
+        let at = dst.len() + 4;
+        dst.extend_from_slice(frame);
+        dst[at..at + 8].copy_from_slice(&msg.request_id().to_be_bytes());
         Ok(())
     }
 

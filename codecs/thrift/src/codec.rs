@@ -490,6 +490,18 @@ impl ThriftCodec {
             }
         };
         let seq = &seq[..new_len];
+        if new_len == seq_len && t != Transport::Header {
+            // The same width (always so in the binary protocol): the frame as it is, one
+            // copy, with the new sequence id written over the old. The frame's length
+            // prefix, if any, is unchanged.
+            let at = dst.len() + seq_off;
+            dst.extend_from_slice(frame);
+            match p {
+                Protocol::Binary => dst[at..at + 4].copy_from_slice(&seqid.to_be_bytes()),
+                Protocol::Compact => dst[at..at + new_len].copy_from_slice(seq),
+            }
+            return Ok(());
+        }
         let tail = &frame[seq_off + seq_len..];
         match t {
             Transport::Unframed => {
@@ -1049,6 +1061,25 @@ mod tests {
                 codec.encode(&back, &mut again).unwrap();
                 assert_eq!(again, call(t, p, "echo", 3, &[("k", "v")]));
             }
+        }
+    }
+
+    #[test]
+    fn a_rewritten_message_is_appended_after_what_the_buffer_holds() {
+        for (t, p) in all() {
+            let mut codec = auto();
+            let mut m = codec
+                .decode(&mut call(t, p, "echo", 3, &[]))
+                .unwrap()
+                .unwrap();
+            m.set_request_id(5);
+            let mut out = BytesMut::from(&b"earlier"[..]);
+            codec.encode(&m, &mut out).unwrap();
+            assert_eq!(&out[..7], b"earlier", "{t:?} {p:?}");
+            let mut rest = out.split_off(7);
+            let back = auto().decode(&mut rest).unwrap().unwrap();
+            assert_eq!(back.request_id(), 5, "{t:?} {p:?}");
+            assert!(rest.is_empty());
         }
     }
 
