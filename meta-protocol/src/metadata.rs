@@ -252,7 +252,14 @@ impl Metadata {
     /// keys not there yet, and end at it); the scan is a call.
     #[inline(always)]
     fn position(&self, key: &[u8]) -> Option<usize> {
-        if self.keys & key_bit(key) == 0 {
+        self.position_with_bit(key, key_bit(key))
+    }
+
+    /// [`Metadata::position`] for a caller that has the key's bit already (it needs
+    /// the bit again to add the key, or it is a constant).
+    #[inline(always)]
+    fn position_with_bit(&self, key: &[u8], bit: u64) -> Option<usize> {
+        if self.keys & bit == 0 {
             return None;
         }
         self.scan(key)
@@ -352,10 +359,10 @@ impl Metadata {
     /// Sets `key` to `value`, replacing an existing value. A string that is a slice of
     /// the frame is stored as its offsets; any other is kept beside the table.
     pub fn set(&mut self, key: MetaStr, value: MetaStr) {
-        match self.position(key.as_bytes()) {
+        let bit = key_bit(key.as_bytes());
+        match self.position_with_bit(key.as_bytes(), bit) {
             Some(i) => self.replace_value(i, value),
             None => {
-                let bit = key_bit(key.as_bytes());
                 let k = self.slot_for(key);
                 let v = self.slot_for(value);
                 self.push(bit, k, v);
@@ -391,7 +398,7 @@ impl Metadata {
             return;
         };
         let bit = key_bit(key_bytes);
-        match self.position(key_bytes) {
+        match self.position_with_bit(key_bytes, bit) {
             Some(i) => self.entries[i].1 = v,
             None => self.push(bit, k, v),
         }
@@ -404,10 +411,10 @@ impl Metadata {
         let Some(v) = self.frame_slot(&value) else {
             return;
         };
-        match self.position(key.as_bytes()) {
+        let bit = key_bit(key.as_bytes());
+        match self.position_with_bit(key.as_bytes(), bit) {
             Some(i) => self.entries[i].1 = v,
             None => {
-                let bit = key_bit(key.as_bytes());
                 let k = self.slot_for(key);
                 self.push(bit, k, v);
             }
@@ -422,12 +429,7 @@ impl Metadata {
             return;
         };
         let bit = key.bit();
-        let found = if self.keys & bit == 0 {
-            None
-        } else {
-            self.scan(key.as_str().as_bytes())
-        };
-        match found {
+        match self.position_with_bit(key.as_str().as_bytes(), bit) {
             Some(i) => self.entries[i].1 = v,
             None => self.push(bit, Slot::known(key), v),
         }
@@ -435,8 +437,8 @@ impl Metadata {
 
     /// Adds `key` only when it is not present yet (an earlier, stronger source wins).
     pub fn set_if_absent(&mut self, key: MetaStr, value: MetaStr) {
-        if self.position(key.as_bytes()).is_none() {
-            let bit = key_bit(key.as_bytes());
+        let bit = key_bit(key.as_bytes());
+        if self.position_with_bit(key.as_bytes(), bit).is_none() {
             let k = self.slot_for(key);
             let v = self.slot_for(value);
             self.push(bit, k, v);

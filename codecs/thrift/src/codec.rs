@@ -493,7 +493,8 @@ impl ThriftCodec {
         if new_len == seq_len && t != Transport::Header {
             // The same width (always so in the binary protocol): the frame as it is, one
             // copy, with the new sequence id written over the old. The frame's length
-            // prefix, if any, is unchanged.
+            // prefix, if any, is unchanged. (The binary arm is `seq` too, written as a
+            // fixed four-byte store rather than a `memcpy` call of a variable length.)
             let at = dst.len() + seq_off;
             dst.extend_from_slice(frame);
             match p {
