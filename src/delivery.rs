@@ -3,8 +3,11 @@
 //!
 //! The upstream connection only knows the client as a [`ResponseSink`] (so this module
 //! and `upstream.rs` never import `downstream.rs`). The sink encodes the response into
-//! the client's write buffer at once; the upstream connection flushes every client it
-//! delivered to once per read, so a read full of responses costs one write per client.
+//! the client's write buffer at once. Each client delivered to is flushed once, at the
+//! end of the worker's turn ([`crate::turn_end`]) on the proxy's runtimes: responses
+//! from every backend read in that turn (a client whose requests were split between
+//! backends) then leave in one write. On a thread without that hook the upstream
+//! connection flushes its clients after each read.
 
 use std::sync::{Arc, Weak};
 use tokio::time::Instant;
@@ -12,6 +15,7 @@ use tokio::time::Instant;
 use meta_protocol::Message;
 
 use crate::request_token::RequestToken;
+use crate::turn_end::{self, AtTurnEnd};
 
 /// A request that failed upstream. `unsent` carries it back when it never reached the
 /// backend, so it may be retried elsewhere. `stale` says it was never written because
@@ -32,7 +36,9 @@ pub(crate) struct Failure {
 /// Lock order: a client connection may call into an upstream connection while it holds
 /// its own state (to send a request); an upstream connection never holds its own state
 /// while it calls a sink. So neither waits for the other.
-pub(crate) trait ResponseSink: Send + Sync {
+///
+/// Its [`AtTurnEnd`] work is its [`ResponseSink::flush`].
+pub(crate) trait ResponseSink: AtTurnEnd {
     /// Handles the response to request `token`, read at `read_at` (the message is
     /// borrowed: it is encoded for the client where it was decoded, never moved).
     /// Returns true when the sink wants a [`ResponseSink::flush`] call after the
@@ -108,6 +114,14 @@ pub(crate) fn flush_all(sinks: &mut Vec<Arc<dyn ResponseSink>>) {
     }
 }
 
+/// Flushes every sink in `sinks` at the end of the worker's turn (now, on a thread
+/// without that hook) and empties the vector (keeping its capacity).
+pub(crate) fn flush_at_turn_end(sinks: &mut Vec<Arc<dyn ResponseSink>>) {
+    for sink in sinks.drain(..) {
+        turn_end::defer_or_now(sink);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +153,12 @@ mod tests {
         }
         fn flush(&self) {
             *self.flush_queued.lock().unwrap() = false;
+        }
+    }
+
+    impl AtTurnEnd for Recorder {
+        fn at_turn_end(&self) {
+            self.flush();
         }
     }
 

@@ -47,6 +47,7 @@ use crate::shared::ListenerCtx;
 use crate::short_lock::{ShortGuard, ShortLock};
 use crate::snapshot::ListenerRt;
 use crate::task_wake::{poll_timer, poll_when_signalled, TaskWake};
+use crate::turn_end::AtTurnEnd;
 use crate::upstream::{Envelope, PoolKey, Refused};
 
 /// When no request is in flight the deadline timer is parked this far ahead.
@@ -260,6 +261,13 @@ impl ResponseSink for ClientLink {
     }
 }
 
+/// The flush an upstream connection put off to the end of the worker's turn.
+impl AtTurnEnd for ClientLink {
+    fn at_turn_end(&self) {
+        self.flush();
+    }
+}
+
 struct Downstream {
     /// This connection, as upstream connections deliver to it.
     me: Weak<dyn ResponseSink>,
@@ -290,7 +298,8 @@ struct Downstream {
     /// Whether that listener reads more of a request than the codec's eager keys (see
     /// [`reads_beyond`]): requests decoded head first are then read in full.
     full_metadata: bool,
-    /// An upstream connection will call [`ResponseSink::flush`] after its batch.
+    /// An upstream connection will call [`ResponseSink::flush`] after its batch (or at
+    /// the end of the worker's turn).
     flush_queued: bool,
     /// The task stopped reading (the write buffer or the requests in flight are at the
     /// limit): a delivery that frees room must wake it.

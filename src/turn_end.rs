@@ -1,4 +1,5 @@
-//! Work put off to the end of a worker's turn: the writes of upstream connections.
+//! Work put off to the end of a worker's turn: the writes of upstream connections and
+//! of the client connections they answered.
 //!
 //! A client connection that encodes a request into an upstream connection's write
 //! buffer does not wake that connection's task to write it. On a worker thread whose
@@ -9,8 +10,14 @@
 //! pass through the connection's loop (about 130 instructions a request at pipeline 1
 //! with 16 clients, where one write already served about six requests).
 //!
+//! The other way round, an upstream connection that delivered responses lists their
+//! clients' flushes here ([`defer_or_now`]): a client whose requests went to several
+//! backends (a weighted split) gets one write for all the answers read in the turn
+//! instead of one per backend.
+//!
 //! A turn can last long under load (the runtime parks only when nothing is ready), so
-//! the list is also run after [`MAX_BATCHES_PER_TURN`] client batches ([`batch_done`]).
+//! the list is also run after [`MAX_BATCHES_PER_TURN`] read batches, client or upstream
+//! ([`batch_done`]).
 //! A thread whose runtime has no such hook (an embedding program's own runtime) never
 //! enables the list, and its connections wake their tasks as before ([`defer`] takes
 //! nothing there).
@@ -18,7 +25,7 @@
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
-/// Client read batches (each a `read` and the requests it held) after which the list is
+/// Read batches (each a `read` and the messages it held) after which the list is
 /// run even though the worker has not parked yet: a bound on how long a write waits
 /// when the worker is never idle. At 16 requests a batch that is 256 requests a write.
 pub(crate) const MAX_BATCHES_PER_TURN: u32 = 16;
@@ -56,6 +63,23 @@ pub(crate) fn defer(make: impl FnOnce() -> Arc<dyn AtTurnEnd>) -> bool {
     })
 }
 
+/// Lists `item` for the end of this thread's turn, or runs its work now on a thread
+/// without the hook (or, which cannot happen, while the list is borrowed): the work is
+/// never lost.
+pub(crate) fn defer_or_now(item: Arc<dyn AtTurnEnd>) {
+    let mut item = Some(item);
+    if enabled() {
+        DUE.with(|due| {
+            if let Ok(mut due) = due.try_borrow_mut() {
+                due.extend(item.take());
+            }
+        });
+    }
+    if let Some(item) = item {
+        item.at_turn_end();
+    }
+}
+
 /// Whether [`defer`] takes items on this thread.
 pub(crate) fn enabled() -> bool {
     ENABLED.with(Cell::get)
@@ -68,33 +92,39 @@ pub(crate) fn at_park() {
     run_due();
 }
 
-/// Runs everything listed on this thread, in the order listed.
+/// Runs everything listed on this thread, in the order listed, and then what those items
+/// listed in turn (an upstream connection's write that fails lists the flushes of the
+/// clients it answers with failures): the list is empty when this returns.
 fn run_due() {
     BATCHES.with(|b| b.set(0));
-    let Some(mut items) = DUE.with(|due| {
-        due.try_borrow_mut()
-            .ok()
-            .map(|mut d| std::mem::take(&mut *d))
-    }) else {
-        return;
-    };
-    if items.is_empty() {
-        return;
-    }
-    for item in items.drain(..) {
-        item.at_turn_end();
+    let mut spare = Vec::new();
+    loop {
+        // The list is taken out (an empty vector left in its place) before its items
+        // run, so that they may list more.
+        let taken = DUE.with(|due| {
+            let mut due = due.try_borrow_mut().ok()?;
+            if due.is_empty() {
+                return None;
+            }
+            Some(std::mem::replace(&mut *due, std::mem::take(&mut spare)))
+        });
+        let Some(mut items) = taken else { break };
+        for item in items.drain(..) {
+            item.at_turn_end();
+        }
+        spare = items;
     }
     // The emptied list goes back, so that steady traffic allocates nothing.
     DUE.with(|due| {
         if let Ok(mut due) = due.try_borrow_mut() {
-            if due.is_empty() {
-                *due = items;
+            if due.is_empty() && due.capacity() < spare.capacity() {
+                *due = spare;
             }
         }
     });
 }
 
-/// Counts one client batch; runs the list when [`MAX_BATCHES_PER_TURN`] were counted
+/// Counts one read batch; runs the list when [`MAX_BATCHES_PER_TURN`] were counted
 /// since it last ran. Does nothing on a thread without the hook.
 pub(crate) fn batch_done() {
     if !enabled() {
@@ -145,6 +175,45 @@ mod tests {
             assert_eq!(c.0.load(Ordering::Relaxed), 1);
             at_park();
             assert_eq!(c.0.load(Ordering::Relaxed), 1, "run once per defer");
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// Lists another item when it runs (as an upstream connection whose deferred write
+    /// fails lists its clients' flushes).
+    struct Lister {
+        then: Arc<Counter>,
+    }
+
+    impl AtTurnEnd for Lister {
+        fn at_turn_end(&self) {
+            defer_or_now(self.then.clone());
+        }
+    }
+
+    #[test]
+    fn defer_or_now_runs_the_work_now_without_the_hook_and_at_the_turn_end_with_it() {
+        std::thread::spawn(|| {
+            let c = Arc::new(Counter(AtomicUsize::new(0)));
+            defer_or_now(c.clone());
+            assert_eq!(c.0.load(Ordering::Relaxed), 1, "no hook: run at once");
+
+            at_park();
+            defer_or_now(c.clone());
+            defer_or_now(c.clone());
+            assert_eq!(c.0.load(Ordering::Relaxed), 1, "listed, not run yet");
+            at_park();
+            assert_eq!(c.0.load(Ordering::Relaxed), 3, "each listed item ran");
+
+            // Work listed while the list runs runs in the same turn end: the worker is
+            // about to park and might not wake again for it.
+            let then = Arc::new(Counter(AtomicUsize::new(0)));
+            defer_or_now(Arc::new(Lister { then: then.clone() }));
+            at_park();
+            assert_eq!(then.0.load(Ordering::Relaxed), 1);
+            at_park();
+            assert_eq!(then.0.load(Ordering::Relaxed), 1, "and only once");
         })
         .join()
         .unwrap();

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use crate::budget::BudgetCharge;
 use crate::buffer_pool;
-use crate::delivery::{flush_all, Failure, ReplyTo, ResponseSink};
+use crate::delivery::{flush_all, flush_at_turn_end, Failure, ReplyTo, ResponseSink};
 use crate::endpoint_link::{ConnectionSettings, EndpointLink};
 use crate::id_table::IdTable;
 use crate::observe::metrics::ClusterMetrics;
@@ -465,6 +465,12 @@ impl ConnInner {
 fn worth_coalescing(responses: usize, clients: usize) -> bool {
     responses >= 2 * clients.max(8)
 }
+
+/// A read of at least this many bytes of responses is flushed to its clients at once
+/// rather than at the end of the worker's turn: large answers are forwarded as they
+/// come (the client can work on them while the rest is read), as an L4 proxy would.
+/// Below it (a few pipelined small answers) one write per client per turn saves more.
+const FLUSH_NOW_BYTES: usize = 16 * 1024;
 
 /// What woke an upstream connection's task (see the wait in `UpstreamConnection::serve`).
 enum Wait {
@@ -910,25 +916,33 @@ impl UpstreamConnection {
                         return "read error";
                     }
                     buffer_pool::ready_for_read(&mut rbuf);
-                    match crate::socket_io::read_once(stream, &mut rbuf) {
+                    let read = match crate::socket_io::read_once(stream, &mut rbuf) {
                         Ok(0) => return "closed by upstream",
-                        Ok(_) => {
+                        Ok(n) => {
                             last_read = Instant::now();
                             heartbeat_sent = None;
+                            n
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                         Err(_) => return "read error",
-                    }
+                    };
                     let result = self.decode_all(&mut rbuf, last_read, &mut sinks);
                     buffer_pool::release(&mut rbuf);
-                    if result.is_ok_and(|n| worth_coalescing(n, sinks.len())) {
-                        // Let the other tasks this wake-up made ready run first (other
-                        // upstream connections answering the same clients): a client
-                        // whose requests went to several backends then gets one write
-                        // for all their answers instead of one per backend.
-                        tokio::task::yield_now().await;
+                    if read < FLUSH_NOW_BYTES && turn_end::enabled() {
+                        // The clients are flushed at the end of the worker's turn, after
+                        // the other upstream connections this wake-up made readable
+                        // answered them too: one write for a client whose requests went
+                        // to several backends.
+                        flush_at_turn_end(&mut sinks);
+                        turn_end::batch_done();
+                    } else {
+                        if result.is_ok_and(|n| worth_coalescing(n, sinks.len())) {
+                            // Let the other tasks this wake-up made ready run first, then
+                            // flush.
+                            tokio::task::yield_now().await;
+                        }
+                        flush_all(&mut sinks);
                     }
-                    flush_all(&mut sinks);
                     if let Err(reason) = result {
                         return reason;
                     }
