@@ -52,6 +52,10 @@ pub(crate) trait ResponseSink: AtTurnEnd {
     /// Writes what the deliveries encoded; wakes the client's task when something is
     /// left for it.
     fn flush(&self);
+
+    /// Flushes now and returns true when the client awaits no other answer (no request
+    /// of it is in flight any more); otherwise returns false and writes nothing.
+    fn flush_unless_awaiting(&self) -> bool;
 }
 
 /// Where to deliver the outcome of one request.
@@ -115,10 +119,14 @@ pub(crate) fn flush_all(sinks: &mut Vec<Arc<dyn ResponseSink>>) {
 }
 
 /// Flushes every sink in `sinks` at the end of the worker's turn (now, on a thread
-/// without that hook) and empties the vector (keeping its capacity).
+/// without that hook), or now when the client awaits no other answer (nothing to
+/// gather then: at pipeline 1 the end-of-turn list would only add its cost), and
+/// empties the vector (keeping its capacity).
 pub(crate) fn flush_at_turn_end(sinks: &mut Vec<Arc<dyn ResponseSink>>) {
     for sink in sinks.drain(..) {
-        turn_end::defer_or_now(sink);
+        if !sink.flush_unless_awaiting() {
+            turn_end::defer_or_now(sink);
+        }
     }
 }
 
@@ -153,6 +161,10 @@ mod tests {
         }
         fn flush(&self) {
             *self.flush_queued.lock().unwrap() = false;
+        }
+        fn flush_unless_awaiting(&self) -> bool {
+            self.flush();
+            true
         }
     }
 

@@ -249,7 +249,22 @@ impl ResponseSink for ClientLink {
     }
 
     fn flush(&self) {
-        let mut conn = self.lock();
+        self.flush_locked(self.lock());
+    }
+
+    fn flush_unless_awaiting(&self) -> bool {
+        let conn = self.lock();
+        if !conn.inflight.is_empty() {
+            return false;
+        }
+        self.flush_locked(conn);
+        true
+    }
+}
+
+impl ClientLink {
+    /// [`ResponseSink::flush`], with the state locked already.
+    fn flush_locked(&self, mut conn: ShortGuard<'_, Downstream>) {
         conn.flush_queued = false;
         let left = conn.write_to(&self.stream).unwrap_or(true);
         conn.sync_budget();

@@ -25,10 +25,11 @@
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
-/// Read batches (each a `read` and the messages it held) after which the list is
-/// run even though the worker has not parked yet: a bound on how long a write waits
-/// when the worker is never idle. At 16 requests a batch that is 256 requests a write.
-pub(crate) const MAX_BATCHES_PER_TURN: u32 = 16;
+/// Read batches (each a `read` and the messages it held), client and upstream ones
+/// alike, after which the list is run even though the worker has not parked yet: a
+/// bound on how long a write waits when the worker is never idle. Under load about half
+/// are client batches: at 16 requests a batch that is about 256 requests a write.
+pub(crate) const MAX_BATCHES_PER_TURN: u32 = 32;
 
 /// Something that waits for the end of the turn.
 pub(crate) trait AtTurnEnd: Send + Sync {
