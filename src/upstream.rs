@@ -456,7 +456,9 @@ impl ConnInner {
 
 /// Whether a batch of `responses` for `clients` client connections is worth holding
 /// back until the other tasks of the same wake-up ran (see the read branch of
-/// `UpstreamConnection::run`). A yield costs a pass through the scheduler and the I/O
+/// `UpstreamConnection::run`), where its clients are flushed after the read rather than
+/// at the end of the worker's turn: on a runtime without that hook, or after a read of
+/// [`FLUSH_NOW_BYTES`] or more. A yield costs a pass through the scheduler and the I/O
 /// driver, so only a large batch of pipelined answers (at least 16, two or more per
 /// client on average) pays for it: there other upstream connections are likely to hold
 /// answers for the same clients. Measured in docs/PERFORMANCE.md: yielding after every
