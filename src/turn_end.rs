@@ -94,8 +94,9 @@ pub(crate) fn at_park() {
 }
 
 /// Runs everything listed on this thread, in the order listed, and then what those items
-/// listed in turn (an upstream connection's write that fails lists the flushes of the
-/// clients it answers with failures): the list is empty when this returns.
+/// listed in turn, so that the list is empty when this returns. (No item lists more
+/// today: a failed upstream write wakes its connection's task instead. One that did
+/// would otherwise wait for the next park, which may never come.)
 fn run_due() {
     BATCHES.with(|b| b.set(0));
     let mut spare = Vec::new();
@@ -181,8 +182,7 @@ mod tests {
         .unwrap();
     }
 
-    /// Lists another item when it runs (as an upstream connection whose deferred write
-    /// fails lists its clients' flushes).
+    /// Lists another item when it runs.
     struct Lister {
         then: Arc<Counter>,
     }
