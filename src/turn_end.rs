@@ -41,7 +41,7 @@ thread_local! {
     /// Whether this thread runs [`at_park`] before it parks (set by the first call).
     static ENABLED: Cell<bool> = const { Cell::new(false) };
     static DUE: RefCell<Vec<Arc<dyn AtTurnEnd>>> = const { RefCell::new(Vec::new()) };
-    /// Client batches since the list was last run.
+    /// Read batches since the list was last run.
     static BATCHES: Cell<u32> = const { Cell::new(0) };
 }
 
@@ -49,36 +49,31 @@ thread_local! {
 /// this thread has no end-of-turn hook, returns false without calling `make` (the
 /// caller then does the work another way).
 pub(crate) fn defer(make: impl FnOnce() -> Arc<dyn AtTurnEnd>) -> bool {
-    if !enabled() {
-        return false;
-    }
-    // The list is only borrowed inside these functions, never while its items run
-    // (`run_due` takes it out first), so the borrow cannot fail; if it did, the item
-    // is not taken rather than a panic.
-    DUE.with(|due| match due.try_borrow_mut() {
-        Ok(mut due) => {
-            due.push(make());
-            true
-        }
-        Err(_) => false,
-    })
+    enabled() && list(make()).is_none()
 }
 
 /// Lists `item` for the end of this thread's turn, or runs its work now on a thread
 /// without the hook (or, which cannot happen, while the list is borrowed): the work is
 /// never lost.
 pub(crate) fn defer_or_now(item: Arc<dyn AtTurnEnd>) {
-    let mut item = Some(item);
-    if enabled() {
-        DUE.with(|due| {
-            if let Ok(mut due) = due.try_borrow_mut() {
-                due.extend(item.take());
-            }
-        });
-    }
-    if let Some(item) = item {
+    let left = if enabled() { list(item) } else { Some(item) };
+    if let Some(item) = left {
         item.at_turn_end();
     }
+}
+
+/// Adds `item` to this thread's list; hands it back when the list is borrowed. It is
+/// only borrowed inside this module's functions, never while its items run (`run_due`
+/// takes it out first), so that cannot happen; if it did, the caller keeps the item
+/// rather than a panic.
+fn list(item: Arc<dyn AtTurnEnd>) -> Option<Arc<dyn AtTurnEnd>> {
+    DUE.with(|due| match due.try_borrow_mut() {
+        Ok(mut due) => {
+            due.push(item);
+            None
+        }
+        Err(_) => Some(item),
+    })
 }
 
 /// Whether [`defer`] takes items on this thread.

@@ -49,13 +49,17 @@ impl WellKnownKey {
     /// The key's [`key_bit`], worked out when compiling.
     #[inline(always)]
     const fn bit(self) -> u64 {
-        const BITS: [u64; 5] = [
-            key_bit(WellKnownKey::Interface.as_str().as_bytes()),
-            key_bit(WellKnownKey::Method.as_str().as_bytes()),
-            key_bit(WellKnownKey::Version.as_str().as_bytes()),
-            key_bit(WellKnownKey::Service.as_str().as_bytes()),
-            key_bit(WellKnownKey::Group.as_str().as_bytes()),
-        ];
+        // Each key's bit at its discriminant, from `ALL`, so the list is not written twice.
+        const BITS: [u64; WellKnownKey::ALL.len()] = {
+            let mut bits = [0; WellKnownKey::ALL.len()];
+            let mut i = 0;
+            while i < bits.len() {
+                let key = WellKnownKey::ALL[i];
+                bits[key as usize] = key_bit(key.as_str().as_bytes());
+                i += 1;
+            }
+            bits
+        };
         BITS[self as usize]
     }
 
