@@ -165,7 +165,7 @@ pub use message::{
     LAYOUT_WORDS,
 };
 pub use metadata::{
-    MetaStr, Metadata, MetadataMut, Mutations, WellKnownKey, INLINE_METADATA_ENTRIES,
+    MetaStr, Metadata, MetadataKey, MetadataMut, Mutations, WellKnownKey, INLINE_METADATA_ENTRIES,
 };
 
 pub use bytes;

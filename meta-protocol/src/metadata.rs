@@ -10,9 +10,12 @@ use smallvec::SmallVec;
 /// Entries kept inline before [`Metadata`] spills to the heap.
 ///
 /// Typical RPC requests carry a handful of keys (interface, method, version, group and a
-/// few attachments); twelve covers them without an allocation. An entry is 16 bytes (two
-/// offset pairs into the frame), so the whole table is 200 bytes.
-pub const INLINE_METADATA_ENTRIES: usize = 12;
+/// few attachments); ten covers them without an allocation. An entry is 12 bytes (two
+/// offsets into the frame and two 16-bit lengths), so the table is 128 bytes and a
+/// whole [`crate::Message`] 256: the size up to which copying one (a message moves a
+/// few times per request) takes a short fixed sequence of instructions instead of a
+/// loop.
+pub const INLINE_METADATA_ENTRIES: usize = 10;
 
 /// A UTF-8 string shared with the frame it was read from.
 ///
@@ -75,6 +78,55 @@ impl WellKnownKey {
     }
 }
 
+/// A key prepared for repeated lookups ([`Metadata::get_bytes_by`],
+/// [`Metadata::get_by`]): its presence bit, and whether it names a [`WellKnownKey`],
+/// worked out once instead of on every lookup. A route table builds one for each key it
+/// matches on.
+///
+/// A lookup by a prepared key finds the same entry as a lookup by its name: a
+/// well-known key a codec stored by number is found by that number (no bytes
+/// compared), and the same key stored as a string is found by its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetadataKey {
+    name: Box<str>,
+    bit: u64,
+    /// The slot a codec stores this key under when it is well-known.
+    known: Option<Slot>,
+}
+
+impl MetadataKey {
+    /// Prepares `name` for lookups.
+    pub fn new(name: &str) -> Self {
+        MetadataKey {
+            name: name.into(),
+            bit: key_bit(name.as_bytes()),
+            known: WellKnownKey::ALL
+                .into_iter()
+                .find(|k| k.as_str() == name)
+                .map(Slot::known),
+        }
+    }
+
+    /// The key's name.
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::ops::Deref for MetadataKey {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.name
+    }
+}
+
+impl From<&str> for MetadataKey {
+    fn from(name: &str) -> Self {
+        MetadataKey::new(name)
+    }
+}
+
 /// Where one key or value is: `len` bytes at `start` of the frame; or, when `len` has
 /// [`OWNED`] set, the owned string at index `start`; or, with [`KNOWN`], the
 /// [`WellKnownKey`] number `start`. The low bits of `len` are always the length, so
@@ -100,13 +152,64 @@ const fn key_bit(key: &[u8]) -> u64 {
 const OWNED: u32 = 1 << 31;
 /// Marks a [`Slot`] that names a [`WellKnownKey`].
 const KNOWN: u32 = 1 << 30;
-/// The length bits of a [`Slot`].
-const LEN: u32 = KNOWN - 1;
+/// The flag bits of a [`Slot`]'s `len`.
+const FLAGS: u32 = OWNED | KNOWN;
+/// The length bits of a [`Slot`]: 16, so that an entry packs into 12 bytes. A string
+/// of the frame that is longer is kept as an owned string (a shared slice of the
+/// frame: no copy).
+const LEN: u32 = 0xffff;
+/// Slots start below this: packed, a start's top two bits carry the flags (frames are
+/// far smaller).
+const MAX_START: u32 = 1 << 30;
+
+/// A key and its value, packed: each start with its slot's flags in the top two bits,
+/// and both lengths in one word. 12 bytes where two [`Slot`]s take 16.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    key: u32,
+    value: u32,
+    /// The key's length in the low half, the value's in the high one.
+    lens: u32,
+}
+
+impl Entry {
+    #[inline]
+    fn new(k: Slot, v: Slot) -> Entry {
+        Entry {
+            key: k.start | (k.len & FLAGS),
+            value: v.start | (v.len & FLAGS),
+            lens: (k.len & LEN) | ((v.len & LEN) << 16),
+        }
+    }
+
+    #[inline]
+    fn key(self) -> Slot {
+        Slot {
+            start: self.key & !FLAGS,
+            len: (self.key & FLAGS) | (self.lens & LEN),
+        }
+    }
+
+    #[inline]
+    fn value(self) -> Slot {
+        Slot {
+            start: self.value & !FLAGS,
+            len: (self.value & FLAGS) | (self.lens >> 16),
+        }
+    }
+
+    #[inline]
+    fn set_value(&mut self, v: Slot) {
+        *self = Entry::new(self.key(), v);
+    }
+}
 
 impl Slot {
+    /// Owned string `index` (fewer than [`MAX_START`] are ever kept), of `len` bytes: a
+    /// length over [`LEN`] is stored as [`LEN`], and lookups then compare the bytes.
     fn owned(index: usize, len: usize) -> Slot {
         Slot {
-            start: index as u32,
+            start: (index as u32) & !FLAGS,
             len: OWNED | (len.min(LEN as usize) as u32),
         }
     }
@@ -122,16 +225,17 @@ impl Slot {
         self.len & OWNED != 0
     }
 
-    /// The string's length (an owned one over 1 GiB: 1 GiB - 1, and never found).
+    /// The string's length (an owned one over [`LEN`] bytes: [`LEN`]).
     fn byte_len(self) -> usize {
         (self.len & LEN) as usize
     }
 
-    /// The frame range `r` as a slot, when it fits (frames are far below 1 GiB).
+    /// The frame range `r` as a slot, when it fits: at most [`LEN`] bytes, starting
+    /// below [`MAX_START`].
     fn in_frame(r: &Range<usize>) -> Option<Slot> {
         let start = u32::try_from(r.start).ok()?;
         let len = u32::try_from(r.end.checked_sub(r.start)?).ok()?;
-        (len <= LEN).then_some(Slot { start, len })
+        (len <= LEN && start < MAX_START).then_some(Slot { start, len })
     }
 }
 
@@ -153,7 +257,7 @@ pub struct Metadata {
     /// One bit per key present ([`key_bit`]): a lookup of a key whose bit is clear
     /// (most of the codec's duplicate checks) scans nothing.
     keys: u64,
-    entries: SmallVec<[(Slot, Slot); INLINE_METADATA_ENTRIES]>,
+    entries: SmallVec<[Entry; INLINE_METADATA_ENTRIES]>,
     /// Strings not found in the frame (values set by filters, keys not known to the
     /// table, text a codec had to decode).
     owned: OwnedStrings,
@@ -271,16 +375,18 @@ impl Metadata {
 
     /// [`Metadata::position`] past the key's bit.
     fn scan(&self, key: &[u8]) -> Option<usize> {
-        let len = key.len();
-        self.entries
-            .iter()
-            .position(|(k, _)| k.byte_len() == len && self.bytes(*k) == Some(key))
+        // A stored length is at most `LEN` (an owned key that long may be longer).
+        let len = key.len().min(LEN as usize);
+        self.entries.iter().position(|e| {
+            let k = e.key();
+            k.byte_len() == len && self.bytes(k) == Some(key)
+        })
     }
 
     /// The value of `key`, if present.
     #[inline]
     pub fn get(&self, key: &str) -> Option<&str> {
-        let (_, v) = self.entries[self.position(key.as_bytes())?];
+        let v = self.entries[self.position(key.as_bytes())?].value();
         self.text(v)
     }
 
@@ -288,14 +394,49 @@ impl Metadata {
     /// [`Metadata::get`]: for comparing with a known string.
     #[inline]
     pub fn get_bytes(&self, key: &str) -> Option<&[u8]> {
-        let (_, v) = self.entries[self.position(key.as_bytes())?];
+        let v = self.entries[self.position(key.as_bytes())?].value();
         self.bytes(v)
+    }
+
+    /// The bytes of the prepared `key`'s value, if present: [`Metadata::get_bytes`]
+    /// without working out the key's bit, and with a well-known key matched by number.
+    #[inline]
+    pub fn get_bytes_by(&self, key: &MetadataKey) -> Option<&[u8]> {
+        let v = self.entries[self.position_by(key)?].value();
+        self.bytes(v)
+    }
+
+    /// The value of the prepared `key`, if present ([`Metadata::get`]).
+    #[inline]
+    pub fn get_by(&self, key: &MetadataKey) -> Option<&str> {
+        let v = self.entries[self.position_by(key)?].value();
+        self.text(v)
+    }
+
+    /// [`Metadata::position`] for a prepared key: an entry stored under a well-known
+    /// number matches when it is this key's number (another number is another key),
+    /// any other entry when its bytes are the key's.
+    #[inline(always)]
+    fn position_by(&self, key: &MetadataKey) -> Option<usize> {
+        if self.keys & key.bit == 0 {
+            return None;
+        }
+        let name = key.name.as_bytes();
+        let len = name.len().min(LEN as usize);
+        self.entries.iter().position(|e| {
+            let k = e.key();
+            if k.len & KNOWN != 0 {
+                Some(k) == key.known
+            } else {
+                k.byte_len() == len && self.bytes(k) == Some(name)
+            }
+        })
     }
 
     /// The value of `key` as a shared string (a slice of the frame or a clone of the
     /// string set; no copy).
     pub fn get_shared(&self, key: &str) -> Option<MetaStr> {
-        let (_, v) = self.entries[self.position(key.as_bytes())?];
+        let v = self.entries[self.position(key.as_bytes())?].value();
         self.shared(v)
     }
 
@@ -326,6 +467,27 @@ impl Metadata {
         Slot::in_frame(r)
     }
 
+    /// The slot of frame range `r`; when it is too long for one, an owned string that
+    /// shares the frame's bytes (no copy), if they are UTF-8 (if not, `None`: such a
+    /// value would read as absent anyway).
+    #[inline(always)]
+    fn frame_or_owned(&mut self, r: &Range<usize>) -> Option<Slot> {
+        match self.frame_slot(r) {
+            Some(slot) => Some(slot),
+            None => self.long_in_frame(r),
+        }
+    }
+
+    /// [`Metadata::frame_or_owned`] for a range no slot holds.
+    #[cold]
+    #[inline(never)]
+    fn long_in_frame(&mut self, r: &Range<usize>) -> Option<Slot> {
+        self.frame.get(r.clone())?;
+        let s = MetaStr::try_from(self.frame.slice(r.clone())).ok()?;
+        let len = s.len();
+        Some(Slot::owned(self.owned.push(s), len))
+    }
+
     /// `s`'s place in the frame, when it is a slice of it.
     fn place_in_frame(&self, s: &MetaStr) -> Option<Slot> {
         let base = self.frame.as_ptr() as usize;
@@ -348,8 +510,8 @@ impl Metadata {
 
     /// Points entry `i` at a new value, reusing its owned string's place when it had one.
     fn replace_value(&mut self, i: usize, value: MetaStr) {
-        let old = self.entries[i].1;
-        self.entries[i].1 = match self.place_in_frame(&value) {
+        let old = self.entries[i].value();
+        let new = match self.place_in_frame(&value) {
             Some(slot) => slot,
             None if old.is_owned() => {
                 let len = value.len();
@@ -358,6 +520,7 @@ impl Metadata {
             }
             None => self.slot_for(value),
         };
+        self.entries[i].set_value(new);
     }
 
     /// Sets `key` to `value`, replacing an existing value. A string that is a slice of
@@ -377,14 +540,14 @@ impl Metadata {
     #[inline]
     fn push(&mut self, bit: u64, k: Slot, v: Slot) {
         self.keys |= bit;
-        self.entries.push((k, v));
+        self.entries.push(Entry::new(k, v));
     }
 
     /// Recomputes the key bits after entries were removed.
     fn rebuild_keys(&mut self) {
         self.keys = 0;
         for i in 0..self.entries.len() {
-            let bit = self.bytes(self.entries[i].0).map_or(0, key_bit);
+            let bit = self.bytes(self.entries[i].key()).map_or(0, key_bit);
             self.keys |= bit;
         }
     }
@@ -392,19 +555,25 @@ impl Metadata {
     /// Sets the key at frame range `key` to the value at frame range `value`,
     /// replacing an existing value. Both must be UTF-8 (the codec checks; a range that
     /// is not reads as absent) and lie inside the frame (a range that does not is
-    /// ignored). Copies nothing and counts no reference.
+    /// ignored). Copies nothing and counts no reference, unless a string is over 64 KiB:
+    /// that one is kept as a shared slice of the frame (one reference), and ignored when
+    /// it is not UTF-8.
     #[inline]
     pub fn set_in_frame(&mut self, key: Range<usize>, value: Range<usize>) {
-        let (Some(k), Some(v)) = (Slot::in_frame(&key), self.frame_slot(&value)) else {
+        let Some(v) = self.frame_or_owned(&value) else {
             return;
         };
-        let Some(key_bytes) = self.frame.get(key) else {
+        let Some(key_bytes) = self.frame.get(key.clone()) else {
             return;
         };
         let bit = key_bit(key_bytes);
         match self.position_with_bit(key_bytes, bit) {
-            Some(i) => self.entries[i].1 = v,
-            None => self.push(bit, k, v),
+            Some(i) => self.entries[i].set_value(v),
+            None => {
+                if let Some(k) = self.frame_or_owned(&key) {
+                    self.push(bit, k, v);
+                }
+            }
         }
     }
 
@@ -412,12 +581,12 @@ impl Metadata {
     /// `value`, under the rules of [`Metadata::set_in_frame`].
     #[inline]
     pub fn set_value_in_frame(&mut self, key: MetaStr, value: Range<usize>) {
-        let Some(v) = self.frame_slot(&value) else {
+        let Some(v) = self.frame_or_owned(&value) else {
             return;
         };
         let bit = key_bit(key.as_bytes());
         match self.position_with_bit(key.as_bytes(), bit) {
-            Some(i) => self.entries[i].1 = v,
+            Some(i) => self.entries[i].set_value(v),
             None => {
                 let k = self.slot_for(key);
                 self.push(bit, k, v);
@@ -429,12 +598,12 @@ impl Metadata {
     /// of [`Metadata::set_in_frame`]; the key takes no room beside the table.
     #[inline]
     pub fn set_known_in_frame(&mut self, key: WellKnownKey, value: Range<usize>) {
-        let Some(v) = self.frame_slot(&value) else {
+        let Some(v) = self.frame_or_owned(&value) else {
             return;
         };
         let bit = key.bit();
         match self.position_with_bit(key.as_str().as_bytes(), bit) {
-            Some(i) => self.entries[i].1 = v,
+            Some(i) => self.entries[i].set_value(v),
             None => self.push(bit, Slot::known(key), v),
         }
     }
@@ -463,7 +632,7 @@ impl Metadata {
     }
 
     fn remove_at(&mut self, i: usize) -> Option<MetaStr> {
-        let (_, v) = self.entries.remove(i);
+        let v = self.entries.remove(i).value();
         self.rebuild_keys();
         self.shared(v)
     }
@@ -498,7 +667,7 @@ impl Metadata {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
         self.entries
             .iter()
-            .filter_map(|(k, v)| Some((self.text(*k)?, self.text(*v)?)))
+            .filter_map(|e| Some((self.text(e.key())?, self.text(e.value())?)))
     }
 }
 
@@ -766,11 +935,80 @@ mod tests {
     }
 
     #[test]
+    fn strings_longer_than_a_slot_share_the_frame_and_read_back_whole() {
+        let long = LEN as usize + 10;
+        let mut bytes = b"key=".to_vec();
+        bytes.extend(std::iter::repeat_n(b'v', long));
+        bytes.extend_from_slice(b"\xff\xfe");
+        let frame = Bytes::from(bytes);
+        let mut m = Metadata::over_frame(frame.clone());
+        m.set_in_frame(0..3, 4..4 + long);
+        assert_eq!(m.get("key").map(str::len), Some(long));
+        m.set_known_in_frame(WellKnownKey::Method, 4..4 + long);
+        assert_eq!(m.get_by(&"method".into()).map(str::len), Some(long));
+        // A long key, then long values that are not UTF-8: those are left out.
+        m.set_in_frame(4..4 + long, 0..3);
+        assert_eq!(
+            m.get(std::str::from_utf8(&frame[4..4 + long]).unwrap()),
+            Some("key")
+        );
+        m.set_value_in_frame("bad".into(), 4..frame.len());
+        assert_eq!(m.get("bad"), None);
+        assert_eq!(m.len(), 3);
+        // Kept as slices of the frame: the long strings were not copied.
+        let shared = m.get_shared("key").unwrap();
+        assert_eq!(shared.as_ptr(), frame[4..].as_ptr());
+        // An owned key over the length field still compares whole.
+        let owned_key = "k".repeat(long);
+        m.set(owned_key.as_str().into(), "x".into());
+        let mut other = owned_key.clone();
+        other.push('k');
+        assert_eq!(m.get(&owned_key), Some("x"));
+        assert_eq!(m.get(&other), None);
+        assert_eq!(m.get(&owned_key[..LEN as usize]), None);
+    }
+
+    #[test]
+    fn a_prepared_key_finds_what_its_name_finds() {
+        let frame = Bytes::from_static(b"svc.Demo say version 1.0 method x");
+        let mut m = Metadata::over_frame(frame);
+        m.set_known_in_frame(WellKnownKey::Interface, 0..8);
+        // `version` stored as frame bytes, not by number: found by its bytes.
+        m.set_in_frame(13..20, 21..24);
+        m.set("user".into(), "alice".into());
+        m.set_known_in_frame(WellKnownKey::Method, 9..12);
+        for name in [
+            "interface",
+            "method",
+            "version",
+            "user",
+            "service",
+            "group",
+            "nope",
+            "",
+        ] {
+            let key = MetadataKey::new(name);
+            assert_eq!(key.as_str(), name);
+            assert_eq!(m.get_by(&key), m.get(name), "{name}");
+            assert_eq!(m.get_bytes_by(&key), m.get_bytes(name), "{name}");
+        }
+        assert_eq!(m.get_by(&"interface".into()), Some("svc.Demo"));
+        assert_eq!(m.get_by(&"version".into()), Some("1.0"));
+        // `service` has `version`'s length and a known number of its own: not a match.
+        assert_eq!(m.get_by(&"service".into()), None);
+        m.set("method".into(), "other".into());
+        assert_eq!(m.get_by(&"method".into()), Some("other"));
+        m.remove("interface");
+        assert_eq!(m.get_by(&"interface".into()), None);
+    }
+
+    #[test]
     fn a_message_is_small_enough_to_move_cheaply() {
-        // Two offset pairs per entry: the inline table is 16 bytes an entry.
-        assert_eq!(std::mem::size_of::<(Slot, Slot)>(), 16);
+        // Two offsets and two 16-bit lengths per entry: the inline table is 12 bytes an
+        // entry.
+        assert_eq!(std::mem::size_of::<Entry>(), 12);
         assert!(
-            std::mem::size_of::<Metadata>() <= 248,
+            std::mem::size_of::<Metadata>() <= 176,
             "{}",
             std::mem::size_of::<Metadata>()
         );

@@ -82,4 +82,4 @@ pub use spec::{
     MatchKind, MatcherSpec, MirrorSpec, RouteConfigSpec, RouteSpec, TargetSpec,
     DEFAULT_ROUTE_TIMEOUT,
 };
-pub use table::{RouteTable, MAX_INDEX_KEYS, MAX_PREFIX_KEYS, MAX_PREFIX_LENGTHS};
+pub use table::{RouteTable, FEW_VALUES, MAX_INDEX_KEYS, MAX_PREFIX_KEYS, MAX_PREFIX_LENGTHS};

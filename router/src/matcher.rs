@@ -1,6 +1,6 @@
 //! Compiled match conditions.
 
-use meta_protocol::Metadata;
+use meta_protocol::{Metadata, MetadataKey};
 use regex::Regex;
 
 use crate::error::{RouterError, RouterErrorKind};
@@ -31,7 +31,7 @@ impl Test {
 /// One compiled `match.metadata[]` condition.
 #[derive(Debug, Clone)]
 pub(crate) struct Condition {
-    pub(crate) key: Box<str>,
+    pub(crate) key: MetadataKey,
     pub(crate) test: Test,
     pub(crate) invert: bool,
 }
@@ -58,7 +58,7 @@ impl Condition {
             MatchKind::Present => Test::Present,
         };
         Ok(Condition {
-            key: spec.key.as_str().into(),
+            key: MetadataKey::new(&spec.key),
             test,
             invert: spec.invert,
         })
@@ -71,8 +71,8 @@ impl Condition {
         // Byte comparisons need no UTF-8 check of the value (codecs store checked
         // values; equal bytes to a `str` are UTF-8 anyway); only a regex reads `&str`.
         let hit = match &self.test {
-            Test::Regex(re) => metadata.get(&self.key).is_some_and(|v| re.is_match(v)),
-            test => match metadata.get_bytes(&self.key) {
+            Test::Regex(re) => metadata.get_by(&self.key).is_some_and(|v| re.is_match(v)),
+            test => match metadata.get_bytes_by(&self.key) {
                 None => false,
                 Some(v) => match test {
                     Test::Exact(x) => v == x.as_bytes(),

@@ -10,6 +10,10 @@
 //! first that holds is exactly the first route a linear scan would find: a route that
 //! is in no list taken cannot match, because its index condition fails.
 //!
+//! A key with at most [`FEW_VALUES`] values keeps them in a short list compared in turn
+//! instead of a hash map (hashing a value costs more than a few comparisons), and every
+//! key is looked up as a [`MetadataKey`] prepared when the table is compiled.
+//!
 //! Which condition indexes a route: the one whose (key, value) pair is shared by the
 //! fewest routes (smallest bucket), then the key used by the most routes (fewest keys to
 //! probe). At most [`MAX_INDEX_KEYS`] keys are indexed.
@@ -24,7 +28,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use meta_protocol::Metadata;
+use meta_protocol::{Metadata, MetadataKey};
 
 use crate::error::{RouterError, RouterErrorKind};
 use crate::matcher::{order_by_cost, Condition};
@@ -49,18 +53,60 @@ const NONE_HELD: u32 = u32::MAX;
 
 #[derive(Debug)]
 struct IndexKey {
-    key: Box<str>,
+    key: MetadataKey,
     /// By the value's bytes: looked up without checking the request's value is UTF-8
     /// (one that is not equals no configured value, which are all UTF-8).
-    buckets: FastMap<Box<[u8]>, Box<[u32]>>,
+    buckets: Buckets,
 }
 
 #[derive(Debug)]
 struct PrefixKey {
-    key: Box<str>,
+    key: MetadataKey,
     /// Indexed prefix lengths in bytes, ascending.
     lengths: Box<[usize]>,
-    buckets: FastMap<Box<[u8]>, Box<[u32]>>,
+    buckets: Buckets,
+}
+
+/// Up to this many values per key are compared in turn instead of hashed: a length
+/// test and a comparison each, where hashing a value costs about a hundred
+/// instructions.
+pub const FEW_VALUES: usize = 8;
+
+/// A value and the routes (ascending) it selects.
+type Bucket = (Box<[u8]>, Box<[u32]>);
+
+/// Route lists by value: a short list compared in turn, or a hash map.
+#[derive(Debug)]
+enum Buckets {
+    Few(Box<[Bucket]>),
+    Many(FastMap<Box<[u8]>, Box<[u32]>>),
+}
+
+impl Buckets {
+    fn new(buckets: impl IntoIterator<Item = (Box<[u8]>, Vec<u32>)>) -> Self {
+        let mut all: Vec<Bucket> = buckets
+            .into_iter()
+            .map(|(v, l)| (v, l.into_boxed_slice()))
+            .collect();
+        if all.len() <= FEW_VALUES {
+            // A fixed order, whatever order the map built from handed them over in.
+            all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            Buckets::Few(all.into_boxed_slice())
+        } else {
+            Buckets::Many(all.into_iter().collect())
+        }
+    }
+
+    #[inline]
+    fn get(&self, value: &[u8]) -> Option<&[u32]> {
+        match self {
+            Buckets::Few(few) => few
+                .iter()
+                .find(|(v, _)| v.len() == value.len() && **v == *value)
+                .map(|(_, l)| &**l),
+            Buckets::Many(map) => map.get(value).map(|l| &**l),
+        }
+    }
 }
 
 /// A compiled route config. Immutable, `Send + Sync`; build one per config snapshot
@@ -194,14 +240,17 @@ impl RouteTable {
             return;
         }
         for ik in self.index_keys.iter() {
-            if let Some(bucket) = metadata.get_bytes(&ik.key).and_then(|v| ik.buckets.get(v)) {
+            if let Some(bucket) = metadata
+                .get_bytes_by(&ik.key)
+                .and_then(|v| ik.buckets.get(v))
+            {
                 if !f(bucket) {
                     return;
                 }
             }
         }
         for pk in self.prefix_keys.iter() {
-            let Some(value) = metadata.get_bytes(&pk.key) else {
+            let Some(value) = metadata.get_bytes_by(&pk.key) else {
                 continue;
             };
             for &len in pk.lengths.iter() {
@@ -449,11 +498,8 @@ fn build_index(routes: &[Route]) -> Index {
         .zip(buckets)
         .filter(|(_, b)| !b.is_empty())
         .map(|((k, _), b)| IndexKey {
-            key: (*k).into(),
-            buckets: b
-                .into_iter()
-                .map(|(v, l)| (v, l.into_boxed_slice()))
-                .collect(),
+            key: MetadataKey::new(k),
+            buckets: Buckets::new(b),
         })
         .collect();
 
@@ -540,12 +586,9 @@ fn build_index(routes: &[Route]) -> Index {
         .zip(pbuckets)
         .filter(|(_, b)| !b.is_empty())
         .map(|(((k, _), lengths), b)| PrefixKey {
-            key: (*k).into(),
+            key: MetadataKey::new(k),
             lengths: lengths.into_boxed_slice(),
-            buckets: b
-                .into_iter()
-                .map(|(v, l)| (v, l.into_boxed_slice()))
-                .collect(),
+            buckets: Buckets::new(b),
         })
         .collect();
     (
@@ -863,6 +906,44 @@ mod tests {
             let i = t.route_index(&m).unwrap();
             assert_eq!(t.routes()[i].name(), expected);
             assert_eq!(Some(i), t.route_index_linear(&m));
+        }
+    }
+
+    #[test]
+    fn a_few_values_or_many_find_well_known_keys_a_codec_stored_by_number() {
+        use meta_protocol::{bytes::Bytes, Message, MessageKind, WellKnownKey};
+        for values in [3, FEW_VALUES, FEW_VALUES + 1, 40] {
+            let mut routes: Vec<RouteSpec> = (0..values)
+                .map(|i| {
+                    route(
+                        &format!("r{i}"),
+                        "a",
+                        vec![exact("interface", &format!("svc.S{i}"))],
+                    )
+                })
+                .collect();
+            routes.push(route("rest", "b", vec![]));
+            let t = table(routes);
+            assert_eq!(
+                matches!(t.index_keys[0].buckets, Buckets::Few(_)),
+                values <= FEW_VALUES
+            );
+            for (i, want) in [
+                (0, "r0"),
+                (values - 1, &*format!("r{}", values - 1)),
+                (values, "rest"),
+            ] {
+                let frame = Bytes::from(format!("svc.S{i}"));
+                let len = frame.len();
+                // As a codec stores it: the key by number, the value by its place.
+                let mut msg = Message::new(MessageKind::Request, 1, frame);
+                msg.metadata_mut()
+                    .set_known_in_frame(WellKnownKey::Interface, 0..len);
+                let m = msg.metadata();
+                let found = t.route_index(m).map(|r| t.routes()[r].name());
+                assert_eq!(found, Some(want), "{values} values, svc.S{i}");
+                assert_eq!(t.route_index(m), t.route_index_linear(m));
+            }
         }
     }
 
