@@ -90,8 +90,9 @@ impl WellKnownKey {
 pub struct MetadataKey {
     name: Box<str>,
     bit: u64,
-    /// The slot a codec stores this key under when it is well-known.
-    known: Option<Slot>,
+    /// The packed key word ([`Entry`]) a codec stores this key under when it is
+    /// well-known (its number and [`KNOWN`]); 0, which no such word is, otherwise.
+    known: u32,
 }
 
 impl MetadataKey {
@@ -103,7 +104,7 @@ impl MetadataKey {
             known: WellKnownKey::ALL
                 .into_iter()
                 .find(|k| k.as_str() == name)
-                .map(Slot::known),
+                .map_or(0, |k| Entry::new(Slot::known(k), Slot::known(k)).key),
         }
     }
 
@@ -424,11 +425,10 @@ impl Metadata {
         let name = key.name.as_bytes();
         let len = name.len().min(LEN as usize);
         self.entries.iter().position(|e| {
-            let k = e.key();
-            if k.len & KNOWN != 0 {
-                Some(k) == key.known
+            if e.key & KNOWN != 0 {
+                e.key == key.known
             } else {
-                k.byte_len() == len && self.bytes(k) == Some(name)
+                (e.lens & LEN) as usize == len && self.bytes(e.key()) == Some(name)
             }
         })
     }
