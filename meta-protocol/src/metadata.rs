@@ -104,7 +104,7 @@ impl MetadataKey {
             known: WellKnownKey::ALL
                 .into_iter()
                 .find(|k| k.as_str() == name)
-                .map_or(0, |k| Entry::new(Slot::known(k), Slot::known(k)).key),
+                .map_or(0, |k| Slot::known(k).packed_start()),
         }
     }
 
@@ -177,8 +177,8 @@ impl Entry {
     #[inline]
     fn new(k: Slot, v: Slot) -> Entry {
         Entry {
-            key: k.start | (k.len & FLAGS),
-            value: v.start | (v.len & FLAGS),
+            key: k.packed_start(),
+            value: v.packed_start(),
             lens: (k.len & LEN) | ((v.len & LEN) << 16),
         }
     }
@@ -220,6 +220,12 @@ impl Slot {
             start: key as u32,
             len: KNOWN | key.as_str().len() as u32,
         }
+    }
+
+    /// The start as an [`Entry`] stores it, with the slot's flags in the top two bits.
+    #[inline]
+    fn packed_start(self) -> u32 {
+        self.start | (self.len & FLAGS)
     }
 
     fn is_owned(self) -> bool {
@@ -560,14 +566,16 @@ impl Metadata {
     /// it is not UTF-8.
     #[inline]
     pub fn set_in_frame(&mut self, key: Range<usize>, value: Range<usize>) {
-        let Some(v) = self.frame_or_owned(&value) else {
-            return;
-        };
+        // The key is checked before the value takes an owned string (a long one).
         let Some(key_bytes) = self.frame.get(key.clone()) else {
             return;
         };
         let bit = key_bit(key_bytes);
-        match self.position_with_bit(key_bytes, bit) {
+        let found = self.position_with_bit(key_bytes, bit);
+        let Some(v) = self.frame_or_owned(&value) else {
+            return;
+        };
+        match found {
             Some(i) => self.entries[i].set_value(v),
             None => {
                 if let Some(k) = self.frame_or_owned(&key) {

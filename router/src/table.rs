@@ -100,10 +100,7 @@ impl Buckets {
     #[inline]
     fn get(&self, value: &[u8]) -> Option<&[u32]> {
         match self {
-            Buckets::Few(few) => few
-                .iter()
-                .find(|(v, _)| v.len() == value.len() && **v == *value)
-                .map(|(_, l)| &**l),
+            Buckets::Few(few) => few.iter().find(|(v, _)| **v == *value).map(|(_, l)| &**l),
             Buckets::Many(map) => map.get(value).map(|l| &**l),
         }
     }
