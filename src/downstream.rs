@@ -632,7 +632,8 @@ impl Downstream {
     /// Decodes and handles every complete frame in `rbuf`; returns how many.
     fn decode_all(&mut self, rbuf: &mut BytesMut) -> usize {
         let mut decoded = 0;
-        while !self.closing {
+        // An empty buffer holds no frame: the codec is not asked (it would say so).
+        while !self.closing && !rbuf.is_empty() {
             // The message stays where the codec returned it while it is routed and
             // encoded for the backend (passed by reference; moved only where it must be
             // kept): matching on a reference moves nothing out of the result.
@@ -1160,6 +1161,12 @@ impl Downstream {
             Some(f) if token.is_for(f.generation) => {
                 let f = self.inflight.remove(token.slot());
                 self.inflight_bytes -= f.bytes;
+                // Answers come mostly in order, so the answered request's deadline is
+                // mostly the earliest: drop it now, and the heap stays as small as the
+                // requests in flight (no pruning, and pushes that stay cheap).
+                if matches!(self.deadlines.peek(), Some(Reverse((_, t))) if *t == token) {
+                    self.deadlines.pop();
+                }
                 Some(f)
             }
             _ => None,

@@ -1030,6 +1030,10 @@ impl UpstreamConnection {
     ) -> Result<usize, &'static str> {
         let mut delivered = 0;
         loop {
+            // An empty buffer holds no frame: the codec is not asked (it would say so).
+            if rbuf.is_empty() {
+                return Ok(delivered);
+            }
             let mut inner = self.handle.lock();
             let Some(io) = inner.io.as_mut() else {
                 return Ok(delivered);

@@ -407,7 +407,7 @@ impl Metadata {
 
     /// The bytes of the prepared `key`'s value, if present: [`Metadata::get_bytes`]
     /// without working out the key's bit, and with a well-known key matched by number.
-    #[inline]
+    #[inline(always)]
     pub fn get_bytes_by(&self, key: &MetadataKey) -> Option<&[u8]> {
         let v = self.entries[self.position_by(key)?].value();
         self.bytes(v)
@@ -604,8 +604,24 @@ impl Metadata {
 
     /// Sets the well-known `key` to the value at frame range `value`, under the rules
     /// of [`Metadata::set_in_frame`]; the key takes no room beside the table.
-    #[inline]
+    #[inline(always)]
     pub fn set_known_in_frame(&mut self, key: WellKnownKey, value: Range<usize>) {
+        // The common case, a codec filling a new message: the key is absent, the value
+        // fits a slot and the inline table has room. Anything else takes the call.
+        let bit = key.bit();
+        match self.frame_slot(&value) {
+            Some(v) if self.keys & bit == 0 && self.entries.len() < INLINE_METADATA_ENTRIES => {
+                self.keys |= bit;
+                self.entries.push(Entry::new(Slot::known(key), v));
+            }
+            _ => self.set_known_in_frame_slow(key, value),
+        }
+    }
+
+    /// [`Metadata::set_known_in_frame`] when the key is present, the value is long or
+    /// the table spills.
+    #[inline(never)]
+    fn set_known_in_frame_slow(&mut self, key: WellKnownKey, value: Range<usize>) {
         let Some(v) = self.frame_or_owned(&value) else {
             return;
         };
@@ -741,7 +757,7 @@ impl<'a> MetadataMut<'a> {
     }
 
     /// [`Metadata::set_known_in_frame`].
-    #[inline]
+    #[inline(always)]
     pub fn set_known_in_frame(&mut self, key: WellKnownKey, value: Range<usize>) {
         self.0.set_known_in_frame(key, value)
     }

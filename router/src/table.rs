@@ -100,10 +100,47 @@ impl Buckets {
     #[inline]
     fn get(&self, value: &[u8]) -> Option<&[u32]> {
         match self {
-            Buckets::Few(few) => few.iter().find(|(v, _)| **v == *value).map(|(_, l)| &**l),
+            Buckets::Few(few) => few
+                .iter()
+                .find(|(v, _)| same_bytes(v, value))
+                .map(|(_, l)| &**l),
             Buckets::Many(map) => map.get(value).map(|l| &**l),
         }
     }
+}
+
+/// Whether `a` and `b` hold the same bytes, compared a word at a time (the last word
+/// overlapping), so a value of a few dozen bytes takes no call to `memcmp`.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    fn word(s: &[u8], at: usize) -> u64 {
+        let mut w = [0; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_ne_bytes(w)
+    }
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if n < 8 {
+        if n < 4 {
+            return a.iter().zip(b).all(|(x, y)| x == y);
+        }
+        let word4 = |s: &[u8], at: usize| {
+            let mut w = [0; 4];
+            w.copy_from_slice(&s[at..at + 4]);
+            u32::from_ne_bytes(w)
+        };
+        return word4(a, 0) == word4(b, 0) && word4(a, n - 4) == word4(b, n - 4);
+    }
+    let mut at = 0;
+    while at + 8 < n {
+        if word(a, at) != word(b, at) {
+            return false;
+        }
+        at += 8;
+    }
+    word(a, n - 8) == word(b, n - 8)
 }
 
 /// A compiled route config. Immutable, `Send + Sync`; build one per config snapshot
@@ -598,6 +635,21 @@ fn build_index(routes: &[Route]) -> Index {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn byte_comparison_sees_a_difference_anywhere() {
+        for len in 0..40 {
+            let a: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            assert!(same_bytes(&a, &a.clone()));
+            for i in 0..len {
+                let mut b = a.clone();
+                b[i] ^= 0x40;
+                assert!(!same_bytes(&a, &b), "len {len}, differs at {i}");
+            }
+            let longer = [&a[..], &[0][..]].concat();
+            assert!(!same_bytes(&a, &longer), "len {len}: lengths differ");
+        }
+    }
     use super::*;
     use crate::spec::{MatchKind, MatcherSpec, MirrorSpec};
 

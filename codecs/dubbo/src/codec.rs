@@ -283,6 +283,26 @@ fn set_field(md: &mut MetadataMut<'_>, key: WellKnownKey, value: Text) {
     }
 }
 
+/// The common start of a request body: four short ASCII strings (the Dubbo version, the
+/// service path, the service version and the method name). Returns the last three's
+/// ranges, or `None` with `r` where it was for any other shape (a null, a long, chunked
+/// or non-ASCII string), which the general reader then reads.
+#[inline(always)]
+fn read_plain_body_fields(r: &mut Reader<'_>) -> Option<[std::ops::Range<usize>; 3]> {
+    let start = r.position();
+    let fields = r.read_ascii_str().and_then(|_| {
+        Some([
+            r.read_ascii_str()?,
+            r.read_ascii_str()?,
+            r.read_ascii_str()?,
+        ])
+    });
+    if fields.is_none() {
+        r.rewind_to(start);
+    }
+    fields
+}
+
 /// Skips a string or a null.
 fn skip_nullable_string(r: &mut Reader<'_>) -> Result<(), HessianError> {
     if !r.read_null()? {
@@ -350,6 +370,16 @@ impl DubboCodec {
         } else {
             MessageKind::OneWay
         };
+        if let Some([path, version, method]) = read_plain_body_fields(&mut r) {
+            let rest = r.position();
+            let mut msg = Message::new(kind, h.id, frame);
+            let mut md = msg.metadata_mut();
+            md.set_known_in_frame(WellKnownKey::Interface, path);
+            md.set_known_in_frame(WellKnownKey::Method, method);
+            md.set_known_in_frame(WellKnownKey::Version, version);
+            self.finish_request(&mut msg, rest, ALL_BODY_FIELDS)?;
+            return Ok(Some(msg));
+        }
         skip_nullable_string(&mut r).map_err(|e| hessian(e, "dubbo version"))?;
         let path = read_nullable_text(&mut r, &frame).map_err(|e| hessian(e, "service path"))?;
         let version =
@@ -372,6 +402,19 @@ impl DubboCodec {
         if let Some(v) = version {
             set_field(&mut md, WellKnownKey::Version, v);
         }
+        self.finish_request(&mut msg, rest, body_fields)?;
+        Ok(Some(msg))
+    }
+
+    /// Reads the rest of a request from `rest` (its parameter types), or defers that to
+    /// `decode_metadata` when metadata is lazy and the body had all its fields.
+    #[inline(always)]
+    fn finish_request(
+        &self,
+        msg: &mut Message,
+        rest: usize,
+        body_fields: u8,
+    ) -> Result<(), DecodeError> {
         if self.lazy_metadata && body_fields == ALL_BODY_FIELDS {
             // The rest waits for `decode_metadata`, which starts at `args`.
             msg.set_layout(DubboLayout {
@@ -381,12 +424,12 @@ impl DubboCodec {
                 response_type: None,
             });
             msg.set_metadata_deferred(true);
+            Ok(())
         } else {
             // A second handle on the frame: the metadata is filled while it is read.
             let frame = msg.frame().clone();
-            self.read_request_rest(&frame, &mut msg, rest, body_fields)?;
+            self.read_request_rest(&frame, msg, rest, body_fields)
         }
-        Ok(Some(msg))
     }
 
     /// Reads a request from its parameter types (at `from`) to its end: counts the
@@ -481,9 +524,17 @@ impl DubboCodec {
             return Ok(Some(msg));
         }
         let frame = msg.frame();
-        let mut r =
-            Reader::with_range(frame, HEADER_LEN, frame.len()).with_max_depth(self.max_depth);
-        let rt = r.read_int().map_err(|e| hessian(e, "response type"))?;
+        // The response type is a small int, one byte in practice (hessian2's compact
+        // form `0x80..=0xbf`); any other form takes the general reader.
+        let (rt, args) = match frame.get(HEADER_LEN) {
+            Some(&c @ 0x80..=0xbf) => (i32::from(c) - 0x90, HEADER_LEN + 1),
+            _ => {
+                let mut r = Reader::with_range(frame, HEADER_LEN, frame.len())
+                    .with_max_depth(self.max_depth);
+                let rt = r.read_int().map_err(|e| hessian(e, "response type"))?;
+                (rt, r.position())
+            }
+        };
         let status = match rt {
             response_type::EXCEPTION | response_type::EXCEPTION_WITH_ATTACHMENTS => {
                 ResponseStatus::Exception
@@ -495,7 +546,6 @@ impl DubboCodec {
                 )))
             }
         };
-        let args = r.position();
         msg.set_status(status);
         msg.set_layout(DubboLayout {
             args,
@@ -681,8 +731,14 @@ pub fn local_reply_status(kind: LocalReplyKind) -> u8 {
 
 impl Codec for DubboCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, DecodeError> {
-        let have = src.len().min(2);
-        if src[..have] != MAGIC[..have] {
+        // The magic, or as much of it as has arrived (two byte tests, no `memcmp`).
+        let magic_ok = match src[..] {
+            [a, b, ..] => [a, b] == MAGIC,
+            [a] => a == MAGIC[0],
+            [] => true,
+        };
+        if !magic_ok {
+            let have = src.len().min(2);
             return Err(DecodeError::new(DecodeErrorKind::BadMagic(
                 format!("expected da bb, got {:02x?}", &src[..have]).into(),
             )));

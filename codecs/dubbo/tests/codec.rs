@@ -150,6 +150,55 @@ fn chunked_and_surrogate_strings_are_decoded() {
     assert_eq!(msg.metadata().get("emoji"), Some("\u{1F600}"));
 }
 
+/// The body's three fields read the same whatever string form the consumer chose: the
+/// short and medium ASCII forms take the codec's fast path, and a null, a non-ASCII or a
+/// chunked string takes the general reader, from the same place.
+#[test]
+fn body_fields_read_the_same_in_every_string_form() {
+    let medium = "org.apache.dubbo.demo.".repeat(3);
+    type Form = fn(&mut Writer<'_>, &str);
+    let plain: Form = |w, s| {
+        w.write_string(s);
+    };
+    // Two chunks: all but the last character, then the last.
+    let chunked: Form = |w, s| {
+        let last = s.char_indices().last().map_or(0, |(i, _)| i);
+        let (head, tail) = s.split_at(last);
+        w.write_raw(&[0x52, 0, head.chars().count() as u8]);
+        w.write_raw(head.as_bytes());
+        w.write_string(tail);
+    };
+    for (form, name) in [(plain, "plain"), (chunked, "chunked")] {
+        for interface in ["svc", medium.as_str(), "s\u{e9}rvice"] {
+            for version in [None, Some("1.0.0"), Some("v\u{e9}")] {
+                let frame = raw_request(0xc2, 9, |w| {
+                    w.write_string("2.0.2");
+                    form(w, interface);
+                    match version {
+                        Some(v) => form(w, v),
+                        None => {
+                            w.write_null();
+                        }
+                    }
+                    form(w, "sayHello");
+                    w.write_string("");
+                    w.write_map_start(None);
+                    w.write_string("x").write_string("1");
+                    w.write_end();
+                });
+                let msg = decode_one(&frame);
+                let md = msg.metadata();
+                let case = format!("{name} {interface:?} {version:?}");
+                assert_eq!(md.get("interface"), Some(interface), "{case}");
+                assert_eq!(md.get("version"), version, "{case}");
+                assert_eq!(md.get("method"), Some("sayHello"), "{case}");
+                assert_eq!(md.get("x"), Some("1"), "{case}: the attachments follow");
+                assert_eq!(encode(&msg), frame, "{case}: encodes back unchanged");
+            }
+        }
+    }
+}
+
 /// The runtime, not the codec, keeps one-way requests unanswered: the codec only has to
 /// say which requests are one-way.
 #[test]
@@ -260,6 +309,27 @@ fn response_status_mapping() {
     let err = codec().decode(&mut BytesMut::from(&bad[..])).unwrap_err();
     assert!(matches!(err.kind, DecodeErrorKind::Malformed(_)));
     assert!(err.reply.is_none(), "responses are not answered");
+    // The response type in the long int forms a writer may choose (`I` and `0xd4`
+    // three-byte): the same status, and the attachments after it are found.
+    for (form, status) in [
+        (&b"I\0\0\0\x04"[..], ResponseStatus::Ok),
+        (&b"I\0\0\0\x03"[..], ResponseStatus::Exception),
+        (&b"\xd4\0\x04"[..], ResponseStatus::Ok),
+    ] {
+        let mut body = form.to_vec();
+        body.extend_from_slice(if status == ResponseStatus::Ok {
+            b"\x01v"
+        } else {
+            b"N"
+        });
+        body.extend_from_slice(b"H\x01a\x01bZ");
+        let mut f = BytesMut::from(&b"\xda\xbb\x02\x14\0\0\0\0\0\0\0\x01"[..]);
+        f.put_u32(body.len() as u32);
+        f.put_slice(&body);
+        let m = decode_one(&f);
+        assert_eq!(m.status(), status, "{form:?}");
+        assert_eq!(m.metadata().get("a"), Some("b"), "{form:?}");
+    }
 }
 
 #[test]

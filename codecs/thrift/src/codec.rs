@@ -768,6 +768,7 @@ fn bad_type(buf: &[u8], head: &MsgHead, t: Transport, p: Protocol) -> DecodeErro
 }
 
 /// Status of a reply (shallow: only the first field header of the result struct).
+#[inline(always)]
 fn response_status(f: &[u8], head: &MsgHead, p: Protocol) -> Result<ResponseStatus, DecodeError> {
     Ok(match head.mtype {
         mtype::REPLY => {

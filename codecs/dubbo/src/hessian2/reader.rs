@@ -102,19 +102,34 @@ pub struct Reader<'a> {
     max_depth: usize,
 }
 
-/// Whether every byte of `s` is ASCII, eight bytes at a time (short strings are the
-/// common case, where the standard library's check costs more in set-up).
+/// Whether every byte of `s` is ASCII, a word at a time (short strings are the common
+/// case, where the standard library's check costs more in set-up). The tail is read as
+/// one word that overlaps the last whole one, so no byte is tested alone unless the
+/// string is shorter than four bytes.
 #[inline]
 fn all_ascii(s: &[u8]) -> bool {
-    let mut chunks = s.chunks_exact(8);
-    let mut wide = 0u64;
-    for c in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(c);
-        wide |= u64::from_ne_bytes(word);
+    fn word8(b: &[u8]) -> u64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[..8]);
+        u64::from_ne_bytes(w)
     }
-    let narrow = chunks.remainder().iter().fold(0u8, |a, &b| a | b);
-    wide & 0x8080_8080_8080_8080 == 0 && narrow < 0x80
+    fn word4(b: &[u8]) -> u32 {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&b[..4]);
+        u32::from_ne_bytes(w)
+    }
+    let n = s.len();
+    if n >= 8 {
+        let mut wide = word8(&s[n - 8..]);
+        for c in s.chunks_exact(8) {
+            wide |= word8(c);
+        }
+        wide & 0x8080_8080_8080_8080 == 0
+    } else if n >= 4 {
+        (word4(s) | word4(&s[n - 4..])) & 0x8080_8080 == 0
+    } else {
+        s.iter().fold(0u8, |a, &b| a | b) < 0x80
+    }
 }
 
 /// Length of a UTF-8 sequence from its lead byte, and its UTF-16 unit count.
