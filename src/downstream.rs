@@ -289,8 +289,9 @@ struct Downstream {
     ctx: Arc<ListenerCtx>,
     codec: Box<dyn Codec>,
     inflight: Slab<InFlight>,
-    /// Request deadlines, earliest first. Entries of answered requests are left in place
-    /// and skipped when they surface (or pruned when they outnumber live requests).
+    /// Request deadlines, earliest first. An answered request's entry leaves at once when
+    /// it is the earliest; others are left in place and skipped when they surface (or
+    /// pruned when they outnumber live requests).
     deadlines: BinaryHeap<Reverse<(Instant, RequestToken)>>,
     generation: u32,
     wbuf: BytesMut,
