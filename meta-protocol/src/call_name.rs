@@ -65,7 +65,7 @@ impl CallName {
         if bytes.len() <= INLINE_CALL_NAME {
             // Names are ASCII in practice: a word test first, the UTF-8 decode only
             // when it fails.
-            if !short_ascii(bytes) && std::str::from_utf8(bytes).is_err() {
+            if !crate::is_ascii(bytes) && std::str::from_utf8(bytes).is_err() {
                 return None;
             }
             let mut inline = [0; INLINE_CALL_NAME];
@@ -93,28 +93,6 @@ impl CallName {
             len: text.len() as u8,
             bytes,
         }))
-    }
-}
-
-/// Whether every byte of `s` is ASCII, for names of a few bytes: two overlapping words
-/// test it where the standard library tests a byte at a time below eight.
-#[inline]
-fn short_ascii(s: &[u8]) -> bool {
-    fn word<const N: usize>(b: &[u8]) -> [u8; N] {
-        let mut w = [0; N];
-        w.copy_from_slice(&b[..N]);
-        w
-    }
-    let n = s.len();
-    if n >= 8 {
-        (u64::from_ne_bytes(word(s)) | u64::from_ne_bytes(word(&s[n - 8..])))
-            & 0x8080_8080_8080_8080
-            == 0
-            && (n <= 16 || s[8..n - 8].is_ascii())
-    } else if n >= 4 {
-        (u32::from_ne_bytes(word(s)) | u32::from_ne_bytes(word(&s[n - 4..]))) & 0x8080_8080 == 0
-    } else {
-        s.iter().all(u8::is_ascii)
     }
 }
 
@@ -242,19 +220,6 @@ mod tests {
                 let got = CallName::from_frame(&frame, before..before + len).unwrap();
                 assert_eq!(got, name.as_str(), "len {len} at {before}, {after} after");
                 assert_eq!(got, CallName::from(name.as_str()));
-            }
-        }
-    }
-
-    #[test]
-    fn the_ascii_test_sees_a_high_byte_anywhere() {
-        for len in 0..=40 {
-            let mut s = vec![b'a'; len];
-            assert!(short_ascii(&s));
-            for i in 0..len {
-                s[i] = 0xc3;
-                assert!(!short_ascii(&s), "len {len}, high byte at {i}");
-                s[i] = b'a';
             }
         }
     }

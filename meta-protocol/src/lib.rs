@@ -144,6 +144,7 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+mod ascii;
 mod call_name;
 mod codec;
 mod error;
@@ -153,6 +154,7 @@ mod metadata;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use ascii::is_ascii;
 pub use call_name::{CallName, INLINE_CALL_NAME};
 pub use codec::{
     reject_options, Codec, CodecCapabilities, CodecContext, CodecFactory, CodecOptions,

@@ -102,36 +102,6 @@ pub struct Reader<'a> {
     max_depth: usize,
 }
 
-/// Whether every byte of `s` is ASCII, a word at a time (short strings are the common
-/// case, where the standard library's check costs more in set-up). The tail is read as
-/// one word that overlaps the last whole one, so no byte is tested alone unless the
-/// string is shorter than four bytes.
-#[inline]
-fn all_ascii(s: &[u8]) -> bool {
-    fn word8(b: &[u8]) -> u64 {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&b[..8]);
-        u64::from_ne_bytes(w)
-    }
-    fn word4(b: &[u8]) -> u32 {
-        let mut w = [0u8; 4];
-        w.copy_from_slice(&b[..4]);
-        u32::from_ne_bytes(w)
-    }
-    let n = s.len();
-    if n >= 8 {
-        let mut wide = word8(&s[n - 8..]);
-        for c in s.chunks_exact(8) {
-            wide |= word8(c);
-        }
-        wide & 0x8080_8080_8080_8080 == 0
-    } else if n >= 4 {
-        (word4(s) | word4(&s[n - 4..])) & 0x8080_8080 == 0
-    } else {
-        s.iter().fold(0u8, |a, &b| a | b) < 0x80
-    }
-}
-
 /// Length of a UTF-8 sequence from its lead byte, and its UTF-16 unit count.
 #[inline]
 fn lead_len(b: u8) -> Option<(usize, usize)> {
@@ -228,7 +198,7 @@ impl<'a> Reader<'a> {
             _ => return None,
         };
         let end = start + units;
-        if !all_ascii(self.buf.get(start..end)?) {
+        if !meta_protocol::is_ascii(self.buf.get(start..end)?) {
             return None;
         }
         self.pos = end;
@@ -979,19 +949,6 @@ mod tests {
         r.rewind_to(0);
         assert!(r.skip_code(0x03));
         assert!(!r.skip_code(0x03));
-    }
-
-    #[test]
-    fn ascii_check_sees_a_high_byte_anywhere() {
-        for len in 0..40 {
-            let mut s = vec![b'a'; len];
-            assert!(all_ascii(&s));
-            for i in 0..len {
-                s[i] = 0x80;
-                assert!(!all_ascii(&s), "len {len}, high byte at {i}");
-                s[i] = b'a';
-            }
-        }
     }
 
     #[test]
