@@ -2,11 +2,13 @@
 # End-to-end benchmark, one command: direct vs metaproxy vs HAProxy (TCP mode) on
 # loopback, with the in-process echo backends of `metaproxy_cli::backend`.
 #
-#   scripts/bench-e2e.sh            # full matrix (about 12 minutes on 2 cores)
-#   scripts/bench-e2e.sh --quick    # 128 B only, 1 s runs, no profile (under 2 minutes)
+#   scripts/bench-e2e.sh            # full matrix (about 14 minutes on 2 cores)
+#   scripts/bench-e2e.sh --quick    # 128 B only, one 1 s run per target, no profile (under 2 minutes)
 #
 # BENCH_PROFILE=0|1 forces the profile off/on; BENCH_REPORT_DIR changes the output dir.
-# Extra arguments go to the harness (cli/benches/e2e.rs): --duration 3s, --protocols dubbo,
+# Extra arguments go to the harness (cli/benches/e2e.rs): --duration 3s (each run; 2 s
+# by default), --rounds 5 (runs per target per case, the targets alternating; the report
+# gives each target's median round; 3 by default, 1 with --quick), --protocols dubbo,
 # --serve (start backends + proxies, print addresses and pids, wait for stdin to close),
 # --no-pin, --idle-connections N, --out DIR, --only-multiplexing-cases (1 connection × 64
 # and 256 × 4 to one backend only), --payloads 4096 (chosen payload sizes; with --quick

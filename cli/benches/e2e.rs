@@ -3,8 +3,10 @@
 //! It measures, on loopback, what a request costs (a) straight to an echo backend,
 //! (b) through `metaproxy run` with a real route (metadata match + weighted 90/10 split
 //! over two backends) and (c) through HAProxy in TCP mode (same two backends, weights
-//! 9/1), for a matrix of connections × pipeline depth × payload per protocol, with the
-//! three targets run back to back for each case. Load comes from `metaproxy bench
+//! 9/1), for a matrix of connections × pipeline depth × payload per protocol. Each case
+//! runs the three targets in turn, for several rounds (`--rounds`, 3 by default), and
+//! reports each target's median round, so that one disturbed run does not decide a
+//! case on a noisy machine. Load comes from `metaproxy bench
 //! --json` in its own process; the proxy's CPU time comes from `/proc/PID/stat` deltas
 //! and its memory from `/proc/PID/status`. It also measures the proxy's idle RSS, its
 //! RSS with 10,000 idle client connections, and the cost per connection. It writes
@@ -34,6 +36,9 @@ struct Opts {
     /// Payload sizes to run (default: 128 in quick mode, else 128 and 4096).
     payloads: Vec<usize>,
     duration: Duration,
+    /// Runs of each target per case, the targets alternating (direct, metaproxy,
+    /// haproxy, direct, ...); the report gives each target's median run.
+    rounds: usize,
     protocols: Vec<String>,
     pin: bool,
     idle_connections: usize,
@@ -60,6 +65,7 @@ fn parse_opts() -> Result<Option<Opts>> {
         quick: false,
         payloads: Vec::new(),
         duration: Duration::ZERO,
+        rounds: 0,
         protocols: vec!["dubbo".into(), "thrift".into()],
         pin: true,
         idle_connections: 10_000,
@@ -80,6 +86,12 @@ fn parse_opts() -> Result<Option<Opts>> {
             "--out" => o.out = val()?.into(),
             "--quick" => o.quick = true,
             "--duration" => o.duration = humantime::parse_duration(&val()?)?,
+            "--rounds" => {
+                o.rounds = val()?.parse()?;
+                if o.rounds == 0 {
+                    bail!("--rounds 0: expected at least 1");
+                }
+            }
             "--protocols" => o.protocols = val()?.split(',').map(str::to_owned).collect(),
             "--no-pin" => o.pin = false,
             "--idle-connections" => o.idle_connections = val()?.parse()?,
@@ -105,11 +117,14 @@ fn parse_opts() -> Result<Option<Opts>> {
     if !e2e {
         return Ok(None);
     }
+    if o.rounds == 0 {
+        o.rounds = if o.quick { 1 } else { 3 };
+    }
     if o.duration.is_zero() {
         o.duration = if o.quick {
             Duration::from_secs(1)
         } else {
-            Duration::from_secs(5)
+            Duration::from_secs(2)
         };
     }
     Ok(Some(o))
@@ -215,7 +230,10 @@ impl Target {
 #[derive(Clone, Debug, Serialize)]
 struct Run {
     target: Target,
+    /// Requests per second: the median round's.
     rps: f64,
+    /// Each round's requests per second, in the order they ran.
+    rps_rounds: Vec<f64>,
     ok: u64,
     errors: u64,
     errors_by_kind: serde_json::Value,
@@ -235,6 +253,89 @@ struct Run {
     writes_per_req: Option<f64>,
     /// The proxy's read syscalls (read, readv, recvfrom, recvmsg) per correct request.
     reads_per_req: Option<f64>,
+}
+
+/// One run of one target, as measured: the load generator's output and the proxy's
+/// totals over the run.
+struct Round {
+    out: BenchOut,
+    /// Proxy CPU seconds, user + system.
+    cpu_s: Option<f64>,
+    /// Proxy write and read syscalls.
+    syscalls: Option<(u64, u64)>,
+    rss_kib: Option<u64>,
+    upstream_connections_opened: u64,
+    upstream_connections_peak: u64,
+}
+
+impl Run {
+    /// One target's rounds of one case as one result. Throughput and latency are the
+    /// median round's (by throughput: the middle one of an odd count, the lower middle
+    /// of an even one), so that one disturbed round does not decide a case; counts are
+    /// summed over the rounds and per-request figures divided by every round's correct
+    /// requests; peaks are the highest of any round.
+    fn from_rounds(target: Target, rounds: Vec<Round>) -> Option<Run> {
+        if rounds.is_empty() {
+            return None;
+        }
+        let ok: u64 = rounds.iter().map(|r| r.out.ok).sum();
+        let per_req = |total: Option<f64>| total.filter(|_| ok > 0).map(|t| t / ok as f64);
+        let cpu = per_req(rounds.iter().map(|r| r.cpu_s).sum::<Option<f64>>()).map(|s| s * 1e6);
+        let syscalls = rounds
+            .iter()
+            .map(|r| r.syscalls)
+            .try_fold((0, 0), |(w, r), c| c.map(|(cw, cr)| (w + cw, r + cr)));
+        let mut errors_by_kind = serde_json::Value::Null;
+        for r in &rounds {
+            errors_by_kind = add_counts(errors_by_kind, &r.out.errors_by_kind);
+        }
+        let rps_rounds: Vec<f64> = rounds.iter().map(|r| r.out.rps).collect();
+        let mut order: Vec<usize> = (0..rounds.len()).collect();
+        order.sort_by(|&a, &b| rps_rounds[a].total_cmp(&rps_rounds[b]));
+        let median = &rounds[order[(order.len() - 1) / 2]].out;
+        Some(Run {
+            target,
+            rps: median.rps,
+            rps_rounds: rps_rounds.clone(),
+            ok,
+            errors: rounds.iter().map(|r| r.out.errors).sum(),
+            errors_by_kind,
+            p50_us: median.p50,
+            p99_us: median.p99,
+            p99_9_us: median.p99_9,
+            max_us: median.max,
+            cpu_us_per_req: cpu,
+            rss_kib: rounds.iter().filter_map(|r| r.rss_kib).max(),
+            upstream_connections_opened: rounds.iter().map(|r| r.upstream_connections_opened).sum(),
+            upstream_connections_peak: rounds
+                .iter()
+                .map(|r| r.upstream_connections_peak)
+                .max()
+                .unwrap_or(0),
+            writes_per_req: per_req(syscalls.map(|(w, _)| w as f64)),
+            reads_per_req: per_req(syscalls.map(|(_, r)| r as f64)),
+        })
+    }
+}
+
+/// `{kind: count}` objects added key by key; anything else (no errors: null) is
+/// treated as empty.
+fn add_counts(a: serde_json::Value, b: &serde_json::Value) -> serde_json::Value {
+    let mut sum = match a {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    if let serde_json::Value::Object(m) = b {
+        for (k, v) in m {
+            let n = sum.get(k).and_then(|x| x.as_u64()).unwrap_or(0) + v.as_u64().unwrap_or(0);
+            sum.insert(k.clone(), n.into());
+        }
+    }
+    if sum.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::Value::Object(sum)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -258,6 +359,8 @@ struct Memory {
 struct Results {
     machine: BTreeMap<&'static str, String>,
     duration_s: f64,
+    /// Runs of each target per case (the median one is reported).
+    rounds: usize,
     pinning: String,
     memory: Vec<Memory>,
     cases: Vec<CaseResult>,
@@ -1007,59 +1110,52 @@ fn run(opts: Opts) -> Result<()> {
         }
         for case in &cases {
             k += 1;
-            let mut runs = Vec::new();
             let addrs = env.targets(protocol, case).context("protocol")?;
-            for (i, (target, pid)) in targets.iter().enumerate() {
-                let addr = &addrs[i];
-                let syscalls = pid
-                    .zip(syscall_method)
-                    .and_then(|(p, m)| SyscallCount::start(m, p));
-                let (accepted0, _) = env.upstream_connections(protocol);
-                let cpu0 = pid.and_then(|p| cpu_seconds(p, tick));
-                let sampler = Sampler::start(*pid, backend_stats.clone());
-                let out = run_loadgen(&opts, lg_cpu, protocol, *addr, case, opts.duration)?;
-                let cpu1 = pid.and_then(|p| cpu_seconds(p, tick));
-                let peaks = sampler.finish();
-                let (accepted1, _) = env.upstream_connections(protocol);
-                let per_req = |n: u64| (out.ok > 0).then(|| n as f64 / out.ok as f64);
-                let (writes, reads) = match syscalls.and_then(SyscallCount::finish) {
-                    Some((w, r)) => (per_req(w), per_req(r)),
-                    None => (None, None),
-                };
-                let rss = pid.map(|_| peaks.rss_kib);
-                let cpu = match (cpu0, cpu1) {
-                    (Some(a), Some(b)) if out.ok > 0 => Some((b - a) * 1e6 / out.ok as f64),
-                    _ => None,
-                };
-                eprintln!(
-                    "e2e: [{k}/{total}] {protocol} {} {}: {:.0} req/s p99 {:.0}us errors {} upstream conns opened {} peak {} writes/req {}",
-                    case.label(),
-                    target.name(),
-                    out.rps,
-                    out.p99,
-                    out.errors,
-                    accepted1 - accepted0,
-                    peaks.open_upstream,
-                    opt(writes, 3)
-                );
-                runs.push(Run {
-                    target: *target,
-                    rps: out.rps,
-                    ok: out.ok,
-                    errors: out.errors,
-                    errors_by_kind: out.errors_by_kind,
-                    p50_us: out.p50,
-                    p99_us: out.p99,
-                    p99_9_us: out.p99_9,
-                    max_us: out.max,
-                    cpu_us_per_req: cpu,
-                    rss_kib: rss,
-                    upstream_connections_opened: accepted1 - accepted0,
-                    upstream_connections_peak: peaks.open_upstream,
-                    writes_per_req: writes,
-                    reads_per_req: reads,
-                });
+            let mut rounds: Vec<Vec<Round>> = targets.iter().map(|_| Vec::new()).collect();
+            for round in 1..=opts.rounds {
+                for (i, (target, pid)) in targets.iter().enumerate() {
+                    let addr = &addrs[i];
+                    let syscalls = pid
+                        .zip(syscall_method)
+                        .and_then(|(p, m)| SyscallCount::start(m, p));
+                    let (accepted0, _) = env.upstream_connections(protocol);
+                    let cpu0 = pid.and_then(|p| cpu_seconds(p, tick));
+                    let sampler = Sampler::start(*pid, backend_stats.clone());
+                    let out = run_loadgen(&opts, lg_cpu, protocol, *addr, case, opts.duration)?;
+                    let cpu1 = pid.and_then(|p| cpu_seconds(p, tick));
+                    let peaks = sampler.finish();
+                    let (accepted1, _) = env.upstream_connections(protocol);
+                    let syscalls = syscalls.and_then(SyscallCount::finish);
+                    let writes_per_req = syscalls
+                        .filter(|_| out.ok > 0)
+                        .map(|(w, _)| w as f64 / out.ok as f64);
+                    eprintln!(
+                        "e2e: [{k}/{total}] round {round}/{} {protocol} {} {}: {:.0} req/s p99 {:.0}us errors {} upstream conns opened {} peak {} writes/req {}",
+                        opts.rounds,
+                        case.label(),
+                        target.name(),
+                        out.rps,
+                        out.p99,
+                        out.errors,
+                        accepted1 - accepted0,
+                        peaks.open_upstream,
+                        opt(writes_per_req, 3)
+                    );
+                    rounds[i].push(Round {
+                        out,
+                        cpu_s: cpu0.zip(cpu1).map(|(a, b)| b - a),
+                        syscalls,
+                        rss_kib: pid.map(|_| peaks.rss_kib),
+                        upstream_connections_opened: accepted1 - accepted0,
+                        upstream_connections_peak: peaks.open_upstream,
+                    });
+                }
             }
+            let runs = targets
+                .iter()
+                .zip(rounds)
+                .filter_map(|((target, _), r)| Run::from_rounds(*target, r))
+                .collect();
             results.push(CaseResult {
                 protocol: protocol.clone(),
                 case: *case,
@@ -1109,6 +1205,7 @@ fn run(opts: Opts) -> Result<()> {
     let results = Results {
         machine: machine_info,
         duration_s: opts.duration.as_secs_f64(),
+        rounds: opts.rounds,
         pinning,
         memory,
         cases: results,
@@ -1354,9 +1451,17 @@ fn render_markdown(r: &Results, opts: &Opts, haproxy_version: &str) -> String {
     let _ = writeln!(s, "- pinning: {}", r.pinning);
     let _ = writeln!(
         s,
-        "- load: `metaproxy bench` closed loop, {} s per run{}, targets run back to back per case (direct, metaproxy, haproxy)\n",
+        "- load: `metaproxy bench` closed loop, {} s per run{}, {}\n",
         r.duration_s,
-        if opts.quick { " (quick mode)" } else { "" }
+        if opts.quick { " (quick mode)" } else { "" },
+        if r.rounds > 1 {
+            format!(
+                "{} rounds per case, the targets alternating within each (direct, metaproxy, haproxy, direct, ...); throughput and latency are each target's median round, CPU and syscalls per request are over all its rounds",
+                r.rounds
+            )
+        } else {
+            "targets run back to back per case (direct, metaproxy, haproxy)".to_owned()
+        }
     );
     let _ = writeln!(s, "(a) direct = the echo backend; (b) metaproxy = `metaproxy run`, route with a metadata match and a weighted 90/10 split over two backends; (c) haproxy = HAProxy TCP mode, `nbthread 1`, the same two backends weighted 9/1 per connection. Cases marked →v1 send everything to backend v1 (metaproxy: a route with the same match and no split; HAProxy: a frontend with only v1).\n");
     if let Some(m) = &r.syscall_method {
@@ -1509,7 +1614,13 @@ fn render_markdown(r: &Results, opts: &Opts, haproxy_version: &str) -> String {
             "![throughput]({p}-throughput.svg)\n![p99]({p}-p99.svg)\n"
         );
         let _ = writeln!(s, "Throughput (requests/s) and ratios:\n");
-        let _ = writeln!(s, "| case | (a) direct | (b) metaproxy | (c) haproxy | b/a | b/c | errors a/b/c |\n|---|---|---|---|---|---|---|");
+        let by_round = r.rounds > 1;
+        let _ = writeln!(
+            s,
+            "| case | (a) direct | (b) metaproxy | (c) haproxy | b/a | b/c |{} errors a/b/c |\n|---|---|---|---|---|---|{}---|",
+            if by_round { " b/c by round |" } else { "" },
+            if by_round { "---|" } else { "" }
+        );
         for c in &rows {
             let a = get(c, Target::Direct);
             let b = get(c, Target::Metaproxy);
@@ -1519,15 +1630,29 @@ fn render_markdown(r: &Results, opts: &Opts, haproxy_version: &str) -> String {
                 x.map(|r| r.errors.to_string())
                     .unwrap_or_else(|| "–".into())
             };
+            let rounds = match (b, h) {
+                (Some(b), Some(h)) if by_round => {
+                    let v: Vec<String> = b
+                        .rps_rounds
+                        .iter()
+                        .zip(&h.rps_rounds)
+                        .map(|(x, y)| ratio(*x, *y))
+                        .collect();
+                    format!(" {} |", v.join(" "))
+                }
+                _ if by_round => " – |".to_owned(),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {}/{}/{} |",
+                "| {} | {} | {} | {} | {} | {} |{} {}/{}/{} |",
                 c.case.label(),
                 rps(a),
                 rps(b),
                 rps(h),
                 ratio(b.map_or(f64::NAN, |r| r.rps), a.map_or(f64::NAN, |r| r.rps)),
                 ratio(b.map_or(f64::NAN, |r| r.rps), h.map_or(f64::NAN, |r| r.rps)),
+                rounds,
                 e(a),
                 e(b),
                 e(h)
