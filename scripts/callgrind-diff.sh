@@ -12,6 +12,8 @@
 #       metadata match (Dubbo `interface`, Thrift `method`) before the 90/10 split
 #   ATOMICS=1 scripts/callgrind-diff.sh thrift      # and the atomic read-modify-write
 #       instructions per request, by function (scripts/atomics-per-request.py)
+#   CONNECTIONS=256 scripts/callgrind-diff.sh thrift 16   # 256 client connections (the
+#       runs then take 10,000 and 60,000 requests, so that the pipelines fill first)
 #   RUNS=5 scripts/callgrind-diff.sh dubbo 1        # five measurements and their median:
 #       runs of one binary differ by up to about 60 instructions at pipeline 1 (how the
 #       16 clients' requests fall into wake-ups), so compare medians near a threshold
@@ -25,7 +27,10 @@ PIPE=${2:-16}
 PAY=${3:-128}
 MP=${4:-}
 command -v valgrind >/dev/null || { echo "callgrind-diff: valgrind is not installed" >&2; exit 1; }
+CONNS=${CONNECTIONS:-16}
+if [ "$CONNS" -gt 16 ]; then FIRST=10000; LAST=60000; else FIRST=2000; LAST=22000; fi
 OUT=target/callgrind-diff/$PROTO-p$PIPE-$PAY
+[ "$CONNS" = 16 ] || OUT=target/callgrind-diff/$PROTO-c$CONNS-p$PIPE-$PAY
 # shellcheck source=scripts/serve-harness.sh
 . scripts/serve-harness.sh
 start_harness "$PROTO" "$OUT"
@@ -60,13 +65,13 @@ RUNS=${RUNS:-1}
 RESULTS=()
 for _run in $(seq 1 "$RUNS"); do
     declare -A TOTAL
-    for N in 2000 22000; do
+    for N in $FIRST $LAST; do
         # shellcheck disable=SC2086
         taskset -c 0 valgrind --tool=callgrind $DUMP --callgrind-out-file="$OUT/callgrind-$N.out" \
             "$MP" run --config "$OUT/metaproxy.yaml" > /dev/null 2> "$OUT/valgrind-$N.log" &
         VG=$!
         for _ in $(seq 1 300); do (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.2; done
-        taskset -c 1 "$MP" bench --protocol "$PROTO" --target "127.0.0.1:$PORT" --connections 16 \
+        taskset -c 1 "$MP" bench --protocol "$PROTO" --target "127.0.0.1:$PORT" --connections "$CONNS" \
             --pipeline "$PIPE" --payload "$PAY" --requests "$N" --header user=bench \
             --timeout 30s --json > "$OUT/bench-$N.json"
         kill -TERM "$VG"
@@ -74,15 +79,15 @@ for _run in $(seq 1 "$RUNS"); do
         TOTAL[$N]=$(callgrind_annotate "$OUT/callgrind-$N.out" 2>/dev/null \
             | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
     done
-    PER=$(( (TOTAL[22000] - TOTAL[2000]) / 20000 ))
+    PER=$(( (TOTAL[$LAST] - TOTAL[$FIRST]) / (LAST - FIRST) ))
     RESULTS+=("$PER")
-    echo "$PROTO pipeline $PIPE, $PAY B: $PER instructions per request (${TOTAL[2000]} for 2,000 requests, ${TOTAL[22000]} for 22,000)"
+    echo "$PROTO $CONNS connections, pipeline $PIPE, $PAY B: $PER instructions per request (${TOTAL[$FIRST]} for $FIRST requests, ${TOTAL[$LAST]} for $LAST)"
 done
 if [ "$RUNS" -gt 1 ]; then
     MEDIAN=$(printf '%s\n' "${RESULTS[@]}" | sort -n \
         | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : int((v[NR / 2] + v[NR / 2 + 1]) / 2)}')
-    echo "$PROTO pipeline $PIPE, $PAY B: median $MEDIAN instructions per request over $RUNS runs (${RESULTS[*]})"
+    echo "$PROTO $CONNS connections, pipeline $PIPE, $PAY B: median $MEDIAN instructions per request over $RUNS runs (${RESULTS[*]})"
 fi
 if [ -n "${ATOMICS:-}" ]; then
-    python3 scripts/atomics-per-request.py "$OUT/callgrind-2000.out" "$OUT/callgrind-22000.out" 20000
+    python3 scripts/atomics-per-request.py "$OUT/callgrind-$FIRST.out" "$OUT/callgrind-$LAST.out" $((LAST - FIRST))
 fi

@@ -16,9 +16,13 @@ use bytes::BytesMut;
 
 /// Size of a buffer made for the pool; a read asks for at least a quarter of it free.
 pub(crate) const BUFFER_SIZE: usize = 32 * 1024;
-/// Free buffers kept per worker thread: with [`BUFFER_SIZE`] at most 512 KiB per worker
-/// (a connection holds a buffer only while it reads or writes, so few are out at once).
-pub(crate) const POOL_MAX: usize = 16;
+/// Free buffers kept per worker thread: with [`BUFFER_SIZE`] at most 2 MiB per worker,
+/// held only while the worker is busy ([`trim_when_idle`]). A connection holds a buffer
+/// only while it reads or writes, but with hundreds of pipelined clients that is many
+/// at once: with room for 16, 256 clients × 16 in flight allocated and freed a buffer
+/// every 17 requests (and the allocator returned their pages, which the next ones
+/// faulted in again); with 64, every 70 (both counted under callgrind).
+pub(crate) const POOL_MAX: usize = 64;
 /// Buffers that grew beyond this (a large frame) are freed instead of kept.
 pub(crate) const POOL_MAX_CAPACITY: usize = 2 * BUFFER_SIZE;
 
