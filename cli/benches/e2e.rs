@@ -285,21 +285,20 @@ impl Run {
             .iter()
             .map(|r| r.syscalls)
             .try_fold((0, 0), |(w, r), c| c.map(|(cw, cr)| (w + cw, r + cr)));
-        let mut errors_by_kind = serde_json::Value::Null;
+        let mut errors_by_kind = serde_json::Map::new();
         for r in &rounds {
-            errors_by_kind = add_counts(errors_by_kind, &r.out.errors_by_kind);
+            add_counts(&mut errors_by_kind, &r.out.errors_by_kind);
         }
-        let rps_rounds: Vec<f64> = rounds.iter().map(|r| r.out.rps).collect();
-        let mut order: Vec<usize> = (0..rounds.len()).collect();
-        order.sort_by(|&a, &b| rps_rounds[a].total_cmp(&rps_rounds[b]));
-        let median = &rounds[order[(order.len() - 1) / 2]].out;
+        let mut by_rps: Vec<&BenchOut> = rounds.iter().map(|r| &r.out).collect();
+        by_rps.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+        let median = by_rps[(by_rps.len() - 1) / 2];
         Some(Run {
             target,
             rps: median.rps,
-            rps_rounds: rps_rounds.clone(),
+            rps_rounds: rounds.iter().map(|r| r.out.rps).collect(),
             ok,
             errors: rounds.iter().map(|r| r.out.errors).sum(),
-            errors_by_kind,
+            errors_by_kind: errors_by_kind.into(),
             p50_us: median.p50,
             p99_us: median.p99,
             p99_9_us: median.p99_9,
@@ -318,23 +317,16 @@ impl Run {
     }
 }
 
-/// `{kind: count}` objects added key by key; anything else (no errors: null) is
-/// treated as empty.
-fn add_counts(a: serde_json::Value, b: &serde_json::Value) -> serde_json::Value {
-    let mut sum = match a {
-        serde_json::Value::Object(m) => m,
-        _ => serde_json::Map::new(),
-    };
-    if let serde_json::Value::Object(m) = b {
-        for (k, v) in m {
-            let n = sum.get(k).and_then(|x| x.as_u64()).unwrap_or(0) + v.as_u64().unwrap_or(0);
-            sum.insert(k.clone(), n.into());
-        }
-    }
-    if sum.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::Value::Object(sum)
+/// Adds the `{kind: count}` object `counts` (the load generator's `errors_by_kind`) into
+/// `sum`, key by key.
+fn add_counts(sum: &mut serde_json::Map<String, serde_json::Value>, counts: &serde_json::Value) {
+    for (kind, n) in counts.as_object().into_iter().flatten() {
+        let total = sum
+            .get(kind)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+            + n.as_u64().unwrap_or(0);
+        sum.insert(kind.clone(), total.into());
     }
 }
 

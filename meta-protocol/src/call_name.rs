@@ -68,13 +68,14 @@ impl CallName {
             if !crate::is_ascii(bytes) && std::str::from_utf8(bytes).is_err() {
                 return None;
             }
+            // A copy of fixed size (a few moves, no call) when the frame has the room:
+            // the bytes past the name come from the same frame, and nothing reads
+            // beyond `len`. At the frame's very end, the name alone.
+            let Some(window) = frame.get(range.start..range.start + INLINE_CALL_NAME) else {
+                return CallName::inline(bytes);
+            };
             let mut inline = [0; INLINE_CALL_NAME];
-            match frame.get(range.start..range.start + INLINE_CALL_NAME) {
-                // A copy of fixed size (a few moves, no call): the bytes past the name
-                // come from the same frame, and nothing reads beyond `len`.
-                Some(window) => inline.copy_from_slice(window),
-                None => inline[..bytes.len()].copy_from_slice(bytes),
-            }
+            inline.copy_from_slice(window);
             return Some(CallName(Repr::Inline {
                 len: bytes.len() as u8,
                 bytes: inline,

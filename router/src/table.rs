@@ -635,6 +635,8 @@ fn build_index(routes: &[Route]) -> Index {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::spec::{MatchKind, MatcherSpec, MirrorSpec};
 
     #[test]
     fn byte_comparison_sees_a_difference_anywhere() {
@@ -650,8 +652,6 @@ mod tests {
             assert!(!same_bytes(&a, &longer), "len {len}: lengths differ");
         }
     }
-    use super::*;
-    use crate::spec::{MatchKind, MatcherSpec, MirrorSpec};
 
     fn md(pairs: &[(&str, &str)]) -> Metadata {
         pairs
