@@ -5,17 +5,27 @@
 //! only while bytes wait for the socket; an idle connection holds none. Buffers go back
 //! to a free list of the worker thread (at most [`POOL_MAX`] of them, each at most
 //! [`POOL_MAX_CAPACITY`] bytes: anything beyond is freed), and the next connection that
-//! reads or writes on that worker takes one from there, so steady traffic allocates
-//! nothing. Frames split off a pooled buffer keep their bytes alive as usual (`Bytes`
-//! share the allocation); the pool only ever holds the unused tail. A worker that goes
-//! idle empties its pool ([`trim_when_idle`]).
+//! reads or writes on that worker takes one from there. Frames split off a pooled
+//! buffer keep their bytes alive as usual (`Bytes` share the allocation); the pool only
+//! ever holds the unused tail. A worker that goes idle empties its pool
+//! ([`trim_when_idle`]).
+//!
+//! A tail runs out of room after a few hundred small frames. Its allocation is taken
+//! back whole once no frame cut from it is alive any more, which takes a turn or two of
+//! the worker (until the requests were written and the replies encoded): such a spent
+//! tail waits in a second, short list ([`SPENT_MAX`]) and is reclaimed from there when
+//! the free list runs dry, instead of a new buffer being allocated and the old one
+//! freed. So steady traffic allocates nothing, however many clients pipeline at once.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 
 use bytes::BytesMut;
 
 /// Size of a buffer made for the pool; a read asks for at least a quarter of it free.
 pub(crate) const BUFFER_SIZE: usize = 32 * 1024;
+/// Room a read or an encode wants in a buffer: below it, the buffer is refilled.
+const MIN_ROOM: usize = BUFFER_SIZE / 4;
 /// Free buffers kept per worker thread: with [`BUFFER_SIZE`] at most 2 MiB per worker,
 /// held only while the worker is busy ([`trim_when_idle`]). A connection holds a buffer
 /// only while it reads or writes, but with hundreds of pipelined clients that is many
@@ -23,14 +33,37 @@ pub(crate) const BUFFER_SIZE: usize = 32 * 1024;
 /// every 17 requests (and the allocator returned their pages, which the next ones
 /// faulted in again); with 64, every 70 (both counted under callgrind).
 pub(crate) const POOL_MAX: usize = 64;
+/// Spent tails kept per worker thread until their allocation can be taken back: at most
+/// 64 allocations of [`BUFFER_SIZE`] (2 MiB), which frames still in flight hold alive
+/// anyway when a tail is set aside; the oldest is dropped (and freed with its last
+/// frame) when more come. With 16, 64 clients × 8 in flight still allocated a buffer
+/// every few hundred requests: tails were dropped before their frames were gone.
+pub(crate) const SPENT_MAX: usize = 64;
+/// Spent tails looked at before a new buffer is allocated.
+const RECLAIM_TRIES: usize = 4;
 /// Buffers that grew beyond this (a large frame) are freed instead of kept.
 pub(crate) const POOL_MAX_CAPACITY: usize = 2 * BUFFER_SIZE;
 
+/// A worker thread's buffers.
+struct Pool {
+    /// Empty buffers with at least [`MIN_ROOM`] free, the last given back on top.
+    free: Vec<BytesMut>,
+    /// Empty tails with less room, oldest first, whose allocations are taken back once
+    /// the frames cut from them are gone.
+    spent: VecDeque<BytesMut>,
+    /// Buffers taken from or given back to the pool, ever (wrapping).
+    traffic: u32,
+}
+
 thread_local! {
-    static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-    /// Buffers taken from or given back to this thread's pool, ever (wrapping).
-    static TRAFFIC: Cell<u32> = const { Cell::new(0) };
-    /// [`TRAFFIC`] when the thread last parked.
+    static POOL: RefCell<Pool> = const {
+        RefCell::new(Pool {
+            free: Vec::new(),
+            spent: VecDeque::new(),
+            traffic: 0,
+        })
+    };
+    /// [`Pool::traffic`] when the thread last parked.
     static TRAFFIC_AT_PARK: Cell<u32> = const { Cell::new(0) };
 }
 
@@ -41,71 +74,136 @@ thread_local! {
 /// to the system within a quarter of a second). A busy worker moves buffers on every
 /// wake-up, so its pool stays.
 pub(crate) fn trim_when_idle() {
-    let traffic = TRAFFIC.with(Cell::get);
-    if TRAFFIC_AT_PARK.with(|t| t.replace(traffic)) == traffic {
-        FREE.with(|f| {
-            if let Ok(mut free) = f.try_borrow_mut() {
-                if free.capacity() > 0 {
-                    *free = Vec::new();
-                }
-            }
-        });
+    POOL.with(|p| {
+        let Ok(mut pool) = p.try_borrow_mut() else {
+            return;
+        };
+        if TRAFFIC_AT_PARK.with(|t| t.replace(pool.traffic)) == pool.traffic
+            && (pool.free.capacity() > 0 || pool.spent.capacity() > 0)
+        {
+            pool.free = Vec::new();
+            pool.spent = VecDeque::new();
+        }
+    });
+}
+
+/// Makes sure `buf` has room for a read (at least [`MIN_ROOM`] free). A buffer that ran
+/// out of room is taken back in place when no frame cut from it is alive (keeping a
+/// partial frame at its start); otherwise its bytes move to a pooled buffer (or, when
+/// the pool has none to give, a new one) and the spent tail waits to be reclaimed. A
+/// partial frame too large for that grows its buffer instead.
+#[inline]
+pub(crate) fn ready_for_read(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < MIN_ROOM {
+        refill(buf);
     }
 }
 
-fn count_traffic() {
-    TRAFFIC.with(|t| t.set(t.get().wrapping_add(1)));
-}
-
-/// Makes sure `buf` has room for a read: an empty buffer without room is swapped for a
-/// pooled one (or a new one); a buffer holding part of a frame grows in place.
-pub(crate) fn ready_for_read(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() >= BUFFER_SIZE / 4 {
+fn refill(buf: &mut BytesMut) {
+    let len = buf.len();
+    if buf.capacity() > 0 && len <= BUFFER_SIZE - MIN_ROOM && buf.try_reclaim(BUFFER_SIZE - len) {
         return;
     }
-    if buf.is_empty() {
-        if let Some(pooled) = FREE.with(|f| f.borrow_mut().pop()) {
-            *buf = pooled;
-            count_traffic();
-        }
-    }
-    if buf.capacity() - buf.len() < BUFFER_SIZE / 4 {
+    if len > BUFFER_SIZE - MIN_ROOM {
+        // A large frame: it grows its own buffer, which is freed when given back.
         buf.reserve(BUFFER_SIZE);
+        return;
+    }
+    let Ok(fresh) = POOL.with(|p| p.try_borrow_mut().map(|mut pool| pool.take())) else {
+        buf.reserve(BUFFER_SIZE);
+        return;
+    };
+    let mut spent = std::mem::replace(buf, fresh);
+    if len > 0 {
+        buf.extend_from_slice(&spent);
+        spent.clear();
+    }
+    if spent.capacity() > 0 {
+        give_back(spent);
     }
 }
 
 /// Makes sure an empty write buffer has room before a message is encoded into it: a
 /// pooled buffer when there is one (the codec grows it as it needs).
+#[inline]
 pub(crate) fn ready_for_write(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.capacity() < BUFFER_SIZE / 4 {
-        ready_for_read(buf);
+    if buf.is_empty() && buf.capacity() < MIN_ROOM {
+        refill(buf);
     }
 }
 
 /// Gives an empty buffer with an allocation back to the pool (or frees it when the pool
 /// is full or the buffer grew large); leaves `buf` without one. Does nothing to a
 /// buffer that holds bytes.
+#[inline]
 pub(crate) fn release(buf: &mut BytesMut) {
-    if !buf.is_empty() || buf.capacity() == 0 {
-        return;
+    if buf.is_empty() && buf.capacity() > 0 {
+        give_back(std::mem::take(buf));
     }
-    let buf = std::mem::take(buf);
+}
+
+fn give_back(buf: BytesMut) {
     if buf.capacity() > POOL_MAX_CAPACITY {
         return;
     }
-    FREE.with(|f| {
-        let mut free = f.borrow_mut();
-        if free.len() < POOL_MAX {
-            free.push(buf);
-            count_traffic();
+    POOL.with(|p| {
+        if let Ok(mut pool) = p.try_borrow_mut() {
+            pool.put(buf);
         }
     });
 }
 
-/// Buffers in this thread's pool.
+impl Pool {
+    /// An empty buffer with at least [`MIN_ROOM`] free: the last one given back, else
+    /// a spent tail whose allocation can be taken back whole (of the oldest
+    /// [`RECLAIM_TRIES`]), else a new one.
+    fn take(&mut self) -> BytesMut {
+        self.traffic = self.traffic.wrapping_add(1);
+        if let Some(buf) = self.free.pop() {
+            return buf;
+        }
+        // The oldest few, each a reference count read; one still in use goes to the
+        // back, so one held long (by a request queued for a slow backend) does not
+        // keep the others from being looked at.
+        for _ in 0..self.spent.len().min(RECLAIM_TRIES) {
+            let Some(mut tail) = self.spent.pop_front() else {
+                break;
+            };
+            if tail.try_reclaim(BUFFER_SIZE) {
+                return tail;
+            }
+            self.spent.push_back(tail);
+        }
+        BytesMut::with_capacity(BUFFER_SIZE)
+    }
+
+    /// Keeps an empty buffer: on the free list when it has room, else with the spent
+    /// tails (the oldest dropped past [`SPENT_MAX`]).
+    fn put(&mut self, buf: BytesMut) {
+        self.traffic = self.traffic.wrapping_add(1);
+        if buf.capacity() >= MIN_ROOM {
+            if self.free.len() < POOL_MAX {
+                self.free.push(buf);
+            }
+        } else {
+            if self.spent.len() >= SPENT_MAX {
+                self.spent.pop_front();
+            }
+            self.spent.push_back(buf);
+        }
+    }
+}
+
+/// Free buffers in this thread's pool.
 #[cfg(test)]
 fn pooled() -> usize {
-    FREE.with(|f| f.borrow().len())
+    POOL.with(|p| p.borrow().free.len())
+}
+
+/// Spent tails in this thread's pool.
+#[cfg(test)]
+fn spent() -> usize {
+    POOL.with(|p| p.borrow().spent.len())
 }
 
 #[cfg(test)]
@@ -169,5 +267,82 @@ mod tests {
             release(&mut b);
         }
         assert_eq!(pooled(), POOL_MAX);
+    }
+
+    #[test]
+    fn a_spent_buffer_is_taken_back_in_place_once_its_frames_are_gone() {
+        let mut buf = BytesMut::new();
+        ready_for_read(&mut buf);
+        let start = buf.as_ptr();
+        // Frames fill the buffer until less than a quarter is left.
+        let frame = vec![7u8; 1000];
+        let mut frames = Vec::new();
+        while buf.capacity() >= MIN_ROOM {
+            buf.extend_from_slice(&frame);
+            frames.push(buf.split().freeze());
+        }
+        buf.extend_from_slice(b"part");
+        drop(frames);
+        ready_for_read(&mut buf);
+        assert_eq!(buf.as_ptr(), start, "the same allocation, from its start");
+        assert_eq!(&buf[..], b"part", "the partial frame is kept");
+        assert!(buf.capacity() >= BUFFER_SIZE - 4);
+    }
+
+    #[test]
+    fn a_spent_tail_waits_for_its_frames_and_is_reclaimed_instead_of_a_new_buffer() {
+        // Each test runs on its own thread, so with a pool of its own (empty).
+        let mut buf = BytesMut::new();
+        ready_for_read(&mut buf);
+        let start = buf.as_ptr();
+        let mut frames = Vec::new();
+        while buf.capacity() >= MIN_ROOM {
+            buf.extend_from_slice(&[1u8; 1000]);
+            frames.push(buf.split().freeze());
+        }
+        buf.extend_from_slice(b"partial");
+        // A frame is still alive: the partial frame moves to another buffer, and the
+        // spent tail is set aside.
+        ready_for_read(&mut buf);
+        assert_ne!(buf.as_ptr(), start);
+        assert_eq!(&buf[..], b"partial");
+        assert_eq!(spent(), 1);
+        // While its frames live, the next buffer taken is a new one.
+        let mut other = BytesMut::new();
+        ready_for_read(&mut other);
+        assert_ne!(other.as_ptr(), start);
+        assert_eq!(spent(), 1);
+        // Once they are gone, it is taken back whole rather than a buffer allocated.
+        drop(frames);
+        let mut third = BytesMut::new();
+        ready_for_read(&mut third);
+        assert_eq!(third.as_ptr(), start, "the spent allocation, reclaimed");
+        assert!(third.capacity() >= BUFFER_SIZE);
+        assert_eq!(spent(), 0);
+    }
+
+    #[test]
+    fn spent_tails_are_bounded_and_freed_with_the_pool_when_idle() {
+        let mut keep = Vec::new();
+        for _ in 0..SPENT_MAX + 5 {
+            let mut b = BytesMut::with_capacity(BUFFER_SIZE);
+            b.extend_from_slice(&[0u8; BUFFER_SIZE - 100]);
+            keep.push(b.split().freeze());
+            release(&mut b);
+        }
+        assert_eq!(spent(), SPENT_MAX);
+        trim_when_idle();
+        trim_when_idle();
+        assert_eq!((pooled(), spent()), (0, 0));
+    }
+
+    #[test]
+    fn a_partial_frame_larger_than_a_buffer_grows_its_own() {
+        let mut buf = BytesMut::new();
+        ready_for_read(&mut buf);
+        buf.extend_from_slice(&vec![3u8; BUFFER_SIZE - 10]);
+        ready_for_read(&mut buf);
+        assert!(buf.capacity() - buf.len() >= MIN_ROOM);
+        assert_eq!(buf.len(), BUFFER_SIZE - 10, "nothing lost");
     }
 }
