@@ -117,6 +117,10 @@ fn refill(buf: &mut BytesMut) {
     if len > 0 {
         buf.extend_from_slice(&spent);
         spent.clear();
+        if buf.capacity() - buf.len() < MIN_ROOM {
+            // A pooled buffer with less room than the partial frame and a read need.
+            buf.reserve(MIN_ROOM);
+        }
     }
     if spent.capacity() > 0 {
         give_back(spent);
@@ -344,5 +348,24 @@ mod tests {
         ready_for_read(&mut buf);
         assert!(buf.capacity() - buf.len() >= MIN_ROOM);
         assert_eq!(buf.len(), BUFFER_SIZE - 10, "nothing lost");
+    }
+
+    #[test]
+    fn a_moved_partial_frame_still_leaves_room_for_a_read() {
+        // A pooled buffer with 10 KiB of room, and a 20 KiB partial frame in a spent
+        // buffer whose other frame is alive.
+        let mut pooled_buf = BytesMut::with_capacity(12 * 1024);
+        pooled_buf.extend_from_slice(&[0u8; 2 * 1024]);
+        let _alive = pooled_buf.split().freeze();
+        release(&mut pooled_buf);
+        assert_eq!(pooled(), 1);
+        let mut buf = BytesMut::with_capacity(BUFFER_SIZE);
+        buf.extend_from_slice(&vec![1u8; BUFFER_SIZE - 20 * 1024 - 100]);
+        let _frame = buf.split().freeze();
+        buf.extend_from_slice(&vec![2u8; 20 * 1024]);
+        ready_for_read(&mut buf);
+        assert_eq!(buf.len(), 20 * 1024, "nothing lost");
+        assert!(buf.iter().all(|&b| b == 2));
+        assert!(buf.capacity() - buf.len() >= MIN_ROOM);
     }
 }
