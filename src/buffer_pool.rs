@@ -101,12 +101,12 @@ pub(crate) fn ready_for_read(buf: &mut BytesMut) {
 
 fn refill(buf: &mut BytesMut) {
     let len = buf.len();
-    if buf.capacity() > 0 && len <= BUFFER_SIZE - MIN_ROOM && buf.try_reclaim(BUFFER_SIZE - len) {
-        return;
-    }
     if len > BUFFER_SIZE - MIN_ROOM {
         // A large frame: it grows its own buffer, which is freed when given back.
         buf.reserve(BUFFER_SIZE);
+        return;
+    }
+    if buf.capacity() > 0 && buf.try_reclaim(BUFFER_SIZE - len) {
         return;
     }
     let Ok(fresh) = POOL.with(|p| p.try_borrow_mut().map(|mut pool| pool.take())) else {
