@@ -17,8 +17,9 @@
 //! the free list runs dry, instead of a new buffer being allocated and the old one
 //! freed. So steady traffic allocates nothing, however many clients pipeline at once.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
@@ -44,6 +45,13 @@ const RECLAIM_TRIES: usize = 4;
 /// Buffers that grew beyond this (a large frame) are freed instead of kept.
 pub(crate) const POOL_MAX_CAPACITY: usize = 2 * BUFFER_SIZE;
 
+/// How long a worker must have moved no buffer before a park empties its pool: long
+/// enough that the timer wake-ups falling between the requests of a slow client (or of
+/// a proxy slowed fifty times under callgrind) never empty it, short enough that a
+/// worker's memory returns within about a second of its last request (its upstream
+/// connections wake it at least once a second).
+const IDLE_AFTER: Duration = Duration::from_millis(100);
+
 /// A worker thread's buffers.
 struct Pool {
     /// Empty buffers with at least [`MIN_ROOM`] free, the last given back on top.
@@ -53,6 +61,10 @@ struct Pool {
     spent: VecDeque<BytesMut>,
     /// Buffers taken from or given back to the pool, ever (wrapping).
     traffic: u32,
+    /// [`Pool::traffic`] when the thread last parked.
+    traffic_at_park: u32,
+    /// When the thread last parked after moving a buffer.
+    busy_at: Option<Instant>,
 }
 
 thread_local! {
@@ -61,24 +73,35 @@ thread_local! {
             free: Vec::new(),
             spent: VecDeque::new(),
             traffic: 0,
+            traffic_at_park: 0,
+            busy_at: None,
         })
     };
-    /// [`Pool::traffic`] when the thread last parked.
-    static TRAFFIC_AT_PARK: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Frees this thread's pooled buffers when the thread is about to park (a worker's
-/// `on_thread_park` hook) after a wake-up in which no buffer was taken or given back:
-/// a worker woken only by timers is idle, and the memory a burst left in the pool
-/// goes back to the allocator (and, with the `metaproxy` binary's jemalloc settings,
-/// to the system within a quarter of a second). A busy worker moves buffers on every
-/// wake-up, so its pool stays.
+/// `on_thread_park` hook) and has moved no buffer for [`IDLE_AFTER`]: the memory a
+/// burst left in the pool goes back to the allocator (and, with the `metaproxy`
+/// binary's jemalloc settings, to the system within a quarter of a second). A busy
+/// worker moves buffers between any two parks that far apart, so its pool stays. Costs
+/// one reading of the monotonic clock per park (no system call: the C library reads it
+/// from the vDSO).
 pub(crate) fn trim_when_idle() {
+    trim_if_idle_at(Instant::now());
+}
+
+/// [`trim_when_idle`] at the time `now`.
+fn trim_if_idle_at(now: Instant) {
     POOL.with(|p| {
         let Ok(mut pool) = p.try_borrow_mut() else {
             return;
         };
-        if TRAFFIC_AT_PARK.with(|t| t.replace(pool.traffic)) == pool.traffic
+        if pool.traffic != pool.traffic_at_park {
+            pool.traffic_at_park = pool.traffic;
+            pool.busy_at = Some(now);
+        } else if pool
+            .busy_at
+            .is_none_or(|busy| now.saturating_duration_since(busy) >= IDLE_AFTER)
             && (pool.free.capacity() > 0 || pool.spent.capacity() > 0)
         {
             pool.free = Vec::new();
@@ -87,88 +110,112 @@ pub(crate) fn trim_when_idle() {
     });
 }
 
-/// Makes sure `buf` has room for a read (at least [`MIN_ROOM`] free). A buffer that ran
-/// out of room is taken back in place when no frame cut from it is alive (keeping a
-/// partial frame at its start); otherwise its bytes move to a pooled buffer (or, when
-/// the pool has none to give, a new one) and the spent tail waits to be reclaimed. A
-/// partial frame too large for that grows its buffer instead.
+/// Makes sure a connection's read buffer has room for a read of at least a quarter of
+/// [`BUFFER_SIZE`]: takes a buffer from the pool when the connection holds none (or only
+/// a spent tail), keeping any partial frame. Never loses bytes.
 #[inline]
 pub(crate) fn ready_for_read(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < MIN_ROOM {
+    if buf.capacity() == 0 {
+        take_into(buf);
+    } else if buf.capacity() - buf.len() < MIN_ROOM {
         refill(buf);
     }
 }
 
+/// Gives an empty connection buffer (holding nothing) one from the pool. The common case
+/// of every read and every encode into an idle connection, so kept short.
+fn take_into(buf: &mut BytesMut) {
+    *buf = POOL.with(|p| match p.try_borrow_mut() {
+        Ok(mut pool) => {
+            pool.traffic = pool.traffic.wrapping_add(1);
+            match pool.free.pop() {
+                Some(fresh) => fresh,
+                None => pool.take_spent_or_new(),
+            }
+        }
+        Err(_) => BytesMut::with_capacity(BUFFER_SIZE),
+    });
+}
+
+/// Makes room in a buffer that has run short: reclaims its own allocation in place,
+/// or moves its partial frame into a buffer from the pool and sets the spent tail aside.
 fn refill(buf: &mut BytesMut) {
     let len = buf.len();
     if len > BUFFER_SIZE - MIN_ROOM {
-        // A large frame: it grows its own buffer, which is freed when given back.
+        // A partial frame too large for a fresh buffer's room: grow its own buffer.
         buf.reserve(BUFFER_SIZE);
         return;
     }
-    if buf.capacity() > 0 && buf.try_reclaim(BUFFER_SIZE - len) {
+    if buf.try_reclaim(BUFFER_SIZE - len) {
         return;
     }
-    let Ok(fresh) = POOL.with(|p| p.try_borrow_mut().map(|mut pool| pool.take())) else {
-        buf.reserve(BUFFER_SIZE);
-        return;
-    };
-    let mut spent = std::mem::replace(buf, fresh);
+    let mut spent = std::mem::take(buf);
+    take_into(buf);
     if len > 0 {
         buf.extend_from_slice(&spent);
         spent.clear();
         if buf.capacity() - buf.len() < MIN_ROOM {
-            // A pooled buffer with less room than the partial frame and a read need.
+            // A small pooled buffer: grow it rather than read into too little room.
             buf.reserve(MIN_ROOM);
         }
     }
-    if spent.capacity() > 0 {
-        give_back(spent);
-    }
+    give_back(&mut spent);
 }
 
-/// Makes sure an empty write buffer has room before a message is encoded into it: a
-/// pooled buffer when there is one (the codec grows it as it needs).
+/// Makes sure a connection's write buffer has room to encode into: takes one from the
+/// pool when it holds nothing to write and too little room.
 #[inline]
 pub(crate) fn ready_for_write(buf: &mut BytesMut) {
     if buf.is_empty() && buf.capacity() < MIN_ROOM {
-        refill(buf);
+        if buf.capacity() == 0 {
+            take_into(buf);
+        } else {
+            refill(buf);
+        }
     }
 }
 
-/// Gives an empty buffer with an allocation back to the pool (or frees it when the pool
-/// is full or the buffer grew large); leaves `buf` without one. Does nothing to a
-/// buffer that holds bytes.
+/// Gives a connection's buffer back to the pool once it holds no bytes (its frames
+/// were split off, or its bytes written), leaving the connection holding nothing.
 #[inline]
 pub(crate) fn release(buf: &mut BytesMut) {
     if buf.is_empty() && buf.capacity() > 0 {
-        give_back(std::mem::take(buf));
+        give_back(buf);
     }
 }
 
-fn give_back(buf: BytesMut) {
-    if buf.capacity() > POOL_MAX_CAPACITY {
-        return;
+/// Moves an empty buffer into the pool (or frees it: grown too large, or the pool
+/// full), leaving `buf` holding nothing.
+fn give_back(buf: &mut BytesMut) {
+    let cap = buf.capacity();
+    if cap > 0 && cap <= POOL_MAX_CAPACITY {
+        POOL.with(|p| {
+            if let Ok(mut pool) = p.try_borrow_mut() {
+                pool.traffic = pool.traffic.wrapping_add(1);
+                if cap >= MIN_ROOM {
+                    if pool.free.len() < POOL_MAX {
+                        pool.free.push(std::mem::take(buf));
+                    }
+                } else {
+                    if pool.spent.len() >= SPENT_MAX {
+                        pool.spent.pop_front();
+                    }
+                    pool.spent.push_back(std::mem::take(buf));
+                }
+            }
+        });
     }
-    POOL.with(|p| {
-        if let Ok(mut pool) = p.try_borrow_mut() {
-            pool.put(buf);
-        }
-    });
+    if buf.capacity() > 0 {
+        *buf = BytesMut::new();
+    }
 }
 
 impl Pool {
-    /// An empty buffer with at least [`MIN_ROOM`] free: the last one given back, else
-    /// a spent tail whose allocation can be taken back whole (of the oldest
-    /// [`RECLAIM_TRIES`]), else a new one.
-    fn take(&mut self) -> BytesMut {
-        self.traffic = self.traffic.wrapping_add(1);
-        if let Some(buf) = self.free.pop() {
-            return buf;
-        }
-        // The oldest few, each a reference count read; one still in use goes to the
-        // back, so one held long (by a request queued for a slow backend) does not
-        // keep the others from being looked at.
+    /// A buffer when the free list is empty: the oldest spent tail whose frames are all
+    /// gone (up to [`RECLAIM_TRIES`] looked at; one still in use goes to the back), or a
+    /// new one.
+    #[cold]
+    fn take_spent_or_new(&mut self) -> BytesMut {
         for _ in 0..self.spent.len().min(RECLAIM_TRIES) {
             let Some(mut tail) = self.spent.pop_front() else {
                 break;
@@ -179,22 +226,6 @@ impl Pool {
             self.spent.push_back(tail);
         }
         BytesMut::with_capacity(BUFFER_SIZE)
-    }
-
-    /// Keeps an empty buffer: on the free list when it has room, else with the spent
-    /// tails (the oldest dropped past [`SPENT_MAX`]).
-    fn put(&mut self, buf: BytesMut) {
-        self.traffic = self.traffic.wrapping_add(1);
-        if buf.capacity() >= MIN_ROOM {
-            if self.free.len() < POOL_MAX {
-                self.free.push(buf);
-            }
-        } else {
-            if self.spent.len() >= SPENT_MAX {
-                self.spent.pop_front();
-            }
-            self.spent.push_back(buf);
-        }
     }
 }
 
@@ -234,21 +265,26 @@ mod tests {
 
     #[test]
     fn an_idle_park_empties_the_pool_and_a_busy_one_keeps_it() {
+        let t0 = Instant::now();
         let mut a = BytesMut::with_capacity(BUFFER_SIZE);
         release(&mut a);
-        trim_when_idle();
+        trim_if_idle_at(t0);
         assert_eq!(pooled(), 1, "a buffer moved since the last park: busy");
+        trim_if_idle_at(t0 + IDLE_AFTER / 2);
+        assert_eq!(
+            pooled(),
+            1,
+            "a timer wake-up between two requests of a slow client: still busy"
+        );
         let mut b = BytesMut::new();
         ready_for_read(&mut b);
         release(&mut b);
-        trim_when_idle();
-        assert_eq!(pooled(), 1, "still busy");
-        trim_when_idle();
-        assert_eq!(
-            pooled(),
-            0,
-            "a wake-up without buffer traffic: idle, emptied"
-        );
+        trim_if_idle_at(t0 + IDLE_AFTER * 2);
+        assert_eq!(pooled(), 1, "moved a buffer again: busy");
+        trim_if_idle_at(t0 + IDLE_AFTER * 3 - Duration::from_millis(1));
+        assert_eq!(pooled(), 1, "not idle for long enough yet");
+        trim_if_idle_at(t0 + IDLE_AFTER * 3);
+        assert_eq!(pooled(), 0, "no buffer moved for IDLE_AFTER: emptied");
         let mut c = BytesMut::new();
         ready_for_read(&mut c);
         assert!(c.capacity() >= BUFFER_SIZE / 4, "reads still get a buffer");
@@ -335,8 +371,9 @@ mod tests {
             release(&mut b);
         }
         assert_eq!(spent(), SPENT_MAX);
-        trim_when_idle();
-        trim_when_idle();
+        let t0 = Instant::now();
+        trim_if_idle_at(t0);
+        trim_if_idle_at(t0 + IDLE_AFTER);
         assert_eq!((pooled(), spent()), (0, 0));
     }
 

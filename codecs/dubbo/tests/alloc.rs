@@ -5,7 +5,7 @@
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 use bytes::BytesMut;
 use common::{codec, typical_request};
@@ -15,12 +15,26 @@ use metaproxy_dubbo::DubboCodec;
 
 struct Counting;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    /// Allocations made by this thread. Counted per thread, so that the test harness's
+    /// own thread, which allocates now and then while a test runs, is not counted.
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count_one() {
+    // Not counted once the thread's locals are gone, as it exits.
+    let _ = ALLOCS.try_with(|n| n.set(n.get() + 1));
+}
+
+/// Allocations this thread has made so far.
+fn allocs() -> usize {
+    ALLOCS.with(Cell::get)
+}
 
 // SAFETY: forwards to the system allocator unchanged, only counting calls.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count_one();
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
     }
@@ -29,7 +43,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count_one();
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -37,6 +51,14 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
+
+#[test]
+fn the_counter_counts_this_threads_allocations() {
+    let before = allocs();
+    let v: Vec<u8> = Vec::with_capacity(std::hint::black_box(100));
+    drop(std::hint::black_box(v));
+    assert_eq!(allocs() - before, 1);
+}
 
 #[test]
 fn typical_request_metadata_decodes_without_allocating() {
@@ -52,14 +74,14 @@ fn typical_request_metadata_decodes_without_allocating() {
     let first = c.decode(&mut buf).unwrap().unwrap();
     drop(first);
     let mut seen = 0;
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocs();
     for _ in 0..n {
         let msg = c.decode(&mut buf).unwrap().unwrap();
         seen += msg.metadata().len();
         assert_eq!(msg.metadata().get("user"), Some("alice"));
         drop(msg);
     }
-    let after = ALLOCATIONS.load(Ordering::Relaxed);
+    let after = allocs();
     assert_eq!(
         seen,
         n * 7,
@@ -67,9 +89,7 @@ fn typical_request_metadata_decodes_without_allocating() {
     );
     assert_eq!(after - before, 0, "allocations while decoding {n} requests");
 
-    // Head first, as the proxy decodes, then the rest on demand: nothing either. (In
-    // this test, not a second one: the counter is process-wide and tests run in
-    // parallel.)
+    // Head first, as the proxy decodes, then the rest on demand: nothing either.
     let response = ResponseFrame::string(2, "ok")
         .with_attachments(&[("backend", "v1"), ("zone", "a")])
         .encode();
@@ -84,7 +104,7 @@ fn typical_request_metadata_decodes_without_allocating() {
     let mut up = DubboCodec::new(Side::Upstream, DEFAULT_MAX_FRAME_SIZE).with_lazy_metadata(true);
     drop(down.decode(&mut requests).unwrap().unwrap());
     drop(up.decode(&mut responses).unwrap().unwrap());
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocs();
     for _ in 0..n {
         let mut req = down.decode(&mut requests).unwrap().unwrap();
         let mut resp = up.decode(&mut responses).unwrap().unwrap();
@@ -94,7 +114,7 @@ fn typical_request_metadata_decodes_without_allocating() {
         assert_eq!(req.metadata().len(), 7);
         assert_eq!(resp.metadata().get("backend"), Some("v1"));
     }
-    let after = ALLOCATIONS.load(Ordering::Relaxed);
+    let after = allocs();
     assert_eq!(
         after - before,
         0,
