@@ -15,8 +15,9 @@
 #   CONNECTIONS=256 scripts/callgrind-diff.sh thrift 16   # 256 client connections (the
 #       runs then take 10,000 and 60,000 requests, so that the pipelines fill first)
 #   RUNS=5 scripts/callgrind-diff.sh dubbo 1        # five measurements and their median:
-#       runs of one binary differ by up to about 90 instructions at pipeline 1 (how the
-#       16 clients' requests fall into wake-ups), so compare medians near a threshold
+#       runs of one binary differ at pipeline 1 (how the 16 clients' requests fall into
+#       wake-ups): by up to about 90 instructions while idle parks emptied the buffer
+#       pool, about 15 since; compare medians near a threshold
 #
 # Needs valgrind; builds the release binary and the harness when METAPROXY is not given.
 # Leaves the profiles in target/callgrind-diff/ for callgrind_annotate.

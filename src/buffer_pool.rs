@@ -15,7 +15,10 @@
 //! the worker (until the requests were written and the replies encoded): such a spent
 //! tail waits in a second, short list ([`SPENT_MAX`]) and is reclaimed from there when
 //! the free list runs dry, instead of a new buffer being allocated and the old one
-//! freed. So steady traffic allocates nothing, however many clients pipeline at once.
+//! freed. So steady traffic allocates nothing, as long as the tails' frames go within a
+//! turn or two. With hundreds of clients each with many requests in flight, frames live
+//! longer, tails overflow that list and a new buffer is made now and then (one per 180
+//! to 1,200 requests at 256 clients × 16 in flight, under callgrind).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;

@@ -383,7 +383,28 @@ impl Drop for Proc {
     }
 }
 
+/// A port to listen on that no outgoing connection can be using: below the kernel's
+/// ephemeral range. A port the kernel hands out for `:0` may meanwhile become the local
+/// port of one of the idle-memory step's 10,000 client connections (or the proxy's to
+/// the backends), and a proxy started later then fails to bind it (HAProxy did, once).
 fn free_port() -> Result<u16> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let low = 10_000u32;
+    if ephemeral_from > low + 1000 {
+        let span = ephemeral_from - low;
+        let start = std::process::id() % span;
+        for _ in 0..1000 {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = u16::try_from(low + (start + n * 7) % span)?;
+            if StdListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
