@@ -118,9 +118,7 @@ fn trim_if_idle_at(now: Instant) {
 /// a spent tail), keeping any partial frame. Never loses bytes.
 #[inline]
 pub(crate) fn ready_for_read(buf: &mut BytesMut) {
-    if buf.capacity() == 0 {
-        take_into(buf);
-    } else if buf.capacity() - buf.len() < MIN_ROOM {
+    if buf.capacity() - buf.len() < MIN_ROOM {
         refill(buf);
     }
 }
@@ -140,9 +138,21 @@ fn take_into(buf: &mut BytesMut) {
     });
 }
 
-/// Makes room in a buffer that has run short: reclaims its own allocation in place,
-/// or moves its partial frame into a buffer from the pool and sets the spent tail aside.
+/// Makes room in a buffer that has run short: one from the pool when it holds none
+/// (the short, common path), else [`refill_spent`].
+#[inline]
 fn refill(buf: &mut BytesMut) {
+    if buf.capacity() == 0 {
+        take_into(buf);
+    } else {
+        refill_spent(buf);
+    }
+}
+
+/// Makes room in a buffer with an allocation that has run short: reclaims the
+/// allocation in place, or moves its partial frame into a buffer from the pool and
+/// sets the spent tail aside.
+fn refill_spent(buf: &mut BytesMut) {
     let len = buf.len();
     if len > BUFFER_SIZE - MIN_ROOM {
         // A partial frame too large for a fresh buffer's room: grow its own buffer.
@@ -170,11 +180,7 @@ fn refill(buf: &mut BytesMut) {
 #[inline]
 pub(crate) fn ready_for_write(buf: &mut BytesMut) {
     if buf.is_empty() && buf.capacity() < MIN_ROOM {
-        if buf.capacity() == 0 {
-            take_into(buf);
-        } else {
-            refill(buf);
-        }
+        refill(buf);
     }
 }
 
