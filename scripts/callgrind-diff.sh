@@ -14,6 +14,8 @@
 #       instructions per request, by function (scripts/atomics-per-request.py)
 #   CONNECTIONS=256 scripts/callgrind-diff.sh thrift 16   # 256 client connections (the
 #       runs then take 10,000 and 60,000 requests, so that the pipelines fill first)
+#   FIRST=60000 LAST=160000 CONNECTIONS=256 scripts/callgrind-diff.sh thrift 16   # other
+#       run lengths (to tell what the first requests cost from what every request does)
 #   RUNS=5 scripts/callgrind-diff.sh dubbo 1        # five measurements and their median:
 #       runs of one binary differ at pipeline 1 (how the 16 clients' requests fall into
 #       wake-ups): by up to about 90 instructions while idle parks emptied the buffer
@@ -29,7 +31,7 @@ PAY=${3:-128}
 MP=${4:-}
 command -v valgrind >/dev/null || { echo "callgrind-diff: valgrind is not installed" >&2; exit 1; }
 CONNS=${CONNECTIONS:-16}
-if [ "$CONNS" -gt 16 ]; then FIRST=10000; LAST=60000; else FIRST=2000; LAST=22000; fi
+if [ "$CONNS" -gt 16 ]; then FIRST=${FIRST:-10000}; LAST=${LAST:-60000}; else FIRST=${FIRST:-2000}; LAST=${LAST:-22000}; fi
 OUT=target/callgrind-diff/$PROTO-p$PIPE-$PAY
 [ "$CONNS" = 16 ] || OUT=target/callgrind-diff/$PROTO-c$CONNS-p$PIPE-$PAY
 # shellcheck source=scripts/serve-harness.sh

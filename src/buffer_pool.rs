@@ -10,15 +10,23 @@
 //! ever holds the unused tail. A worker that goes idle empties its pool
 //! ([`trim_when_idle`]).
 //!
-//! A tail runs out of room after a few hundred small frames. Its allocation is taken
-//! back whole once no frame cut from it is alive any more, which takes a turn or two of
-//! the worker (until the requests were written and the replies encoded): such a spent
-//! tail waits in a second, short list ([`SPENT_MAX`]) and is reclaimed from there when
+//! Replies to a client wait in its write buffer until the end of the worker's turn
+//! ([`crate::turn_end`]), so with hundreds of clients hundreds of write buffers are
+//! held at once, each with a few replies. Those come from a second free list of small
+//! buffers ([`SMALL_SIZE`], at most [`SMALL_MAX`] kept) when the client's replies in
+//! flight fit one ([`ready_for_reply`]); a client whose replies outgrow it moves them
+//! into a full-size buffer. With a full-size buffer per client, 256 clients × 16 in
+//! flight needed about 256 of them at the end of a turn and 64 or fewer in between:
+//! the free list overflowed and ran dry by turns, and a buffer was allocated (and
+//! another freed) every 100 or so requests.
+//!
+//! A read tail runs out of room after a few hundred small frames. Its allocation is
+//! taken back whole once no frame cut from it is alive any more, which takes a turn or
+//! two of the worker (until the requests were written and the replies encoded): such a
+//! spent tail waits in a third list ([`SPENT_MAX`]) and is reclaimed from there when
 //! the free list runs dry, instead of a new buffer being allocated and the old one
-//! freed. So steady traffic allocates nothing, as long as the tails' frames go within a
-//! turn or two. With hundreds of clients each with many requests in flight, frames live
-//! longer, tails overflow that list and a new buffer is made now and then (one per 180
-//! to 1,200 requests at 256 clients × 16 in flight, under callgrind).
+//! freed. So steady traffic allocates nothing: the lists grow to what the worker's
+//! connections held at once (within their bounds) and stay until the worker is idle.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -30,19 +38,26 @@ use bytes::BytesMut;
 pub(crate) const BUFFER_SIZE: usize = 32 * 1024;
 /// Room a read or an encode wants in a buffer: below it, the buffer is refilled.
 const MIN_ROOM: usize = BUFFER_SIZE / 4;
-/// Free buffers kept per worker thread: with [`BUFFER_SIZE`] at most 2 MiB per worker,
-/// held only while the worker is busy ([`trim_when_idle`]). A connection holds a buffer
-/// only while it reads or writes, but with hundreds of pipelined clients that is many
-/// at once: with room for 16, 256 clients × 16 in flight allocated and freed a buffer
-/// every 17 requests (and the allocator returned their pages, which the next ones
-/// faulted in again); with 64, every 70 (both counted under callgrind).
-pub(crate) const POOL_MAX: usize = 64;
+/// Free buffers kept per worker thread: at most 8 MiB per worker at [`BUFFER_SIZE`]
+/// (16 MiB if all grew to [`POOL_MAX_CAPACITY`]), held only while the worker is busy
+/// ([`trim_when_idle`]), and only as many as its connections held at once. With
+/// hundreds of pipelined clients that is many: upstream connections by the dozen each
+/// hold a read buffer with a partial frame, and write buffers wait for the end of the
+/// turn. Counted under callgrind at 256 clients × 16 in flight: with room for 16, a
+/// buffer was allocated and another freed every 17 requests; with 64, every 70 (and
+/// every 100 or so once replies took small buffers); with 256, none after warm-up.
+pub(crate) const POOL_MAX: usize = 256;
 /// Spent tails kept per worker thread until their allocation can be taken back: at most
-/// 64 allocations of [`BUFFER_SIZE`] (2 MiB), which frames still in flight hold alive
-/// anyway when a tail is set aside; the oldest is dropped (and freed with its last
-/// frame) when more come. With 16, 64 clients × 8 in flight still allocated a buffer
-/// every few hundred requests: tails were dropped before their frames were gone.
-pub(crate) const SPENT_MAX: usize = 64;
+/// 256 allocations, which frames still in flight hold alive anyway when a tail is set
+/// aside; the oldest is dropped (and freed with its last frame) when more come. With
+/// 64, Dubbo at 256 clients × 16 in flight dropped tails before their frames were gone
+/// and allocated a buffer every 3,000 or so requests; with 256, none after warm-up.
+pub(crate) const SPENT_MAX: usize = 256;
+/// Size of a small buffer, for a client's replies: 16 replies of 128 bytes fit.
+pub(crate) const SMALL_SIZE: usize = 4 * 1024;
+/// Small buffers kept per worker thread: at most 1 MiB, held only while the worker is
+/// busy ([`trim_when_idle`]); one per client with replies waiting for the end of a turn.
+pub(crate) const SMALL_MAX: usize = 256;
 /// Spent tails looked at before a new buffer is allocated.
 const RECLAIM_TRIES: usize = 4;
 /// Buffers that grew beyond this (a large frame) are freed instead of kept.
@@ -59,6 +74,8 @@ const IDLE_AFTER: Duration = Duration::from_millis(100);
 struct Pool {
     /// Empty buffers with at least [`MIN_ROOM`] free, the last given back on top.
     free: Vec<BytesMut>,
+    /// Empty small buffers ([`SMALL_SIZE`]), the last given back on top.
+    small: Vec<BytesMut>,
     /// Empty tails with less room, oldest first, whose allocations are taken back once
     /// the frames cut from them are gone.
     spent: VecDeque<BytesMut>,
@@ -74,6 +91,7 @@ thread_local! {
     static POOL: RefCell<Pool> = const {
         RefCell::new(Pool {
             free: Vec::new(),
+            small: Vec::new(),
             spent: VecDeque::new(),
             traffic: 0,
             traffic_at_park: 0,
@@ -105,9 +123,10 @@ fn trim_if_idle_at(now: Instant) {
         } else if pool
             .busy_at
             .is_none_or(|busy| now.saturating_duration_since(busy) >= IDLE_AFTER)
-            && (pool.free.capacity() > 0 || pool.spent.capacity() > 0)
+            && (pool.free.capacity() > 0 || pool.small.capacity() > 0 || pool.spent.capacity() > 0)
         {
             pool.free = Vec::new();
+            pool.small = Vec::new();
             pool.spent = VecDeque::new();
         }
     });
@@ -175,13 +194,62 @@ fn refill_spent(buf: &mut BytesMut) {
     give_back(&mut spent);
 }
 
-/// Makes sure a connection's write buffer has room to encode into: takes one from the
-/// pool when it holds nothing to write and too little room.
+/// Makes sure a connection's write buffer has `need` bytes of room to encode a message
+/// into: takes a buffer from the pool when it holds nothing to write, and moves what it
+/// holds into a fresh one when that and the message fit one ([`write_room`]).
 #[inline]
-pub(crate) fn ready_for_write(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.capacity() < MIN_ROOM {
-        refill(buf);
+pub(crate) fn ready_for_write(buf: &mut BytesMut, need: usize) {
+    if buf.capacity() - buf.len() < need {
+        write_room(buf, need, false);
     }
+}
+
+/// [`ready_for_write`] for a client connection's reply, when `expected` is about what
+/// its replies in flight come to: a small buffer when those fit one ([`SMALL_SIZE`]),
+/// else a full-size one.
+#[inline]
+pub(crate) fn ready_for_reply(buf: &mut BytesMut, need: usize, expected: usize) {
+    if buf.capacity() - buf.len() < need {
+        write_room(buf, need, need.max(expected) <= SMALL_SIZE);
+    }
+}
+
+/// Makes room for `need` bytes in a write buffer short of it. An empty one gets a
+/// buffer from the pool (`small` or full-size). One holding bytes that, with the
+/// message, fit a full-size buffer moves them into one from the pool: a small buffer
+/// outgrown, or a pooled read tail with little room. Left as it is, the codec would
+/// grow it, which allocates (the tail's allocation is shared with frames still alive).
+/// Bigger batches are left to the codec.
+fn write_room(buf: &mut BytesMut, need: usize, small: bool) {
+    if buf.is_empty() {
+        if buf.capacity() > 0 {
+            give_back(buf);
+        }
+        if small {
+            take_small_into(buf);
+        } else {
+            take_into(buf);
+        }
+    } else if buf.len() + need <= BUFFER_SIZE {
+        let mut outgrown = std::mem::take(buf);
+        take_into(buf);
+        buf.extend_from_slice(&outgrown);
+        outgrown.clear();
+        give_back(&mut outgrown);
+    }
+}
+
+/// Gives an empty connection buffer (holding nothing) a small one from the pool.
+fn take_small_into(buf: &mut BytesMut) {
+    *buf = POOL
+        .with(|p| match p.try_borrow_mut() {
+            Ok(mut pool) => {
+                pool.traffic = pool.traffic.wrapping_add(1);
+                pool.small.pop()
+            }
+            Err(_) => None,
+        })
+        .unwrap_or_else(|| BytesMut::with_capacity(SMALL_SIZE));
 }
 
 /// Gives a connection's buffer back to the pool once it holds no bytes (its frames
@@ -205,11 +273,12 @@ fn give_back(buf: &mut BytesMut) {
                     if pool.free.len() < POOL_MAX {
                         pool.free.push(std::mem::take(buf));
                     }
-                } else {
-                    if pool.spent.len() >= SPENT_MAX {
-                        pool.spent.pop_front();
+                } else if cap == SMALL_SIZE {
+                    if pool.small.len() < SMALL_MAX {
+                        pool.small.push(std::mem::take(buf));
                     }
-                    pool.spent.push_back(std::mem::take(buf));
+                } else {
+                    pool.set_aside(buf);
                 }
             }
         });
@@ -220,6 +289,27 @@ fn give_back(buf: &mut BytesMut) {
 }
 
 impl Pool {
+    /// Keeps an empty buffer with too little room for a read: a tail whose allocation
+    /// is taken back whole when no frame holds it any more (right now, or later from
+    /// the spent list), or a small buffer that wrote part of its bytes at a time.
+    #[cold]
+    fn set_aside(&mut self, buf: &mut BytesMut) {
+        if buf.try_reclaim(BUFFER_SIZE) {
+            if self.free.len() < POOL_MAX {
+                self.free.push(std::mem::take(buf));
+            }
+        } else if buf.try_reclaim(SMALL_SIZE) && buf.capacity() == SMALL_SIZE {
+            if self.small.len() < SMALL_MAX {
+                self.small.push(std::mem::take(buf));
+            }
+        } else {
+            if self.spent.len() >= SPENT_MAX {
+                self.spent.pop_front();
+            }
+            self.spent.push_back(std::mem::take(buf));
+        }
+    }
+
     /// A buffer when the free list is empty: the oldest spent tail whose frames are all
     /// gone (up to [`RECLAIM_TRIES`] looked at; one still in use goes to the back), or a
     /// new one.
@@ -244,6 +334,12 @@ fn pooled() -> usize {
     POOL.with(|p| p.borrow().free.len())
 }
 
+/// Small buffers in this thread's pool.
+#[cfg(test)]
+fn small() -> usize {
+    POOL.with(|p| p.borrow().small.len())
+}
+
 /// Spent tails in this thread's pool.
 #[cfg(test)]
 fn spent() -> usize {
@@ -253,6 +349,7 @@ fn spent() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Buf;
 
     #[test]
     fn buffers_go_round_without_new_allocations() {
@@ -413,5 +510,94 @@ mod tests {
         assert_eq!(buf.len(), 20 * 1024, "nothing lost");
         assert!(buf.iter().all(|&b| b == 2));
         assert!(buf.capacity() - buf.len() >= MIN_ROOM);
+    }
+
+    #[test]
+    fn replies_that_fit_a_small_buffer_take_one_and_it_comes_back_whole() {
+        let mut wbuf = BytesMut::new();
+        // 16 replies of 200 bytes in flight: a small buffer.
+        ready_for_reply(&mut wbuf, 200, 16 * 200);
+        assert_eq!(wbuf.capacity(), SMALL_SIZE);
+        let ptr = wbuf.as_ptr();
+        wbuf.extend_from_slice(&[5u8; 200]);
+        ready_for_reply(&mut wbuf, 200, 15 * 200);
+        assert_eq!(wbuf.as_ptr(), ptr, "room left: the same buffer");
+        // Written in full (as `socket_io::write_once` does) and released.
+        wbuf.clear();
+        release(&mut wbuf);
+        assert_eq!((small(), pooled()), (1, 0), "back in the small list");
+        let mut next = BytesMut::new();
+        ready_for_reply(&mut next, 200, 200);
+        assert_eq!(next.as_ptr(), ptr, "the next client reuses it");
+        assert_eq!(small(), 0);
+    }
+
+    #[test]
+    fn many_replies_or_a_large_one_take_a_full_size_buffer() {
+        let mut many = BytesMut::new();
+        ready_for_reply(&mut many, 200, 64 * 200);
+        assert!(many.capacity() >= BUFFER_SIZE);
+        let mut large = BytesMut::new();
+        ready_for_reply(&mut large, 5000, 5000);
+        assert!(large.capacity() >= BUFFER_SIZE);
+        assert_eq!(small(), 0);
+    }
+
+    #[test]
+    fn replies_that_outgrow_a_small_buffer_move_to_a_full_size_one() {
+        let mut wbuf = BytesMut::new();
+        ready_for_reply(&mut wbuf, 200, 200);
+        wbuf.extend_from_slice(&vec![9u8; SMALL_SIZE - 100]);
+        ready_for_reply(&mut wbuf, 200, 200);
+        assert!(
+            wbuf.capacity() >= BUFFER_SIZE,
+            "moved to a full-size buffer"
+        );
+        assert_eq!(wbuf.len(), SMALL_SIZE - 100, "nothing lost");
+        assert!(wbuf.iter().all(|&b| b == 9));
+        assert_eq!(small(), 1, "the small one went back to the pool");
+    }
+
+    #[test]
+    fn a_small_buffer_written_in_parts_goes_back_whole() {
+        let mut wbuf = BytesMut::new();
+        ready_for_reply(&mut wbuf, 200, 200);
+        let ptr = wbuf.as_ptr();
+        wbuf.extend_from_slice(&[1u8; 300]);
+        // Two partial writes leave it empty with less room than it started with.
+        wbuf.advance(100);
+        wbuf.advance(200);
+        assert!(wbuf.capacity() < SMALL_SIZE);
+        release(&mut wbuf);
+        assert_eq!(
+            (small(), spent()),
+            (1, 0),
+            "taken back whole, not set aside"
+        );
+        let mut next = BytesMut::new();
+        ready_for_reply(&mut next, 200, 200);
+        assert_eq!((next.as_ptr(), next.capacity()), (ptr, SMALL_SIZE));
+    }
+
+    #[test]
+    fn a_spent_tail_no_frame_holds_any_more_goes_straight_back_to_the_free_list() {
+        let mut buf = BytesMut::with_capacity(BUFFER_SIZE);
+        buf.extend_from_slice(&vec![0u8; BUFFER_SIZE - 100]);
+        drop(buf.split().freeze());
+        release(&mut buf);
+        assert_eq!((pooled(), spent()), (1, 0));
+    }
+
+    #[test]
+    fn the_small_list_is_bounded_and_emptied_when_idle() {
+        for _ in 0..SMALL_MAX + 5 {
+            let mut b = BytesMut::with_capacity(SMALL_SIZE);
+            release(&mut b);
+        }
+        assert_eq!(small(), SMALL_MAX);
+        let t0 = Instant::now();
+        trim_if_idle_at(t0);
+        trim_if_idle_at(t0 + IDLE_AFTER);
+        assert_eq!(small(), 0);
     }
 }

@@ -71,6 +71,11 @@ const MAX_STALE_RETRIES: u8 = 16;
 /// A connection's share of the process-wide buffer budget is brought up to date when it
 /// changed by this much (or dropped to zero).
 const BUDGET_STEP: usize = 16 * 1024;
+/// Room asked for a reply beyond its frame as the backend sent it: headers a route or a
+/// drain adds.
+const REPLY_SLACK: usize = 128;
+/// Room asked for a reply made here (an error reply, a heartbeat answer).
+const LOCAL_REPLY_ROOM: usize = 512;
 
 /// What an access log entry needs from the start of a request.
 /// Boxed where it is kept or passed (`Option<Box<LogStart>>`): a request carries it
@@ -735,6 +740,7 @@ impl Downstream {
             MessageKind::Request | MessageKind::OneWay => self.dispatch(slot),
             MessageKind::Heartbeat => {
                 let Some(msg) = slot.as_ref() else { return };
+                buffer_pool::ready_for_reply(&mut self.wbuf, LOCAL_REPLY_ROOM, LOCAL_REPLY_ROOM);
                 if let Err(e) = self.codec.encode_heartbeat_reply(msg, &mut self.wbuf) {
                     tracing::debug!(error = %e, "cannot answer heartbeat");
                 }
@@ -750,6 +756,7 @@ impl Downstream {
         if ctx.one_way {
             return 0;
         }
+        buffer_pool::ready_for_reply(&mut self.wbuf, LOCAL_REPLY_ROOM, LOCAL_REPLY_ROOM);
         let before = self.wbuf.len();
         let reply = LocalReply::new(kind, message);
         if let Err(e) = self.codec.encode_local_reply(ctx, &reply, &mut self.wbuf) {
@@ -1218,7 +1225,9 @@ impl Downstream {
         if let Some(notice) = &self.drain_notice {
             msg.add_shared_mutations(notice);
         }
-        buffer_pool::ready_for_write(&mut self.wbuf);
+        let frame = msg.frame().len();
+        let expected = frame * (self.inflight.len() + 1) + REPLY_SLACK;
+        buffer_pool::ready_for_reply(&mut self.wbuf, frame + REPLY_SLACK, expected);
         let before = self.wbuf.len();
         let log = f.log.take();
         let endpoint = Some(f.endpoint().addr);

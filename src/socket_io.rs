@@ -55,7 +55,13 @@ pub(crate) fn write_once(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<u
     });
     match sent {
         Ok(n) => {
-            buf.advance(n);
+            if n == buf.len() {
+                // All written: the buffer keeps its whole room (a small reply buffer
+                // goes back to the pool as one).
+                buf.clear();
+            } else {
+                buf.advance(n);
+            }
             crate::buffer_pool::release(buf);
             Ok(n)
         }
