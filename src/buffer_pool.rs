@@ -44,8 +44,8 @@ const MIN_ROOM: usize = BUFFER_SIZE / 4;
 /// hundreds of pipelined clients that is many: upstream connections by the dozen each
 /// hold a read buffer with a partial frame, and write buffers wait for the end of the
 /// turn. Counted under callgrind at 256 clients × 16 in flight: with room for 16, a
-/// buffer was allocated and another freed every 17 requests; with 64, every 70 (and
-/// every 100 or so once replies took small buffers); with 256, none after warm-up.
+/// buffer was allocated and another freed every 17 requests; with 64, every 70 (replies
+/// in full-size buffers then); with 256 (and [`SPENT_MAX`] 256), none after warm-up.
 pub(crate) const POOL_MAX: usize = 256;
 /// Spent tails kept per worker thread until their allocation can be taken back: at most
 /// 256 allocations, which frames still in flight hold alive anyway when a tail is set
