@@ -295,7 +295,8 @@ impl Pool {
     #[cold]
     fn set_aside(&mut self, buf: &mut BytesMut) {
         if buf.try_reclaim(BUFFER_SIZE) {
-            if self.free.len() < POOL_MAX {
+            // Taken back whole: a buffer that grew for a large frame is freed here.
+            if buf.capacity() <= POOL_MAX_CAPACITY && self.free.len() < POOL_MAX {
                 self.free.push(std::mem::take(buf));
             }
         } else if buf.try_reclaim(SMALL_SIZE) && buf.capacity() == SMALL_SIZE {
@@ -599,5 +600,21 @@ mod tests {
         trim_if_idle_at(t0);
         trim_if_idle_at(t0 + IDLE_AFTER);
         assert_eq!(small(), 0);
+    }
+
+    #[test]
+    fn a_grown_buffer_taken_back_whole_is_freed_not_kept() {
+        let mut grown = BytesMut::with_capacity(4 * BUFFER_SIZE);
+        grown.extend_from_slice(&vec![0u8; 4 * BUFFER_SIZE - 100]);
+        // Written out: empty, with less than a read's room left at its end.
+        grown.advance(4 * BUFFER_SIZE - 100);
+        assert!(grown.capacity() < MIN_ROOM);
+        release(&mut grown);
+        assert_eq!(
+            (pooled(), small(), spent()),
+            (0, 0, 0),
+            "128 KiB is past the bound"
+        );
+        assert_eq!(grown.capacity(), 0);
     }
 }
