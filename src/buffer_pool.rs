@@ -58,6 +58,9 @@ pub(crate) const SMALL_SIZE: usize = 4 * 1024;
 /// Small buffers kept per worker thread: at most 1 MiB, held only while the worker is
 /// busy ([`trim_when_idle`]); one per client with replies waiting for the end of a turn.
 pub(crate) const SMALL_MAX: usize = 256;
+/// Room asked for beyond a forwarded frame's own bytes when it is encoded into a write
+/// buffer: the headers its route (or a drain) adds.
+pub(crate) const MUTATION_ROOM: usize = 128;
 /// Spent tails looked at before a new buffer is allocated.
 const RECLAIM_TRIES: usize = 4;
 /// Buffers that grew beyond this (a large frame) are freed instead of kept.
@@ -181,17 +184,21 @@ fn refill_spent(buf: &mut BytesMut) {
     if buf.try_reclaim(BUFFER_SIZE - len) {
         return;
     }
-    let mut spent = std::mem::take(buf);
-    take_into(buf);
-    if len > 0 {
-        buf.extend_from_slice(&spent);
-        spent.clear();
-        if buf.capacity() - buf.len() < MIN_ROOM {
-            // A small pooled buffer: grow it rather than read into too little room.
-            buf.reserve(MIN_ROOM);
-        }
+    move_into_pooled(buf);
+    if buf.capacity() - buf.len() < MIN_ROOM {
+        // A small pooled buffer: grow it rather than read into too little room.
+        buf.reserve(MIN_ROOM);
     }
-    give_back(&mut spent);
+}
+
+/// Moves what `buf` holds into a buffer from the pool, and gives its old allocation
+/// back (set aside as a spent tail while frames cut from it are alive).
+fn move_into_pooled(buf: &mut BytesMut) {
+    let mut old = std::mem::take(buf);
+    take_into(buf);
+    buf.extend_from_slice(&old);
+    old.clear();
+    give_back(&mut old);
 }
 
 /// Makes sure a connection's write buffer has `need` bytes of room to encode a message
@@ -231,11 +238,7 @@ fn write_room(buf: &mut BytesMut, need: usize, small: bool) {
             take_into(buf);
         }
     } else if buf.len() + need <= BUFFER_SIZE {
-        let mut outgrown = std::mem::take(buf);
-        take_into(buf);
-        buf.extend_from_slice(&outgrown);
-        outgrown.clear();
-        give_back(&mut outgrown);
+        move_into_pooled(buf);
     }
 }
 

@@ -71,9 +71,6 @@ const MAX_STALE_RETRIES: u8 = 16;
 /// A connection's share of the process-wide buffer budget is brought up to date when it
 /// changed by this much (or dropped to zero).
 const BUDGET_STEP: usize = 16 * 1024;
-/// Room asked for a reply beyond its frame as the backend sent it: headers a route or a
-/// drain adds.
-const REPLY_SLACK: usize = 128;
 /// Room asked for a reply made here (an error reply, a heartbeat answer).
 const LOCAL_REPLY_ROOM: usize = 512;
 
@@ -1226,8 +1223,8 @@ impl Downstream {
             msg.add_shared_mutations(notice);
         }
         let frame = msg.frame().len();
-        let expected = frame * (self.inflight.len() + 1) + REPLY_SLACK;
-        buffer_pool::ready_for_reply(&mut self.wbuf, frame + REPLY_SLACK, expected);
+        let expected = frame * (self.inflight.len() + 1) + buffer_pool::MUTATION_ROOM;
+        buffer_pool::ready_for_reply(&mut self.wbuf, frame + buffer_pool::MUTATION_ROOM, expected);
         let before = self.wbuf.len();
         let log = f.log.take();
         let endpoint = Some(f.endpoint().addr);

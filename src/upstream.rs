@@ -43,9 +43,6 @@ const MUX_SPREAD_THRESHOLD: u32 = 64;
 /// rest wait in the connection's queue, where a request whose deadline passes is
 /// dropped instead of being written late.
 const WRITE_BATCH: usize = 256 * 1024;
-/// Room asked for a request beyond its frame as the client sent it: headers its route
-/// adds.
-const ENCODE_SLACK: usize = 128;
 /// Why a connection that the backend told to go away, or that was idle, closed.
 const DRAINED: &str = "drained";
 /// How often expired entries are swept and timeouts checked (at most; shorter
@@ -381,7 +378,10 @@ impl ConnInner {
         let two_way = msg.kind() == MessageKind::Request;
         let id = st.pending.next_free_id();
         msg.set_request_id(u64::from(id));
-        buffer_pool::ready_for_write(&mut self.wbuf, msg.frame().len() + ENCODE_SLACK);
+        buffer_pool::ready_for_write(
+            &mut self.wbuf,
+            msg.frame().len() + buffer_pool::MUTATION_ROOM,
+        );
         let before = self.wbuf.len();
         if let Err(e) = io.codec.encode(msg, &mut self.wbuf) {
             crate::observe::rate_limited!(tracing::Level::WARN, error = %e, "cannot encode request for upstream");

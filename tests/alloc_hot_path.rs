@@ -45,11 +45,7 @@ const MEASURED_256: usize = 51_200;
 
 #[test]
 fn proxy_allocations_per_request() {
-    let count = allocations(1, 1, WARMUP, MEASURED);
-    assert!(
-        count <= MAX_ALLOCATIONS,
-        "{count} allocations over {MEASURED} requests from one client"
-    );
+    assert_allocations_at_most(1, 1, WARMUP, MEASURED, MAX_ALLOCATIONS);
 }
 
 #[test]
@@ -58,11 +54,7 @@ fn proxy_allocations_per_request_with_many_pipelining_clients() {
     // still alive when the read buffer they were cut from runs out of room. Spent
     // 32 KiB buffers replaced instead of taken back show here as hundreds of
     // allocations.
-    let count = allocations(64, 8, WARMUP, MEASURED);
-    assert!(
-        count <= MAX_ALLOCATIONS_PIPELINED,
-        "{count} allocations over {MEASURED} requests from 64 pipelining clients"
-    );
+    assert_allocations_at_most(64, 8, WARMUP, MEASURED, MAX_ALLOCATIONS_PIPELINED);
 }
 
 #[test]
@@ -70,10 +62,21 @@ fn proxy_allocations_per_request_with_hundreds_of_pipelining_clients() {
     // 256 connections × 16 in flight: one backend read answers most clients, whose
     // replies all wait in their write buffers for the end of the turn. A full-size
     // buffer for each made the pool overflow and run dry by turns.
-    let count = allocations(256, 16, WARMUP_256, MEASURED_256);
+    assert_allocations_at_most(256, 16, WARMUP_256, MEASURED_256, MAX_ALLOCATIONS_256);
+}
+
+/// Checks that [`allocations`] counts at most `max`.
+fn assert_allocations_at_most(
+    clients: usize,
+    in_flight: usize,
+    warmup: usize,
+    measured: usize,
+    max: u64,
+) {
+    let count = allocations(clients, in_flight, warmup, measured);
     assert!(
-        count <= MAX_ALLOCATIONS_256,
-        "{count} allocations over {MEASURED_256} requests from 256 pipelining clients"
+        count <= max,
+        "{count} allocations over {measured} requests from {clients} client(s) × {in_flight} in flight (at most {max})"
     );
 }
 
