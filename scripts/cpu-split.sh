@@ -11,6 +11,8 @@
 #   PROFILE=1 scripts/cpu-split.sh dubbo 16 16           # and a perf profile of metaproxy
 #   SYSCALLS=1 scripts/cpu-split.sh thrift 16 16         # and syscalls per request by kind
 #   BACKENDS_SCHED=batch scripts/cpu-split.sh thrift 16 16
+#   SINGLE=1 scripts/cpu-split.sh thrift 1 16            # both proxies on their route
+#       without the split (everything to v1, as the matrix's →v1 cases)
 #
 # Times and minor page faults come from /proc/PID/stat; times are in clock ticks, so a
 # run should last a second or more (REQUESTS, default 600,000). Context switches per
@@ -62,6 +64,13 @@ MP_ADDR=$(echo "$LINE" | grep -o 'metaproxy [0-9.:]*' | cut -d' ' -f2)
 MP_PID=$(echo "$LINE" | grep -o '(pid [0-9]*)' | head -1 | tr -dc '0-9')
 HA_ADDR=$(echo "$LINE" | grep -o 'haproxy [0-9.:]*' | cut -d' ' -f2)
 [ -n "$MP_PID" ] || { echo "cpu-split: the harness did not start metaproxy: $LINE" >&2; exit 1; }
+if [ -n "${SINGLE:-}" ]; then
+    # The listeners whose route sends everything to v1: metaproxy's "<protocol>-single"
+    # and HAProxy's "<protocol>_single" frontend.
+    MP_ADDR=$(awk -v n="$PROTO-single" '$0 ~ "name: " n "$" { f = 1 } f && /address:/ { print $2; exit }' "$OUT/metaproxy.yaml")
+    HA_ADDR=$(awk -v n="${PROTO}_single" '$1 == "frontend" && $2 == n { f = 1 } f && $1 == "bind" { print $2; exit }' "$OUT/haproxy.cfg")
+    [ -n "$MP_ADDR" ] && [ -n "$HA_ADDR" ] || { echo "cpu-split: SINGLE=1: no single-backend listener in the harness's configs" >&2; exit 1; }
+fi
 # The harness pins itself (the echo backends, all its threads) and metaproxy to CPU 1
 # already, as in the matrix; both are pinned again here so that the split does not
 # depend on the harness's defaults.
@@ -88,7 +97,7 @@ if [ -n "${PROFILE:-}" ]; then
     PERFPID=$!
     sleep 0.3
 fi
-echo "$PROTO ${CONNS}c×$PIPE ${PAY} B, $REQUESTS requests per run${BACKENDS_SCHED:+, echo backends under SCHED_BATCH}; per request: CPU µs (user + system), minor page faults, context switches (voluntary + involuntary):"
+echo "$PROTO ${CONNS}c×$PIPE ${PAY} B${SINGLE:+ →v1 (no split)}, $REQUESTS requests per run${BACKENDS_SCHED:+, echo backends under SCHED_BATCH}; per request: CPU µs (user + system), minor page faults, context switches (voluntary + involuntary):"
 for run in $(seq 1 "$RUNS"); do
     for target in metaproxy haproxy; do
         if [ "$target" = metaproxy ]; then PID=$MP_PID; ADDR=$MP_ADDR; else PID=$HAPID; ADDR=$HA_ADDR; fi
