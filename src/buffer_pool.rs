@@ -184,7 +184,7 @@ fn refill_spent(buf: &mut BytesMut) {
     if buf.try_reclaim(BUFFER_SIZE - len) {
         return;
     }
-    move_into_pooled(buf);
+    move_into_pooled(buf, Origin::Read);
     if buf.capacity() - buf.len() < MIN_ROOM {
         // A small pooled buffer: grow it rather than read into too little room.
         buf.reserve(MIN_ROOM);
@@ -193,12 +193,12 @@ fn refill_spent(buf: &mut BytesMut) {
 
 /// Moves what `buf` holds into a buffer from the pool, and gives its old allocation
 /// back (set aside as a spent tail while frames cut from it are alive).
-fn move_into_pooled(buf: &mut BytesMut) {
+fn move_into_pooled(buf: &mut BytesMut, origin: Origin) {
     let mut old = std::mem::take(buf);
     take_into(buf);
     buf.extend_from_slice(&old);
     old.clear();
-    give_back(&mut old);
+    give_back(&mut old, origin);
 }
 
 /// Makes sure a connection's write buffer has `need` bytes of room to encode a message
@@ -230,7 +230,7 @@ pub(crate) fn ready_for_reply(buf: &mut BytesMut, need: usize, expected: usize) 
 fn write_room(buf: &mut BytesMut, need: usize, small: bool) {
     if buf.is_empty() {
         if buf.capacity() > 0 {
-            give_back(buf);
+            give_back(buf, Origin::Write);
         }
         if small {
             take_small_into(buf);
@@ -238,7 +238,7 @@ fn write_room(buf: &mut BytesMut, need: usize, small: bool) {
             take_into(buf);
         }
     } else if buf.len() + need <= BUFFER_SIZE {
-        move_into_pooled(buf);
+        move_into_pooled(buf, Origin::Write);
     }
 }
 
@@ -255,18 +255,38 @@ fn take_small_into(buf: &mut BytesMut) {
         .unwrap_or_else(|| BytesMut::with_capacity(SMALL_SIZE));
 }
 
-/// Gives a connection's buffer back to the pool once it holds no bytes (its frames
-/// were split off, or its bytes written), leaving the connection holding nothing.
+/// Gives a connection's write buffer back to the pool once its bytes are written,
+/// leaving the connection holding nothing.
 #[inline]
 pub(crate) fn release(buf: &mut BytesMut) {
     if buf.is_empty() && buf.capacity() > 0 {
-        give_back(buf);
+        give_back(buf, Origin::Write);
     }
+}
+
+/// Gives a connection's read buffer back to the pool once every frame was split off
+/// it, leaving the connection holding nothing.
+#[inline]
+pub(crate) fn release_read(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 0 {
+        give_back(buf, Origin::Read);
+    }
+}
+
+/// What a buffer given back was used for last.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Reads: a buffer with little room left is the tail of a larger allocation, even
+    /// one of exactly [`SMALL_SIZE`] (fixed-size frames can leave that), so it never
+    /// joins the small list, where it would keep the whole allocation alive.
+    Read,
+    /// Writes: a buffer of exactly [`SMALL_SIZE`] is one of the small list's.
+    Write,
 }
 
 /// Moves an empty buffer into the pool (or frees it: grown too large, or the pool
 /// full), leaving `buf` holding nothing.
-fn give_back(buf: &mut BytesMut) {
+fn give_back(buf: &mut BytesMut, origin: Origin) {
     let cap = buf.capacity();
     if cap > 0 && cap <= POOL_MAX_CAPACITY {
         POOL.with(|p| {
@@ -276,12 +296,12 @@ fn give_back(buf: &mut BytesMut) {
                     if pool.free.len() < POOL_MAX {
                         pool.free.push(std::mem::take(buf));
                     }
-                } else if cap == SMALL_SIZE {
+                } else if cap == SMALL_SIZE && origin == Origin::Write {
                     if pool.small.len() < SMALL_MAX {
                         pool.small.push(std::mem::take(buf));
                     }
                 } else {
-                    pool.set_aside(buf);
+                    pool.set_aside(buf, origin);
                 }
             }
         });
@@ -296,13 +316,16 @@ impl Pool {
     /// is taken back whole when no frame holds it any more (right now, or later from
     /// the spent list), or a small buffer that wrote part of its bytes at a time.
     #[cold]
-    fn set_aside(&mut self, buf: &mut BytesMut) {
+    fn set_aside(&mut self, buf: &mut BytesMut, origin: Origin) {
         if buf.try_reclaim(BUFFER_SIZE) {
             // Taken back whole: a buffer that grew for a large frame is freed here.
             if buf.capacity() <= POOL_MAX_CAPACITY && self.free.len() < POOL_MAX {
                 self.free.push(std::mem::take(buf));
             }
-        } else if buf.try_reclaim(SMALL_SIZE) && buf.capacity() == SMALL_SIZE {
+        } else if origin == Origin::Write
+            && buf.try_reclaim(SMALL_SIZE)
+            && buf.capacity() == SMALL_SIZE
+        {
             if self.small.len() < SMALL_MAX {
                 self.small.push(std::mem::take(buf));
             }
@@ -590,6 +613,41 @@ mod tests {
         drop(buf.split().freeze());
         release(&mut buf);
         assert_eq!((pooled(), spent()), (1, 0));
+    }
+
+    #[test]
+    fn a_read_tail_of_exactly_a_small_buffers_size_is_not_kept_as_one() {
+        // Fixed-size frames can leave a read buffer with exactly SMALL_SIZE of room: as
+        // a small buffer it would keep its whole 32 KiB allocation alive.
+        let read_tail = |frames: &mut Vec<bytes::Bytes>| {
+            let mut buf = BytesMut::with_capacity(BUFFER_SIZE);
+            for _ in 0..(BUFFER_SIZE - SMALL_SIZE) / 1024 {
+                buf.extend_from_slice(&[5u8; 1024]);
+                frames.push(buf.split().freeze());
+            }
+            assert_eq!((buf.len(), buf.capacity()), (0, SMALL_SIZE));
+            buf
+        };
+        let mut frames = Vec::new();
+        let mut held = read_tail(&mut frames);
+        release_read(&mut held);
+        assert_eq!(
+            (pooled(), small(), spent()),
+            (0, 0, 1),
+            "frames still alive: a spent tail"
+        );
+        frames.clear();
+        let mut free = read_tail(&mut frames);
+        frames.clear();
+        release_read(&mut free);
+        assert_eq!(
+            (pooled(), small(), spent()),
+            (1, 0, 1),
+            "no frame left: the whole allocation, in the free list"
+        );
+        let mut whole = BytesMut::new();
+        ready_for_read(&mut whole);
+        assert_eq!(whole.capacity(), BUFFER_SIZE);
     }
 
     #[test]

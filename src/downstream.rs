@@ -541,7 +541,7 @@ async fn run(
                         let mut conn = link.lock();
                         conn.closing = true;
                         conn.on_eof(rbuf);
-                        buffer_pool::release(rbuf);
+                        buffer_pool::release_read(rbuf);
                     }
                     Ok(_) => {
                         let now = Instant::now();
@@ -555,7 +555,7 @@ async fn run(
                         drop(conn);
                         crate::turn_end::batch_done();
                         if rbuf.is_empty() {
-                            buffer_pool::release(rbuf);
+                            buffer_pool::release_read(rbuf);
                             frame_started = None;
                         } else if decoded > 0 || frame_started.is_none() {
                             frame_started = Some(now);

@@ -956,7 +956,7 @@ impl UpstreamConnection {
                         Err(_) => return "read error",
                     };
                     let result = self.decode_all(&mut rbuf, last_read, &mut sinks);
-                    buffer_pool::release(&mut rbuf);
+                    buffer_pool::release_read(&mut rbuf);
                     if read < FLUSH_NOW_BYTES && turn_end::enabled() {
                         // The clients are flushed at the end of the worker's turn, after
                         // the other upstream connections this wake-up made readable
