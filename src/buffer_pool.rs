@@ -386,7 +386,7 @@ mod tests {
         a.extend_from_slice(b"frame");
         let frame = a.split().freeze();
         let ptr = a.as_ptr();
-        release(&mut a);
+        release_read(&mut a);
         assert_eq!(a.capacity(), 0, "the connection keeps nothing");
         assert_eq!(pooled(), 1);
         let mut b = BytesMut::new();
@@ -411,7 +411,7 @@ mod tests {
         );
         let mut b = BytesMut::new();
         ready_for_read(&mut b);
-        release(&mut b);
+        release_read(&mut b);
         trim_if_idle_at(t0 + IDLE_AFTER * 2);
         assert_eq!(pooled(), 1, "moved a buffer again: busy");
         trim_if_idle_at(t0 + IDLE_AFTER * 3 - Duration::from_millis(1));
@@ -428,7 +428,7 @@ mod tests {
         let mut partial = BytesMut::new();
         ready_for_read(&mut partial);
         partial.extend_from_slice(b"half a fr");
-        release(&mut partial);
+        release_read(&mut partial);
         assert_eq!(&partial[..], b"half a fr", "bytes are never taken away");
 
         let mut big = BytesMut::with_capacity(POOL_MAX_CAPACITY + 1);
@@ -501,7 +501,7 @@ mod tests {
             let mut b = BytesMut::with_capacity(BUFFER_SIZE);
             b.extend_from_slice(&[0u8; BUFFER_SIZE - 100]);
             keep.push(b.split().freeze());
-            release(&mut b);
+            release_read(&mut b);
         }
         assert_eq!(spent(), SPENT_MAX);
         let t0 = Instant::now();
@@ -527,7 +527,7 @@ mod tests {
         let mut pooled_buf = BytesMut::with_capacity(12 * 1024);
         pooled_buf.extend_from_slice(&[0u8; 2 * 1024]);
         let _alive = pooled_buf.split().freeze();
-        release(&mut pooled_buf);
+        release_read(&mut pooled_buf);
         assert_eq!(pooled(), 1);
         let mut buf = BytesMut::with_capacity(BUFFER_SIZE);
         buf.extend_from_slice(&vec![1u8; BUFFER_SIZE - 20 * 1024 - 100]);
@@ -611,7 +611,7 @@ mod tests {
         let mut buf = BytesMut::with_capacity(BUFFER_SIZE);
         buf.extend_from_slice(&vec![0u8; BUFFER_SIZE - 100]);
         drop(buf.split().freeze());
-        release(&mut buf);
+        release_read(&mut buf);
         assert_eq!((pooled(), spent()), (1, 0));
     }
 
