@@ -240,7 +240,7 @@ impl ClientLink {
 impl ResponseSink for ClientLink {
     fn respond(&self, token: RequestToken, msg: &mut Message, read_at: Instant) -> bool {
         let mut conn = self.lock();
-        conn.on_response(token, msg, read_at);
+        conn.on_response(token, msg, read_at, &self.stream);
         !std::mem::replace(&mut conn.flush_queued, true)
     }
 
@@ -1179,8 +1179,15 @@ impl Downstream {
     }
 
     /// The response to request `token`, read at `read_at`, encoded for the client in
-    /// place.
-    fn on_response(&mut self, token: RequestToken, msg: &mut Message, read_at: Instant) {
+    /// place. Replies that would take the write buffer past a pooled buffer's size are
+    /// written to `stream` first.
+    fn on_response(
+        &mut self,
+        token: RequestToken,
+        msg: &mut Message,
+        read_at: Instant,
+        stream: &TcpStream,
+    ) {
         let Some(mut f) = self.take(token) else {
             return;
         };
@@ -1223,8 +1230,14 @@ impl Downstream {
             msg.add_shared_mutations(notice);
         }
         let frame = msg.frame().len();
-        let expected = frame * (self.inflight.len() + 1) + buffer_pool::MUTATION_ROOM;
-        buffer_pool::ready_for_reply(&mut self.wbuf, frame + buffer_pool::MUTATION_ROOM, expected);
+        let need = frame + buffer_pool::MUTATION_ROOM;
+        if self.wbuf.capacity() - self.wbuf.len() < need {
+            if crate::socket_io::write_before_overflow(stream, &mut self.wbuf, need) > 0 {
+                self.stalled_since = (!self.wbuf.is_empty()).then(Instant::now);
+            }
+            let expected = frame * (self.inflight.len() + 1) + buffer_pool::MUTATION_ROOM;
+            buffer_pool::ready_for_reply(&mut self.wbuf, need, expected);
+        }
         let before = self.wbuf.len();
         let log = f.log.take();
         let endpoint = Some(f.endpoint().addr);

@@ -61,12 +61,28 @@ pub(crate) fn write_once(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<u
                 buf.clear();
             } else {
                 buf.advance(n);
+                crate::buffer_pool::after_partial_write(buf);
             }
             crate::buffer_pool::release(buf);
             Ok(n)
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
         Err(e) => Err(e),
+    }
+}
+
+/// Writes what `buf` holds first when `need` more bytes would take it past a pooled
+/// buffer's size ([`crate::buffer_pool::BUFFER_SIZE`]), as a proxy writes a full
+/// buffer: large messages then go out a buffer at a time instead of growing the buffer
+/// (a new allocation, which the pool would free instead of keeping once it passed
+/// twice that size). Returns the bytes written; an error is left for the connection's
+/// next write to meet.
+#[inline]
+pub(crate) fn write_before_overflow(stream: &TcpStream, buf: &mut BytesMut, need: usize) -> usize {
+    if !buf.is_empty() && buf.len() + need > crate::buffer_pool::BUFFER_SIZE {
+        write_once(stream, buf).unwrap_or(0)
+    } else {
+        0
     }
 }
 

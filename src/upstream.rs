@@ -378,10 +378,14 @@ impl ConnInner {
         let two_way = msg.kind() == MessageKind::Request;
         let id = st.pending.next_free_id();
         msg.set_request_id(u64::from(id));
-        buffer_pool::ready_for_write(
-            &mut self.wbuf,
-            msg.frame().len() + buffer_pool::MUTATION_ROOM,
-        );
+        let need = msg.frame().len() + buffer_pool::MUTATION_ROOM;
+        if self.wbuf.capacity() - self.wbuf.len() < need {
+            let n = crate::socket_io::write_before_overflow(&io.stream, &mut self.wbuf, need);
+            if n > 0 {
+                st.wrote(n);
+            }
+            buffer_pool::ready_for_write(&mut self.wbuf, need);
+        }
         let before = self.wbuf.len();
         if let Err(e) = io.codec.encode(msg, &mut self.wbuf) {
             crate::observe::rate_limited!(tracing::Level::WARN, error = %e, "cannot encode request for upstream");

@@ -5,8 +5,9 @@
 //! per request in steady state": with one client sending one request at a time, and
 //! with many clients that each keep several requests in flight (where read buffers
 //! run out while frames cut from them are still on their way, and must be reclaimed
-//! rather than replaced), and with hundreds of clients, whose replies wait for the end
-//! of the worker's turn all at once.
+//! rather than replaced), with hundreds of clients, whose replies wait for the end of
+//! the worker's turn all at once, and with messages of 4 to 48 KiB, which need more room
+//! than a read or an encode is promised, or than a pooled buffer has.
 
 mod common;
 
@@ -20,6 +21,8 @@ use common::*;
 const WARMUP: usize = 6_000;
 /// Requests counted.
 const MEASURED: usize = 20_000;
+/// Bytes of a typical request's payload.
+const TYPICAL_PAYLOAD: usize = 28;
 /// The most allocations allowed over [`MEASURED`] requests from one client: a handful
 /// for tables reaching their working size is not per request.
 const MAX_ALLOCATIONS: u64 = 20;
@@ -65,6 +68,24 @@ fn proxy_allocations_per_request_with_hundreds_of_pipelining_clients() {
     assert_allocations_at_most(256, 16, WARMUP_256, MEASURED_256, MAX_ALLOCATIONS_256);
 }
 
+#[test]
+fn proxy_allocations_per_request_with_large_messages() {
+    // 16 connections × 4 in flight. 4 KiB: the bench matrix's larger payload. 20 KiB:
+    // more than the room a pooled buffer promises a read or an encode (8 KiB), so the
+    // pool must find a buffer with room for it; before it did, the codec grew whatever
+    // buffer the free list had on top, 1.9 allocations per request. 48 KiB: more than a
+    // pooled buffer holds (32 KiB), so replies are written a buffer at a time; before
+    // they were, the client's write buffer grew past what the pool keeps and was freed,
+    // 3.8 allocations per request.
+    for payload in [4 * 1024, 20 * 1024, 48 * 1024] {
+        let count = allocations(16, 4, WARMUP, MEASURED, payload);
+        assert!(
+            count <= MAX_ALLOCATIONS_PIPELINED,
+            "{count} allocations over {MEASURED} requests of {payload} bytes (at most {MAX_ALLOCATIONS_PIPELINED})"
+        );
+    }
+}
+
 /// Checks that [`allocations`] counts at most `max`.
 fn assert_allocations_at_most(
     clients: usize,
@@ -73,17 +94,23 @@ fn assert_allocations_at_most(
     measured: usize,
     max: u64,
 ) {
-    let count = allocations(clients, in_flight, warmup, measured);
+    let count = allocations(clients, in_flight, warmup, measured, TYPICAL_PAYLOAD);
     assert!(
         count <= max,
         "{count} allocations over {measured} requests from {clients} client(s) × {in_flight} in flight (at most {max})"
     );
 }
 
-/// Runs `clients` connections, each keeping `in_flight` requests outstanding, through a
-/// proxy on this thread, and returns the allocations the proxy's thread made over
-/// `measured` requests after `warmup`.
-fn allocations(clients: usize, in_flight: usize, warmup: usize, measured: usize) -> u64 {
+/// Runs `clients` connections, each keeping `in_flight` requests of `payload` bytes
+/// outstanding, through a proxy on this thread, and returns the allocations the proxy's
+/// thread made over `measured` requests after `warmup`.
+fn allocations(
+    clients: usize,
+    in_flight: usize,
+    warmup: usize,
+    measured: usize,
+    payload: usize,
+) -> u64 {
     // Backend and clients live on their own thread and runtime.
     let (addr_tx, addr_rx) = mpsc::channel();
     let (proxy_tx, proxy_rx) = mpsc::channel::<std::net::SocketAddr>();
@@ -106,12 +133,12 @@ fn allocations(clients: usize, in_flight: usize, warmup: usize, measured: usize)
             for _ in 0..clients {
                 conns.push(Client::connect(proxy).await);
             }
-            run_clients(&mut conns, in_flight, warmup / clients).await;
+            run_clients(&mut conns, in_flight, warmup / clients, payload).await;
             warm_tx.send(()).unwrap();
             tokio::task::spawn_blocking(move || go_rx.recv().unwrap())
                 .await
                 .unwrap();
-            run_clients(&mut conns, in_flight, measured / clients).await;
+            run_clients(&mut conns, in_flight, measured / clients, payload).await;
             done_tx.send(()).unwrap();
             drop(b);
         });
@@ -172,21 +199,23 @@ clusters:
     info.count_total
 }
 
-/// Each client makes `per_client` calls with `in_flight` outstanding, all clients at
-/// once; every reply is checked against the request it answers.
-async fn run_clients(conns: &mut [Client], in_flight: usize, per_client: usize) {
+/// Each client makes `per_client` calls of `payload` bytes with `in_flight` outstanding,
+/// all clients at once; every reply is checked against the request it answers.
+async fn run_clients(conns: &mut [Client], in_flight: usize, per_client: usize, payload: usize) {
+    let body = vec![b'p'; payload];
     let headers = [
         ("service", "calc"),
         ("method", "add"),
         ("version", "1.0"),
         ("user", "alice"),
     ];
+    let body = &body;
     let runs = conns.iter_mut().map(|c| async move {
         let mut outstanding = Vec::with_capacity(in_flight);
         let mut answered = 0;
         while answered < per_client {
             while outstanding.len() < in_flight && answered + outstanding.len() < per_client {
-                outstanding.push(c.send(&headers, b"payload-of-a-typical-request").await);
+                outstanding.push(c.send(&headers, body).await);
             }
             let reply = c
                 .recv_timeout(Duration::from_secs(10))
