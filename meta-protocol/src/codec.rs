@@ -37,6 +37,12 @@ pub trait Codec: Send + 'static {
     /// When the peer closes its side while `src` still holds bytes that are not a whole
     /// frame, the runtime counts a decode error (`metaproxy_decode_errors_total` for a
     /// client connection) and drops those bytes; `decode` is not called again.
+    ///
+    /// Room for the rest of a partial frame is the runtime's business: it reads into
+    /// buffers from a per-worker pool and moves a partial frame into one with room when
+    /// it runs short. A codec should not `reserve` in `src`: the frames split off it
+    /// earlier share its allocation, so growing it allocates a new buffer per large
+    /// frame (a codec behind a byte-only boundary could not reserve anyway).
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, DecodeError>;
 
     /// Appends `msg` to `dst` in wire format, writing its current request id and

@@ -15,12 +15,6 @@ use crate::header::{
 };
 use crate::hessian2::{code, HessianError, Reader, StrSpan, Writer, DEFAULT_MAX_DEPTH};
 
-/// Most bytes reserved for a partly received frame.
-const MAX_RESERVE: usize = 64 * 1024;
-/// Frames up to this size get no reservation while partly received: a caller reads
-/// into at least this much room anyway (the proxy's reads get 8 KiB or more), and
-/// reserving in a buffer whose earlier frames are still alive allocates a new one.
-const RESERVE_ABOVE: usize = 8 * 1024;
 /// Layout flag: an attachments map is present.
 const LF_HAS_MAP: u32 = 1;
 
@@ -775,11 +769,9 @@ impl Codec for DubboCodec {
             )));
         }
         if src.len() < total {
-            // Room for the rest of a large frame, but never a large up-front reservation
-            // on the word of a header alone.
-            if total > RESERVE_ABOVE {
-                src.reserve((total - src.len()).min(MAX_RESERVE));
-            }
+            // No room is reserved for the rest: the caller's buffer management supplies
+            // it (the proxy's pool), and reserving in a buffer whose earlier frames are
+            // still alive allocates a new one.
             return Ok(None);
         }
         let frame = src.split_to(total).freeze();
@@ -974,28 +966,16 @@ mod tests {
     }
 
     #[test]
-    fn only_a_large_partial_frame_gets_room_reserved() {
+    fn a_partial_frame_gets_no_room_reserved() {
         let mut c = DubboCodec::new(Side::Downstream, DEFAULT_MAX_FRAME_SIZE);
-        let header = |body_len: u32| {
-            let mut h = BytesMut::with_capacity(HEADER_LEN);
-            h.extend_from_slice(b"\xda\xbb\xc2\x00\0\0\0\0\0\0\0\x01");
-            h.extend_from_slice(&body_len.to_be_bytes());
-            h
-        };
-        let mut small = header(200);
-        assert!(c.decode(&mut small).unwrap().is_none());
-        assert_eq!(
-            small.capacity(),
-            HEADER_LEN,
-            "a small frame's rest: no reservation"
-        );
-        let mut large = header(20_000);
-        assert!(c.decode(&mut large).unwrap().is_none());
-        assert!(
-            large.capacity() >= HEADER_LEN + 20_000,
-            "room for a large frame's rest"
-        );
-        assert_eq!(large.len(), HEADER_LEN, "nothing consumed");
+        for body_len in [200u32, 20_000] {
+            let mut partial = BytesMut::with_capacity(HEADER_LEN);
+            partial.extend_from_slice(b"\xda\xbb\xc2\x00\0\0\0\0\0\0\0\x01");
+            partial.extend_from_slice(&body_len.to_be_bytes());
+            assert!(c.decode(&mut partial).unwrap().is_none());
+            assert_eq!(partial.capacity(), HEADER_LEN, "{body_len}: no reservation");
+            assert_eq!(partial.len(), HEADER_LEN, "{body_len}: nothing consumed");
+        }
     }
 
     /// Upstream keepalive: the probe carries any 31-bit id; the backend (a downstream
