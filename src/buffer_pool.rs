@@ -257,21 +257,32 @@ fn find_room(buf: &mut BytesMut, room: usize) {
 /// Makes sure a connection's write buffer has `need` bytes of room to encode a message
 /// into: takes a buffer from the pool when it holds nothing to write, and moves what it
 /// holds into a fresh one when that and the message fit one ([`write_room`]).
+///
+/// Returns `false` when the buffer holds a batch that the message would take past a
+/// pooled buffer's size ([`BUFFER_SIZE`]): the caller writes it to the socket first and
+/// asks again, as a proxy writes a full buffer, so that large messages go out a buffer
+/// at a time instead of growing it (a new allocation, which the pool frees instead of
+/// keeping once it passes [`POOL_MAX_CAPACITY`]). A buffer still that full after the
+/// write (the socket took part of it) is left for the codec to grow.
 #[inline]
-pub(crate) fn ready_for_write(buf: &mut BytesMut, need: usize) {
+#[must_use]
+pub(crate) fn ready_for_write(buf: &mut BytesMut, need: usize) -> bool {
     if buf.capacity() - buf.len() < need {
-        write_room(buf, need, false);
+        return write_room(buf, need, false);
     }
+    true
 }
 
 /// [`ready_for_write`] for a client connection's reply, when `expected` is about what
 /// its replies in flight come to: a small buffer when those fit one ([`SMALL_SIZE`]),
 /// else a full-size one.
 #[inline]
-pub(crate) fn ready_for_reply(buf: &mut BytesMut, need: usize, expected: usize) {
+#[must_use]
+pub(crate) fn ready_for_reply(buf: &mut BytesMut, need: usize, expected: usize) -> bool {
     if buf.capacity() - buf.len() < need {
-        write_room(buf, need, need.max(expected) <= SMALL_SIZE);
+        return write_room(buf, need, need.max(expected) <= SMALL_SIZE);
     }
+    true
 }
 
 /// Makes room for `need` bytes in a write buffer short of it. An empty one gets a
@@ -279,10 +290,8 @@ pub(crate) fn ready_for_reply(buf: &mut BytesMut, need: usize, expected: usize) 
 /// message, fit a full-size buffer moves them into one from the pool: a small buffer
 /// outgrown, or a pooled read tail with little room. Left as it is, the codec would
 /// grow it, which allocates (the tail's allocation is shared with frames still alive).
-/// Bigger batches are left to the codec; the connections write what they hold before
-/// that happens ([`crate::socket_io::write_before_overflow`]), so only one message
-/// larger than a pooled buffer makes one grow.
-fn write_room(buf: &mut BytesMut, need: usize, small: bool) {
+/// A bigger batch is left as it is, and `false` returned: the caller writes it first.
+fn write_room(buf: &mut BytesMut, need: usize, small: bool) -> bool {
     if buf.is_empty() {
         if buf.capacity() > 0 {
             give_back(buf, Origin::Write);
@@ -294,7 +303,10 @@ fn write_room(buf: &mut BytesMut, need: usize, small: bool) {
         }
     } else if buf.len() + need <= BUFFER_SIZE {
         move_into_pooled(buf, buf.len() + need, Origin::Write);
+    } else {
+        return false;
     }
+    true
 }
 
 /// Gives an empty connection buffer (holding nothing) a small one from the pool.
@@ -610,18 +622,18 @@ mod tests {
     fn replies_that_fit_a_small_buffer_take_one_and_it_comes_back_whole() {
         let mut wbuf = BytesMut::new();
         // 16 replies of 200 bytes in flight: a small buffer.
-        ready_for_reply(&mut wbuf, 200, 16 * 200);
+        assert!(ready_for_reply(&mut wbuf, 200, 16 * 200));
         assert_eq!(wbuf.capacity(), SMALL_SIZE);
         let ptr = wbuf.as_ptr();
         wbuf.extend_from_slice(&[5u8; 200]);
-        ready_for_reply(&mut wbuf, 200, 15 * 200);
+        assert!(ready_for_reply(&mut wbuf, 200, 15 * 200));
         assert_eq!(wbuf.as_ptr(), ptr, "room left: the same buffer");
         // Written in full (as `socket_io::write_once` does) and released.
         wbuf.clear();
         release(&mut wbuf);
         assert_eq!((small(), pooled()), (1, 0), "back in the small list");
         let mut next = BytesMut::new();
-        ready_for_reply(&mut next, 200, 200);
+        assert!(ready_for_reply(&mut next, 200, 200));
         assert_eq!(next.as_ptr(), ptr, "the next client reuses it");
         assert_eq!(small(), 0);
     }
@@ -629,10 +641,10 @@ mod tests {
     #[test]
     fn many_replies_or_a_large_one_take_a_full_size_buffer() {
         let mut many = BytesMut::new();
-        ready_for_reply(&mut many, 200, 64 * 200);
+        assert!(ready_for_reply(&mut many, 200, 64 * 200));
         assert!(many.capacity() >= BUFFER_SIZE);
         let mut large = BytesMut::new();
-        ready_for_reply(&mut large, 5000, 5000);
+        assert!(ready_for_reply(&mut large, 5000, 5000));
         assert!(large.capacity() >= BUFFER_SIZE);
         assert_eq!(small(), 0);
     }
@@ -640,9 +652,9 @@ mod tests {
     #[test]
     fn replies_that_outgrow_a_small_buffer_move_to_a_full_size_one() {
         let mut wbuf = BytesMut::new();
-        ready_for_reply(&mut wbuf, 200, 200);
+        assert!(ready_for_reply(&mut wbuf, 200, 200));
         wbuf.extend_from_slice(&vec![9u8; SMALL_SIZE - 100]);
-        ready_for_reply(&mut wbuf, 200, 200);
+        assert!(ready_for_reply(&mut wbuf, 200, 200));
         assert!(
             wbuf.capacity() >= BUFFER_SIZE,
             "moved to a full-size buffer"
@@ -655,7 +667,7 @@ mod tests {
     #[test]
     fn a_small_buffer_written_in_parts_goes_back_whole() {
         let mut wbuf = BytesMut::new();
-        ready_for_reply(&mut wbuf, 200, 200);
+        assert!(ready_for_reply(&mut wbuf, 200, 200));
         let ptr = wbuf.as_ptr();
         wbuf.extend_from_slice(&[1u8; 300]);
         // Two partial writes leave it empty with less room than it started with.
@@ -669,7 +681,7 @@ mod tests {
             "taken back whole, not set aside"
         );
         let mut next = BytesMut::new();
-        ready_for_reply(&mut next, 200, 200);
+        assert!(ready_for_reply(&mut next, 200, 200));
         assert_eq!((next.as_ptr(), next.capacity()), (ptr, SMALL_SIZE));
     }
 
@@ -756,7 +768,7 @@ mod tests {
         release_read(&mut read);
         assert_eq!(pooled(), 1);
         let mut w = BytesMut::new();
-        ready_for_write(&mut w, 20 * 1024);
+        assert!(ready_for_write(&mut w, 20 * 1024));
         assert!(
             w.capacity() >= 20 * 1024,
             "room for the message: {}",
@@ -775,7 +787,7 @@ mod tests {
         release(&mut other);
         assert_eq!(pooled(), 3);
         let mut w = BytesMut::new();
-        ready_for_write(&mut w, 20 * 1024);
+        assert!(ready_for_write(&mut w, 20 * 1024));
         assert_eq!(
             w.as_ptr(),
             start,
@@ -811,5 +823,35 @@ mod tests {
         after_partial_write(&mut s);
         assert_eq!(s.capacity(), SMALL_SIZE);
         assert_eq!(&s[..], b"reply");
+    }
+
+    #[test]
+    fn a_batch_a_message_would_take_past_a_pooled_buffer_is_to_be_written_first() {
+        let mut w = BytesMut::new();
+        assert!(
+            ready_for_write(&mut w, 2 * BUFFER_SIZE),
+            "empty: room is made"
+        );
+        assert!(w.capacity() >= 2 * BUFFER_SIZE);
+        let mut w = BytesMut::new();
+        assert!(ready_for_write(&mut w, 1024));
+        w.extend_from_slice(&[7u8; 1024]);
+        assert!(
+            ready_for_write(&mut w, BUFFER_SIZE - 1024),
+            "the batch and the message fit a pooled buffer"
+        );
+        assert!(w.capacity() - w.len() >= BUFFER_SIZE - 1024);
+        w.extend_from_slice(&[8u8; BUFFER_SIZE - 2048]);
+        let before = (w.as_ptr(), w.capacity());
+        assert!(
+            !ready_for_write(&mut w, 2048),
+            "they would pass it: the caller writes first"
+        );
+        assert_eq!(
+            (w.as_ptr(), w.capacity()),
+            before,
+            "the batch is left as it was"
+        );
+        assert_eq!(w.len(), BUFFER_SIZE - 1024);
     }
 }

@@ -737,7 +737,12 @@ impl Downstream {
             MessageKind::Request | MessageKind::OneWay => self.dispatch(slot),
             MessageKind::Heartbeat => {
                 let Some(msg) = slot.as_ref() else { return };
-                buffer_pool::ready_for_reply(&mut self.wbuf, LOCAL_REPLY_ROOM, LOCAL_REPLY_ROOM);
+                // A buffer already past a pooled buffer's size just grows by this much.
+                let _ = buffer_pool::ready_for_reply(
+                    &mut self.wbuf,
+                    LOCAL_REPLY_ROOM,
+                    LOCAL_REPLY_ROOM,
+                );
                 if let Err(e) = self.codec.encode_heartbeat_reply(msg, &mut self.wbuf) {
                     tracing::debug!(error = %e, "cannot answer heartbeat");
                 }
@@ -753,7 +758,8 @@ impl Downstream {
         if ctx.one_way {
             return 0;
         }
-        buffer_pool::ready_for_reply(&mut self.wbuf, LOCAL_REPLY_ROOM, LOCAL_REPLY_ROOM);
+        // A buffer already past a pooled buffer's size just grows by this much.
+        let _ = buffer_pool::ready_for_reply(&mut self.wbuf, LOCAL_REPLY_ROOM, LOCAL_REPLY_ROOM);
         let before = self.wbuf.len();
         let reply = LocalReply::new(kind, message);
         if let Err(e) = self.codec.encode_local_reply(ctx, &reply, &mut self.wbuf) {
@@ -1231,12 +1237,13 @@ impl Downstream {
         }
         let frame = msg.frame().len();
         let need = frame + buffer_pool::MUTATION_ROOM;
-        if self.wbuf.capacity() - self.wbuf.len() < need {
-            if crate::socket_io::write_before_overflow(stream, &mut self.wbuf, need) > 0 {
+        let expected = frame * (self.inflight.len() + 1) + buffer_pool::MUTATION_ROOM;
+        if !buffer_pool::ready_for_reply(&mut self.wbuf, need, expected) {
+            // Replies the response would take past a pooled buffer: written first.
+            if let Ok(1..) = crate::socket_io::write_once(stream, &mut self.wbuf) {
                 self.stalled_since = (!self.wbuf.is_empty()).then(Instant::now);
             }
-            let expected = frame * (self.inflight.len() + 1) + buffer_pool::MUTATION_ROOM;
-            buffer_pool::ready_for_reply(&mut self.wbuf, need, expected);
+            let _ = buffer_pool::ready_for_reply(&mut self.wbuf, need, expected);
         }
         let before = self.wbuf.len();
         let log = f.log.take();

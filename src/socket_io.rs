@@ -71,21 +71,6 @@ pub(crate) fn write_once(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<u
     }
 }
 
-/// Writes what `buf` holds first when `need` more bytes would take it past a pooled
-/// buffer's size ([`crate::buffer_pool::BUFFER_SIZE`]), as a proxy writes a full
-/// buffer: large messages then go out a buffer at a time instead of growing the buffer
-/// (a new allocation, which the pool would free instead of keeping once it passed
-/// twice that size). Returns the bytes written; an error is left for the connection's
-/// next write to meet.
-#[inline]
-pub(crate) fn write_before_overflow(stream: &TcpStream, buf: &mut BytesMut, need: usize) -> usize {
-    if !buf.is_empty() && buf.len() + need > crate::buffer_pool::BUFFER_SIZE {
-        write_once(stream, buf).unwrap_or(0)
-    } else {
-        0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,42 +147,5 @@ mod tests {
         server.readable().await.unwrap();
         read_once(&server, &mut got).unwrap();
         assert_eq!(&got[..], b"reply");
-    }
-
-    #[tokio::test]
-    async fn a_buffer_is_written_first_only_when_a_message_would_take_it_past_a_pooled_buffers_size(
-    ) {
-        use crate::buffer_pool::BUFFER_SIZE;
-        use tokio::io::AsyncReadExt;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (mut server, _) = listener.accept().await.unwrap();
-        client.writable().await.unwrap();
-        let mut buf = BytesMut::new();
-        assert_eq!(
-            write_before_overflow(&client, &mut buf, BUFFER_SIZE * 2),
-            0,
-            "empty"
-        );
-        buf.extend_from_slice(&[7u8; 1024]);
-        assert_eq!(
-            write_before_overflow(&client, &mut buf, BUFFER_SIZE - 1024),
-            0,
-            "the message still fits: nothing written"
-        );
-        assert_eq!(buf.len(), 1024);
-        buf.extend_from_slice(&[8u8; BUFFER_SIZE - 2048]);
-        assert_eq!(
-            write_before_overflow(&client, &mut buf, 2048),
-            BUFFER_SIZE - 1024,
-            "it would pass: all of it written first"
-        );
-        assert!(buf.is_empty());
-        let mut got = vec![0u8; BUFFER_SIZE - 1024];
-        server.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got[..1024], &[7u8; 1024][..]);
-        assert_eq!(got[BUFFER_SIZE - 1025], 8);
     }
 }

@@ -379,12 +379,12 @@ impl ConnInner {
         let id = st.pending.next_free_id();
         msg.set_request_id(u64::from(id));
         let need = msg.frame().len() + buffer_pool::MUTATION_ROOM;
-        if self.wbuf.capacity() - self.wbuf.len() < need {
-            let n = crate::socket_io::write_before_overflow(&io.stream, &mut self.wbuf, need);
-            if n > 0 {
+        if !buffer_pool::ready_for_write(&mut self.wbuf, need) {
+            // A batch the request would take past a pooled buffer: written first.
+            if let Ok(n @ 1..) = crate::socket_io::write_once(&io.stream, &mut self.wbuf) {
                 st.wrote(n);
             }
-            buffer_pool::ready_for_write(&mut self.wbuf, need);
+            let _ = buffer_pool::ready_for_write(&mut self.wbuf, need);
         }
         let before = self.wbuf.len();
         if let Err(e) = io.codec.encode(msg, &mut self.wbuf) {
