@@ -236,16 +236,9 @@ fn find_room(buf: &mut BytesMut, room: usize) {
                 return;
             }
         }
-        for _ in 0..pool.spent.len().min(ROOM_TRIES) {
-            let Some(mut tail) = pool.spent.pop_front() else {
-                break;
-            };
-            if tail.try_reclaim(BUFFER_SIZE) && tail.capacity() >= room {
-                // The small one goes back where it came from.
-                pool.free.push(std::mem::replace(buf, tail));
-                return;
-            }
-            pool.spent.push_back(tail);
+        if let Some(tail) = pool.reclaim_spent(ROOM_TRIES, room) {
+            // The small one goes back where it came from.
+            pool.free.push(std::mem::replace(buf, tail));
         }
     });
     if buf.capacity() < room {
@@ -417,20 +410,25 @@ impl Pool {
     }
 
     /// A buffer when the free list is empty: the oldest spent tail whose frames are all
-    /// gone (up to [`RECLAIM_TRIES`] looked at; one still in use goes to the back), or a
-    /// new one.
+    /// gone (up to [`RECLAIM_TRIES`] looked at), or a new one.
     #[cold]
     fn take_spent_or_new(&mut self) -> BytesMut {
-        for _ in 0..self.spent.len().min(RECLAIM_TRIES) {
-            let Some(mut tail) = self.spent.pop_front() else {
-                break;
-            };
-            if tail.try_reclaim(BUFFER_SIZE) {
-                return tail;
+        self.reclaim_spent(RECLAIM_TRIES, BUFFER_SIZE)
+            .unwrap_or_else(|| BytesMut::with_capacity(BUFFER_SIZE))
+    }
+
+    /// The oldest of the first `tries` spent tails whose frames are all gone, taken back
+    /// whole, if its allocation has `room` bytes; one still in use (or too small) goes
+    /// to the back.
+    fn reclaim_spent(&mut self, tries: usize, room: usize) -> Option<BytesMut> {
+        for _ in 0..self.spent.len().min(tries) {
+            let mut tail = self.spent.pop_front()?;
+            if tail.try_reclaim(BUFFER_SIZE) && tail.capacity() >= room {
+                return Some(tail);
             }
             self.spent.push_back(tail);
         }
-        BytesMut::with_capacity(BUFFER_SIZE)
+        None
     }
 }
 

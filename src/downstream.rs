@@ -1239,10 +1239,9 @@ impl Downstream {
         let need = frame + buffer_pool::MUTATION_ROOM;
         let expected = frame * (self.inflight.len() + 1) + buffer_pool::MUTATION_ROOM;
         if !buffer_pool::ready_for_reply(&mut self.wbuf, need, expected) {
-            // Replies the response would take past a pooled buffer: written first.
-            if let Ok(1..) = crate::socket_io::write_once(stream, &mut self.wbuf) {
-                self.stalled_since = (!self.wbuf.is_empty()).then(Instant::now);
-            }
+            // Replies the response would take past a pooled buffer: written first (an
+            // error is met again by the flush this response queues).
+            let _ = self.write_to(stream);
             let _ = buffer_pool::ready_for_reply(&mut self.wbuf, need, expected);
         }
         let before = self.wbuf.len();
