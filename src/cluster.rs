@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
-use metaproxy_router::{EndpointView, LoadBalancer};
+use metaproxy_router::{EndpointView, LbPolicy, LoadBalancer};
 
 use crate::clock::now_ms;
 use crate::config::{ClusterConfig, OutlierDetectionConfig};
@@ -64,17 +64,19 @@ impl Endpoint {
         }
     }
 
-    /// Requests in flight to this endpoint.
+    /// Two-way requests in flight to this endpoint from clusters that balance by
+    /// least request (the only readers: other clusters do not count, see
+    /// [`ClusterRt::request_started`]).
     pub(crate) fn active_requests(&self) -> u32 {
         self.active.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn request_started(&self) {
-        self.active.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn request_finished(&self) {
-        self.active.fetch_sub(1, Ordering::Relaxed);
+    /// Requests queued or in flight on this endpoint's upstream connections (two-way
+    /// ones until answered, mirror copies and one-way calls while queued), for the
+    /// admin endpoint: whatever the balancer, from the pools' own counts, read under
+    /// their locks.
+    pub(crate) fn requests_on_connections(&self) -> u64 {
+        self.pools.load().iter().map(|p| p.load()).sum()
     }
 
     /// Whether outlier detection has ejected the endpoint now.
@@ -184,11 +186,32 @@ pub(crate) struct ClusterRt {
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
     pub(crate) lb: LoadBalancer,
     pending: Arc<PendingLimit>,
+    /// Whether the balancer reads the endpoints' in-flight counts (least request): only
+    /// then are they kept, two atomic read-modify-writes per request the other
+    /// policies do not pay.
+    counts_active: bool,
     outlier: Option<OutlierDetectionConfig>,
     pub(crate) metrics: ClusterMetrics,
 }
 
 impl ClusterRt {
+    /// A two-way request of this cluster went to `endpoint`: counted for least request.
+    /// Every call is paired with [`ClusterRt::request_finished`] on the same cluster.
+    #[inline]
+    pub(crate) fn request_started(&self, endpoint: &Endpoint) {
+        if self.counts_active {
+            endpoint.active.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The end of a request [`ClusterRt::request_started`] counted.
+    #[inline]
+    pub(crate) fn request_finished(&self, endpoint: &Endpoint) {
+        if self.counts_active {
+            endpoint.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Reserves a pending-request slot; false when `max_pending_requests` is reached.
     pub(crate) fn try_acquire_pending(&self) -> bool {
         self.pending.try_acquire()
@@ -262,7 +285,7 @@ impl ClusterRt {
                     "ejected": e.is_ejected(),
                     "ejections": e.ejections.load(Ordering::Relaxed),
                     "consecutive_failures": e.consecutive_failures.load(Ordering::Relaxed),
-                    "active_requests": e.active_requests(),
+                    "active_requests": e.requests_on_connections(),
                     "upstream_connections": e.open_connections(),
                     "max_connections": e.link.max_connections(),
                     "connect_timeout_ms": e.link.settings().connect_timeout.as_millis() as u64,
@@ -345,6 +368,7 @@ impl EndpointRegistry {
         ClusterRt {
             name: config.name.as_str().into(),
             endpoints,
+            counts_active: lb.policy() == LbPolicy::LeastRequest,
             lb,
             pending: Arc::new(PendingLimit::new(config.max_pending_requests)),
             outlier: config
@@ -373,12 +397,61 @@ mod tests {
     use std::time::Duration;
 
     fn cluster(endpoints: &[&str], od: OutlierDetectionConfig) -> ClusterRt {
+        cluster_with(LbPolicy::RoundRobin, endpoints, od)
+    }
+
+    fn cluster_with(policy: LbPolicy, endpoints: &[&str], od: OutlierDetectionConfig) -> ClusterRt {
         let mut config = ClusterConfig::new("c", endpoints);
         config.outlier_detection = od;
         let addrs: Vec<SocketAddr> = endpoints.iter().map(|a| a.parse().unwrap()).collect();
         let specs: Vec<EndpointSpec> = endpoints.iter().map(|a| EndpointSpec::new(*a, 1)).collect();
-        let lb = LoadBalancer::new(LbPolicy::RoundRobin, &specs).unwrap();
+        let lb = LoadBalancer::new(policy, &specs).unwrap();
         EndpointRegistry::default().build_cluster(&config, &addrs, lb, Metrics::new().cluster("c"))
+    }
+
+    #[test]
+    fn least_request_clusters_count_requests_in_flight_and_the_balancer_avoids_the_busy() {
+        use rand::SeedableRng;
+        let c = cluster_with(
+            LbPolicy::LeastRequest,
+            &["127.0.0.1:1", "127.0.0.1:2"],
+            OutlierDetectionConfig::default(),
+        );
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let mut picks = |c: &ClusterRt| {
+            let mut to_first = 0;
+            for _ in 0..1000 {
+                if c.lb.pick(None, &mut rng, c) == Some(0) {
+                    to_first += 1;
+                }
+            }
+            to_first
+        };
+        let idle = picks(&c);
+        assert!((400..600).contains(&idle), "idle endpoints share: {idle}");
+        for _ in 0..3 {
+            c.request_started(&c.endpoints[0]);
+        }
+        assert_eq!(c.active_requests(0), 3);
+        // Power of two choices: the busy endpoint wins only when drawn twice (1 in 4).
+        let busy = picks(&c);
+        assert!(
+            (150..350).contains(&busy),
+            "busy endpoint picked {busy} of 1000"
+        );
+        for _ in 0..3 {
+            c.request_finished(&c.endpoints[0]);
+        }
+        assert_eq!(c.active_requests(0), 0);
+    }
+
+    #[test]
+    fn other_policies_do_not_count_requests_in_flight() {
+        let c = cluster(&["127.0.0.1:1"], OutlierDetectionConfig::default());
+        c.request_started(&c.endpoints[0]);
+        assert_eq!(c.endpoints[0].active_requests(), 0);
+        c.request_finished(&c.endpoints[0]);
+        assert_eq!(c.endpoints[0].active_requests(), 0);
     }
 
     fn detection(consecutive_failures: u32, max_ejection_percent: u32) -> OutlierDetectionConfig {

@@ -73,6 +73,12 @@ const MAX_STALE_RETRIES: u8 = 16;
 const BUDGET_STEP: usize = 16 * 1024;
 /// Room asked for a reply made here (an error reply, a heartbeat answer).
 const LOCAL_REPLY_ROOM: usize = 512;
+/// References an answered request gives back for the next one, kept per connection:
+/// to itself (the upstream connection's way back to it) and to its listener's routing
+/// state. Handing a kept one out costs no atomic reference count (two of each per
+/// request otherwise); 64 cover a Dubbo consumer's default 64 requests in flight, and
+/// more in flight only take counts for the rest.
+const MAX_SPARES: usize = 64;
 
 /// What an access log entry needs from the start of a request.
 /// Boxed where it is kept or passed (`Option<Box<LogStart>>`): a request carries it
@@ -137,7 +143,7 @@ impl InFlight {
 
     /// Releases the endpoint and cluster slots this request held.
     fn release(&self) {
-        self.endpoint().request_finished();
+        self.cluster().request_finished(self.endpoint());
         self.cluster().release_pending();
     }
 }
@@ -168,6 +174,8 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
         ClientLink {
             state: ShortLock::new(Downstream {
                 me,
+                me_spares: Vec::new(),
+                listener_spares: Vec::new(),
                 ctx,
                 codec,
                 inflight: Slab::new(),
@@ -238,14 +246,16 @@ impl ClientLink {
 }
 
 impl ResponseSink for ClientLink {
-    fn respond(&self, token: RequestToken, msg: &mut Message, read_at: Instant) -> bool {
+    fn respond(&self, reply: ReplyTo, msg: &mut Message, read_at: Instant) -> bool {
         let mut conn = self.lock();
+        let token = conn.keep_reply_to(reply);
         conn.on_response(token, msg, read_at, &self.stream);
         !std::mem::replace(&mut conn.flush_queued, true)
     }
 
-    fn fail(&self, token: RequestToken, failure: Failure) -> bool {
+    fn fail(&self, reply: ReplyTo, failure: Failure) -> bool {
         let mut conn = self.lock();
+        let token = conn.keep_reply_to(reply);
         conn.on_failure(token, failure);
         !std::mem::replace(&mut conn.flush_queued, true)
     }
@@ -288,6 +298,14 @@ impl AtTurnEnd for ClientLink {
 struct Downstream {
     /// This connection, as upstream connections deliver to it.
     me: Weak<dyn ResponseSink>,
+    /// Copies of `me` that came back with answered requests, handed out again with the
+    /// next ones (at most [`MAX_SPARES`]; dropped when the connection is idle, see
+    /// [`Downstream::drop_spares`]).
+    me_spares: Vec<Weak<dyn ResponseSink>>,
+    /// References to the listener of `listener_seen` that answered requests held, handed
+    /// out again while no reload happened (at most [`MAX_SPARES`]; an idle connection
+    /// drops them, see [`Downstream::drop_spares`]).
+    listener_spares: Vec<Arc<ListenerRt>>,
     ctx: Arc<ListenerCtx>,
     codec: Box<dyn Codec>,
     inflight: Slab<InFlight>,
@@ -515,6 +533,12 @@ async fn run(
                 if frame_started.is_some_and(|t| t + ctx.frame_timeout <= now) {
                     return Some(ClosedReason::FrameTimeout);
                 }
+                if conn.inflight.is_empty() {
+                    // Nothing in flight when the timer fired (at the latest the last
+                    // request's deadline, or the idle close): the connection has been
+                    // idle for a while.
+                    conn.drop_spares();
+                }
                 if quiet_from + quiet <= now {
                     if conn.inflight.is_empty() && conn.waiting == 0 && conn.wbuf.is_empty() {
                         tracing::debug!(listener = %ctx.name, draining, "closing idle connection");
@@ -669,17 +693,51 @@ impl Downstream {
         let generation = shared.generation.load(std::sync::atomic::Ordering::Acquire);
         if let Some((seen, weak)) = &self.listener_seen {
             if *seen == generation {
+                if let Some(listener) = self.listener_spares.pop() {
+                    return Some(listener);
+                }
                 if let Some(listener) = weak.upgrade() {
                     return Some(listener);
                 }
             }
         }
+        self.listener_spares.clear();
         let listener = shared.snapshot.load().listener(&self.ctx.name).cloned();
         self.listener_seen = listener.as_ref().map(|l| (generation, Arc::downgrade(l)));
         self.full_metadata = listener
             .as_deref()
             .is_some_and(|l| reads_beyond(l, self.ctx.protocol.caps.eager_keys));
         listener
+    }
+
+    /// Keeps the listener reference of an answered request for the next request, when
+    /// it is the listener last found (while no reload happened it is the one the next
+    /// request gets) and fewer than [`MAX_SPARES`] are kept; drops it otherwise.
+    fn keep_listener(&mut self, listener: Arc<ListenerRt>) {
+        let current = self
+            .listener_seen
+            .as_ref()
+            .is_some_and(|(_, weak)| std::ptr::eq(weak.as_ptr(), Arc::as_ptr(&listener)));
+        if current && self.listener_spares.len() < MAX_SPARES {
+            self.listener_spares.push(listener);
+        }
+    }
+
+    /// Keeps the reference to this connection that came back with an answer for the
+    /// next request (see [`Downstream::me_spares`]); returns the answer's token.
+    fn keep_reply_to(&mut self, reply: ReplyTo) -> RequestToken {
+        if self.me_spares.len() < MAX_SPARES {
+            self.me_spares.push(reply.sink);
+        }
+        reply.token
+    }
+
+    /// Drops the kept references (with nothing in flight and no request for a while):
+    /// an idle connection keeps no old config alive, and its vectors go back to the
+    /// allocator.
+    fn drop_spares(&mut self) {
+        self.listener_spares = Vec::new();
+        self.me_spares = Vec::new();
     }
 
     /// Reads the rest of a request decoded head first; false (the request answered
@@ -1051,7 +1109,7 @@ impl Downstream {
     ) -> Result<usize, NotSent> {
         loop {
             let reply_to = ReplyTo {
-                sink: self.me.clone(),
+                sink: self.me_spares.pop().unwrap_or_else(|| self.me.clone()),
                 token,
             };
             match self.send(cluster, msg, hash, Some(reply_to), deadline) {
@@ -1150,7 +1208,7 @@ impl Downstream {
         match sent {
             Ok(()) => {
                 if two_way {
-                    endpoint.request_started();
+                    cluster.request_started(endpoint);
                 }
                 Ok(index)
             }
@@ -1258,6 +1316,7 @@ impl Downstream {
                 self.response_failed(&f.reply, &text, log, endpoint);
             }
         }
+        self.keep_listener(f.listener);
     }
 
     /// A response whose metadata, read on demand, turned out malformed: the client gets

@@ -545,6 +545,11 @@ impl Pool {
             .count()
     }
 
+    /// Requests queued or in flight on this pool's connections.
+    pub(crate) fn load(&self) -> u64 {
+        self.conns().iter().map(|c| u64::from(c.load())).sum()
+    }
+
     /// First fit: the first usable connection below `threshold` in-flight requests, so
     /// traffic concentrates on few connections and batches into few writes (spreading a
     /// pipelined client over many idle connections costs a syscall per request). Also

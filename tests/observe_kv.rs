@@ -199,3 +199,177 @@ async fn metrics_admin_reload_and_access_log() {
     assert_eq!(lines[0]["metadata"]["service"], "calc");
     assert_eq!(lines[10]["status"], "no_route");
 }
+
+/// `/clusters` counts each endpoint's requests in flight (on its upstream connections)
+/// whatever the balancer, and least-request clusters still balance on theirs.
+#[tokio::test]
+async fn admin_shows_requests_in_flight_per_endpoint() {
+    let slow = backend("slow").await;
+    let spare = backend("spare").await;
+    let text = format!(
+        r#"
+admin: {{address: "127.0.0.1:0"}}
+listeners:
+  - {{name: rr-in, address: "127.0.0.1:0", codec: kv, route_config: rr}}
+  - {{name: lr-in, address: "127.0.0.1:0", codec: kv, route_config: lr}}
+route_configs:
+  - {{name: rr, routes: [{{route: {{cluster: rr}}}}]}}
+  - {{name: lr, routes: [{{route: {{cluster: lr}}}}]}}
+clusters:
+  - {{name: rr, endpoints: ["{slow}"]}}
+  - {{name: lr, lb_policy: least_request, endpoints: ["{slow}", "{spare}"]}}
+"#,
+        slow = slow.addr,
+        spare = spare.addr
+    );
+    let config = metaproxy::config::parse(&text, "test.yaml".as_ref()).unwrap();
+    let running = metaproxy::Server::new(config, registry())
+        .unwrap()
+        .bind()
+        .await
+        .unwrap();
+    let admin = running.admin_addr().unwrap();
+    let in_flight = |body: &str, cluster: &str| -> Vec<u64> {
+        let clusters: serde_json::Value = serde_json::from_str(body).unwrap();
+        let c = clusters
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == cluster)
+            .unwrap()
+            .clone();
+        c["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["active_requests"].as_u64().unwrap())
+            .collect()
+    };
+
+    // Three slow requests through the round-robin cluster are in flight at once.
+    let mut c = Client::connect(running.local_addr("rr-in").unwrap()).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(c.send(&[("sleep-ms", "1500")], b"x").await);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let (_, body) = http(admin, "GET", "/clusters").await;
+        if in_flight(&body, "rr") == [3] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never 3 in flight: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..3 {
+        let m = c.recv_timeout(Duration::from_secs(5)).await.unwrap();
+        assert!(ids.contains(&m.request_id()));
+    }
+    let (_, body) = http(admin, "GET", "/clusters").await;
+    assert_eq!(in_flight(&body, "rr"), [0], "{body}");
+
+    // Least request: while one endpoint holds a request, the two random draws of the
+    // power of two choices pick it only when both name it (a quarter of the quick
+    // requests, against a half if the balancer did not see the held one).
+    let mut lr = Client::connect(running.local_addr("lr-in").unwrap()).await;
+    lr.send(&[("sleep-ms", "3000")], b"held").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while slow.received() + spare.received() < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "held request not received"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The round-robin cluster's three went to `slow` (3); the held one to either.
+    let busy_is_slow = slow.received() == 4;
+    let before = (slow.received(), spare.received());
+    let mut quick = Client::connect(running.local_addr("lr-in").unwrap()).await;
+    for _ in 0..200 {
+        quick.call(&[], b"q").await;
+    }
+    let (to_slow, to_spare) = (slow.received() - before.0, spare.received() - before.1);
+    assert_eq!(to_slow + to_spare, 200);
+    let to_busy = if busy_is_slow { to_slow } else { to_spare };
+    assert!(
+        to_busy < 75,
+        "{to_busy} of 200 quick requests went to the endpoint holding a request"
+    );
+    let (_, body) = http(admin, "GET", "/clusters").await;
+    let mut held = in_flight(&body, "lr");
+    held.sort_unstable();
+    assert_eq!(held, [0, 1], "{body}");
+    // The held request is answered before the clients go.
+    lr.recv_timeout(Duration::from_secs(5)).await.unwrap();
+    drop((c, lr, quick));
+    running.shutdown().await;
+}
+
+/// After a reload, a client connection that stays open but idle lets go of the old
+/// config: a cluster the new config dropped closes its upstream connection, and the
+/// same client connection's next request takes the new route.
+#[tokio::test]
+async fn an_idle_connection_lets_go_of_the_old_config_after_a_reload() {
+    let old = backend("old").await;
+    let new = backend("new").await;
+    let dir = std::env::temp_dir().join(format!("metaproxy-letgo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg_path = dir.join("proxy.yaml");
+    let config = |cluster: &str, addr: std::net::SocketAddr| {
+        format!(
+            r#"
+admin: {{address: "127.0.0.1:0"}}
+listeners:
+  - {{name: in, address: "127.0.0.1:0", codec: kv, route_config: r}}
+route_configs:
+  - {{name: r, routes: [{{route: {{cluster: {cluster}, timeout: 300ms}}}}]}}
+clusters:
+  - {{name: {cluster}, endpoints: ["{addr}"]}}
+"#
+        )
+    };
+    std::fs::write(&cfg_path, config("old", old.addr)).unwrap();
+    let running = metaproxy::Server::from_file(&cfg_path, registry())
+        .unwrap()
+        .bind()
+        .await
+        .unwrap();
+    let admin = running.admin_addr().unwrap();
+    let mut c = Client::connect(running.local_addr("in").unwrap()).await;
+    for _ in 0..20 {
+        let r = c.call(&[], b"x").await;
+        assert_eq!(header(&r, "backend").as_deref(), Some("old"));
+    }
+    std::fs::write(&cfg_path, config("new", new.addr)).unwrap();
+    let (status, body) = http(admin, "POST", "/reload").await;
+    assert_eq!(status, 200, "{body}");
+    let open_to_old = |metrics: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("metaproxy_upstream_connections_active{cluster=\"old\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(|v| v.to_owned())
+    };
+    let (_, metrics) = http(admin, "GET", "/metrics").await;
+    assert_eq!(open_to_old(&metrics).as_deref(), Some("1"), "{metrics}");
+    // The client connection stays open and sends nothing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = http(admin, "GET", "/metrics").await;
+        if open_to_old(&metrics).as_deref() == Some("0") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the old cluster's connection stayed open: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = c.call(&[], b"y").await;
+    assert_eq!(header(&r, "backend").as_deref(), Some("new"));
+    drop(c);
+    running.shutdown().await;
+}
