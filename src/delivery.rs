@@ -39,18 +39,15 @@ pub(crate) struct Failure {
 ///
 /// Its [`AtTurnEnd`] work is its [`ResponseSink::flush`].
 pub(crate) trait ResponseSink: AtTurnEnd {
-    /// Handles the response to the request `reply` names, read at `read_at` (the
-    /// message is borrowed: it is encoded for the client where it was decoded, never
-    /// moved). `reply` comes back whole, so the sink may keep its reference to itself
-    /// for the next request instead of dropping one and cloning another (an atomic
-    /// operation each). Returns true when the sink wants a [`ResponseSink::flush`] call
-    /// after the caller's batch (the caller remembers it once; later deliveries before
-    /// the flush return false).
-    fn respond(&self, reply: ReplyTo, msg: &mut Message, read_at: Instant) -> bool;
+    /// Handles the response to request `token`, read at `read_at` (the message is
+    /// borrowed: it is encoded for the client where it was decoded, never moved).
+    /// Returns true when the sink wants a [`ResponseSink::flush`] call after the
+    /// caller's batch (the caller remembers it once; later deliveries before the flush
+    /// return false).
+    fn respond(&self, token: RequestToken, msg: &mut Message, read_at: Instant) -> bool;
 
-    /// Handles the failure of the request `reply` names; returns as
-    /// [`ResponseSink::respond`].
-    fn fail(&self, reply: ReplyTo, failure: Failure) -> bool;
+    /// Handles the failure of request `token`; returns as [`ResponseSink::respond`].
+    fn fail(&self, token: RequestToken, failure: Failure) -> bool;
 
     /// Writes what the deliveries encoded; wakes the client's task when something is
     /// left for it.
@@ -80,9 +77,9 @@ impl ReplyTo {
         flush: &mut Vec<Arc<dyn ResponseSink>>,
     ) {
         if let Some(last) = self.same_as_last(flush) {
-            last.respond(self, msg, read_at);
+            last.respond(self.token, msg, read_at);
         } else if let Some(sink) = self.sink.upgrade() {
-            if sink.respond(self, msg, read_at) {
+            if sink.respond(self.token, msg, read_at) {
                 flush.push(sink);
             }
         }
@@ -91,9 +88,9 @@ impl ReplyTo {
     /// Delivers `failure` as [`ReplyTo::respond`] delivers a response.
     pub(crate) fn fail(self, failure: Failure, flush: &mut Vec<Arc<dyn ResponseSink>>) {
         if let Some(last) = self.same_as_last(flush) {
-            last.fail(self, failure);
+            last.fail(self.token, failure);
         } else if let Some(sink) = self.sink.upgrade() {
-            if sink.fail(self, failure) {
+            if sink.fail(self.token, failure) {
                 flush.push(sink);
             }
         }
@@ -156,11 +153,11 @@ mod tests {
     }
 
     impl ResponseSink for Recorder {
-        fn respond(&self, reply: ReplyTo, _msg: &mut Message, _at: Instant) -> bool {
-            self.record(reply.token)
+        fn respond(&self, token: RequestToken, _msg: &mut Message, _at: Instant) -> bool {
+            self.record(token)
         }
-        fn fail(&self, reply: ReplyTo, _failure: Failure) -> bool {
-            self.record(reply.token)
+        fn fail(&self, token: RequestToken, _failure: Failure) -> bool {
+            self.record(token)
         }
         fn flush(&self) {
             *self.flush_queued.lock().unwrap() = false;

@@ -31,6 +31,12 @@ const MAX_ALLOCATIONS: u64 = 20;
 /// and 27 to 31 over 80,000, so they do not grow with the requests. Read buffers
 /// replaced instead of reclaimed made 180 to 260.
 const MAX_ALLOCATIONS_PIPELINED: u64 = 100;
+/// The same for messages larger than the 64 KiB a full-size buffer may grow to, which
+/// take buffers from the pool's bounded list of large ones: 15 were seen over 20,000
+/// requests of 100 KiB in a release build, 71 to 953 in a debug one (where frames stay
+/// alive longer relative to the clients, so a kept buffer is still shared more often
+/// when the next message wants it); before that list, about 96,000 (4.8 per request).
+const MAX_ALLOCATIONS_LARGE: u64 = 4_000;
 /// The most allocations allowed with 256 clients × 16 in flight over [`MEASURED_256`]
 /// requests. At this test's speed (a debug build, clients on the other core) 18 to 177
 /// were seen, with last round's buffer pool 54 and 172 alike: the burst of 4,096
@@ -81,9 +87,14 @@ fn proxy_allocations_per_request_with_large_messages() {
     // 4.8 allocations per request.
     for payload in [4 * 1024, 20 * 1024, 48 * 1024, 100 * 1024] {
         let count = allocations(16, 4, WARMUP, MEASURED, payload);
+        let max = if payload > 64 * 1024 {
+            MAX_ALLOCATIONS_LARGE
+        } else {
+            MAX_ALLOCATIONS_PIPELINED
+        };
         assert!(
-            count <= MAX_ALLOCATIONS_PIPELINED,
-            "{count} allocations over {MEASURED} requests of {payload} bytes (at most {MAX_ALLOCATIONS_PIPELINED})"
+            count <= max,
+            "{count} allocations over {MEASURED} requests of {payload} bytes (at most {max})"
         );
     }
 }
