@@ -393,13 +393,13 @@ enum Origin {
 /// full), leaving `buf` holding nothing.
 fn give_back(buf: &mut BytesMut, origin: Origin) {
     let cap = buf.capacity();
-    if cap > POOL_MAX_CAPACITY {
-        keep_large(buf);
-    } else if cap > 0 {
+    if cap > 0 {
         POOL.with(|p| {
             if let Ok(mut pool) = p.try_borrow_mut() {
                 pool.traffic = pool.traffic.wrapping_add(1);
-                if cap >= MIN_ROOM {
+                if cap > POOL_MAX_CAPACITY {
+                    pool.keep_large(buf);
+                } else if cap >= MIN_ROOM {
                     if pool.free.len() < POOL_MAX {
                         pool.free.push(std::mem::take(buf));
                     }
@@ -492,19 +492,6 @@ impl Pool {
         }
         None
     }
-}
-
-/// [`Pool::keep_large`] on this thread's pool (or frees the buffer when the pool is in
-/// use, which only a nested call could find).
-#[cold]
-fn keep_large(buf: &mut BytesMut) {
-    POOL.with(|p| match p.try_borrow_mut() {
-        Ok(mut pool) => {
-            pool.traffic = pool.traffic.wrapping_add(1);
-            pool.keep_large(buf);
-        }
-        Err(_) => *buf = BytesMut::new(),
-    });
 }
 
 /// Large buffers in this thread's pool.

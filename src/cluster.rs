@@ -186,20 +186,24 @@ pub(crate) struct ClusterRt {
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
     pub(crate) lb: LoadBalancer,
     pending: Arc<PendingLimit>,
-    /// Whether the balancer reads the endpoints' in-flight counts (least request): only
-    /// then are they kept, two atomic read-modify-writes per request the other
-    /// policies do not pay.
-    counts_active: bool,
     outlier: Option<OutlierDetectionConfig>,
     pub(crate) metrics: ClusterMetrics,
 }
 
 impl ClusterRt {
+    /// Whether the balancer reads the endpoints' in-flight counts (least request): only
+    /// then are they kept, two atomic read-modify-writes per request the other
+    /// policies do not pay.
+    #[inline]
+    fn counts_active(&self) -> bool {
+        self.lb.policy() == LbPolicy::LeastRequest
+    }
+
     /// A two-way request of this cluster went to `endpoint`: counted for least request.
     /// Every call is paired with [`ClusterRt::request_finished`] on the same cluster.
     #[inline]
     pub(crate) fn request_started(&self, endpoint: &Endpoint) {
-        if self.counts_active {
+        if self.counts_active() {
             endpoint.active.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -207,7 +211,7 @@ impl ClusterRt {
     /// The end of a request [`ClusterRt::request_started`] counted.
     #[inline]
     pub(crate) fn request_finished(&self, endpoint: &Endpoint) {
-        if self.counts_active {
+        if self.counts_active() {
             endpoint.active.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -368,7 +372,6 @@ impl EndpointRegistry {
         ClusterRt {
             name: config.name.as_str().into(),
             endpoints,
-            counts_active: lb.policy() == LbPolicy::LeastRequest,
             lb,
             pending: Arc::new(PendingLimit::new(config.max_pending_requests)),
             outlier: config
