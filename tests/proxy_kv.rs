@@ -42,6 +42,9 @@ route_configs:
       - name: retry
         match: {metadata: [{key: service, exact: retry}]}
         route: {cluster: half-dead, retries: {attempts: 2}}
+      - name: retry-slow
+        match: {metadata: [{key: service, exact: retry-slow}]}
+        route: {cluster: half-dead, retries: {attempts: 2}, timeout: 300ms}
       - name: default
         match: {metadata: [{key: service, present: true}]}
         route: {cluster: v1}
@@ -451,6 +454,40 @@ async fn requests_never_sent_are_retried_on_another_endpoint() {
         assert_eq!(header(&r, "backend").as_deref(), Some("v2"));
     }
     assert_eq!(v2.received(), 10);
+}
+
+#[tokio::test]
+async fn a_retried_request_still_times_out_at_its_route_timeout() {
+    let (_v1, v2, p) = setup().await;
+    let mut c = Client::connect(p.local_addr("kv-in").unwrap()).await;
+    // Round robin sends one of the two to the dead endpoint first; it is retried on v2.
+    // v2 answers both after 5 s: each must get its timeout reply at 300 ms instead.
+    let started = Instant::now();
+    for i in 0..2 {
+        c.send(
+            &[("service", "retry-slow"), ("sleep-ms", "5000")],
+            format!("{i}").as_bytes(),
+        )
+        .await;
+    }
+    for _ in 0..2 {
+        let r = c
+            .recv_timeout(Duration::from_secs(3))
+            .await
+            .expect("a reply within 3 s");
+        assert_eq!(
+            frames::status(&r),
+            Status::Timeout as u8,
+            "{:?}",
+            String::from_utf8_lossy(frames::body(&r))
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        v2.received(),
+        2,
+        "the request sent to the dead endpoint was retried"
+    );
 }
 
 #[tokio::test]
