@@ -25,6 +25,7 @@ use meta_protocol::{
     Codec, DecodeError, LocalReply, LocalReplyKind, Message, MessageKind, ReplyContext,
     ResponseStatus,
 };
+use metaproxy_router::RouteMemo;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use slab::Slab;
@@ -179,6 +180,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
                 codec,
                 inflight: Slab::new(),
                 next_deadline: None,
+                route_memo: RouteMemo::default(),
                 generation: 0,
                 wbuf: BytesMut::new(),
                 rng: SmallRng::from_rng(&mut rand::rng()),
@@ -309,6 +311,9 @@ struct Downstream {
     /// request at pipeline 64: its pushes, its pops, and the pruning of the entries of
     /// requests answered out of order).
     next_deadline: Option<Instant>,
+    /// This connection's last route lookup: requests with the same values of the keys
+    /// the routes read take its answer without a lookup.
+    route_memo: RouteMemo,
     generation: u32,
     wbuf: BytesMut,
     rng: SmallRng,
@@ -982,7 +987,10 @@ impl Downstream {
         mut log: Option<Box<LogStart>>,
     ) {
         let Some(msg) = slot.as_mut() else { return };
-        let Some(route) = listener.table.route(msg.metadata()) else {
+        let found = listener
+            .table
+            .route_index_memo(msg.metadata(), &mut self.route_memo);
+        let Some(route) = found.and_then(|i| listener.table.routes().get(i)) else {
             let ctx = msg.reply_context();
             let text = no_route_message(msg);
             return self.local_reply_logged(&ctx, LocalReplyKind::NoRoute, &text, log, None);

@@ -491,6 +491,45 @@ async fn a_retried_request_still_times_out_at_its_route_timeout() {
 }
 
 #[tokio::test]
+async fn a_connection_routes_by_the_new_table_after_a_reload() {
+    let (v1, v2, p) = setup().await;
+    let handle = p.handle();
+    let mut c = Client::connect(p.local_addr("kv-in").unwrap()).await;
+    let backend = |r: &metaproxy::meta_protocol::Message| header(r, "backend");
+    // The same values again and again: the connection answers them from its last lookup
+    // (the last route, `default`, to v1).
+    for i in 0..3 {
+        let r = c
+            .call(&[("service", "calc")], format!("{i}").as_bytes())
+            .await;
+        assert_eq!(backend(&r).as_deref(), Some("v1"));
+    }
+    // The first route now takes these values to v2. The new table has as many routes,
+    // and its last is still `default` to v1: an answer kept from the old table would
+    // still say v1.
+    let slow = "match: {metadata: [{key: service, exact: slow}]}\n        route: {cluster: v1, timeout: 200ms}";
+    assert!(BASIC.contains(slow));
+    let yaml = BASIC.replace(
+        slow,
+        "match: {metadata: [{key: service, exact: calc}]}\n        route: {cluster: v2, timeout: 200ms}",
+    );
+    let dead = dead_addr().await;
+    handle
+        .apply(config(
+            &yaml,
+            &[("v1", v1.addr), ("v2", v2.addr), ("dead", dead)],
+        ))
+        .await
+        .expect("valid config");
+    for i in 3..6 {
+        let r = c
+            .call(&[("service", "calc")], format!("{i}").as_bytes())
+            .await;
+        assert_eq!(backend(&r).as_deref(), Some("v2"), "request {i}");
+    }
+}
+
+#[tokio::test]
 async fn reload_swaps_routes_without_dropping_requests() {
     let (v1, v2, p) = setup().await;
     let addr = p.local_addr("kv-in").unwrap();

@@ -69,6 +69,7 @@ mod error;
 mod hash;
 mod lb;
 mod matcher;
+mod memo;
 mod route;
 mod spec;
 mod table;
@@ -77,6 +78,7 @@ pub use error::{RouterError, RouterErrorKind};
 pub use hash::{hash_bytes as stable_hash, mix64};
 pub use lb::{AllAvailable, EndpointSpec, EndpointView, LbPolicy, LoadBalancer};
 pub use matcher::MatchConditions;
+pub use memo::{RouteMemo, MEMO_KEYS, MEMO_VALUE_BYTES};
 pub use route::{Mirror, Route, WeightedCluster};
 pub use spec::{
     MatchKind, MatcherSpec, MirrorSpec, RouteConfigSpec, RouteSpec, TargetSpec,

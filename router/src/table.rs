@@ -112,7 +112,7 @@ impl Buckets {
 /// Whether `a` and `b` hold the same bytes, compared a word at a time (the last word
 /// overlapping), so a value of a few dozen bytes takes no call to `memcmp`.
 #[inline]
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     fn word(s: &[u8], at: usize) -> u64 {
         let mut w = [0; 8];
         w.copy_from_slice(&s[at..at + 8]);
@@ -155,6 +155,11 @@ pub struct RouteTable {
     held: Box<[u32]>,
     index_keys: Box<[IndexKey]>,
     prefix_keys: Box<[PrefixKey]>,
+    /// A number no other table in this process has ([`crate::RouteMemo`]).
+    id: u64,
+    /// The distinct keys the routes' conditions read, when few enough to memoise a
+    /// lookup ([`crate::memo::MEMO_KEYS`]).
+    memo_keys: Option<Box<[MetadataKey]>>,
 }
 
 impl RouteTable {
@@ -174,6 +179,7 @@ impl RouteTable {
             routes.push(compile_route(i, r, &mut interner)?);
         }
         let (unindexed, index_keys, prefix_keys, held) = build_index(&routes);
+        let memo_keys = condition_keys(&routes);
         Ok(RouteTable {
             name: spec.name.as_str().into(),
             routes: routes.into_boxed_slice(),
@@ -182,7 +188,22 @@ impl RouteTable {
             held,
             index_keys,
             prefix_keys,
+            id: crate::memo::next_table_id(),
+            memo_keys,
         })
+    }
+
+    /// This table's identity ([`RouteTable::route_index_memo`]).
+    #[inline]
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The keys a memo compares ([`RouteTable::route_index_memo`]); `None` when the
+    /// routes read too many to memoise.
+    #[inline]
+    pub(crate) fn memo_keys(&self) -> Option<&[MetadataKey]> {
+        self.memo_keys.as_deref()
     }
 
     /// The route config's name.
@@ -341,6 +362,21 @@ impl RouteTable {
     pub fn route_index_linear(&self, metadata: &Metadata) -> Option<usize> {
         self.routes.iter().position(|r| r.matches(metadata))
     }
+}
+
+/// The distinct keys of every route's conditions, in order of first use, when there are
+/// at most [`crate::memo::MEMO_KEYS`]: the only values a lookup's answer depends on.
+fn condition_keys(routes: &[Route]) -> Option<Box<[MetadataKey]>> {
+    let mut keys: Vec<MetadataKey> = Vec::new();
+    for c in routes.iter().flat_map(|r| r.conditions.iter()) {
+        if !keys.contains(&c.key) {
+            if keys.len() == crate::memo::MEMO_KEYS {
+                return None;
+            }
+            keys.push(c.key.clone());
+        }
+    }
+    Some(keys.into_boxed_slice())
 }
 
 #[derive(Default)]
