@@ -987,10 +987,10 @@ impl Downstream {
         mut log: Option<Box<LogStart>>,
     ) {
         let Some(msg) = slot.as_mut() else { return };
-        let found = listener
+        let Some(route) = listener
             .table
-            .route_index_memo(msg.metadata(), &mut self.route_memo);
-        let Some(route) = found.and_then(|i| listener.table.routes().get(i)) else {
+            .route_with_memo(msg.metadata(), &mut self.route_memo)
+        else {
             let ctx = msg.reply_context();
             let text = no_route_message(msg);
             return self.local_reply_logged(&ctx, LocalReplyKind::NoRoute, &text, log, None);
@@ -1061,7 +1061,7 @@ impl Downstream {
         let target = &listener.clusters[cluster];
         match self.send_two_way(target, slot, hash, token, deadline, &mut attempts_left) {
             Ok(endpoint) => {
-                self.push_deadline(deadline);
+                self.arm_deadline(deadline);
                 self.inflight.insert(InFlight {
                     log,
                     generation: self.generation,
@@ -1388,7 +1388,7 @@ impl Downstream {
     /// Arms the connection's timer for a request that times out at `at` (its in-flight
     /// entry holds the deadline).
     #[inline]
-    fn push_deadline(&mut self, at: Instant) {
+    fn arm_deadline(&mut self, at: Instant) {
         if self.next_deadline.is_none_or(|next| at < next) {
             self.next_deadline = Some(at);
         }

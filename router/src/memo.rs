@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use meta_protocol::{Metadata, MetadataKey};
 
+use crate::route::Route;
 use crate::table::{same_bytes, RouteTable};
 
 /// The most distinct condition keys a table may read and still be memoised.
@@ -106,6 +107,14 @@ impl std::fmt::Debug for RouteMemo {
 }
 
 impl RouteTable {
+    /// [`RouteTable::route`], answered from `memo` as [`RouteTable::route_index_memo`]
+    /// answers.
+    #[inline]
+    pub fn route_with_memo(&self, metadata: &Metadata, memo: &mut RouteMemo) -> Option<&Route> {
+        self.route_index_memo(metadata, memo)
+            .and_then(|i| self.routes().get(i))
+    }
+
     /// [`RouteTable::route_index`], answered from `memo` when it holds this table's
     /// answer for the same values of the keys the routes read, and kept there otherwise.
     /// Returns what `route_index` returns, always.
