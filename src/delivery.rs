@@ -29,6 +29,22 @@ pub(crate) struct Failure {
     pub(crate) reason: &'static str,
     /// Whether the connection went away between requests.
     pub(crate) stale: bool,
+    /// Whether the request's deadline passed while the upstream connection still held
+    /// it (its sweep dropped it): the client answers with a `timeout` reply, as its own
+    /// timer would have, and never retries it.
+    pub(crate) expired: bool,
+}
+
+impl Failure {
+    /// The failure of a request whose deadline passed upstream.
+    pub(crate) fn expired() -> Self {
+        Failure {
+            unsent: None,
+            reason: "timeout",
+            stale: false,
+            expired: true,
+        }
+    }
 }
 
 /// A client connection, as upstream connections see it.
@@ -131,7 +147,7 @@ pub(crate) fn flush_at_turn_end(sinks: &mut Vec<Arc<dyn ResponseSink>>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use bytes::Bytes;
     use meta_protocol::MessageKind;
@@ -140,8 +156,11 @@ mod tests {
     /// A client that records what it got and asks for one flush per batch, as a client
     /// connection does.
     #[derive(Default)]
-    struct Recorder {
-        got: Mutex<Vec<usize>>,
+    pub(crate) struct Recorder {
+        /// The slots of the requests delivered, in order.
+        pub(crate) got: Mutex<Vec<usize>>,
+        /// The slots of the requests failed as expired.
+        pub(crate) expired: Mutex<Vec<usize>>,
         flush_queued: Mutex<bool>,
     }
 
@@ -156,7 +175,10 @@ mod tests {
         fn respond(&self, token: RequestToken, _msg: &mut Message, _at: Instant) -> bool {
             self.record(token)
         }
-        fn fail(&self, token: RequestToken, _failure: Failure) -> bool {
+        fn fail(&self, token: RequestToken, failure: Failure) -> bool {
+            if failure.expired {
+                self.expired.lock().unwrap().push(token.slot());
+            }
             self.record(token)
         }
         fn flush(&self) {
@@ -174,7 +196,8 @@ mod tests {
         }
     }
 
-    fn reply_to(sink: &Arc<Recorder>, slot: usize) -> ReplyTo {
+    /// Where to deliver request `slot` of `sink`.
+    pub(crate) fn reply_to(sink: &Arc<Recorder>, slot: usize) -> ReplyTo {
         let sink: Arc<dyn ResponseSink> = sink.clone();
         ReplyTo {
             sink: Arc::downgrade(&sink),
@@ -199,6 +222,7 @@ mod tests {
             unsent: None,
             reason: "test",
             stale: false,
+            expired: false,
         };
         reply_to(&b, 5).fail(failure, &mut flush);
         to_gone.respond(&mut msg, Instant::now(), &mut flush);

@@ -1335,10 +1335,14 @@ impl Downstream {
             unsent,
             reason,
             stale,
+            expired,
         } = failure;
         let Some(mut f) = self.take(token) else {
             return;
         };
+        if expired {
+            return self.timed_out(f);
+        }
         f.release();
         let cluster = f.cluster().clone();
         // A connection the backend closed between requests is no sign of a
@@ -1423,8 +1427,13 @@ impl Downstream {
         {
             return;
         }
-        let mut f = self.inflight.remove(token.slot());
+        let f = self.inflight.remove(token.slot());
         self.inflight_bytes -= f.bytes;
+        self.timed_out(f);
+    }
+
+    /// Answers request `f`, taken from the in-flight table, with a `timeout` reply.
+    fn timed_out(&mut self, mut f: InFlight) {
         f.release();
         f.cluster().record_failure(f.endpoint());
         let text = format!(

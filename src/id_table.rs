@@ -96,11 +96,17 @@ impl<T> IdTable<T> {
         }
     }
 
-    /// Keeps only the values `keep` says to keep.
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+    /// Keeps only the values `keep` says to keep; hands the others to `removed`.
+    pub(crate) fn retain_or(
+        &mut self,
+        mut keep: impl FnMut(&T) -> bool,
+        mut removed: impl FnMut(T),
+    ) {
         for slot in &mut self.slots {
             if slot.as_ref().is_some_and(|(_, value)| !keep(value)) {
-                *slot = None;
+                if let Some((_, value)) = slot.take() {
+                    removed(value);
+                }
                 self.len -= 1;
             }
         }
@@ -177,7 +183,7 @@ mod tests {
         // An id whose entry was swept: its place may hold another id by now.
         let swept = t.next_free_id();
         t.insert(swept, "swept");
-        t.retain(|v| *v != "swept");
+        t.retain_or(|v| *v != "swept", drop);
         let next = t.next_free_id();
         t.insert(next, "next");
         assert_eq!(t.remove(u64::from(swept)), None);
@@ -236,13 +242,16 @@ mod tests {
     }
 
     #[test]
-    fn retain_and_drain_count_what_they_take() {
+    fn retain_or_and_drain_count_and_hand_over_what_they_take() {
         let mut t = IdTable::default();
         for i in 0..10 {
             let id = t.next_free_id();
             t.insert(id, i);
         }
-        t.retain(|v| v % 2 == 0);
+        let mut removed = Vec::new();
+        t.retain_or(|v| v % 2 == 0, |v| removed.push(v));
+        removed.sort();
+        assert_eq!(removed, [1, 3, 5, 7, 9]);
         assert_eq!(t.len(), 5);
         let mut rest: Vec<i32> = t.drain().collect();
         rest.sort();

@@ -50,6 +50,8 @@ const DRAINED: &str = "drained";
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Pending entries are dropped this long after their deadline.
 const SWEEP_GRACE: Duration = Duration::from_secs(1);
+/// Why a queued request was not written: its deadline had passed.
+const EXPIRED_UNWRITTEN: &str = "request expired before it was written";
 
 /// A listener's protocol: the codec configured once with the listener's options.
 pub(crate) struct Protocol {
@@ -131,6 +133,7 @@ impl Envelope {
                 unsent,
                 reason,
                 stale,
+                expired: false,
             },
         ))
     }
@@ -365,7 +368,7 @@ impl ConnInner {
             // The client already got its timeout reply; never write it late.
             return Err(Refused {
                 env,
-                reason: "request expired before it was written",
+                reason: EXPIRED_UNWRITTEN,
             });
         }
         let (Some(io), Some(msg)) = (self.io.as_mut(), slot.as_mut()) else {
@@ -450,9 +453,13 @@ impl ConnInner {
             match self.encode(&mut slot, env, now) {
                 Ok(true) => {}
                 Ok(false) => unloaded += 1,
+                Err(Refused { env, reason }) if reason == EXPIRED_UNWRITTEN => {
+                    unloaded += 1;
+                    failed.extend(env.reply.map(|reply| (reply, Failure::expired())));
+                }
                 Err(Refused { env, reason }) => {
                     unloaded += 1;
-                    // Not written, but expired or unencodable: no retry.
+                    // Not written, and unencodable: no retry.
                     failed.extend(env.failure(None, true, false, reason));
                 }
             }
@@ -731,18 +738,25 @@ impl ConnState {
     }
 
     /// Drops queued requests whose deadline passed (never written late) and pending
-    /// entries long past theirs; returns how many.
-    fn sweep(&mut self, now: Instant) -> u32 {
-        let mut dropped = 0u32;
-        self.queue.retain(|q| {
+    /// entries long past theirs; returns how many, and adds the clients waiting for
+    /// them to `expired`, to be told once the connection's lock is released. A client
+    /// has mostly timed them out already (its timer fires at the deadline, the sweep at
+    /// most a tick later); the others get their `timeout` reply from this, so no
+    /// request ends without one.
+    fn sweep(&mut self, now: Instant, expired: &mut Vec<ReplyTo>) -> u32 {
+        let before = self.queue.len() + self.pending.len();
+        self.queue.retain_mut(|q| {
             let keep = q.env.deadline > now;
-            dropped += u32::from(!keep);
+            if !keep {
+                expired.extend(q.env.reply.take());
+            }
             keep
         });
-        let before = self.pending.len();
-        self.pending.retain(|p| p.deadline + SWEEP_GRACE > now);
-        dropped += (before - self.pending.len()) as u32;
-        dropped
+        self.pending.retain_or(
+            |p| p.deadline + SWEEP_GRACE > now,
+            |p| expired.extend(p.reply),
+        );
+        (before - self.queue.len() - self.pending.len()) as u32
     }
 }
 
@@ -768,6 +782,16 @@ fn fail_queued(
             reply.fail(failure, sinks);
         }
     }
+}
+
+/// Tells the clients of requests whose deadline passed upstream (see
+/// [`ConnState::sweep`]).
+fn fail_expired(expired: Vec<ReplyTo>) {
+    let mut sinks = Vec::new();
+    for reply in expired {
+        reply.fail(Failure::expired(), &mut sinks);
+    }
+    flush_all(&mut sinks);
 }
 
 struct UpstreamConnection {
@@ -839,6 +863,7 @@ impl UpstreamConnection {
                         unsent: msg,
                         reason,
                         stale,
+                        expired: false,
                     };
                     reply.fail(failure, &mut sinks);
                 }
@@ -850,6 +875,7 @@ impl UpstreamConnection {
                     unsent: None,
                     reason: "upstream connection closed before replying",
                     stale: false,
+                    expired: false,
                 };
                 reply.fail(failure, &mut sinks);
             }
@@ -994,9 +1020,15 @@ impl UpstreamConnection {
                 Wait::Tick => {
                     let now = Instant::now();
                     tick.as_mut().reset(now + tick_every);
+                    let mut expired = Vec::new();
                     let mut inner = handle.lock();
-                    let dropped = inner.st.sweep(now);
+                    let dropped = inner.st.sweep(now, &mut expired);
                     handle.load.sub(&inner, dropped);
+                    if !expired.is_empty() {
+                        drop(inner);
+                        fail_expired(expired);
+                        inner = handle.lock();
+                    }
                     let st = &inner.st;
                     if self.endpoint.strong_count() == 0
                         && st.pending.is_empty()
@@ -1217,9 +1249,50 @@ mod tests {
         st.queue
             .push_back(queued(1, now - Duration::from_millis(1)));
         st.queue.push_back(queued(2, now + SWEEP_EVERY));
-        assert_eq!(st.sweep(now), 1);
+        assert_eq!(st.sweep(now, &mut Vec::new()), 1);
         assert_eq!(st.queue.len(), 1);
         assert_eq!(st.queue[0].msg.request_id(), 2);
+    }
+
+    #[test]
+    fn sweeping_tells_the_clients_of_the_requests_it_drops() {
+        use crate::delivery::tests::{reply_to, Recorder};
+        let now = Instant::now();
+        let client = Arc::new(Recorder::default());
+        let mut st = ConnState::new();
+        let with_client = |slot, deadline| Envelope {
+            reply: Some(reply_to(&client, slot)),
+            ..envelope(deadline)
+        };
+        let past = now - Duration::from_millis(1);
+        let later = now + SWEEP_EVERY;
+        // Queued: one past its deadline, one not, one past with no client (a mirror).
+        for (slot, deadline) in [(1, past), (2, later)] {
+            st.queue.push_back(Queued {
+                msg: request(slot as u64),
+                env: with_client(slot, deadline),
+            });
+        }
+        st.queue.push_back(queued(3, past));
+        // Written: one past its deadline by more than the grace, one within it.
+        for (slot, deadline) in [(4, now - SWEEP_GRACE), (5, past)] {
+            let id = st.pending.next_free_id();
+            st.pending.insert(
+                id,
+                Pending {
+                    reply: with_client(slot, deadline).reply,
+                    ..pending(deadline)
+                },
+            );
+        }
+        let mut expired = Vec::new();
+        assert_eq!(st.sweep(now, &mut expired), 3);
+        assert_eq!((st.queue.len(), st.pending.len()), (1, 1));
+        fail_expired(expired);
+        let mut told = client.expired.lock().unwrap().clone();
+        told.sort();
+        assert_eq!(told, [1, 4], "each dropped request's client gets a timeout");
+        assert_eq!(client.got.lock().unwrap().len(), 2, "and nothing else");
     }
 
     /// A connection handle with `load` requests in flight (no task behind it).
