@@ -10,10 +10,10 @@
 //! connection flushes its clients after each read.
 
 use std::sync::{Arc, Weak};
-use tokio::time::Instant;
 
 use meta_protocol::Message;
 
+use crate::clock::Stamp;
 use crate::request_token::RequestToken;
 use crate::turn_end::{self, AtTurnEnd};
 
@@ -60,7 +60,7 @@ pub(crate) trait ResponseSink: AtTurnEnd {
     /// Returns true when the sink wants a [`ResponseSink::flush`] call after the
     /// caller's batch (the caller remembers it once; later deliveries before the flush
     /// return false).
-    fn respond(&self, token: RequestToken, msg: &mut Message, read_at: Instant) -> bool;
+    fn respond(&self, token: RequestToken, msg: &mut Message, read_at: Stamp) -> bool;
 
     /// Handles the failure of request `token`; returns as [`ResponseSink::respond`].
     fn fail(&self, token: RequestToken, failure: Failure) -> bool;
@@ -89,7 +89,7 @@ impl ReplyTo {
     pub(crate) fn respond(
         self,
         msg: &mut Message,
-        read_at: Instant,
+        read_at: Stamp,
         flush: &mut Vec<Arc<dyn ResponseSink>>,
     ) {
         if let Some(last) = self.same_as_last(flush) {
@@ -172,7 +172,7 @@ pub(crate) mod tests {
     }
 
     impl ResponseSink for Recorder {
-        fn respond(&self, token: RequestToken, _msg: &mut Message, _at: Instant) -> bool {
+        fn respond(&self, token: RequestToken, _msg: &mut Message, _at: Stamp) -> bool {
             self.record(token)
         }
         fn fail(&self, token: RequestToken, failure: Failure) -> bool {
@@ -216,7 +216,7 @@ pub(crate) mod tests {
         // a, a, a (the last two through the flush list), b, a again after b, then a
         // failure for b and a response for a closed client.
         for (sink, slot) in [(&a, 0), (&a, 1), (&a, 2), (&b, 3), (&a, 4)] {
-            reply_to(sink, slot).respond(&mut msg, Instant::now(), &mut flush);
+            reply_to(sink, slot).respond(&mut msg, Stamp::default(), &mut flush);
         }
         let failure = Failure {
             unsent: None,
@@ -225,7 +225,7 @@ pub(crate) mod tests {
             expired: false,
         };
         reply_to(&b, 5).fail(failure, &mut flush);
-        to_gone.respond(&mut msg, Instant::now(), &mut flush);
+        to_gone.respond(&mut msg, Stamp::default(), &mut flush);
 
         assert_eq!(*a.got.lock().unwrap(), [0, 1, 2, 4]);
         assert_eq!(*b.got.lock().unwrap(), [3, 5]);

@@ -34,6 +34,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::buffer_pool;
+use crate::clock::Stamp;
 use crate::cluster::{ClusterRt, Endpoint};
 use crate::delivery::{Failure, ReplyTo, ResponseSink};
 use crate::filter::{
@@ -119,7 +120,7 @@ struct InFlight {
     generation: u32,
     reply: ReplyContext,
     deadline: Instant,
-    started: Instant,
+    started: Stamp,
     listener: Arc<ListenerRt>,
     route: usize,
     cluster: usize,
@@ -197,6 +198,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
                 read_paused: false,
                 stalled_since: None,
                 read_at: Instant::now(),
+                read_stamp: Stamp::default(),
             }),
             stream,
             wake: TaskWake::default(),
@@ -247,7 +249,7 @@ impl ClientLink {
 }
 
 impl ResponseSink for ClientLink {
-    fn respond(&self, token: RequestToken, msg: &mut Message, read_at: Instant) -> bool {
+    fn respond(&self, token: RequestToken, msg: &mut Message, read_at: Stamp) -> bool {
         let mut conn = self.lock();
         conn.on_response(token, msg, read_at, &self.stream);
         !std::mem::replace(&mut conn.flush_queued, true)
@@ -344,8 +346,10 @@ struct Downstream {
     /// Since when the write buffer has held bytes without any being written.
     stalled_since: Option<Instant>,
     /// When the requests being handled were read (or came back from a waiting filter):
-    /// their start for latency and deadlines, taken once per read, not per request.
+    /// their start for deadlines, taken once per read, not per request.
     read_at: Instant,
+    /// The same, as their start for latencies.
+    read_stamp: Stamp,
 }
 
 /// A parked request, back from its waiting filter.
@@ -573,6 +577,7 @@ async fn run(
                         quiet_from = now;
                         let mut conn = link.lock();
                         conn.read_at = now;
+                        conn.read_stamp = Stamp::of(now);
                         let decoded = conn.decode_all(rbuf);
                         if conn.write_to(stream).is_err() {
                             return None;
@@ -972,6 +977,7 @@ impl Downstream {
             decision,
         } = resumed;
         self.read_at = Instant::now();
+        self.read_stamp = Stamp::of(self.read_at);
         let step =
             listener
                 .filters
@@ -1012,8 +1018,8 @@ impl Downstream {
             l.route = Some(route.name_shared().clone());
             l.cluster = Some(listener.clusters[cluster].name.clone());
         }
-        let started = self.read_at;
-        let deadline = started + timeout;
+        let started = self.read_stamp;
+        let deadline = self.read_at + timeout;
 
         let mirrors: smallvec::SmallVec<[usize; 4]> = route
             .firing_mirrors(&mut self.rng)
@@ -1237,13 +1243,13 @@ impl Downstream {
         &mut self,
         token: RequestToken,
         msg: &mut Message,
-        read_at: Instant,
+        read_at: Stamp,
         stream: &TcpStream,
     ) {
         let Some(mut f) = self.take(token) else {
             return;
         };
-        let elapsed = read_at.saturating_duration_since(f.started);
+        let elapsed = read_at.since(f.started);
         f.release();
         msg.set_request_id(f.reply.request_id);
         let route = f.listener.table.routes().get(f.route);

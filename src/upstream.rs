@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::budget::BudgetCharge;
 use crate::buffer_pool;
+use crate::clock::Stamp;
 use crate::delivery::{flush_all, flush_at_turn_end, Failure, ReplyTo, ResponseSink};
 use crate::endpoint_link::{ConnectionSettings, EndpointLink};
 use crate::id_table::IdTable;
@@ -990,7 +991,7 @@ impl UpstreamConnection {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                         Err(_) => return "read error",
                     };
-                    let result = self.decode_all(&mut rbuf, last_read, &mut sinks);
+                    let result = self.decode_all(&mut rbuf, Stamp::of(last_read), &mut sinks);
                     buffer_pool::release_read(&mut rbuf);
                     if read < FLUSH_NOW_BYTES && turn_end::enabled() {
                         // The clients are flushed at the end of the worker's turn, after
@@ -1093,7 +1094,7 @@ impl UpstreamConnection {
     fn decode_all(
         &self,
         rbuf: &mut BytesMut,
-        read_at: Instant,
+        read_at: Stamp,
         sinks: &mut Vec<Arc<dyn ResponseSink>>,
     ) -> Result<usize, &'static str> {
         let mut delivered = 0;
