@@ -35,6 +35,7 @@ mod id_table;
 mod listener;
 pub mod observe;
 mod pending;
+mod recent_conns;
 mod request_token;
 pub mod runtime;
 mod server;
