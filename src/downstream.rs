@@ -42,7 +42,6 @@ use crate::filter::{
 };
 use crate::observe::metrics::ClosedReason;
 use crate::observe::{AccessLogEntry, AccessStatus, LoggedMetadata};
-use crate::recent_conns::RecentConns;
 use crate::request_token::RequestToken;
 use crate::shared::ListenerCtx;
 use crate::short_lock::{ShortGuard, ShortLock};
@@ -183,7 +182,6 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<ListenerCtx>, drain: watch
                 inflight: Slab::new(),
                 next_deadline: None,
                 route_memo: RouteMemo::default(),
-                recent_conns: RecentConns::default(),
                 generation: 0,
                 wbuf: BytesMut::new(),
                 rng: SmallRng::from_rng(&mut rand::rng()),
@@ -318,10 +316,6 @@ struct Downstream {
     /// This connection's last route lookup: requests with the same values of the keys
     /// the routes read take its answer without a lookup.
     route_memo: RouteMemo,
-    /// The upstream connections the pools lent for the last requests, per endpoint:
-    /// the next request to the same endpoint goes there without asking the pool while
-    /// the connection has room.
-    recent_conns: RecentConns<Endpoint>,
     generation: u32,
     wbuf: BytesMut,
     rng: SmallRng,
@@ -740,7 +734,6 @@ impl Downstream {
     /// to the allocator.
     fn drop_spares(&mut self) {
         self.listener_spares = Vec::new();
-        self.recent_conns.clear();
     }
 
     /// Reads the rest of a request decoded head first; false (the request answered
@@ -1205,22 +1198,13 @@ impl Downstream {
             charge,
         };
         let read_at = self.read_at;
-        let sent = match self.recent_conns.usable(endpoint, key) {
+        let sent = endpoint.with_connection(key, &self.ctx.protocol, |conn| match conn {
             Some(conn) => conn.send(msg, env, read_at),
-            None => {
-                let recent = &mut self.recent_conns;
-                endpoint.with_connection(key, &self.ctx.protocol, |conn| match conn {
-                    Some(conn) => {
-                        recent.remember(endpoint, key, conn);
-                        conn.send(msg, env, read_at)
-                    }
-                    None => Err(Refused {
-                        env,
-                        reason: "upstream connection unavailable",
-                    }),
-                })
-            }
-        };
+            None => Err(Refused {
+                env,
+                reason: "upstream connection unavailable",
+            }),
+        });
         match sent {
             Ok(()) => {
                 if two_way {

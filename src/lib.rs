@@ -35,7 +35,6 @@ mod id_table;
 mod listener;
 pub mod observe;
 mod pending;
-mod recent_conns;
 mod request_token;
 pub mod runtime;
 mod server;

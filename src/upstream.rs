@@ -39,7 +39,7 @@ use crate::turn_end::{self, AtTurnEnd};
 use crate::unwritten::Unwritten;
 
 /// Requests in flight on one multiplexed connection before the pool opens another.
-pub(crate) const MUX_SPREAD_THRESHOLD: u32 = 64;
+const MUX_SPREAD_THRESHOLD: u32 = 64;
 /// Requests are encoded into the write buffer only while it holds less than this; the
 /// rest wait in the connection's queue, where a request whose deadline passes is
 /// dropped instead of being written late.
@@ -254,20 +254,6 @@ impl ConnHandle {
 
     fn usable(&self) -> bool {
         self.alive.load(Ordering::Relaxed) && self.accepting.load(Ordering::Relaxed)
-    }
-
-    /// Whether the connection carries many requests at once.
-    #[inline]
-    pub(crate) fn multiplexes(&self) -> bool {
-        self.multiplexing
-    }
-
-    /// Whether a client may send its next request here without asking the pool
-    /// ([`crate::recent_conns`]): the connection multiplexes, is usable, and is below
-    /// the load at which the pool would pick another ([`MUX_SPREAD_THRESHOLD`]).
-    #[inline]
-    pub(crate) fn has_room_for_more(&self) -> bool {
-        self.multiplexing && self.usable() && self.load.get() < MUX_SPREAD_THRESHOLD
     }
 
     /// Requests queued or in flight on this connection.
@@ -1179,7 +1165,7 @@ impl UpstreamConnection {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use bytes::Bytes;
 
@@ -1311,7 +1297,7 @@ pub(crate) mod tests {
     }
 
     /// A connection handle with `load` requests in flight (no task behind it).
-    pub(crate) fn conn(load: u32, alive: bool) -> Arc<ConnHandle> {
+    fn conn(load: u32, alive: bool) -> Arc<ConnHandle> {
         let c = ConnHandle::new(true);
         c.load.add(&c.lock(), load);
         c.alive.store(alive, Ordering::Relaxed);
