@@ -1429,13 +1429,13 @@ impl Downstream {
     }
 
     fn on_timeout(&mut self, token: RequestToken, at: Instant) {
-        if !matches!(self.inflight.get(token.slot()), Some(f) if token.is_for(f.generation) && f.deadline == at)
-        {
+        // The slot still holds a request due at `at`; `take` checks it is the same request.
+        if !matches!(self.inflight.get(token.slot()), Some(f) if f.deadline == at) {
             return;
         }
-        let f = self.inflight.remove(token.slot());
-        self.inflight_bytes -= f.bytes;
-        self.timed_out(f);
+        if let Some(f) = self.take(token) {
+            self.timed_out(f);
+        }
     }
 
     /// Answers request `f`, taken from the in-flight table, with a `timeout` reply.
